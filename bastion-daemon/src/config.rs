@@ -1,0 +1,267 @@
+//! bastiond's configuration: a typed TOML file. Unknown keys are errors (a misspelt security
+//! setting must never be silently ignored), and every error names the file, line and key.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::cidr::Cidr;
+
+pub const DEFAULT_CONFIG: &str = "/etc/bastion/bastiond.toml";
+pub const DEFAULT_SOCKET: &str = "/run/bastion/control.sock";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    pub enforce: EnforceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The Unix socket bastionctl talks to. Created with mode 0600.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Uids besides root (0) allowed to use the control API.
+    #[serde(default)]
+    pub admin_uids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The sled database directory.
+    #[serde(default = "default_store")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforceConfig {
+    /// bpffs directory holding bastion's pinned maps and links (must be on a bpf filesystem).
+    #[serde(default = "default_bpffs")]
+    pub bpffs_dir: PathBuf,
+    /// The cgroup v2 directory the connect/sendmsg hooks attach to: every process below it is held
+    /// to the protected-prefix rules. On the appliance this is the root cgroup.
+    pub cgroup_root: PathBuf,
+    /// The cgroup bastiond moves itself into at start (created if missing). It must lie strictly
+    /// below `cgroup_root`. When absent, bastiond stays in the cgroup it was started in.
+    pub daemon_cgroup: Option<PathBuf>,
+    /// Prefixes nothing but bastiond may reach.
+    #[serde(default)]
+    pub protected_subnets: Vec<Cidr>,
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_store() -> PathBuf {
+    "/var/lib/bastion/store".into()
+}
+fn default_bpffs() -> PathBuf {
+    "/sys/fs/bpf/bastion".into()
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            admin_uids: Vec::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store(),
+        }
+    }
+}
+
+/// A configuration error, rendered on one line as `FILE:LINE:COLUMN: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0)]
+    Parse(Located),
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A parse error pinned to a place in the file.
+#[derive(Debug)]
+pub struct Located {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The `[table]` the error is in, when it is not the top level.
+    pub table: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
+        if let Some(table) = &self.table {
+            write!(f, "in [{table}]: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path` (the path only appears in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            ConfigError::Parse(locate(path, text, offset, e.message()))
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let absolute = [
+            ("control.socket", &self.control.socket),
+            ("store.path", &self.store.path),
+            ("enforce.bpffs_dir", &self.enforce.bpffs_dir),
+            ("enforce.cgroup_root", &self.enforce.cgroup_root),
+        ];
+        for (key, p) in absolute
+            .into_iter()
+            .chain(self.enforce.daemon_cgroup.as_ref().map(|p| ("enforce.daemon_cgroup", p)))
+        {
+            if !p.is_absolute() {
+                return Err(invalid(format!("{key} must be an absolute path, got `{}`", p.display())));
+            }
+        }
+        if let Some(daemon) = &self.enforce.daemon_cgroup {
+            if daemon == &self.enforce.cgroup_root || !daemon.starts_with(&self.enforce.cgroup_root) {
+                return Err(invalid(format!(
+                    "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
+                    daemon.display(),
+                    self.enforce.cgroup_root.display()
+                )));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for cidr in &self.enforce.protected_subnets {
+            if !seen.insert(cidr) {
+                return Err(invalid(format!("enforce.protected_subnets lists {cidr} twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a byte offset into line/column and the enclosing `[table]` header, if any.
+fn locate(path: &Path, text: &str, offset: usize, message: &str) -> Located {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(']').next())
+        .map(|t| t.trim().to_owned());
+    Located {
+        path: path.to_owned(),
+        line,
+        column,
+        table,
+        // toml's messages can span lines; keep the error on one line.
+        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[control]
+socket = "/run/bastion/control.sock"
+
+[enforce]
+cgroup_root = "/sys/fs/cgroup/unified/lab"
+daemon_cgroup = "/sys/fs/cgroup/unified/lab/bastiond"
+protected_subnets = ["203.0.113.0/24"]
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("/etc/bastion/bastiond.toml"), text)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).expect("valid");
+        assert_eq!(c.store.path, Path::new("/var/lib/bastion/store"));
+        assert_eq!(c.enforce.bpffs_dir, Path::new("/sys/fs/bpf/bastion"));
+        assert_eq!(c.enforce.protected_subnets.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key_on_one_line() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnet = []\n",
+                &["/etc/bastion/bastiond.toml:3:1:", "in [enforce]", "protected_subnet"],
+            ),
+            ("colour = 1\n[enforce]\ncgroup_root = \"/a\"\n", &[":1:1:", "colour"]),
+            (
+                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.1/24\"]\n",
+                &[":3:", "host bits set", "203.0.113.0/24"],
+            ),
+            ("[control]\nsocket = \"/s\"\n", &["missing field `enforce`"]),
+            ("[enforce]\ncgroup_root = 5\n", &[":2:", "cgroup_root", "in [enforce]"]),
+            ("[enforce\n", &[":1:"]),
+            (
+                "[enforce]\ncgroup_root = \"/a\"\ndaemon_cgroup = \"/b\"\n",
+                &["daemon_cgroup", "strictly below"],
+            ),
+            ("[enforce]\ncgroup_root = \"rel\"\n", &["enforce.cgroup_root must be an absolute path"]),
+            (
+                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.0/24\", \"203.0.113.0/24\"]\n",
+                &["twice"],
+            ),
+        ];
+        for (text, wants) in cases {
+            let e = err(text);
+            assert!(!e.contains('\n'), "multi-line error: {e:?}");
+            for w in *wants {
+                assert!(e.contains(w), "error {e:?} lacks {w:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The enforcement maps as typed userspace handles, and the idempotent "make the map hold exactly
+//! this set" updates that start-up and later subnet changes use.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use bastion_common::{ALLOWED, PROTECTED, Stat, map_names};
+
+use super::EnforceError;
+use crate::cidr::Cidr;
+
+pub(super) struct Maps {
+    v4: LpmTrie<MapData, [u8; 4], u32>,
+    v6: LpmTrie<MapData, [u8; 16], u32>,
+    allowed: HashMap<MapData, u64, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> Result<T, EnforceError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| EnforceError::Missing(format!("map {name}")))?;
+    T::try_from(map).map_err(|source| EnforceError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
+    move |source| EnforceError::Map { name, source }
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Maps, EnforceError> {
+        Ok(Maps {
+            v4: take(ebpf, map_names::PROTECTED_V4)?,
+            v6: take(ebpf, map_names::PROTECTED_V6)?,
+            allowed: take(ebpf, map_names::ALLOWED_CGROUPS)?,
+            stats: take(ebpf, map_names::STATS)?,
+        })
+    }
+
+    /// Makes the allowed-cgroup set exactly `ids`: new ids first, then stale ones out.
+    pub(super) fn set_allowed_cgroups(&mut self, ids: &[u64]) -> Result<(), EnforceError> {
+        let e = map_err(map_names::ALLOWED_CGROUPS);
+        for id in ids {
+            self.allowed.insert(id, ALLOWED, 0).map_err(&e)?;
+        }
+        let stale: Vec<u64> = self
+            .allowed
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&e)?
+            .into_iter()
+            .filter(|k| !ids.contains(k))
+            .collect();
+        for id in stale {
+            self.allowed.remove(&id).map_err(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the protected tries hold exactly `cidrs`: new prefixes first, then stale ones out.
+    pub(super) fn set_protected(&mut self, cidrs: &[Cidr]) -> Result<(), EnforceError> {
+        let mut want4 = BTreeSet::new();
+        let mut want6 = BTreeSet::new();
+        for c in cidrs {
+            match c.addr() {
+                IpAddr::V4(a) => want4.insert((u32::from(c.prefix_len()), a.octets())),
+                IpAddr::V6(a) => want6.insert((u32::from(c.prefix_len()), a.octets())),
+            };
+        }
+        sync_trie(&mut self.v4, &want4, map_names::PROTECTED_V4)?;
+        sync_trie(&mut self.v6, &want6, map_names::PROTECTED_V6)
+    }
+
+    /// (denied, allowed) summed over CPUs.
+    pub(super) fn counters(&self) -> Result<(u64, u64), EnforceError> {
+        let e = map_err(map_names::STATS);
+        let sum = |s: Stat| -> Result<u64, EnforceError> {
+            Ok(self.stats.get(&(s as u32), 0).map_err(&e)?.iter().sum())
+        };
+        Ok((sum(Stat::Denied)?, sum(Stat::Allowed)?))
+    }
+}
+
+fn sync_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    want: &BTreeSet<(u32, [u8; N])>,
+    name: &'static str,
+) -> Result<(), EnforceError>
+where
+    [u8; N]: aya::Pod,
+{
+    let e = map_err(name);
+    for (len, data) in want {
+        trie.insert(&Key::new(*len, *data), PROTECTED, 0).map_err(&e)?;
+    }
+    let have: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>().map_err(&e)?;
+    for key in have {
+        if !want.contains(&(key.prefix_len(), key.data())) {
+            trie.remove(&key).map_err(&e)?;
+        }
+    }
+    Ok(())
+}

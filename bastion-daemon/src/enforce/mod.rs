@@ -1,0 +1,178 @@
+//! eBPF enforcement: the floor under every session. Nothing below the configured cgroup root may
+//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup.
+//!
+//! Start-up order is what keeps enforcement gap-free across restarts and upgrades:
+//! 1. load the object, reusing the maps pinned by an earlier bastiond (contents included);
+//! 2. fill the maps: add this bastiond's cgroup and the configured prefixes *before* removing stale
+//!    entries, so the set only shrinks once the new state is in;
+//! 3. for each hook, swap the new program into the pinned link atomically (`BPF_LINK_UPDATE`), or
+//!    attach and pin a new link when there is none;
+//! 4. only then unpin links left for a cgroup root the config no longer names.
+//!
+//! Programs, maps and links stay pinned when bastiond exits, for any reason: enforcement fails closed.
+
+mod cgroup;
+mod maps;
+mod programs;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use cgroup::{CgroupError, cgroup2_mount, cgroup_id, cgroup_of, enter as enter_cgroup};
+
+use crate::{cidr::Cidr, config::EnforceConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(
+        "bastiond runs in cgroup {}, which is not strictly below enforce.cgroup_root {}: \
+         its own connections would be held to the rules, or others would share its exemption",
+        daemon.display(), root.display()
+    )]
+    DaemonCgroupOutsideRoot { daemon: PathBuf, root: PathBuf },
+    #[error("bpffs {}: {source}", path.display())]
+    Bpffs { path: PathBuf, source: std::io::Error },
+    #[error("{} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf)", path.display())]
+    NotBpffs { path: PathBuf },
+    #[error("cannot open cgroup root {}: {source}", path.display())]
+    CgroupRoot { path: PathBuf, source: std::io::Error },
+    #[error("loading eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF program `{name}`: {what}: {source}")]
+    Link {
+        name: &'static str,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("eBPF object lacks {0}")]
+    Missing(String),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// How a hook's link came to be enforcing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkOrigin {
+    /// A link pinned by an earlier bastiond now runs this bastiond's program.
+    Adopted,
+    /// No link was pinned; this bastiond attached and pinned one.
+    Attached,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookStatus {
+    pub program: String,
+    pub link: LinkOrigin,
+    pub pin: PathBuf,
+}
+
+/// What `bastionctl status` shows about enforcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnforceStatus {
+    pub bpffs_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub daemon_cgroup: PathBuf,
+    pub daemon_cgroup_id: u64,
+    pub hooks: Vec<HookStatus>,
+    pub protected_subnets: Vec<Cidr>,
+    /// Connects/sends to protected prefixes refused since the counters were created.
+    pub denied: u64,
+    /// Connects/sends to protected prefixes allowed (bastiond's own) since then.
+    pub allowed: u64,
+}
+
+/// Running enforcement: owns the maps so bastiond can read counters and (later) update prefixes.
+pub struct Enforcer {
+    maps: maps::Maps,
+    status: EnforceStatus,
+}
+
+impl Enforcer {
+    /// Loads, fills, attaches and pins the enforcement programs, adopting earlier pins.
+    pub fn start(cfg: &EnforceConfig) -> Result<Enforcer, EnforceError> {
+        let daemon_cgroup = cgroup_of("self")?;
+        if daemon_cgroup == cfg.cgroup_root || !daemon_cgroup.starts_with(&cfg.cgroup_root) {
+            return Err(EnforceError::DaemonCgroupOutsideRoot {
+                daemon: daemon_cgroup,
+                root: cfg.cgroup_root.clone(),
+            });
+        }
+        let daemon_cgroup_id = cgroup_id(&daemon_cgroup)?;
+        let root_id = cgroup_id(&cfg.cgroup_root)?;
+        let dirs = PinDirs::prepare(&cfg.bpffs_dir)?;
+
+        let mut ebpf = programs::load(&dirs.maps)?;
+        let mut maps = maps::Maps::take(&mut ebpf)?;
+        maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
+        maps.set_protected(&cfg.protected_subnets)?;
+        let hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
+
+        let (denied, allowed) = maps.counters()?;
+        let status = EnforceStatus {
+            bpffs_dir: cfg.bpffs_dir.clone(),
+            cgroup_root: cfg.cgroup_root.clone(),
+            daemon_cgroup,
+            daemon_cgroup_id,
+            hooks,
+            protected_subnets: cfg.protected_subnets.clone(),
+            denied,
+            allowed,
+        };
+        for h in &status.hooks {
+            tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
+        }
+        Ok(Enforcer { maps, status })
+    }
+
+    /// The current status, with fresh counters.
+    pub fn status(&self) -> Result<EnforceStatus, EnforceError> {
+        let mut status = self.status.clone();
+        (status.denied, status.allowed) = self.maps.counters()?;
+        Ok(status)
+    }
+}
+
+/// `<bpffs_dir>/maps` and `<bpffs_dir>/links`, on a bpf filesystem.
+struct PinDirs {
+    maps: PathBuf,
+    links: PathBuf,
+}
+
+impl PinDirs {
+    fn prepare(dir: &Path) -> Result<PinDirs, EnforceError> {
+        let bpffs = |source| EnforceError::Bpffs {
+            path: dir.to_owned(),
+            source,
+        };
+        // The conventional mount point may be missing on a minimal system; mount it ourselves
+        // rather than fail, but never mount over anything else.
+        let conventional = Path::new("/sys/fs/bpf");
+        if dir.starts_with(conventional) && !sys::is_bpffs(conventional).map_err(bpffs)? {
+            sys::mount_bpffs(conventional).map_err(bpffs)?;
+        }
+        std::fs::create_dir_all(dir).map_err(bpffs)?;
+        if !sys::is_bpffs(dir).map_err(bpffs)? {
+            return Err(EnforceError::NotBpffs { path: dir.to_owned() });
+        }
+        let dirs = PinDirs {
+            maps: dir.join("maps"),
+            links: dir.join("links"),
+        };
+        std::fs::create_dir_all(&dirs.maps).map_err(bpffs)?;
+        std::fs::create_dir_all(&dirs.links).map_err(bpffs)?;
+        Ok(dirs)
+    }
+}

@@ -1,0 +1,19 @@
+//! bastion: the daemon (`bastiond`) and admin CLI (`bastionctl`) of a transparent SSH auditing appliance.
+//!
+//! Layout (see ARCHITECTURE.md for the bird's-eye view):
+//! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
+//! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
+//! - [`store`]: the sled database, its schema version and migrations;
+//! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
+//! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
+//! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
+
+pub mod cidr;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod enforce;
+pub mod store;
+
+/// The version every component reports (`bastionctl status`, `bastiond --version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

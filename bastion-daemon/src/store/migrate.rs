@@ -1,0 +1,15 @@
+//! Schema migrations. Version N's step turns a version N-1 store into a version N store; steps
+//! are append-only and never edited once released, because appliances in the field run them.
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Migrates `db` from `to - 1` to `to`.
+pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
+    match to {
+        // 1: the initial layout: the `meta` tree (schema version). Nothing to convert.
+        1 => db.open_tree("meta").map(drop),
+        // `Store::migrate` never asks for a version above SCHEMA_VERSION.
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,174 @@
+//! The embedded store: one sled database directory with named trees and a schema version.
+//!
+//! Invariant: the `meta` tree's `schema_version` says which layout every other tree uses. Opening
+//! a store runs the migrations from its version up to [`SCHEMA_VERSION`] in order, each one
+//! committing its new version number, so an appliance upgrades in place and an interrupted upgrade
+//! resumes where it stopped. A store newer than this binary is refused rather than misread.
+
+mod migrate;
+
+use std::path::{Path, PathBuf};
+
+pub use migrate::SCHEMA_VERSION;
+
+const META_TREE: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: is another bastiond using it? cannot lock it: {source}", path.display())]
+    Locked { path: PathBuf, source: sled::Error },
+    #[error("store {}: cannot open: {source}", path.display())]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("store {}: schema version {found} is newer than this bastiond understands ({SCHEMA_VERSION}); upgrade bastiond", path.display())]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("store {}: schema version record is corrupt ({len} bytes)", path.display())]
+    CorruptVersion { path: PathBuf, len: usize },
+    #[error("store {}: migration to schema version {to} failed: {source}", path.display())]
+    Migration {
+        path: PathBuf,
+        to: u32,
+        source: sled::Error,
+    },
+    #[error("store {}: {source}", path.display())]
+    Io { path: PathBuf, source: sled::Error },
+}
+
+/// An open store.
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::open(path).map_err(|source| match &source {
+            sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) => {
+                StoreError::Locked {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+            _ => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version the store is at (after `open`, always [`SCHEMA_VERSION`]).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let meta = self.tree(META_TREE)?;
+        let raw = meta.get(SCHEMA_KEY).map_err(|source| self.io(source))?;
+        match raw {
+            None => Ok(0),
+            Some(bytes) => {
+                let arr: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::CorruptVersion {
+                    path: self.path.clone(),
+                    len: bytes.len(),
+                })?;
+                Ok(u32::from_be_bytes(arr))
+            }
+        }
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(|source| self.io(source))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(|source| self.io(source))
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|source| self.io(source))
+    }
+
+    fn io(&self, source: sled::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        let meta = self.tree(META_TREE)?;
+        for to in found + 1..=SCHEMA_VERSION {
+            let step = |source| StoreError::Migration {
+                path: self.path.clone(),
+                to,
+                source,
+            };
+            migrate::step(&self.db, to).map_err(step)?;
+            meta.insert(SCHEMA_KEY, &to.to_be_bytes()).map_err(step)?;
+            self.db.flush().map_err(step)?;
+            tracing::info!(schema_version = to, store = %self.path.display(), "store migrated");
+        }
+        Ok(())
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    // sled reports a held file lock as a plain io::Error whose text mentions the lock.
+    e.to_string().to_ascii_lowercase().contains("lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_store_is_at_current_version_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+            assert!(s.size_on_disk().unwrap() > 0);
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let db = sled::open(&path).unwrap();
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let e = Store::open(&path).err().expect("must refuse");
+        assert!(e.to_string().contains("newer than this bastiond"), "{e}");
+    }
+
+    #[test]
+    fn second_open_reports_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let _first = Store::open(&path).unwrap();
+        let e = Store::open(&path).err().expect("second open must fail");
+        assert!(e.to_string().contains("another bastiond"), "{e}");
+    }
+}

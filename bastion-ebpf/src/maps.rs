@@ -1,0 +1,20 @@
+//! Maps shared by every hook. They are pinned by name under bastiond's bpffs directory, so an
+//! upgraded or restarted bastiond reuses them (and their contents) instead of starting empty.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray},
+};
+use bastion_common::{MAX_ALLOWED_CGROUPS, MAX_PROTECTED_PREFIXES, Stat};
+
+#[map]
+pub static PROTECTED_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_PROTECTED_PREFIXES, 0);
+
+#[map]
+pub static PROTECTED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_PROTECTED_PREFIXES, 0);
+
+#[map]
+pub static ALLOWED_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_ALLOWED_CGROUPS, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT, 0);

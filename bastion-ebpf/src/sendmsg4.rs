@@ -1,0 +1,13 @@
+//! cgroup/sendmsg4: IPv4 sendto()/sendmsg() with a destination (unconnected UDP).
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+use crate::decide;
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let user_ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
+    // user_ip4 holds the address in network byte order; its in-memory bytes are the address bytes.
+    decide::v4(user_ip4.to_ne_bytes())
+}
