@@ -1,1 +1,24 @@
+//! The network-namespace lab and helpers for bastion's end-to-end tests.
+//!
+//! Layout:
+//! - [`names`]: per-run unique names and everything derived from them (namespaces, cgroups, pins);
+//! - [`sys`]: running `ip`/`ssh-keygen`, and spawning processes inside a namespace and cgroup;
+//! - [`topology`]: namespaces, veth links, the protected bridge, addresses and routes;
+//! - [`sshd`]: a real OpenSSH server on each protected host;
+//! - [`bastiond`]: writing a bastiond config for the lab, starting it, calling bastionctl;
+//! - [`cleanup`]: teardown by name, the registry used on Ctrl-C, and the sweep of stale runs;
+//! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop.
+//!
+//! Network rules (shared/notes/lab-network.md): only 198.51.100.0/24 (admin side) and
+//! 203.0.113.0/24 (protected side), inside namespaces the lab creates, with no route out; nothing
+//! attached to the root namespace or the root cgroup.
 
+pub mod bastiond;
+pub mod cleanup;
+pub mod lab;
+pub mod names;
+pub mod sshd;
+pub mod sys;
+pub mod topology;
+
+pub use lab::{Lab, LabInfo};

@@ -1,0 +1,174 @@
+//! bastiond in the lab: its config, starting and stopping it, and calling bastionctl.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::{
+    names::{LabName, PROTECTED_SUBNET},
+    sys,
+};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BastiondPaths {
+    pub config: PathBuf,
+    pub control_socket: PathBuf,
+    pub store: PathBuf,
+    pub log: PathBuf,
+}
+
+impl BastiondPaths {
+    pub fn for_lab(name: &LabName) -> BastiondPaths {
+        let dir = name.run_dir().join("bastiond");
+        BastiondPaths {
+            config: dir.join("bastiond.toml"),
+            control_socket: dir.join("control.sock"),
+            store: dir.join("store"),
+            log: dir.join("bastiond.log"),
+        }
+    }
+}
+
+/// Writes the lab's bastiond config: enforcement on the lab's `enforced` cgroup, pins under the
+/// lab's bpffs directory, the protected subnet of the lab.
+pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()> {
+    if let Some(dir) = paths.config.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &paths.config,
+        format!(
+            "# bastiond config for lab {name}\n\
+             [control]\nsocket = \"{socket}\"\n\n\
+             [store]\npath = \"{store}\"\n\n\
+             [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
+             daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\n",
+            socket = paths.control_socket.display(),
+            store = paths.store.display(),
+            bpffs = name.bpffs_dir().display(),
+            root = name.enforced_cgroup().display(),
+            daemon = name.bastiond_cgroup().display(),
+        ),
+    )?;
+    Ok(())
+}
+
+/// A bastiond started by the lab. Dropping it kills it (SIGKILL) and reaps it.
+pub struct Bastiond {
+    child: Option<Child>,
+    pub paths: BastiondPaths,
+}
+
+impl Bastiond {
+    /// Starts bastiond in the bastion namespace (entered by bastiond itself via `--netns`, which
+    /// keeps /sys intact) inside the lab cgroup, and waits until its control socket answers.
+    pub fn start(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<Bastiond> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&paths.log)?;
+        // Start in the lab's `enforced` cgroup: bastiond moves itself into `daemon_cgroup`.
+        let mut cmd = sys::command_in(sys::bin("bastiond")?, None, &name.enforced_cgroup())?;
+        cmd.arg("--config")
+            .arg(&paths.config)
+            .arg("--netns")
+            .arg(name.netns("bastion"))
+            .env("BASTION_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("starting bastiond")?;
+        let mut me = Bastiond {
+            child: Some(child),
+            paths: paths.clone(),
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("bastiond exited during start-up ({status}): {}", self.log_tail());
+                }
+            }
+            // Ready means *this* bastiond answers: another one may already serve the socket.
+            let out = self.ctl(&["status", "--json"])?;
+            if out.status.success() {
+                let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                if status["pid"].as_u64() == self.pid().map(u64::from) {
+                    return Ok(());
+                }
+            }
+            if t0.elapsed() > READY_TIMEOUT {
+                bail!("bastiond not ready within {READY_TIMEOUT:?}: {}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `bastionctl --socket <lab socket> args...`.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        ctl(&self.paths, args)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(false) };
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < READY_TIMEOUT {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        bail!("bastiond ignored SIGTERM for {READY_TIMEOUT:?}")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.paths.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Bastiond {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// Runs bastionctl against the lab's control socket.
+pub fn ctl(paths: &BastiondPaths, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(sys::bin("bastionctl")?)
+        .arg("--socket")
+        .arg(&paths.control_socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running bastionctl")
+}

@@ -1,0 +1,202 @@
+//! [`Lab`]: one complete lab, torn down on drop (also after a panic), described by [`LabInfo`].
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::{
+    bastiond::{self, Bastiond, BastiondPaths},
+    cleanup::{self, OwnerState},
+    names::{
+        ADMIN_ADDR, ADMIN_SUBNET, BASTION_ADMIN_ADDR, BASTION_ADMIN_IF, BASTION_PROTECTED_ADDR,
+        BASTION_PROTECTED_IF, HOSTS, LabName, PROTECTED_SUBNET,
+    },
+    sshd::{self, HostInfo},
+    sys, topology,
+};
+
+/// Everything a tool outside the test suite needs to drive the lab (`cargo xtask lab up --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LabInfo {
+    pub name: String,
+    pub run_dir: PathBuf,
+    pub admin: AdminInfo,
+    pub bastion: BastionInfo,
+    pub hosts: Vec<HostInfo>,
+    pub protected_subnet: String,
+    pub cgroups: CgroupInfo,
+    pub bpffs_dir: PathBuf,
+    /// The admin's SSH key, authorized for root on every protected host.
+    pub admin_key: PathBuf,
+    pub admin_key_pub: PathBuf,
+    pub authorized_keys: PathBuf,
+    pub bastiond: BastiondPaths,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminInfo {
+    pub netns: String,
+    pub addr: String,
+    pub subnet: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BastionInfo {
+    pub netns: String,
+    pub admin_addr: String,
+    pub protected_addr: String,
+    pub admin_interface: String,
+    pub protected_interface: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupInfo {
+    pub lab: PathBuf,
+    pub hosts: PathBuf,
+    /// bastiond's `enforce.cgroup_root`.
+    pub enforced: PathBuf,
+    pub bastiond: PathBuf,
+    pub clients: PathBuf,
+}
+
+pub struct Lab {
+    name: LabName,
+    info: LabInfo,
+    sshds: Vec<Child>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Builds a lab that is torn down when dropped. Stale labs of dead owners are swept first.
+    pub fn up() -> anyhow::Result<Lab> {
+        Self::build(false)
+    }
+
+    /// Builds a lab that outlives this process (`cargo xtask lab up`); `cargo xtask lab down`
+    /// removes it.
+    pub fn up_kept() -> anyhow::Result<Lab> {
+        Self::build(true)
+    }
+
+    fn build(keep: bool) -> anyhow::Result<Lab> {
+        cleanup::sweep_stale().context("sweeping stale labs")?;
+        let name = LabName::fresh();
+        cleanup::register(&name);
+        let run_dir = name.run_dir();
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        OwnerState::mine(keep).write(&name)?;
+        let info = LabInfo {
+            name: name.to_string(),
+            run_dir: run_dir.clone(),
+            admin: AdminInfo {
+                netns: name.netns("admin"),
+                addr: ADMIN_ADDR.into(),
+                subnet: ADMIN_SUBNET.into(),
+            },
+            bastion: BastionInfo {
+                netns: name.netns("bastion"),
+                admin_addr: BASTION_ADMIN_ADDR.into(),
+                protected_addr: BASTION_PROTECTED_ADDR.into(),
+                admin_interface: BASTION_ADMIN_IF.into(),
+                protected_interface: BASTION_PROTECTED_IF.into(),
+            },
+            hosts: Vec::new(),
+            protected_subnet: PROTECTED_SUBNET.into(),
+            cgroups: CgroupInfo {
+                lab: name.cgroup(),
+                hosts: name.hosts_cgroup(),
+                enforced: name.enforced_cgroup(),
+                bastiond: name.bastiond_cgroup(),
+                clients: name.clients_cgroup(),
+            },
+            bpffs_dir: name.bpffs_dir(),
+            admin_key: run_dir.join("admin_ed25519"),
+            admin_key_pub: run_dir.join("admin_ed25519.pub"),
+            authorized_keys: run_dir.join("authorized_keys"),
+            bastiond: BastiondPaths::for_lab(&name),
+        };
+        // From here on, an error drops `lab`, which tears down whatever was made.
+        let mut lab = Lab {
+            name,
+            info,
+            sshds: Vec::new(),
+            keep: false,
+        };
+        lab.populate()?;
+        lab.keep = keep;
+        Ok(lab)
+    }
+
+    fn populate(&mut self) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        for cg in [
+            name.hosts_cgroup(),
+            name.enforced_cgroup(),
+            name.bastiond_cgroup(),
+            name.clients_cgroup(),
+        ] {
+            std::fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+        }
+        topology::create(&name)?;
+        sshd::keygen(&self.info.admin_key, &format!("admin@{name}"))?;
+        std::fs::copy(&self.info.admin_key_pub, &self.info.authorized_keys)?;
+        for (host, addr) in HOSTS {
+            let (info, child) = sshd::start(&name, host, addr, &self.info.authorized_keys)?;
+            self.sshds.push(child);
+            self.info.hosts.push(info);
+        }
+        bastiond::write_config(&name, &self.info.bastiond)?;
+        std::fs::write(
+            self.info.run_dir.join("lab.json"),
+            serde_json::to_vec_pretty(&self.info)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn name(&self) -> &LabName {
+        &self.name
+    }
+
+    pub fn info(&self) -> &LabInfo {
+        &self.info
+    }
+
+    /// A command that runs in namespace `role` ("admin", "bastion", "web1", ...) inside the
+    /// lab's clients cgroup, i.e. held to enforcement like any process that is not bastiond.
+    pub fn command(&self, role: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        sys::command_in(program, Some(&self.name.netns(role)), &self.name.clients_cgroup())
+            .with_context(|| format!("preparing a command in {role}"))
+    }
+
+    /// Starts bastiond with the lab's config and waits until it answers.
+    pub fn start_bastiond(&self) -> anyhow::Result<Bastiond> {
+        Bastiond::start(&self.name, &self.info.bastiond)
+    }
+
+    /// Runs `lab-connect` from the bastion namespace in the clients cgroup.
+    pub fn try_connect(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.command("bastion", sys::bin("lab-connect")?)?
+            .args(args)
+            .output()
+            .context("running lab-connect")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for child in &mut self.sshds {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Err(e) = cleanup::teardown(&self.name) {
+            eprintln!("lab {}: teardown incomplete: {e:#}", self.name);
+        }
+    }
+}

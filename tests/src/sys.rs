@@ -1,0 +1,97 @@
+//! Running tools and spawning processes inside a lab namespace and cgroup.
+
+use std::{
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use anyhow::{Context, bail};
+
+/// Runs a command to completion; a non-zero exit is an error carrying its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `ip -n NS args...`
+pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    run("ip", &full).map(drop)
+}
+
+/// A command that will start inside cgroup `cgroup` and, if given, network namespace `netns` (a
+/// name under /run/netns). Unlike `ip netns exec`, the host's /sys stays mounted (bpffs,
+/// cgroupfs), and the process is the direct child, so its pid is the one to stop.
+pub fn command_in(program: impl AsRef<std::ffi::OsStr>, netns: Option<&str>, cgroup: &Path) -> io::Result<Command> {
+    let ns = netns.map(|n| File::open(Path::new("/run/netns").join(n))).transpose()?;
+    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe calls (setns, write) between fork and exec; the files are
+    // moved into the closure and stay open until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // "0" moves the writing process itself.
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(ns) = &ns {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// The directory holding bastiond, bastionctl and lab-connect: `BASTION_BIN_DIR`, or the cargo
+/// profile directory this executable was built into (target/debug for tests and xtask alike).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BASTION_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, with a clear message when it has not been built.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Is `pid` a live process (not a zombie)?
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

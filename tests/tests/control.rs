@@ -1,0 +1,115 @@
+//! bastiond's configuration and control surface: config errors, the control socket's guard,
+//! and bastionctl's behaviour against a stopped daemon.
+
+use std::{os::unix::fs::PermissionsExt, os::unix::process::CommandExt, process::Command};
+
+use bastion_lab::{Lab, sys};
+
+fn one_line(s: &[u8]) -> String {
+    let text = String::from_utf8_lossy(s).trim_end().to_owned();
+    assert_eq!(text.lines().count(), 1, "expected exactly one line, got: {text:?}");
+    text
+}
+
+#[test]
+fn bad_config_is_one_line_naming_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("bastion-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bastiond.toml");
+    std::fs::write(
+        &file,
+        "[store]\npath = \"/var/lib/bastion/store\"\n\n[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnet = [\"203.0.113.0/24\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(sys::bin("bastiond").unwrap()).arg("check-config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = one_line(&out.stderr);
+    let want = format!("{}:6:1:", file.display());
+    assert!(err.contains(&want), "{err} lacks {want}");
+    assert!(err.contains("protected_subnet"), "{err}");
+
+    // The same file fixed passes, silently.
+    std::fs::write(&file, "[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnets = [\"203.0.113.0/24\"]\n").unwrap();
+    let out = Command::new(sys::bin("bastiond").unwrap()).arg("check-config").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+
+    // Starting the daemon with a bad file fails the same way, before touching anything.
+    std::fs::write(&file, "[enforce]\ncgroup_root = \"/x\"\ncolour = true\n").unwrap();
+    let out = Command::new(sys::bin("bastiond").unwrap()).arg("--config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = one_line(&out.stderr);
+    assert!(err.contains(":3:1:") && err.contains("colour"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bastionctl_against_a_stopped_daemon_says_so_in_one_line() {
+    let out = Command::new(sys::bin("bastionctl").unwrap())
+        .args(["--socket", "/nonexistent/bastion/control.sock", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = one_line(&out.stderr);
+    assert!(err.contains("bastiond is not running"), "{err}");
+    assert!(err.contains("/nonexistent/bastion/control.sock"), "{err}");
+}
+
+#[test]
+fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
+    let lab = Lab::up().expect("lab");
+    let mut bastiond = lab.start_bastiond().expect("bastiond");
+    let paths = &lab.info().bastiond;
+
+    let out = bastiond.ctl(&["status"]).unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "bastiond 0.1.0",
+        &format!("{} (schema v1", paths.store.display()),
+        "enforcing on",
+        "203.0.113.0/24",
+    ] {
+        assert!(text.contains(want), "status lacks {want:?}:\n{text}");
+    }
+
+    let mode = std::fs::metadata(&paths.control_socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode");
+
+    // A non-admin uid cannot open the socket at all...
+    let ctl_copy = lab.info().run_dir.join("bastionctl");
+    std::fs::copy(sys::bin("bastionctl").unwrap(), &ctl_copy).unwrap();
+    let as_nobody = |ctl: &std::path::Path| {
+        Command::new(ctl)
+            .args(["--socket"])
+            .arg(&paths.control_socket)
+            .arg("status")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&ctl_copy);
+    assert!(!out.status.success());
+    assert!(one_line(&out.stderr).contains("permission denied"));
+    // ...and even with the file mode loosened, the SO_PEERCRED check refuses it.
+    std::fs::set_permissions(&paths.control_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&ctl_copy);
+    assert!(!out.status.success());
+    let err = one_line(&out.stderr);
+    assert!(err.contains("uid 65534 is not allowed"), "{err}");
+
+    // A second bastiond on the same socket and store is refused with a reason; the first keeps serving.
+    let second = lab.start_bastiond();
+    let err = format!("{:#}", second.err().expect("second bastiond must not start"));
+    assert!(err.contains("another bastiond"), "{err}");
+    assert!(bastiond.ctl(&["status"]).unwrap().status.success());
+
+    // SIGTERM: clean exit, socket removed, store reopens at the same schema.
+    assert!(bastiond.stop().unwrap(), "bastiond should exit 0 on SIGTERM");
+    assert!(!paths.control_socket.exists(), "socket left behind after clean stop");
+    let again = lab.start_bastiond().expect("restart after clean stop");
+    let out = again.ctl(&["status", "--json"]).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["store"]["schema_version"], 1);
+}
