@@ -71,7 +71,11 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             IpAddr::V6((bits & m).into())
         }
     }
@@ -125,7 +129,10 @@ mod tests {
             ("203.0.113.10/32", Ok("203.0.113.10/32")),
             ("0.0.0.0/0", Ok("0.0.0.0/0")),
             ("2001:db8::/32", Ok("2001:db8::/32")),
-            ("203.0.113.1/24", Err("host bits set; did you mean 203.0.113.0/24?")),
+            (
+                "203.0.113.1/24",
+                Err("host bits set; did you mean 203.0.113.0/24?"),
+            ),
             ("203.0.113.0", Err("is not a prefix")),
             ("203.0.113.0/33", Err("invalid prefix length (0..=32)")),
             ("2001:db8::/129", Err("invalid prefix length (0..=128)")),

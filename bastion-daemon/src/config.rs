@@ -151,16 +151,22 @@ impl Config {
             ("enforce.bpffs_dir", &self.enforce.bpffs_dir),
             ("enforce.cgroup_root", &self.enforce.cgroup_root),
         ];
-        for (key, p) in absolute
-            .into_iter()
-            .chain(self.enforce.daemon_cgroup.as_ref().map(|p| ("enforce.daemon_cgroup", p)))
-        {
+        for (key, p) in absolute.into_iter().chain(
+            self.enforce
+                .daemon_cgroup
+                .as_ref()
+                .map(|p| ("enforce.daemon_cgroup", p)),
+        ) {
             if !p.is_absolute() {
-                return Err(invalid(format!("{key} must be an absolute path, got `{}`", p.display())));
+                return Err(invalid(format!(
+                    "{key} must be an absolute path, got `{}`",
+                    p.display()
+                )));
             }
         }
         if let Some(daemon) = &self.enforce.daemon_cgroup {
-            if daemon == &self.enforce.cgroup_root || !daemon.starts_with(&self.enforce.cgroup_root) {
+            if daemon == &self.enforce.cgroup_root || !daemon.starts_with(&self.enforce.cgroup_root)
+            {
                 return Err(invalid(format!(
                     "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
                     daemon.display(),
@@ -171,7 +177,9 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for cidr in &self.enforce.protected_subnets {
             if !seen.insert(cidr) {
-                return Err(invalid(format!("enforce.protected_subnets lists {cidr} twice")));
+                return Err(invalid(format!(
+                    "enforce.protected_subnets lists {cidr} twice"
+                )));
             }
         }
         Ok(())
@@ -236,21 +244,34 @@ protected_subnets = ["203.0.113.0/24"]
         let cases: &[(&str, &[&str])] = &[
             (
                 "[enforce]\ncgroup_root = \"/a\"\nprotected_subnet = []\n",
-                &["/etc/bastion/bastiond.toml:3:1:", "in [enforce]", "protected_subnet"],
+                &[
+                    "/etc/bastion/bastiond.toml:3:1:",
+                    "in [enforce]",
+                    "protected_subnet",
+                ],
             ),
-            ("colour = 1\n[enforce]\ncgroup_root = \"/a\"\n", &[":1:1:", "colour"]),
+            (
+                "colour = 1\n[enforce]\ncgroup_root = \"/a\"\n",
+                &[":1:1:", "colour"],
+            ),
             (
                 "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.1/24\"]\n",
                 &[":3:", "host bits set", "203.0.113.0/24"],
             ),
             ("[control]\nsocket = \"/s\"\n", &["missing field `enforce`"]),
-            ("[enforce]\ncgroup_root = 5\n", &[":2:", "cgroup_root", "in [enforce]"]),
+            (
+                "[enforce]\ncgroup_root = 5\n",
+                &[":2:", "cgroup_root", "in [enforce]"],
+            ),
             ("[enforce\n", &[":1:"]),
             (
                 "[enforce]\ncgroup_root = \"/a\"\ndaemon_cgroup = \"/b\"\n",
                 &["daemon_cgroup", "strictly below"],
             ),
-            ("[enforce]\ncgroup_root = \"rel\"\n", &["enforce.cgroup_root must be an absolute path"]),
+            (
+                "[enforce]\ncgroup_root = \"rel\"\n",
+                &["enforce.cgroup_root must be an absolute path"],
+            ),
             (
                 "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.0/24\", \"203.0.113.0/24\"]\n",
                 &["twice"],

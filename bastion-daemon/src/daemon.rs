@@ -53,7 +53,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store,
         enforcer,
     });
-    server::run(listener, daemon.clone(), Admins::new(&config.control.admin_uids), shutdown).await;
+    server::run(
+        listener,
+        daemon.clone(),
+        Admins::new(&config.control.admin_uids),
+        shutdown,
+    )
+    .await;
     let _ = std::fs::remove_file(&config.control.socket);
     daemon.store.flush()?;
     tracing::info!("bastiond stopped; enforcement stays pinned");
@@ -95,7 +101,8 @@ async fn probe(addr: SocketAddr) -> Result<ProbeResult, String> {
         .map_err(|e| format!("target {addr}: connect failed: {e}"))?;
     let connect_micros = t0.elapsed().as_micros() as u64;
     let mut line = Vec::new();
-    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, MAX_BANNER as u64));
+    let mut reader =
+        tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, MAX_BANNER as u64));
     tokio::time::timeout(PROBE_TIMEOUT, reader.read_until(b'\n', &mut line))
         .await
         .map_err(|_| format!("target {addr}: no banner within {PROBE_TIMEOUT:?}"))?

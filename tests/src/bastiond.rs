@@ -70,7 +70,10 @@ impl Bastiond {
     /// Starts bastiond in the bastion namespace (entered by bastiond itself via `--netns`, which
     /// keeps /sys intact) inside the lab cgroup, and waits until its control socket answers.
     pub fn start(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<Bastiond> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&paths.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.log)?;
         // Start in the lab's `enforced` cgroup: bastiond moves itself into `daemon_cgroup`.
         let mut cmd = sys::command_in(sys::bin("bastiond")?, None, &name.enforced_cgroup())?;
         cmd.arg("--config")
@@ -96,7 +99,10 @@ impl Bastiond {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    bail!("bastiond exited during start-up ({status}): {}", self.log_tail());
+                    bail!(
+                        "bastiond exited during start-up ({status}): {}",
+                        self.log_tail()
+                    );
                 }
             }
             // Ready means *this* bastiond answers: another one may already serve the socket.
@@ -108,7 +114,10 @@ impl Bastiond {
                 }
             }
             if t0.elapsed() > READY_TIMEOUT {
-                bail!("bastiond not ready within {READY_TIMEOUT:?}: {}", self.log_tail());
+                bail!(
+                    "bastiond not ready within {READY_TIMEOUT:?}: {}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -134,7 +143,9 @@ impl Bastiond {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> anyhow::Result<bool> {
-        let Some(mut child) = self.child.take() else { return Ok(false) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(false);
+        };
         // SAFETY: signalling our own child by its pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let t0 = Instant::now();

@@ -90,11 +90,15 @@ fn kill_cgroup(cg: &Path) -> anyhow::Result<()> {
     if !cg.exists() {
         return Ok(());
     }
-    std::fs::write(cg.join("cgroup.kill"), "1").with_context(|| format!("{}/cgroup.kill", cg.display()))?;
+    std::fs::write(cg.join("cgroup.kill"), "1")
+        .with_context(|| format!("{}/cgroup.kill", cg.display()))?;
     let t0 = Instant::now();
     while populated(cg) {
         if t0.elapsed() > KILL_TIMEOUT {
-            anyhow::bail!("processes in {} survived cgroup.kill for {KILL_TIMEOUT:?}", cg.display());
+            anyhow::bail!(
+                "processes in {} survived cgroup.kill for {KILL_TIMEOUT:?}",
+                cg.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -123,7 +127,9 @@ fn remove_cgroups(cg: &Path) -> anyhow::Result<()> {
 
 fn remove_tree(p: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", p.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", p.display()))
+        }
         _ => Ok(()),
     }
 }

@@ -87,7 +87,8 @@ impl Lab {
         let name = LabName::fresh();
         cleanup::register(&name);
         let run_dir = name.run_dir();
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         OwnerState::mine(keep).write(&name)?;
         let info = LabInfo {
             name: name.to_string(),
@@ -139,7 +140,8 @@ impl Lab {
             name.bastiond_cgroup(),
             name.clients_cgroup(),
         ] {
-            std::fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+            std::fs::create_dir_all(&cg)
+                .with_context(|| format!("creating cgroup {}", cg.display()))?;
         }
         topology::create(&name)?;
         sshd::keygen(&self.info.admin_key, &format!("admin@{name}"))?;
@@ -167,9 +169,17 @@ impl Lab {
 
     /// A command that runs in namespace `role` ("admin", "bastion", "web1", ...) inside the
     /// lab's clients cgroup, i.e. held to enforcement like any process that is not bastiond.
-    pub fn command(&self, role: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
-        sys::command_in(program, Some(&self.name.netns(role)), &self.name.clients_cgroup())
-            .with_context(|| format!("preparing a command in {role}"))
+    pub fn command(
+        &self,
+        role: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        sys::command_in(
+            program,
+            Some(&self.name.netns(role)),
+            &self.name.clients_cgroup(),
+        )
+        .with_context(|| format!("preparing a command in {role}"))
     }
 
     /// Starts bastiond with the lab's config and waits until it answers.

@@ -42,7 +42,8 @@ impl LabName {
     /// Accepts an existing lab name (as found by the sweep or given to `lab down`).
     pub fn parse(s: &str) -> Option<LabName> {
         let hex = s.strip_prefix(PREFIX)?;
-        (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| LabName(s.to_owned()))
+        (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| LabName(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -33,7 +33,11 @@ pub fn keygen(path: &Path, comment: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let p = path.to_str().context("non-UTF-8 key path")?;
-    sys::run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", p]).map(drop)
+    sys::run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", p],
+    )
+    .map(drop)
 }
 
 /// Writes the host's sshd config and keys, starts sshd in the host's namespace and the lab's
@@ -97,7 +101,10 @@ pub fn start(
             break;
         }
         if t0.elapsed() > READY_TIMEOUT {
-            bail!("sshd for {host} did not start within {READY_TIMEOUT:?}: {}", text.trim());
+            bail!(
+                "sshd for {host} did not start within {READY_TIMEOUT:?}: {}",
+                text.trim()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -12,10 +12,9 @@ use anyhow::{Context, bail};
 
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
+    let out = Command::new(program).args(args).output().with_context(|| {
+        format!("running {program} (is it installed? `cargo xtask setup` installs it)")
+    })?;
     if !out.status.success() {
         bail!(
             "`{program} {}` failed: {}",
@@ -36,9 +35,17 @@ pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 /// A command that will start inside cgroup `cgroup` and, if given, network namespace `netns` (a
 /// name under /run/netns). Unlike `ip netns exec`, the host's /sys stays mounted (bpffs,
 /// cgroupfs), and the process is the direct child, so its pid is the one to stop.
-pub fn command_in(program: impl AsRef<std::ffi::OsStr>, netns: Option<&str>, cgroup: &Path) -> io::Result<Command> {
-    let ns = netns.map(|n| File::open(Path::new("/run/netns").join(n))).transpose()?;
-    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
+pub fn command_in(
+    program: impl AsRef<std::ffi::OsStr>,
+    netns: Option<&str>,
+    cgroup: &Path,
+) -> io::Result<Command> {
+    let ns = netns
+        .map(|n| File::open(Path::new("/run/netns").join(n)))
+        .transpose()?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))?;
     let mut cmd = Command::new(program);
     // SAFETY: only async-signal-safe calls (setns, write) between fork and exec; the files are
     // moved into the closure and stay open until exec.

@@ -25,27 +25,90 @@ pub fn create(name: &LabName) -> anyhow::Result<()> {
     let bastion = name.netns("bastion");
 
     // admin <-> bastion
-    ip(&admin, &["link", "add", "eth0", "type", "veth", "peer", "name", BASTION_ADMIN_IF, "netns", &bastion])?;
-    ip(&admin, &["addr", "add", &format!("{ADMIN_ADDR}/24"), "dev", "eth0"])?;
+    ip(
+        &admin,
+        &[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            BASTION_ADMIN_IF,
+            "netns",
+            &bastion,
+        ],
+    )?;
+    ip(
+        &admin,
+        &["addr", "add", &format!("{ADMIN_ADDR}/24"), "dev", "eth0"],
+    )?;
     ip(&admin, &["link", "set", "eth0", "up"])?;
-    ip(&admin, &["route", "add", "default", "via", BASTION_ADMIN_ADDR])?;
-    ip(&bastion, &["addr", "add", &format!("{BASTION_ADMIN_ADDR}/24"), "dev", BASTION_ADMIN_IF])?;
+    ip(
+        &admin,
+        &["route", "add", "default", "via", BASTION_ADMIN_ADDR],
+    )?;
+    ip(
+        &bastion,
+        &[
+            "addr",
+            "add",
+            &format!("{BASTION_ADMIN_ADDR}/24"),
+            "dev",
+            BASTION_ADMIN_IF,
+        ],
+    )?;
     ip(&bastion, &["link", "set", BASTION_ADMIN_IF, "up"])?;
 
     // bastion's protected side: one bridge, one port per host.
-    ip(&bastion, &["link", "add", BASTION_PROTECTED_IF, "type", "bridge"])?;
-    ip(&bastion, &["addr", "add", &format!("{BASTION_PROTECTED_ADDR}/24"), "dev", BASTION_PROTECTED_IF])?;
+    ip(
+        &bastion,
+        &["link", "add", BASTION_PROTECTED_IF, "type", "bridge"],
+    )?;
+    ip(
+        &bastion,
+        &[
+            "addr",
+            "add",
+            &format!("{BASTION_PROTECTED_ADDR}/24"),
+            "dev",
+            BASTION_PROTECTED_IF,
+        ],
+    )?;
     ip(&bastion, &["link", "set", BASTION_PROTECTED_IF, "up"])?;
     for (host, addr) in HOSTS {
         let ns = name.netns(host);
-        ip(&ns, &["link", "add", "eth0", "type", "veth", "peer", "name", host, "netns", &bastion])?;
+        ip(
+            &ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", host, "netns", &bastion,
+            ],
+        )?;
         ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip(&ns, &["link", "set", "eth0", "up"])?;
-        ip(&ns, &["route", "add", "default", "via", BASTION_PROTECTED_ADDR])?;
-        ip(&bastion, &["link", "set", host, "master", BASTION_PROTECTED_IF])?;
+        ip(
+            &ns,
+            &["route", "add", "default", "via", BASTION_PROTECTED_ADDR],
+        )?;
+        ip(
+            &bastion,
+            &["link", "set", host, "master", BASTION_PROTECTED_IF],
+        )?;
         ip(&bastion, &["link", "set", host, "up"])?;
     }
-    run("ip", &["netns", "exec", &bastion, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &bastion,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
     Ok(())
 }
 

@@ -7,7 +7,11 @@ use bastion_lab::{Lab, sys};
 
 fn one_line(s: &[u8]) -> String {
     let text = String::from_utf8_lossy(s).trim_end().to_owned();
-    assert_eq!(text.lines().count(), 1, "expected exactly one line, got: {text:?}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "expected exactly one line, got: {text:?}"
+    );
     text
 }
 
@@ -21,7 +25,11 @@ fn bad_config_is_one_line_naming_file_line_and_key() {
         "[store]\npath = \"/var/lib/bastion/store\"\n\n[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnet = [\"203.0.113.0/24\"]\n",
     )
     .unwrap();
-    let out = Command::new(sys::bin("bastiond").unwrap()).arg("check-config").arg(&file).output().unwrap();
+    let out = Command::new(sys::bin("bastiond").unwrap())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = one_line(&out.stderr);
     let want = format!("{}:6:1:", file.display());
@@ -30,13 +38,25 @@ fn bad_config_is_one_line_naming_file_line_and_key() {
 
     // The same file fixed passes, silently.
     std::fs::write(&file, "[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnets = [\"203.0.113.0/24\"]\n").unwrap();
-    let out = Command::new(sys::bin("bastiond").unwrap()).arg("check-config").arg(&file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(sys::bin("bastiond").unwrap())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
 
     // Starting the daemon with a bad file fails the same way, before touching anything.
     std::fs::write(&file, "[enforce]\ncgroup_root = \"/x\"\ncolour = true\n").unwrap();
-    let out = Command::new(sys::bin("bastiond").unwrap()).arg("--config").arg(&file).output().unwrap();
+    let out = Command::new(sys::bin("bastiond").unwrap())
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = one_line(&out.stderr);
     assert!(err.contains(":3:1:") && err.contains("colour"), "{err}");
@@ -73,7 +93,11 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
         assert!(text.contains(want), "status lacks {want:?}:\n{text}");
     }
 
-    let mode = std::fs::metadata(&paths.control_socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&paths.control_socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "control socket mode");
 
     // A non-admin uid cannot open the socket at all...
@@ -93,7 +117,11 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     assert!(!out.status.success());
     assert!(one_line(&out.stderr).contains("permission denied"));
     // ...and even with the file mode loosened, the SO_PEERCRED check refuses it.
-    std::fs::set_permissions(&paths.control_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        &paths.control_socket,
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let out = as_nobody(&ctl_copy);
     assert!(!out.status.success());
     let err = one_line(&out.stderr);
@@ -101,13 +129,22 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
 
     // A second bastiond on the same socket and store is refused with a reason; the first keeps serving.
     let second = lab.start_bastiond();
-    let err = format!("{:#}", second.err().expect("second bastiond must not start"));
+    let err = format!(
+        "{:#}",
+        second.err().expect("second bastiond must not start")
+    );
     assert!(err.contains("another bastiond"), "{err}");
     assert!(bastiond.ctl(&["status"]).unwrap().status.success());
 
     // SIGTERM: clean exit, socket removed, store reopens at the same schema.
-    assert!(bastiond.stop().unwrap(), "bastiond should exit 0 on SIGTERM");
-    assert!(!paths.control_socket.exists(), "socket left behind after clean stop");
+    assert!(
+        bastiond.stop().unwrap(),
+        "bastiond should exit 0 on SIGTERM"
+    );
+    assert!(
+        !paths.control_socket.exists(),
+        "socket left behind after clean stop"
+    );
     let again = lab.start_bastiond().expect("restart after clean stop");
     let out = again.ctl(&["status", "--json"]).unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -18,26 +18,43 @@ const REFUSED_EXIT: i32 = 3;
 
 fn connect(lab: &Lab, args: &[&str]) -> (i32, String) {
     let out = lab.try_connect(args).expect("lab-connect runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
 }
 
 fn assert_eperm(lab: &Lab, args: &[&str]) {
     let (code, out) = connect(lab, args);
-    assert_eq!(code, EPERM_EXIT, "{args:?} should be refused with EPERM, got: {out}");
+    assert_eq!(
+        code, EPERM_EXIT,
+        "{args:?} should be refused with EPERM, got: {out}"
+    );
     assert!(out.contains("Operation not permitted"), "{out}");
 }
 
 fn status_json(b: &bastion_lab::bastiond::Bastiond) -> Value {
     let out = b.ctl(&["status", "--json"]).expect("bastionctl runs");
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
 fn probe_ok(b: &bastion_lab::bastiond::Bastiond, addr: &str) {
     let out = b.ctl(&["probe", addr]).expect("bastionctl runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "probe {addr} failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("SSH-2.0-OpenSSH"), "no sshd banner: {stdout}");
+    assert!(
+        out.status.success(),
+        "probe {addr} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SSH-2.0-OpenSSH"),
+        "no sshd banner: {stdout}"
+    );
 }
 
 #[test]
@@ -57,7 +74,10 @@ fn protected_hosts_are_refused_to_everyone_but_bastiond() {
     assert_eperm(&lab, &["--udp", "::ffff:203.0.113.11", "53"]);
     // Not protected: the connect goes through to the kernel (refused there, no listener).
     let (code, out) = connect(&lab, &["198.51.100.10", "22"]);
-    assert_eq!(code, REFUSED_EXIT, "unprotected address must not be blocked: {out}");
+    assert_eq!(
+        code, REFUSED_EXIT,
+        "unprotected address must not be blocked: {out}"
+    );
 
     // bastiond itself, in its own cgroup, reaches both sshds.
     probe_ok(&bastiond, &format!("{WEB1}:22"));
@@ -65,16 +85,29 @@ fn protected_hosts_are_refused_to_everyone_but_bastiond() {
 
     let s = status_json(&bastiond);
     let e = &s["enforcement"];
-    assert_eq!(e["protected_subnets"], serde_json::json!(["203.0.113.0/24"]));
+    assert_eq!(
+        e["protected_subnets"],
+        serde_json::json!(["203.0.113.0/24"])
+    );
     let hooks: Vec<(&str, &str)> = e["hooks"]
         .as_array()
         .expect("hooks")
         .iter()
-        .map(|h| (h["program"].as_str().unwrap_or(""), h["link"].as_str().unwrap_or("")))
+        .map(|h| {
+            (
+                h["program"].as_str().unwrap_or(""),
+                h["link"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(
         hooks,
-        [("connect4", "attached"), ("connect6", "attached"), ("sendmsg4", "attached"), ("sendmsg6", "attached")]
+        [
+            ("connect4", "attached"),
+            ("connect6", "attached"),
+            ("sendmsg4", "attached"),
+            ("sendmsg6", "attached")
+        ]
     );
     assert!(e["denied"].as_u64().unwrap_or(0) >= 5, "{e}");
     assert!(e["allowed"].as_u64().unwrap_or(0) >= 2, "{e}");
@@ -120,7 +153,10 @@ fn enforcement_holds_after_kill9_and_restart_adopts_without_a_gap() {
     let bastiond = lab.start_bastiond().expect("bastiond restarts");
     restarting.store(false, Ordering::SeqCst);
     let codes = prober.join().expect("prober thread");
-    assert!(codes.iter().all(|c| *c == EPERM_EXIT), "a connect got through during restart: {codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == EPERM_EXIT),
+        "a connect got through during restart: {codes:?}"
+    );
     eprintln!("{} connects during the restart, all refused", codes.len());
 
     let s = status_json(&bastiond);

@@ -39,8 +39,15 @@ fn a_panicking_test_leaves_nothing_behind() {
         std::panic::panic_any(pids);
     });
     let payload = handle.join().expect_err("the thread panics");
-    let (name, pid) = payload.downcast_ref::<(LabName, u32)>().expect("payload").clone();
-    assert_eq!(traces(&name), Vec::<String>::new(), "left behind after panic");
+    let (name, pid) = payload
+        .downcast_ref::<(LabName, u32)>()
+        .expect("payload")
+        .clone();
+    assert_eq!(
+        traces(&name),
+        Vec::<String>::new(),
+        "left behind after panic"
+    );
     assert!(!pid_alive(pid), "bastiond {pid} survived");
 }
 
@@ -87,18 +94,28 @@ fn hosts_run_real_sshd_reachable_through_the_bastion_router() {
             .args(["-i"])
             .arg(&info.admin_key)
             .args([
-                "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR",
-                "-o", "ConnectTimeout=5",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=5",
             ])
             .arg(format!("root@{}", host.addr))
             .arg("cat /proc/sys/kernel/hostname; ip -brief addr show eth0")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "ssh to {}: {}", host.addr, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ssh to {}: {}",
+            host.addr,
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains(&host.addr), "{stdout}");
     }
 }

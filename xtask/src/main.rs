@@ -1,1 +1,61 @@
-fn main() {}
+//! `cargo xtask`: the project's own automation.
+//!
+//! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently;
+//! - `test`: every check CI runs (fmt, clippy, unit and end-to-end tests), after setup;
+//! - `demo`: the lab, bastiond, and enforcement shown end to end;
+//! - `lab up|down|status`: the network-namespace lab by hand.
+
+mod demo;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build and test bastion (idempotent).
+    Setup,
+    /// Run every check: fmt, clippy (userspace and eBPF), unit and end-to-end tests.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Show bastion at work in the lab, then tear it down.
+    Demo {
+        /// Leave the lab and bastiond running afterwards and print how to use them.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Manage the network-namespace lab.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test::run(&args),
+        Command::Demo { keep } => demo::run(keep),
+        Command::Lab { command } => lab::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

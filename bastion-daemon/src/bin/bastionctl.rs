@@ -69,7 +69,12 @@ fn print(response: &Response, json: bool) {
 
 fn print_status(s: &Status) {
     let e = &s.enforcement;
-    println!("bastiond {} (pid {}), up {}", s.version, s.pid, duration(s.uptime_secs));
+    println!(
+        "bastiond {} (pid {}), up {}",
+        s.version,
+        s.pid,
+        duration(s.uptime_secs)
+    );
     println!(
         "{:<14}{} (schema v{}, {})",
         "store",
@@ -80,22 +85,55 @@ fn print_status(s: &Status) {
     let hooks: Vec<String> = e
         .hooks
         .iter()
-        .map(|h| format!("{} ({})", h.program, serde_json::to_value(h.link).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()))
+        .map(|h| {
+            format!(
+                "{} ({})",
+                h.program,
+                serde_json::to_value(h.link)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
-    println!("{:<14}enforcing on {}: {}", "enforcement", e.cgroup_root.display(), hooks.join(", "));
-    let subnets: Vec<String> = e.protected_subnets.iter().map(ToString::to_string).collect();
+    println!(
+        "{:<14}enforcing on {}: {}",
+        "enforcement",
+        e.cgroup_root.display(),
+        hooks.join(", ")
+    );
+    let subnets: Vec<String> = e
+        .protected_subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!(
         "{:<14}{}",
         "protected",
-        if subnets.is_empty() { "(none)".to_owned() } else { subnets.join(", ") }
+        if subnets.is_empty() {
+            "(none)".to_owned()
+        } else {
+            subnets.join(", ")
+        }
     );
-    println!("{:<14}{} (cgroup id {})", "exempt", e.daemon_cgroup.display(), e.daemon_cgroup_id);
-    println!("{:<14}{} refused, {} allowed (bastiond)", "connects", e.denied, e.allowed);
+    println!(
+        "{:<14}{} (cgroup id {})",
+        "exempt",
+        e.daemon_cgroup.display(),
+        e.daemon_cgroup_id
+    );
+    println!(
+        "{:<14}{} refused, {} allowed (bastiond)",
+        "connects", e.denied, e.allowed
+    );
     println!("{:<14}{}", "pins", e.bpffs_dir.display());
 }
 
 fn print_probe(p: &ProbeResult) {
-    println!("{} reachable from bastiond in {} µs: {}", p.addr, p.connect_micros, p.banner);
+    println!(
+        "{} reachable from bastiond in {} µs: {}",
+        p.addr, p.connect_micros, p.banner
+    );
 }
 
 fn duration(secs: u64) -> String {
@@ -114,5 +152,9 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -29,7 +29,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::CheckConfig { file }) => Config::load(&file).map(drop).map_err(anyhow::Error::from),
+        Some(Command::CheckConfig { file }) => {
+            Config::load(&file).map(drop).map_err(anyhow::Error::from)
+        }
         None => start(cli.config, cli.netns),
     };
     match result {
@@ -74,17 +76,22 @@ fn enter_netns(ns: &str) -> anyhow::Result<()> {
     } else {
         PathBuf::from("/run/netns").join(ns)
     };
-    let file = std::fs::File::open(&path).with_context(|| format!("network namespace {}", path.display()))?;
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("network namespace {}", path.display()))?;
     // SAFETY: setns on an fd we own; the process is single-threaded here.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering network namespace {}", path.display()));
     }
     Ok(())
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop bastiond with SIGKILL");
         return std::future::pending().await;
     };

@@ -28,9 +28,15 @@ pub enum ClientError {
 /// Sends one request and returns bastiond's answer (its error responses become `Refused`).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ClientError::NotRunning { path: socket.into() },
-        io::ErrorKind::ConnectionRefused => ClientError::Stale { path: socket.into() },
-        io::ErrorKind::PermissionDenied => ClientError::Denied { path: socket.into() },
+        io::ErrorKind::NotFound => ClientError::NotRunning {
+            path: socket.into(),
+        },
+        io::ErrorKind::ConnectionRefused => ClientError::Stale {
+            path: socket.into(),
+        },
+        io::ErrorKind::PermissionDenied => ClientError::Denied {
+            path: socket.into(),
+        },
         _ => ClientError::Io {
             path: socket.into(),
             source,
@@ -50,7 +56,9 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err)?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io_err)?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io_err)?;
     let envelope: Envelope<Response> =
         serde_json::from_str(&answer).map_err(|e| ClientError::Malformed(e.to_string()))?;
     match envelope.body {

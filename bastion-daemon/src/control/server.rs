@@ -62,7 +62,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ControlError::InUse { path: path.to_owned() });
+        return Err(ControlError::InUse {
+            path: path.to_owned(),
+        });
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
@@ -105,12 +107,19 @@ pub async fn run<H: Handler>(
     }
 }
 
-async fn serve_one<H: Handler>(mut stream: UnixStream, handler: &H, admins: &Admins) -> io::Result<()> {
+async fn serve_one<H: Handler>(
+    mut stream: UnixStream,
+    handler: &H,
+    admins: &Admins,
+) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let response = if !admins.allows(cred.uid()) {
         tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control API refused to a non-admin uid");
         Response::Error {
-            message: format!("uid {} is not allowed to use the bastiond control API", cred.uid()),
+            message: format!(
+                "uid {} is not allowed to use the bastiond control API",
+                cred.uid()
+            ),
         }
     } else {
         match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {

@@ -94,7 +94,13 @@ mod tests {
 36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
 44 35 0:39 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-        assert_eq!(mount_from_mountinfo(text), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(mount_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            mount_from_mountinfo(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            mount_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 }

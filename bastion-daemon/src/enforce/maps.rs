@@ -94,7 +94,8 @@ where
 {
     let e = map_err(name);
     for (len, data) in want {
-        trie.insert(&Key::new(*len, *data), PROTECTED, 0).map_err(&e)?;
+        trie.insert(&Key::new(*len, *data), PROTECTED, 0)
+            .map_err(&e)?;
     }
     let have: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>().map_err(&e)?;
     for key in have {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::{CgroupError, cgroup2_mount, cgroup_id, cgroup_of, enter as enter_cgroup};
+pub use cgroup::{CgroupError, cgroup_id, cgroup_of, cgroup2_mount, enter as enter_cgroup};
 
 use crate::{cidr::Cidr, config::EnforceConfig};
 
@@ -35,11 +35,17 @@ pub enum EnforceError {
     )]
     DaemonCgroupOutsideRoot { daemon: PathBuf, root: PathBuf },
     #[error("bpffs {}: {source}", path.display())]
-    Bpffs { path: PathBuf, source: std::io::Error },
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf)", path.display())]
     NotBpffs { path: PathBuf },
     #[error("cannot open cgroup root {}: {source}", path.display())]
-    CgroupRoot { path: PathBuf, source: std::io::Error },
+    CgroupRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("loading eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program `{name}`: {source}")]
@@ -165,7 +171,9 @@ impl PinDirs {
         }
         std::fs::create_dir_all(dir).map_err(bpffs)?;
         if !sys::is_bpffs(dir).map_err(bpffs)? {
-            return Err(EnforceError::NotBpffs { path: dir.to_owned() });
+            return Err(EnforceError::NotBpffs {
+                path: dir.to_owned(),
+            });
         }
         let dirs = PinDirs {
             maps: dir.join("maps"),

@@ -10,7 +10,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
 use super::{EnforceError, HookStatus, LinkOrigin, sys};
 
 /// The object aya-build compiled from bastion-ebpf (see build.rs).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bastion-ebpf-programs"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bastion-ebpf-programs"));
 
 /// Every hook bastiond attaches to the cgroup root. Names are the program (function) names.
 pub const HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];

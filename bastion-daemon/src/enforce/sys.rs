@@ -43,7 +43,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
             std::mem::size_of::<T>() as libc::c_uint,
         )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Opens the bpffs object pinned at `path`.
@@ -89,7 +93,17 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     let fstype = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let ret = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -43,7 +43,9 @@ pub struct Store {
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::open(path).map_err(|source| match &source {
-            sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) => {
+            sled::Error::Io(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) =>
+            {
                 StoreError::Locked {
                     path: path.to_owned(),
                     source,
@@ -73,10 +75,14 @@ impl Store {
         match raw {
             None => Ok(0),
             Some(bytes) => {
-                let arr: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::CorruptVersion {
-                    path: self.path.clone(),
-                    len: bytes.len(),
-                })?;
+                let arr: [u8; 4] =
+                    bytes
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::CorruptVersion {
+                            path: self.path.clone(),
+                            len: bytes.len(),
+                        })?;
                 Ok(u32::from_be_bytes(arr))
             }
         }
@@ -156,7 +162,8 @@ mod tests {
         {
             let db = sled::open(&path).unwrap();
             let meta = db.open_tree(META_TREE).unwrap();
-            meta.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+            meta.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
             db.flush().unwrap();
         }
         let e = Store::open(&path).err().expect("must refuse");

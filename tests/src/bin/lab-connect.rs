@@ -26,8 +26,12 @@ fn main() -> ExitCode {
     };
     let target = SocketAddr::new(ip, port);
     let result = if udp {
-        let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-        UdpSocket::bind(bind).and_then(|s| s.send_to(b"lab", target)).map(|_| "sent".to_owned())
+        let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal");
+        UdpSocket::bind(bind)
+            .and_then(|s| s.send_to(b"lab", target))
+            .map(|_| "sent".to_owned())
     } else {
         TcpStream::connect_timeout(&target, Duration::from_secs(5)).map(|mut s| {
             // Read the peer's banner, if it sends one, to show the connection is real.

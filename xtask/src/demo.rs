@@ -1,0 +1,114 @@
+//! `cargo xtask demo`: bastion's enforcement shown end to end in the lab.
+
+use std::process::Output;
+
+use anyhow::{Context, bail};
+use bastion_lab::Lab;
+
+use crate::util::{build_bins, require_root};
+
+const WEB1: &str = "203.0.113.10";
+
+pub fn run(keep: bool) -> anyhow::Result<()> {
+    require_root("cargo xtask demo")?;
+    crate::setup::run()?;
+    build_bins()?;
+
+    say(
+        "Building the lab: admin 198.51.100.0/24 -> bastion (router) -> protected 203.0.113.0/24 (web1, web2 with sshd)",
+    );
+    let lab = if keep { Lab::up_kept()? } else { Lab::up()? };
+    let info = lab.info().clone();
+    println!("    lab {} up", info.name);
+
+    say("Before bastiond runs, a process on the bastion host reaches web1's sshd directly:");
+    show(&ssh_from_bastion(&lab)?);
+
+    say("Starting bastiond (enforcement on the lab's cgroup, pins under its bpffs dir):");
+    let mut bastiond = lab.start_bastiond()?;
+    show(&bastiond.ctl(&["status"])?);
+
+    say(
+        "Now the same ssh from the bastion host is refused by the kernel (EPERM), IPv4 and IPv4-mapped IPv6:",
+    );
+    expect_eperm(&ssh_from_bastion(&lab)?)?;
+    expect_eperm(&lab.try_connect(&["::ffff:203.0.113.10", "22"])?)?;
+    expect_eperm(&lab.try_connect(&["--udp", WEB1, "53"])?)?;
+
+    say("...while bastiond itself, in its own cgroup, reaches the target:");
+    let probe = bastiond.ctl(&["probe", &format!("{WEB1}:22")])?;
+    show(&probe);
+    if !probe.status.success() {
+        bail!("bastiond could not reach web1");
+    }
+
+    say("kill -9 bastiond: enforcement stays pinned, and bastionctl says the daemon is gone:");
+    bastiond.kill9()?;
+    expect_eperm(&lab.try_connect(&[WEB1, "22"])?)?;
+    show(&bastiond.ctl(&["status"])?);
+
+    say("A new bastiond adopts the pinned links (atomic program swap, no open window):");
+    let bastiond = lab.start_bastiond()?;
+    show(&bastiond.ctl(&["status"])?);
+    expect_eperm(&lab.try_connect(&[WEB1, "22"])?)?;
+
+    if keep {
+        // The lab and this bastiond stay up; `cargo xtask lab down` removes both.
+        std::mem::forget(bastiond);
+        crate::lab::print_enter(&lab);
+    } else {
+        drop(bastiond);
+        drop(lab);
+        say("Lab torn down: namespaces, cgroups, pins and processes removed.");
+    }
+    Ok(())
+}
+
+fn say(s: &str) {
+    println!("\n--- {s}");
+}
+
+fn show(out: &Output) {
+    for stream in [&out.stdout, &out.stderr] {
+        for line in String::from_utf8_lossy(stream).lines() {
+            println!("    {line}");
+        }
+    }
+}
+
+/// A real OpenSSH client on the bastion host, not in bastiond's cgroup.
+fn ssh_from_bastion(lab: &Lab) -> anyhow::Result<Output> {
+    let info = lab.info();
+    lab.command("bastion", "ssh")?
+        .arg("-i")
+        .arg(&info.admin_key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+            &format!("root@{WEB1}"),
+            "echo connected to $(cat /proc/sys/kernel/hostname) as $(id -un)",
+        ])
+        .output()
+        .context("running ssh")
+}
+
+fn expect_eperm(out: &Output) -> anyhow::Result<()> {
+    show(out);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() || !text.contains("Operation not permitted") {
+        bail!("expected EPERM, got: {}", text.trim());
+    }
+    Ok(())
+}
