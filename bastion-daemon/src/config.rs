@@ -164,15 +164,14 @@ impl Config {
                 )));
             }
         }
-        if let Some(daemon) = &self.enforce.daemon_cgroup {
-            if daemon == &self.enforce.cgroup_root || !daemon.starts_with(&self.enforce.cgroup_root)
-            {
-                return Err(invalid(format!(
-                    "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
-                    daemon.display(),
-                    self.enforce.cgroup_root.display()
-                )));
-            }
+        if let Some(daemon) = &self.enforce.daemon_cgroup
+            && !strictly_below(daemon, &self.enforce.cgroup_root)
+        {
+            return Err(invalid(format!(
+                "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
+                daemon.display(),
+                self.enforce.cgroup_root.display()
+            )));
         }
         let mut seen = std::collections::BTreeSet::new();
         for cidr in &self.enforce.protected_subnets {
@@ -184,6 +183,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True if `path` is a descendant of `root` (and not `root` itself). bastiond's cgroup must be:
+/// the hooks on `root` must see it to exempt it, and nothing else may share its exemption.
+pub fn strictly_below(path: &Path, root: &Path) -> bool {
+    path != root && path.starts_with(root)
 }
 
 /// Turns a byte offset into line/column and the enclosing `[table]` header, if any.
@@ -201,13 +206,22 @@ fn locate(path: &Path, text: &str, offset: usize, message: &str) -> Located {
         .and_then(|l| l.strip_prefix('['))
         .and_then(|l| l.split(']').next())
         .map(|t| t.trim().to_owned());
+    // toml's messages can span lines; keep the error on one line.
+    let mut message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Value errors ("invalid type: integer `5`") do not say which key; the line does.
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    if let Some((key, _)) = line_text.split_once('=') {
+        let key = key.trim();
+        if !key.is_empty() && !message.contains(key) {
+            message = format!("key `{key}`: {message}");
+        }
+    }
     Located {
         path: path.to_owned(),
         line,
         column,
         table,
-        // toml's messages can span lines; keep the error on one line.
-        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
+        message,
     }
 }
 

@@ -33,7 +33,7 @@ fn caller_verdict() -> i32 {
     // SAFETY: a plain helper call with no arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only tested for presence, never read through the reference.
-    if unsafe { ALLOWED_CGROUPS.get(&cgroup) }.is_some() {
+    if unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some() {
         count(Stat::Allowed);
         verdict::ALLOW
     } else {

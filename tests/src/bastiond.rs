@@ -96,14 +96,14 @@ impl Bastiond {
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let t0 = Instant::now();
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!(
-                        "bastiond exited during start-up ({status}): {}",
-                        self.log_tail()
-                    );
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "bastiond exited during start-up ({status}): {}",
+                    self.log_tail()
+                );
             }
             // Ready means *this* bastiond answers: another one may already serve the socket.
             let out = self.ctl(&["status", "--json"])?;

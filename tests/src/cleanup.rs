@@ -138,10 +138,10 @@ fn remove_tree(p: &Path) -> anyhow::Result<()> {
 pub fn all_labs() -> anyhow::Result<Vec<LabName>> {
     let mut names: Vec<LabName> = Vec::new();
     let mut add = |s: &str| {
-        if let Some(n) = s.get(..PREFIX.len() + 8).and_then(LabName::parse) {
-            if !names.contains(&n) {
-                names.push(n);
-            }
+        if let Some(n) = s.get(..PREFIX.len() + 8).and_then(LabName::parse)
+            && !names.contains(&n)
+        {
+            names.push(n);
         }
     };
     for dir in [RUN_ROOT, CGROUP_MOUNT, BPFFS] {

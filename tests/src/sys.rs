@@ -55,10 +55,10 @@ pub fn command_in(
             if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(ns) = &ns {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(ns) = &ns
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

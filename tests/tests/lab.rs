@@ -16,7 +16,7 @@ fn traces(name: &LabName) -> Vec<String> {
             found.push(p.display().to_string());
         }
     }
-    for ns in topology::list_netns().unwrap() {
+    for ns in topology::list_netns().expect("ip netns list") {
         if ns.starts_with(name.as_str()) {
             found.push(format!("netns {ns}"));
         }

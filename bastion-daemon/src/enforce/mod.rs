@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroup::{CgroupError, cgroup_id, cgroup_of, cgroup2_mount, enter as enter_cgroup};
 
-use crate::{cidr::Cidr, config::EnforceConfig};
+use crate::{
+    cidr::Cidr,
+    config::{EnforceConfig, strictly_below},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -110,7 +113,7 @@ impl Enforcer {
     /// Loads, fills, attaches and pins the enforcement programs, adopting earlier pins.
     pub fn start(cfg: &EnforceConfig) -> Result<Enforcer, EnforceError> {
         let daemon_cgroup = cgroup_of("self")?;
-        if daemon_cgroup == cfg.cgroup_root || !daemon_cgroup.starts_with(&cfg.cgroup_root) {
+        if !strictly_below(&daemon_cgroup, &cfg.cgroup_root) {
             return Err(EnforceError::DaemonCgroupOutsideRoot {
                 daemon: daemon_cgroup,
                 root: cfg.cgroup_root.clone(),

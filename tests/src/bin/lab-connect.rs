@@ -49,8 +49,8 @@ fn main() -> ExitCode {
         Err(e) => {
             println!("error: {e}");
             match e.raw_os_error() {
-                Some(libc_eperm) if libc_eperm == 1 => ExitCode::from(2),
-                Some(111) => ExitCode::from(3),
+                Some(libc::EPERM) => ExitCode::from(2),
+                Some(libc::ECONNREFUSED) => ExitCode::from(3),
                 _ => ExitCode::from(1),
             }
         }
