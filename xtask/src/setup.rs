@@ -26,11 +26,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {
-    println!("==> setup");
+    eprintln!("==> setup");
     apt()?;
     rust_components()?;
     bpf_linker()?;
-    println!("    setup: done");
+    eprintln!("    setup: done");
     Ok(())
 }
 
@@ -60,10 +60,10 @@ fn apt() -> anyhow::Result<()> {
         .filter(|p| !installed(p))
         .collect();
     if missing.is_empty() {
-        println!("    apt: all {} packages present", APT_PACKAGES.len());
+        eprintln!("    apt: all {} packages present", APT_PACKAGES.len());
         return Ok(());
     }
-    println!("    apt: installing {}", missing.join(" "));
+    eprintln!("    apt: installing {}", missing.join(" "));
     let status = Command::new("apt-get")
         .args(["update", "-qq"])
         .status()
@@ -90,7 +90,7 @@ fn rust_components() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is required (it provides the nightly toolchain that builds eBPF)")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        println!("    rustup: installing the nightly toolchain (builds the eBPF programs)");
+        eprintln!("    rustup: installing the nightly toolchain (builds the eBPF programs)");
         let ok = Command::new("rustup")
             .args([
                 "toolchain",
@@ -116,9 +116,9 @@ fn rust_components() -> anyhow::Result<()> {
     ]))
     .unwrap_or_default();
     if have.lines().any(|l| l.starts_with("rust-src")) {
-        println!("    rustup: nightly with rust-src present");
+        eprintln!("    rustup: nightly with rust-src present");
     } else {
-        println!("    rustup: adding rust-src to nightly (eBPF builds core from source)");
+        eprintln!("    rustup: adding rust-src to nightly (eBPF builds core from source)");
         let ok = Command::new("rustup")
             .args(["component", "add", "rust-src", "--toolchain", "nightly"])
             .status()
@@ -129,7 +129,7 @@ fn rust_components() -> anyhow::Result<()> {
     }
     for (tool, component) in [("clippy", "clippy"), ("fmt", "rustfmt")] {
         if !quiet(crate::util::cargo().args([tool, "--version"])) {
-            println!("    rustup: adding {component}");
+            eprintln!("    rustup: adding {component}");
             if !quiet(Command::new("rustup").args(["component", "add", component])) {
                 bail!("cannot add the {component} component to the default toolchain");
             }
@@ -140,10 +140,10 @@ fn rust_components() -> anyhow::Result<()> {
 
 fn bpf_linker() -> anyhow::Result<()> {
     if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
-        println!("    bpf-linker: present ({})", v.trim());
+        eprintln!("    bpf-linker: present ({})", v.trim());
         return Ok(());
     }
-    println!("    bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    eprintln!("    bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
     let status = crate::util::cargo()
         .args([

@@ -12,7 +12,7 @@ pub fn workspace() -> PathBuf {
 
 /// Prints a step header, runs `cmd` with inherited output, and fails naming the step.
 pub fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
-    println!("==> {what}");
+    eprintln!("==> {what}");
     let t0 = Instant::now();
     let status = cmd
         .current_dir(workspace())
@@ -21,7 +21,7 @@ pub fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
     if !status.success() {
         bail!("{what} failed ({status})");
     }
-    println!("    {what}: ok in {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!("    {what}: ok in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
