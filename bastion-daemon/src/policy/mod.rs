@@ -1,0 +1,16 @@
+//! Access policy: who may reach which target, as which login, with which rights, and when.
+//!
+//! - [`model`]: users, groups, targets, protected subnets and grants (stored in sled, changed only
+//!   through the control API);
+//! - [`window`]: validity windows (days of week, time of day, UTC);
+//! - [`evaluate`]: the decision, a pure function of the policy, the request and the time.
+//!
+//! Invariant: nothing in this module does IO or touches tokio. The session actor loads a
+//! [`model::Policy`] snapshot and asks; tests call the same function with tables of cases.
+
+pub mod evaluate;
+pub mod model;
+pub mod window;
+
+pub use evaluate::{AccessRequest, Decision, Denied, ResolvedTarget, evaluate, resolve_target};
+pub use model::{Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target, User};

@@ -1,0 +1,173 @@
+//! The policy model. Every type is (de)serialised into the store's policy trees; the store's
+//! schema version covers their layout.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::window::Window;
+use crate::cidr::Cidr;
+
+/// A person (or automation) that signs in to bastion. Identity comes from their key: in
+/// transparent mode the SSH user name is the *target login*, not the bastion user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`), validated on the way in.
+    pub keys: Vec<String>,
+    /// OpenSSH user-CA public keys whose certificates (with this user's name as a principal)
+    /// also authenticate the user.
+    #[serde(default)]
+    pub trusted_cas: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// A protected host registered by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Pinned host keys (OpenSSH public key lines). A session to a target whose key is not
+    /// among them is aborted; an empty list means "not enrolled yet", which also refuses.
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+}
+
+/// Something a session may do on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Right {
+    Shell,
+    Exec,
+    Sftp,
+    Forward,
+    Agent,
+}
+
+impl Right {
+    pub const ALL: [Right; 5] = [
+        Right::Shell,
+        Right::Exec,
+        Right::Sftp,
+        Right::Forward,
+        Right::Agent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Right::Shell => "shell",
+            Right::Exec => "exec",
+            Right::Sftp => "sftp",
+            Right::Forward => "forward",
+            Right::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Right> {
+        Right::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A set of rights (small and ordered, so it prints and compares stably).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rights(Vec<Right>);
+
+impl Rights {
+    pub fn new(rights: impl IntoIterator<Item = Right>) -> Rights {
+        let mut v: Vec<Right> = rights.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Rights(v)
+    }
+
+    pub fn contains(&self, r: Right) -> bool {
+        self.0.contains(&r)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Right> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantSubject {
+    User(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantObject {
+    Target(String),
+    Subnet(Cidr),
+}
+
+/// Permission for a subject to reach an object as one of `logins` with `rights`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub subject: GrantSubject,
+    pub object: GrantObject,
+    pub logins: Vec<String>,
+    pub rights: Rights,
+    /// Unix seconds before which the grant does not apply.
+    #[serde(default)]
+    pub not_before: Option<u64>,
+    /// Unix seconds from which the grant no longer applies.
+    #[serde(default)]
+    pub not_after: Option<u64>,
+    /// Recurring window (e.g. weekdays 08:00-18:00 UTC) within which the grant applies.
+    #[serde(default)]
+    pub window: Option<Window>,
+}
+
+/// A snapshot of the whole policy, as the evaluator sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub users: BTreeMap<String, User>,
+    pub groups: BTreeMap<String, Group>,
+    pub targets: BTreeMap<String, Target>,
+    pub subnets: Vec<Cidr>,
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// A name for a user, group, target or grant: short, printable, and safe to use inside
+/// `login@target` user names and file names.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !s.starts_with(['-', '.'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["alice", "web1", "db-01.prod", "ops_team"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a@b", "a/b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rights_are_a_sorted_set() {
+        let r = Rights::new([Right::Exec, Right::Shell, Right::Exec]);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [Right::Shell, Right::Exec]);
+        assert_eq!(Right::parse("sftp"), Some(Right::Sftp));
+        assert_eq!(Right::parse("root"), None);
+    }
+}
