@@ -154,7 +154,6 @@ pub fn evaluate(policy: &Policy, req: &AccessRequest<'_>) -> Decision {
         });
     }
     let mut first_reason = None;
-    let target = req.target.to_string();
     for g in with_right {
         let reason = match (g.not_before, g.not_after, g.window) {
             (Some(from), _, _) if req.now < from => Some(Denied::NotYetValid {
@@ -298,7 +297,8 @@ mod tests {
     #[test]
     fn resolution() {
         let p = policy();
-        let cases: &[(&str, Result<(Option<&str>, &str), &str>)] = &[
+        type Case<'a> = (&'a str, Result<(Option<&'a str>, &'a str), &'a str>);
+        let cases: &[Case] = &[
             ("web1", Ok((Some("web1"), "203.0.113.10"))),
             ("203.0.113.10", Ok((Some("web1"), "203.0.113.10"))),
             ("203.0.113.99", Ok((None, "203.0.113.99"))),
