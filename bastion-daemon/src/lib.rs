@@ -1,6 +1,7 @@
 //! bastion: the daemon (`bastiond`) and admin CLI (`bastionctl`) of a transparent SSH auditing appliance.
 //!
 //! Layout (see ARCHITECTURE.md for the bird's-eye view):
+//! - [`audit`]: the typed audit event stream (product output, not logs);
 //! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
 //! - [`store`]: the sled database, its schema version and migrations;
@@ -9,6 +10,7 @@
 //! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 
+pub mod audit;
 pub mod cidr;
 pub mod config;
 pub mod control;

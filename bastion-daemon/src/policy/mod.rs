@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: users, groups, targets, protected subnets and grants (stored in sled, changed only
 //!   through the control API);
+//! - [`validate`]: checks a change against the current policy before it is stored;
 //! - [`window`]: validity windows (days of week, time of day, UTC);
 //! - [`evaluate`]: the decision, a pure function of the policy, the request and the time.
 //!
@@ -10,7 +11,12 @@
 
 pub mod evaluate;
 pub mod model;
+pub mod validate;
 pub mod window;
 
 pub use evaluate::{AccessRequest, Decision, Denied, ResolvedTarget, evaluate, resolve_target};
-pub use model::{Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target, User};
+pub use model::{
+    Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target,
+    User,
+};
+pub use validate::{PolicyError, check_add, check_remove};

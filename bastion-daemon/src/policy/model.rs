@@ -171,3 +171,105 @@ mod tests {
         assert_eq!(Right::parse("root"), None);
     }
 }
+
+/// One stored policy object, as the control API carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Entity {
+    User(User),
+    Group(Group),
+    Target(Target),
+    Subnet(Cidr),
+    Grant(Grant),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    User,
+    Group,
+    Target,
+    Subnet,
+    Grant,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 5] = [
+        EntityKind::User,
+        EntityKind::Group,
+        EntityKind::Target,
+        EntityKind::Subnet,
+        EntityKind::Grant,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::User => "user",
+            EntityKind::Group => "group",
+            EntityKind::Target => "target",
+            EntityKind::Subnet => "subnet",
+            EntityKind::Grant => "grant",
+        }
+    }
+}
+
+impl Entity {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            Entity::User(_) => EntityKind::User,
+            Entity::Group(_) => EntityKind::Group,
+            Entity::Target(_) => EntityKind::Target,
+            Entity::Subnet(_) => EntityKind::Subnet,
+            Entity::Grant(_) => EntityKind::Grant,
+        }
+    }
+
+    /// The name it is stored and addressed under.
+    pub fn key(&self) -> String {
+        match self {
+            Entity::User(u) => u.name.clone(),
+            Entity::Group(g) => g.name.clone(),
+            Entity::Target(t) => t.name.clone(),
+            Entity::Subnet(c) => c.to_string(),
+            Entity::Grant(g) => g.id.clone(),
+        }
+    }
+}
+
+impl Policy {
+    pub fn insert(&mut self, e: Entity) {
+        match e {
+            Entity::User(u) => drop(self.users.insert(u.name.clone(), u)),
+            Entity::Group(g) => drop(self.groups.insert(g.name.clone(), g)),
+            Entity::Target(t) => drop(self.targets.insert(t.name.clone(), t)),
+            Entity::Subnet(c) => {
+                if !self.subnets.contains(&c) {
+                    self.subnets.push(c);
+                    self.subnets.sort();
+                }
+            }
+            Entity::Grant(g) => drop(self.grants.insert(g.id.clone(), g)),
+        }
+    }
+
+    pub fn remove(&mut self, kind: EntityKind, key: &str) {
+        match kind {
+            EntityKind::User => drop(self.users.remove(key)),
+            EntityKind::Group => drop(self.groups.remove(key)),
+            EntityKind::Target => drop(self.targets.remove(key)),
+            EntityKind::Subnet => self.subnets.retain(|c| c.to_string() != key),
+            EntityKind::Grant => drop(self.grants.remove(key)),
+        }
+    }
+
+    /// Every entity of `kind`, in name order.
+    pub fn entities(&self, kind: EntityKind) -> Vec<Entity> {
+        match kind {
+            EntityKind::User => self.users.values().cloned().map(Entity::User).collect(),
+            EntityKind::Group => self.groups.values().cloned().map(Entity::Group).collect(),
+            EntityKind::Target => self.targets.values().cloned().map(Entity::Target).collect(),
+            EntityKind::Subnet => self.subnets.iter().copied().map(Entity::Subnet).collect(),
+            EntityKind::Grant => self.grants.values().cloned().map(Entity::Grant).collect(),
+        }
+    }
+}

@@ -2,13 +2,21 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migrates `db` from `to - 1` to `to`.
 pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
     match to {
         // 1: the initial layout: the `meta` tree (schema version). Nothing to convert.
         1 => db.open_tree("meta").map(drop),
+        // 2: the policy trees (one per kind, JSON values keyed by name) and the audit stream
+        //    (JSON events keyed by big-endian sequence number). New trees only: nothing to convert.
+        2 => {
+            for kind in crate::policy::EntityKind::ALL {
+                db.open_tree(super::policy::tree_name(kind))?;
+            }
+            db.open_tree(super::policy::AUDIT_TREE).map(drop)
+        }
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),
     }

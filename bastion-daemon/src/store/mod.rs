@@ -6,6 +6,7 @@
 //! resumes where it stopped. A store newer than this binary is refused rather than misread.
 
 mod migrate;
+mod policy;
 
 use std::path::{Path, PathBuf};
 
@@ -168,6 +169,35 @@ mod tests {
         }
         let e = Store::open(&path).err().expect("must refuse");
         assert!(e.to_string().contains("newer than this bastiond"), "{e}");
+    }
+
+    #[test]
+    fn v1_store_upgrades_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            // What a schema-1 bastiond left: only the meta tree.
+            let db = sled::open(&path).unwrap();
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert(SCHEMA_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let names: Vec<String> =
+            s.db.tree_names()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+        for want in ["audit", "policy_users", "policy_grants"] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+        assert!(s.load_policy().unwrap().users.is_empty());
     }
 
     #[test]

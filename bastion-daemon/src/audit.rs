@@ -1,0 +1,44 @@
+//! Audit events: bastion's product output, kept apart from debug logs. Every policy change,
+//! daemon start and (later) login, session and flow is one event in the store's `audit` tree,
+//! in order, naming who caused it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::EntityKind;
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "actor", rename_all = "snake_case")]
+pub enum Actor {
+    /// A bastionctl caller, identified by SO_PEERCRED.
+    Admin { uid: u32, pid: Option<i32> },
+    /// bastiond itself.
+    Daemon,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditKind {
+    DaemonStarted { version: String, pid: u32 },
+    PolicyAdded { kind: EntityKind, name: String },
+    PolicyRemoved { kind: EntityKind, name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the audit stream (strictly increasing).
+    pub seq: u64,
+    /// Wall-clock time, microseconds since the Unix epoch.
+    pub time_micros: u64,
+    #[serde(flatten)]
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub kind: AuditKind,
+}
+
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,189 @@
+//! Checks a policy change against the current policy before it is stored: names well formed,
+//! keys parseable, references pointing at things that exist, nothing removed that is still
+//! referenced. Pure, like the evaluator.
+
+use super::model::{GrantObject, GrantSubject, Policy, valid_name};
+use crate::policy::Entity;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "invalid name `{0}`: use letters, digits, `-`, `_`, `.` (at most 64, not starting with `-` or `.`)"
+    )]
+    BadName(String),
+    #[error("{kind} `{name}` already exists; remove it first")]
+    Exists { kind: &'static str, name: String },
+    #[error("{kind} `{name}` does not exist")]
+    Missing { kind: &'static str, name: String },
+    #[error("{what}: not an OpenSSH public key: {reason}")]
+    BadKey { what: String, reason: String },
+    #[error("{kind} `{name}` is used by {users}; change those first")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        users: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses an OpenSSH public key line, returning its canonical text (type, base64, comment).
+pub fn parse_key(what: &str, line: &str) -> Result<String, PolicyError> {
+    ssh_key::PublicKey::from_openssh(line.trim())
+        .map_err(|e| PolicyError::BadKey {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+        .and_then(|k| {
+            k.to_openssh().map_err(|e| PolicyError::BadKey {
+                what: what.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+}
+
+fn name(n: &str) -> Result<(), PolicyError> {
+    if valid_name(n) {
+        Ok(())
+    } else {
+        Err(PolicyError::BadName(n.to_owned()))
+    }
+}
+
+fn exists(p: &Policy, kind: &'static str, n: &str) -> bool {
+    match kind {
+        "user" => p.users.contains_key(n),
+        "group" => p.groups.contains_key(n),
+        "target" => p.targets.contains_key(n),
+        "grant" => p.grants.contains_key(n),
+        "subnet" => p.subnets.iter().any(|c| c.to_string() == n),
+        _ => false,
+    }
+}
+
+fn need(p: &Policy, kind: &'static str, n: &str) -> Result<(), PolicyError> {
+    if exists(p, kind, n) {
+        Ok(())
+    } else {
+        Err(PolicyError::Missing {
+            kind,
+            name: n.to_owned(),
+        })
+    }
+}
+
+/// Validates adding `entity` and returns it normalised (keys in canonical form).
+pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
+    let kind = entity.kind().as_str();
+    let key = entity.key();
+    if entity.kind() != super::EntityKind::Subnet {
+        name(&key)?;
+    }
+    if exists(p, kind, &key) {
+        return Err(PolicyError::Exists { kind, name: key });
+    }
+    Ok(match entity {
+        Entity::User(mut u) => {
+            if u.keys.is_empty() && u.trusted_cas.is_empty() {
+                return Err(PolicyError::Invalid(format!(
+                    "user `{}` needs at least one key or trusted CA",
+                    u.name
+                )));
+            }
+            u.keys = u
+                .keys
+                .iter()
+                .map(|k| parse_key(&format!("user {} key", u.name), k))
+                .collect::<Result<_, _>>()?;
+            u.trusted_cas = u
+                .trusted_cas
+                .iter()
+                .map(|k| parse_key(&format!("user {} CA", u.name), k))
+                .collect::<Result<_, _>>()?;
+            Entity::User(u)
+        }
+        Entity::Group(g) => {
+            for m in &g.members {
+                need(p, "user", m)?;
+            }
+            Entity::Group(g)
+        }
+        Entity::Target(mut t) => {
+            if t.port == 0 {
+                return Err(PolicyError::Invalid(format!("target `{}`: port 0", t.name)));
+            }
+            t.host_keys = t
+                .host_keys
+                .iter()
+                .map(|k| parse_key(&format!("target {} host key", t.name), k))
+                .collect::<Result<_, _>>()?;
+            Entity::Target(t)
+        }
+        Entity::Subnet(c) => Entity::Subnet(c),
+        Entity::Grant(g) => {
+            match &g.subject {
+                GrantSubject::User(u) => need(p, "user", u)?,
+                GrantSubject::Group(gr) => need(p, "group", gr)?,
+            }
+            if let GrantObject::Target(t) = &g.object {
+                need(p, "target", t)?;
+            }
+            if g.logins.is_empty() {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}` names no login",
+                    g.id
+                )));
+            }
+            if g.rights.iter().next().is_none() {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}` grants no right",
+                    g.id
+                )));
+            }
+            if let (Some(a), Some(b)) = (g.not_before, g.not_after)
+                && a >= b
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: not_before is not before not_after",
+                    g.id
+                )));
+            }
+            Entity::Grant(g)
+        }
+    })
+}
+
+/// Validates removing the `kind` entity called `key`.
+pub fn check_remove(p: &Policy, kind: super::EntityKind, key: &str) -> Result<(), PolicyError> {
+    let k = kind.as_str();
+    need(p, k, key)?;
+    let mut users: Vec<String> = Vec::new();
+    for g in p.grants.values() {
+        let refers = match (kind, &g.subject, &g.object) {
+            (super::EntityKind::User, GrantSubject::User(u), _) => u == key,
+            (super::EntityKind::Group, GrantSubject::Group(gr), _) => gr == key,
+            (super::EntityKind::Target, _, GrantObject::Target(t)) => t == key,
+            _ => false,
+        };
+        if refers {
+            users.push(format!("grant {}", g.id));
+        }
+    }
+    if kind == super::EntityKind::User {
+        users.extend(
+            p.groups
+                .values()
+                .filter(|g| g.members.iter().any(|m| m == key))
+                .map(|g| format!("group {}", g.name)),
+        );
+    }
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::InUse {
+            kind: k,
+            name: key.to_owned(),
+            users: users.join(", "),
+        })
+    }
+}

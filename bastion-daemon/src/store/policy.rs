@@ -1,0 +1,226 @@
+//! Policy and audit trees. A policy change and its audit event commit in one sled transaction:
+//! there is never a change without its record, nor a record of a change that did not happen.
+
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+
+use super::{Store, StoreError};
+use crate::{
+    audit::{Actor, AuditEvent, AuditKind, now_micros},
+    policy::{Entity, EntityKind, Policy},
+};
+
+pub(super) const AUDIT_TREE: &str = "audit";
+
+/// The tree each kind of policy object lives in.
+pub(super) fn tree_name(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::User => "policy_users",
+        EntityKind::Group => "policy_groups",
+        EntityKind::Target => "policy_targets",
+        EntityKind::Subnet => "policy_subnets",
+        EntityKind::Grant => "policy_grants",
+    }
+}
+
+fn corrupt(tree: &str, e: impl std::fmt::Display) -> sled::Error {
+    sled::Error::Unsupported(format!("tree {tree}: undecodable record: {e}"))
+}
+
+impl Store {
+    /// The whole policy, read from the store.
+    pub fn load_policy(&self) -> Result<Policy, StoreError> {
+        let mut policy = Policy::default();
+        for kind in EntityKind::ALL {
+            let name = tree_name(kind);
+            for item in self.tree(name)?.iter() {
+                let (_, value) = item.map_err(|e| self.io(e))?;
+                let entity: Entity =
+                    serde_json::from_slice(&value).map_err(|e| self.io(corrupt(name, e)))?;
+                policy.insert(entity);
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Stores `entity` (already validated) and its audit event, atomically.
+    pub fn put_entity(&self, entity: &Entity, actor: Actor) -> Result<AuditEvent, StoreError> {
+        let kind = entity.kind();
+        let value = serde_json::to_vec(entity).map_err(|e| self.io(corrupt(tree_name(kind), e)))?;
+        let event = AuditKind::PolicyAdded {
+            kind,
+            name: entity.key(),
+        };
+        self.change(kind, &entity.key(), Some(value), actor, event)
+    }
+
+    /// Removes the `kind` entity `key` (already validated) with its audit event, atomically.
+    pub fn remove_entity(
+        &self,
+        kind: EntityKind,
+        key: &str,
+        actor: Actor,
+    ) -> Result<AuditEvent, StoreError> {
+        let event = AuditKind::PolicyRemoved {
+            kind,
+            name: key.to_owned(),
+        };
+        self.change(kind, key, None, actor, event)
+    }
+
+    fn change(
+        &self,
+        kind: EntityKind,
+        key: &str,
+        value: Option<Vec<u8>>,
+        actor: Actor,
+        event: AuditKind,
+    ) -> Result<AuditEvent, StoreError> {
+        let tree = self.tree(tree_name(kind))?;
+        let audit = self.tree(AUDIT_TREE)?;
+        let event = self.new_event(actor, event)?;
+        let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+        (&tree, &audit)
+            .transaction(|(t, a)| {
+                match &value {
+                    Some(v) => drop(t.insert(key.as_bytes(), v.as_slice())?),
+                    None => drop(t.remove(key.as_bytes())?),
+                }
+                a.insert(&event.seq.to_be_bytes(), record.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => self.io(e),
+                TransactionError::Abort(()) => {
+                    self.io(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        self.flush()?;
+        Ok(event)
+    }
+
+    /// Appends an event that changes nothing else (e.g. daemon start).
+    pub fn append_audit(&self, actor: Actor, kind: AuditKind) -> Result<AuditEvent, StoreError> {
+        let event = self.new_event(actor, kind)?;
+        let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+        self.tree(AUDIT_TREE)?
+            .insert(event.seq.to_be_bytes(), record)
+            .map_err(|e| self.io(e))?;
+        self.flush()?;
+        Ok(event)
+    }
+
+    /// The newest `limit` audit events, oldest first.
+    pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events = self
+            .tree(AUDIT_TREE)?
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item.map_err(|e| self.io(e))?;
+                serde_json::from_slice(&v).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))
+            })
+            .collect::<Result<Vec<AuditEvent>, StoreError>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn new_event(&self, actor: Actor, kind: AuditKind) -> Result<AuditEvent, StoreError> {
+        // sled ids are unique and increasing across restarts (they may skip, never repeat).
+        let seq = self.db.generate_id().map_err(|e| self.io(e))?;
+        Ok(AuditEvent {
+            seq,
+            time_micros: now_micros(),
+            actor,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Group, User};
+
+    #[test]
+    fn changes_persist_with_their_audit_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let admin = Actor::Admin {
+            uid: 0,
+            pid: Some(1),
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_entity(
+                &Entity::User(User {
+                    name: "alice".into(),
+                    keys: vec!["ssh-ed25519 AAAA".into()],
+                    trusted_cas: vec![],
+                }),
+                admin.clone(),
+            )
+            .unwrap();
+            s.put_entity(
+                &Entity::Group(Group {
+                    name: "ops".into(),
+                    members: vec!["alice".into()],
+                }),
+                admin.clone(),
+            )
+            .unwrap();
+            s.remove_entity(
+                EntityKind::Group,
+                "ops",
+                Actor::Admin {
+                    uid: 1000,
+                    pid: None,
+                },
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let p = s.load_policy().unwrap();
+        assert_eq!(p.users.keys().collect::<Vec<_>>(), ["alice"]);
+        assert!(p.groups.is_empty());
+        let events = s.audit_events(10).unwrap();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind.clone(), e.actor.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    AuditKind::PolicyAdded {
+                        kind: EntityKind::User,
+                        name: "alice".into()
+                    },
+                    admin.clone()
+                ),
+                (
+                    AuditKind::PolicyAdded {
+                        kind: EntityKind::Group,
+                        name: "ops".into()
+                    },
+                    admin
+                ),
+                (
+                    AuditKind::PolicyRemoved {
+                        kind: EntityKind::Group,
+                        name: "ops".into()
+                    },
+                    Actor::Admin {
+                        uid: 1000,
+                        pid: None
+                    }
+                ),
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(s.audit_events(1).unwrap().len(), 1);
+    }
+}
