@@ -8,24 +8,28 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use tokio::io::AsyncBufReadExt;
 
 use crate::{
+    audit::{Actor, AuditEvent, AuditKind},
+    cidr::Cidr,
     config::Config,
     control::{
         protocol::{ProbeResult, Request, Response, Status, StoreStatus},
-        server::{self, Admins, ControlError, Handler},
+        server::{self, Admins, ControlError, Handler, Peer},
     },
     enforce::{EnforceError, Enforcer},
+    policy::{self, Entity, EntityKind, Policy},
     store::{Store, StoreError},
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BANNER: usize = 255;
+const MAX_AUDIT_LIST: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -40,18 +44,33 @@ pub enum DaemonError {
 struct Daemon {
     started: Instant,
     store: Store,
-    enforcer: Enforcer,
+    /// Protected prefixes from the config file; the store's are added to them.
+    config_subnets: Vec<Cidr>,
+    /// The policy as stored. Changes take this lock for check-store-apply, so they serialise.
+    policy: Mutex<Policy>,
+    enforcer: Mutex<Enforcer>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
-    let enforcer = Enforcer::start(&config.enforce)?;
+    let policy = store.load_policy()?;
+    let config_subnets = config.enforce.protected_subnets.clone();
+    let enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
     let listener = server::bind(&config.control.socket)?;
+    store.append_audit(
+        Actor::Daemon,
+        AuditKind::DaemonStarted {
+            version: crate::VERSION.to_owned(),
+            pid: std::process::id(),
+        },
+    )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
     let daemon = Arc::new(Daemon {
         started: Instant::now(),
         store,
-        enforcer,
+        config_subnets,
+        policy: Mutex::new(policy),
+        enforcer: Mutex::new(enforcer),
     });
     server::run(
         listener,
@@ -66,11 +85,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// Config prefixes plus stored ones, without duplicates.
+fn protected(config: &[Cidr], policy: &Policy) -> Vec<Cidr> {
+    let mut all: Vec<Cidr> = config.iter().chain(&policy.subnets).copied().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data here (every writer stores first and
+    // applies after), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Handler for Daemon {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, peer: Peer, request: Request) -> Response {
         let result = match request {
             Request::Status => self.status().map(Response::Status),
             Request::Probe { addr } => probe(addr).await.map(Response::Probe),
+            Request::PolicyAdd { entity } => self.add(peer, entity).map(Response::Changed),
+            Request::PolicyRemove { kind, name } => {
+                self.remove(peer, kind, &name).map(Response::Changed)
+            }
+            Request::PolicyList { kind } => Ok(Response::Entities {
+                entities: lock(&self.policy).entities(kind),
+            }),
+            Request::PolicyShow { kind, name } => lock(&self.policy)
+                .entities(kind)
+                .into_iter()
+                .find(|e| e.key() == name)
+                .map(|e| Response::Entities { entities: vec![e] })
+                .ok_or_else(|| format!("{} `{name}` does not exist", kind.as_str())),
+            Request::AuditList { limit } => self
+                .store
+                .audit_events(limit.min(MAX_AUDIT_LIST))
+                .map(|events| Response::Audit { events })
+                .map_err(|e| e.to_string()),
         };
         result.unwrap_or_else(|message| Response::Error { message })
     }
@@ -87,8 +138,58 @@ impl Daemon {
                 schema_version: self.store.schema_version().map_err(|e| e.to_string())?,
                 size_bytes: self.store.size_on_disk().map_err(|e| e.to_string())?,
             },
-            enforcement: self.enforcer.status().map_err(|e| e.to_string())?,
+            enforcement: lock(&self.enforcer).status().map_err(|e| e.to_string())?,
         })
+    }
+
+    fn add(&self, peer: Peer, entity: Entity) -> Result<AuditEvent, String> {
+        let mut policy = lock(&self.policy);
+        let entity = policy::check_add(&policy, entity).map_err(|e| e.to_string())?;
+        let mut next = policy.clone();
+        next.insert(entity.clone());
+        // A new protected prefix reaches the kernel before it is recorded: if storing fails, the
+        // kernel is stricter than the record, never looser.
+        if entity.kind() == EntityKind::Subnet {
+            self.apply_subnets(&next)?;
+        }
+        let event = self
+            .store
+            .put_entity(&entity, admin(peer))
+            .map_err(|e| e.to_string())?;
+        *policy = next;
+        tracing::info!(uid = peer.uid, kind = entity.kind().as_str(), name = %entity.key(), "policy added");
+        Ok(event)
+    }
+
+    fn remove(&self, peer: Peer, kind: EntityKind, name: &str) -> Result<AuditEvent, String> {
+        let mut policy = lock(&self.policy);
+        policy::check_remove(&policy, kind, name).map_err(|e| e.to_string())?;
+        let mut next = policy.clone();
+        next.remove(kind, name);
+        // Removal is recorded before the kernel loosens, for the same reason.
+        let event = self
+            .store
+            .remove_entity(kind, name, admin(peer))
+            .map_err(|e| e.to_string())?;
+        *policy = next;
+        if kind == EntityKind::Subnet {
+            self.apply_subnets(&policy)?;
+        }
+        tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
+        Ok(event)
+    }
+
+    fn apply_subnets(&self, policy: &Policy) -> Result<(), String> {
+        lock(&self.enforcer)
+            .set_protected(&protected(&self.config_subnets, policy))
+            .map_err(|e| format!("updating enforcement: {e}"))
+    }
+}
+
+fn admin(peer: Peer) -> Actor {
+    Actor::Admin {
+        uid: peer.uid,
+        pid: peer.pid,
     }
 }
 

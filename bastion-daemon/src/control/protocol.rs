@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::enforce::EnforceStatus;
+use crate::{
+    audit::AuditEvent,
+    enforce::EnforceStatus,
+    policy::{Entity, EntityKind},
+};
 
 /// Bumped on any incompatible change; a mismatch is answered with a clear error.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -26,6 +30,16 @@ pub enum Request {
     /// bastiond connects to `addr` from its own cgroup and reports the first line the peer sends
     /// (the SSH banner of an sshd): proof that the audited path reaches a target.
     Probe { addr: SocketAddr },
+    /// Adds a user, group, target, protected subnet or grant (refused if it exists).
+    PolicyAdd { entity: Entity },
+    /// Removes one (refused while something still refers to it).
+    PolicyRemove { kind: EntityKind, name: String },
+    /// Every entity of a kind.
+    PolicyList { kind: EntityKind },
+    /// One entity.
+    PolicyShow { kind: EntityKind, name: String },
+    /// The newest `limit` audit events.
+    AuditList { limit: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +47,18 @@ pub enum Request {
 pub enum Response {
     Status(Status),
     Probe(ProbeResult),
-    Error { message: String },
+    /// A policy change was stored; this is its audit event.
+    Changed(AuditEvent),
+    // Struct variants: an internally tagged enum cannot carry a bare sequence.
+    Entities {
+        entities: Vec<Entity>,
+    },
+    Audit {
+        events: Vec<AuditEvent>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,4 +83,91 @@ pub struct ProbeResult {
     /// The first line the peer sent, without its line ending.
     pub banner: String,
     pub connect_micros: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::{Actor, AuditKind},
+        policy::{Group, User},
+    };
+
+    fn round_trip(r: Response) {
+        let line = serde_json::to_string(&Envelope {
+            v: PROTOCOL_VERSION,
+            body: r,
+        })
+        .expect("encodes");
+        let back: Envelope<Response> = serde_json::from_str(&line).expect("decodes");
+        assert_eq!(back.v, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn every_response_shape_encodes_and_decodes() {
+        let event = AuditEvent {
+            seq: 1,
+            time_micros: 2,
+            actor: Actor::Admin {
+                uid: 0,
+                pid: Some(3),
+            },
+            kind: AuditKind::PolicyAdded {
+                kind: EntityKind::User,
+                name: "alice".into(),
+            },
+        };
+        round_trip(Response::Changed(event.clone()));
+        round_trip(Response::Audit {
+            events: vec![event],
+        });
+        round_trip(Response::Entities {
+            entities: vec![
+                Entity::User(User {
+                    name: "alice".into(),
+                    keys: vec![],
+                    trusted_cas: vec![],
+                }),
+                Entity::Group(Group {
+                    name: "ops".into(),
+                    members: vec![],
+                }),
+                Entity::Subnet("203.0.113.0/24".parse().expect("cidr")),
+            ],
+        });
+        round_trip(Response::Entities { entities: vec![] });
+        round_trip(Response::Error {
+            message: "x".into(),
+        });
+    }
+
+    #[test]
+    fn every_request_shape_round_trips() {
+        for r in [
+            Request::Status,
+            Request::PolicyList {
+                kind: EntityKind::Grant,
+            },
+            Request::PolicyShow {
+                kind: EntityKind::User,
+                name: "alice".into(),
+            },
+            Request::PolicyRemove {
+                kind: EntityKind::Subnet,
+                name: "203.0.113.0/24".into(),
+            },
+            Request::AuditList { limit: 5 },
+            Request::PolicyAdd {
+                entity: Entity::Subnet("203.0.113.0/24".parse().expect("cidr")),
+            },
+        ] {
+            let line = serde_json::to_string(&Envelope {
+                v: PROTOCOL_VERSION,
+                body: &r,
+            })
+            .expect("encodes");
+            let back: Envelope<Request> = serde_json::from_str(&line).expect("decodes");
+            assert_eq!(back.body, r);
+        }
+    }
 }

@@ -29,7 +29,14 @@ pub enum ControlError {
 
 /// Answers requests. bastiond implements it; tests may drive `run` with their own.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+    fn handle(&self, peer: Peer, request: Request) -> impl Future<Output = Response> + Send;
+}
+
+/// The caller, as the kernel reports it (SO_PEERCRED): audit events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
 }
 
 /// Who may use the API: root and the configured admin uids.
@@ -127,17 +134,32 @@ async fn serve_one<H: Handler>(
                 message: "timed out waiting for the request".into(),
             },
             Ok(Err(message)) => Response::Error { message },
-            Ok(Ok(request)) => handler.handle(request).await,
+            Ok(Ok(request)) => {
+                let peer = Peer {
+                    uid: cred.uid(),
+                    pid: cred.pid(),
+                };
+                handler.handle(peer, request).await
+            }
         }
     };
-    let mut line = serde_json::to_vec(&Envelope {
-        v: PROTOCOL_VERSION,
-        body: response,
-    })
-    .map_err(io::Error::other)?;
+    let mut line = encode(response).or_else(|e| {
+        tracing::error!(error = %e, "cannot encode a control response");
+        encode(Response::Error {
+            message: format!("internal: cannot encode the response: {e}"),
+        })
+    })?;
     line.push(b'\n');
     stream.write_all(&line).await?;
     stream.shutdown().await
+}
+
+fn encode(response: Response) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(&Envelope {
+        v: PROTOCOL_VERSION,
+        body: response,
+    })
+    .map_err(io::Error::other)
 }
 
 async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {

@@ -111,7 +111,8 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Loads, fills, attaches and pins the enforcement programs, adopting earlier pins.
-    pub fn start(cfg: &EnforceConfig) -> Result<Enforcer, EnforceError> {
+    /// `protected` is every prefix to protect: the config's and the store's.
+    pub fn start(cfg: &EnforceConfig, protected: &[Cidr]) -> Result<Enforcer, EnforceError> {
         let daemon_cgroup = cgroup_of("self")?;
         if !strictly_below(&daemon_cgroup, &cfg.cgroup_root) {
             return Err(EnforceError::DaemonCgroupOutsideRoot {
@@ -126,7 +127,7 @@ impl Enforcer {
         let mut ebpf = programs::load(&dirs.maps)?;
         let mut maps = maps::Maps::take(&mut ebpf)?;
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
-        maps.set_protected(&cfg.protected_subnets)?;
+        maps.set_protected(protected)?;
         let hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
 
         let (denied, allowed) = maps.counters()?;
@@ -136,7 +137,7 @@ impl Enforcer {
             daemon_cgroup,
             daemon_cgroup_id,
             hooks,
-            protected_subnets: cfg.protected_subnets.clone(),
+            protected_subnets: protected.to_vec(),
             denied,
             allowed,
         };
@@ -144,6 +145,13 @@ impl Enforcer {
             tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
         }
         Ok(Enforcer { maps, status })
+    }
+
+    /// Makes the kernel protect exactly `protected`, live (additions land before removals).
+    pub fn set_protected(&mut self, protected: &[Cidr]) -> Result<(), EnforceError> {
+        self.maps.set_protected(protected)?;
+        self.status.protected_subnets = protected.to_vec();
+        Ok(())
     }
 
     /// The current status, with fresh counters.

@@ -1,0 +1,240 @@
+//! The command line. Each command becomes exactly one control-API request; files named on the
+//! command line (keys) are read here, by the caller, never by the daemon.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use bastion::{
+    cidr::Cidr,
+    config::DEFAULT_SOCKET,
+    control::protocol::Request,
+    policy::{
+        Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
+        window::Window,
+    },
+};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bastionctl", version, about = "Manage a bastion appliance")]
+pub struct Cli {
+    /// bastiond's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, env = "BASTION_SOCKET")]
+    pub socket: PathBuf,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Version, uptime, store and enforcement state.
+    Status,
+    /// Have bastiond connect to ADDR (ip:port) and show the peer's banner.
+    Probe { addr: SocketAddr },
+    /// Bastion users: people identified by their SSH keys.
+    User {
+        #[command(subcommand)]
+        cmd: Noun<UserAdd>,
+    },
+    /// Groups of users.
+    Group {
+        #[command(subcommand)]
+        cmd: Noun<GroupAdd>,
+    },
+    /// Protected hosts registered by name.
+    Target {
+        #[command(subcommand)]
+        cmd: Noun<TargetAdd>,
+    },
+    /// Protected subnets (enforced by the kernel as soon as they are added).
+    Subnet {
+        #[command(subcommand)]
+        cmd: Noun<SubnetAdd>,
+    },
+    /// Grants: who may reach what, as which login, with which rights, when.
+    Grant {
+        #[command(subcommand)]
+        cmd: Noun<GrantAdd>,
+    },
+    /// The audit event stream (policy changes, daemon starts, ...).
+    Audit {
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// The verbs every policy noun has.
+#[derive(Subcommand)]
+pub enum Noun<A: Args> {
+    /// Add one.
+    Add(A),
+    /// List all.
+    List,
+    /// Show one.
+    Show { name: String },
+    /// Remove one.
+    Remove { name: String },
+}
+
+#[derive(Args)]
+pub struct UserAdd {
+    name: String,
+    /// Public key: an OpenSSH key line or a .pub file (repeatable).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// Trusted user-CA public key, line or file (repeatable).
+    #[arg(long = "ca")]
+    cas: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct GroupAdd {
+    name: String,
+    /// Member user (repeatable).
+    #[arg(long = "member")]
+    members: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TargetAdd {
+    name: String,
+    addr: std::net::IpAddr,
+    #[arg(long, default_value_t = 22)]
+    port: u16,
+    /// Pinned host key: an OpenSSH key line or a .pub file (repeatable).
+    #[arg(long = "host-key")]
+    host_keys: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SubnetAdd {
+    cidr: Cidr,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["user", "group"])))]
+#[command(group(clap::ArgGroup::new("object").required(true).args(["target", "subnet"])))]
+pub struct GrantAdd {
+    /// Grant id.
+    id: String,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    subnet: Option<Cidr>,
+    /// Target login allowed (repeatable).
+    #[arg(long = "login", required = true)]
+    logins: Vec<String>,
+    /// Comma-separated rights: shell, exec, sftp, forward, agent.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_right)]
+    rights: Vec<Right>,
+    /// Valid from (Unix seconds).
+    #[arg(long)]
+    not_before: Option<u64>,
+    /// Valid until (Unix seconds).
+    #[arg(long)]
+    not_after: Option<u64>,
+    /// Recurring window, UTC, e.g. "mon-fri 08:00-18:00".
+    #[arg(long)]
+    window: Option<Window>,
+}
+
+fn parse_right(s: &str) -> Result<Right, String> {
+    Right::parse(s)
+        .ok_or_else(|| format!("unknown right `{s}` (shell, exec, sftp, forward, agent)"))
+}
+
+/// A key given as a literal line, or a file holding one per line.
+fn key_lines(args: &[String]) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    for a in args {
+        if a.starts_with("ssh-") || a.starts_with("ecdsa-") || a.starts_with("sk-") {
+            keys.push(a.clone());
+        } else {
+            let text = std::fs::read_to_string(a).map_err(|e| format!("key file {a}: {e}"))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Turns a noun's verb into a request; `add` builds the entity with `build`.
+fn noun<A: Args>(
+    kind: EntityKind,
+    cmd: Noun<A>,
+    build: impl FnOnce(A) -> Result<Entity, String>,
+) -> Result<Request, String> {
+    Ok(match cmd {
+        Noun::Add(a) => Request::PolicyAdd { entity: build(a)? },
+        Noun::List => Request::PolicyList { kind },
+        Noun::Show { name } => Request::PolicyShow { kind, name },
+        Noun::Remove { name } => Request::PolicyRemove { kind, name },
+    })
+}
+
+impl Command {
+    pub fn into_request(self) -> Result<Request, String> {
+        match self {
+            Command::Status => Ok(Request::Status),
+            Command::Probe { addr } => Ok(Request::Probe { addr }),
+            Command::Audit { limit } => Ok(Request::AuditList { limit }),
+            Command::User { cmd } => noun(EntityKind::User, cmd, |a| {
+                Ok(Entity::User(User {
+                    name: a.name,
+                    keys: key_lines(&a.keys)?,
+                    trusted_cas: key_lines(&a.cas)?,
+                }))
+            }),
+            Command::Group { cmd } => noun(EntityKind::Group, cmd, |a| {
+                Ok(Entity::Group(Group {
+                    name: a.name,
+                    members: a.members,
+                }))
+            }),
+            Command::Target { cmd } => noun(EntityKind::Target, cmd, |a| {
+                Ok(Entity::Target(Target {
+                    name: a.name,
+                    addr: a.addr,
+                    port: a.port,
+                    host_keys: key_lines(&a.host_keys)?,
+                }))
+            }),
+            Command::Subnet { cmd } => {
+                noun(EntityKind::Subnet, cmd, |a| Ok(Entity::Subnet(a.cidr)))
+            }
+            Command::Grant { cmd } => noun(EntityKind::Grant, cmd, |a| {
+                let subject = match (a.user, a.group) {
+                    (Some(u), _) => GrantSubject::User(u),
+                    (_, Some(g)) => GrantSubject::Group(g),
+                    _ => return Err("a grant needs --user or --group".into()),
+                };
+                let object = match (a.target, a.subnet) {
+                    (Some(t), _) => GrantObject::Target(t),
+                    (_, Some(c)) => GrantObject::Subnet(c),
+                    _ => return Err("a grant needs --target or --subnet".into()),
+                };
+                Ok(Entity::Grant(Grant {
+                    id: a.id,
+                    subject,
+                    object,
+                    logins: a.logins,
+                    rights: Rights::new(a.rights),
+                    not_before: a.not_before,
+                    not_after: a.not_after,
+                    window: a.window,
+                }))
+            }),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Human-readable output.
+
+use bastion::{
+    audit::{Actor, AuditEvent, AuditKind},
+    control::protocol::{ProbeResult, Response, Status},
+    policy::{Entity, GrantObject, GrantSubject},
+};
+
+pub fn response(r: &Response) {
+    match r {
+        Response::Status(s) => status(s),
+        Response::Probe(p) => probe(p),
+        Response::Changed(e) => println!("{}", event_line(e)),
+        Response::Entities { entities } if entities.is_empty() => println!("(none)"),
+        Response::Entities { entities } => entities.iter().for_each(entity),
+        Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
+        Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
+    }
+}
+
+fn status(s: &Status) {
+    let e = &s.enforcement;
+    println!(
+        "bastiond {} (pid {}), up {}",
+        s.version,
+        s.pid,
+        duration(s.uptime_secs)
+    );
+    println!(
+        "{:<14}{} (schema v{}, {})",
+        "store",
+        s.store.path.display(),
+        s.store.schema_version,
+        bytes(s.store.size_bytes)
+    );
+    let hooks: Vec<String> = e
+        .hooks
+        .iter()
+        .map(|h| {
+            format!(
+                "{} ({})",
+                h.program,
+                serde_json::to_value(h.link)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    println!(
+        "{:<14}enforcing on {}: {}",
+        "enforcement",
+        e.cgroup_root.display(),
+        hooks.join(", ")
+    );
+    let subnets: Vec<String> = e
+        .protected_subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "{:<14}{}",
+        "protected",
+        if subnets.is_empty() {
+            "(none)".to_owned()
+        } else {
+            subnets.join(", ")
+        }
+    );
+    println!(
+        "{:<14}{} (cgroup id {})",
+        "exempt",
+        e.daemon_cgroup.display(),
+        e.daemon_cgroup_id
+    );
+    println!(
+        "{:<14}{} refused, {} allowed (bastiond)",
+        "connects", e.denied, e.allowed
+    );
+    println!("{:<14}{}", "pins", e.bpffs_dir.display());
+}
+
+fn probe(p: &ProbeResult) {
+    println!(
+        "{} reachable from bastiond in {} µs: {}",
+        p.addr, p.connect_micros, p.banner
+    );
+}
+
+fn entity(e: &Entity) {
+    match e {
+        Entity::User(u) => {
+            let keys: Vec<&str> = u
+                .keys
+                .iter()
+                .map(|k| k.split_whitespace().next().unwrap_or("?"))
+                .collect();
+            println!(
+                "user   {:<16} keys: {}  trusted CAs: {}",
+                u.name,
+                if keys.is_empty() {
+                    "-".into()
+                } else {
+                    keys.join(",")
+                },
+                u.trusted_cas.len()
+            );
+        }
+        Entity::Group(g) => println!("group  {:<16} members: {}", g.name, g.members.join(",")),
+        Entity::Target(t) => println!(
+            "target {:<16} {}:{}  host keys: {}",
+            t.name,
+            t.addr,
+            t.port,
+            if t.host_keys.is_empty() {
+                "none pinned".to_owned()
+            } else {
+                t.host_keys.len().to_string()
+            }
+        ),
+        Entity::Subnet(c) => println!("subnet {c}"),
+        Entity::Grant(g) => {
+            let subject = match &g.subject {
+                GrantSubject::User(u) => format!("user {u}"),
+                GrantSubject::Group(g) => format!("group {g}"),
+            };
+            let object = match &g.object {
+                GrantObject::Target(t) => format!("target {t}"),
+                GrantObject::Subnet(c) => format!("subnet {c}"),
+            };
+            let rights: Vec<&str> = g.rights.iter().map(|r| r.as_str()).collect();
+            let mut when = Vec::new();
+            if let Some(t) = g.not_before {
+                when.push(format!("from {t}"));
+            }
+            if let Some(t) = g.not_after {
+                when.push(format!("until {t}"));
+            }
+            if let Some(w) = g.window {
+                when.push(format!("during {w} UTC"));
+            }
+            println!(
+                "grant  {:<16} {subject} -> {object} as {} [{}]{}",
+                g.id,
+                g.logins.join(","),
+                rights.join(","),
+                if when.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", when.join(", "))
+                }
+            );
+        }
+    }
+}
+
+fn event_line(e: &AuditEvent) -> String {
+    let who = match &e.actor {
+        Actor::Admin { uid, .. } => format!("uid {uid}"),
+        Actor::Daemon => "bastiond".to_owned(),
+    };
+    let what = match &e.kind {
+        AuditKind::DaemonStarted { version, pid } => {
+            format!("bastiond {version} started (pid {pid})")
+        }
+        AuditKind::PolicyAdded { kind, name } => format!("added {} {name}", kind.as_str()),
+        AuditKind::PolicyRemoved { kind, name } => format!("removed {} {name}", kind.as_str()),
+    };
+    format!("#{:<6} {} {who}: {what}", e.seq, utc(e.time_micros))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix microseconds (civil-from-days, no time zone database).
+fn utc(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::utc(1_795_737_600_000_000 + 3_723_000_000),
+            "2026-11-27T01:02:03Z"
+        );
+        assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
+    }
+}
