@@ -52,6 +52,52 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     show(&bastiond.ctl(&["status"])?);
     expect_eperm(&lab.try_connect(&[WEB1, "22"])?)?;
 
+    say("Policy lives in the store and changes only through bastionctl; every change is audited:");
+    let admin_key = info.admin_key_pub.to_string_lossy().into_owned();
+    let web1_key = info.hosts[0].host_key_pub.to_string_lossy().into_owned();
+    for args in [
+        vec!["user", "add", "alice", "--key", admin_key.as_str()],
+        vec![
+            "target",
+            "add",
+            "web1",
+            WEB1,
+            "--host-key",
+            web1_key.as_str(),
+        ],
+        vec!["group", "add", "ops", "--member", "alice"],
+        vec![
+            "grant",
+            "add",
+            "ops-web1",
+            "--group",
+            "ops",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "shell,exec",
+            "--window",
+            "mon-fri 07:00-19:00",
+        ],
+        vec!["grant", "list"],
+        vec!["user", "remove", "alice"],
+    ] {
+        println!("    $ bastionctl {}", args.join(" "));
+        show(&bastiond.ctl(&args)?);
+    }
+
+    say("A new protected subnet is enforced by the kernel the moment it is added:");
+    println!("    $ bastionctl subnet add 198.51.100.0/24");
+    show(&bastiond.ctl(&["subnet", "add", "198.51.100.0/24"])?);
+    expect_eperm(&lab.try_connect(&["198.51.100.10", "22"])?)?;
+    println!("    $ bastionctl subnet remove 198.51.100.0/24");
+    show(&bastiond.ctl(&["subnet", "remove", "198.51.100.0/24"])?);
+    show(&lab.try_connect(&["198.51.100.10", "22"])?);
+    println!("    $ bastionctl audit");
+    show(&bastiond.ctl(&["audit"])?);
+
     if keep {
         // The lab and this bastiond stay up; `cargo xtask lab down` removes both.
         std::mem::forget(bastiond);

@@ -39,6 +39,9 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// The next audit sequence number. Held for the whole write of an event, so numbers are
+    /// contiguous: a gap in the stream means a record was removed.
+    audit_next: std::sync::Mutex<u64>,
 }
 
 impl Store {
@@ -57,11 +60,13 @@ impl Store {
                 source,
             },
         })?;
-        let store = Store {
+        let mut store = Store {
             db,
             path: path.to_owned(),
+            audit_next: std::sync::Mutex::new(1),
         };
         store.migrate()?;
+        store.audit_next = std::sync::Mutex::new(store.last_audit_seq()? + 1);
         Ok(store)
     }
 

@@ -79,37 +79,61 @@ impl Store {
         event: AuditKind,
     ) -> Result<AuditEvent, StoreError> {
         let tree = self.tree(tree_name(kind))?;
-        let audit = self.tree(AUDIT_TREE)?;
-        let event = self.new_event(actor, event)?;
-        let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
-        (&tree, &audit)
-            .transaction(|(t, a)| {
-                match &value {
-                    Some(v) => drop(t.insert(key.as_bytes(), v.as_slice())?),
-                    None => drop(t.remove(key.as_bytes())?),
-                }
-                a.insert(&event.seq.to_be_bytes(), record.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => self.io(e),
-                TransactionError::Abort(()) => {
-                    self.io(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
-        self.flush()?;
-        Ok(event)
+        self.write_event(actor, event, |audit, seq, record| {
+            (&tree, audit)
+                .transaction(|(t, a)| {
+                    match &value {
+                        Some(v) => drop(t.insert(key.as_bytes(), v.as_slice())?),
+                        None => drop(t.remove(key.as_bytes())?),
+                    }
+                    a.insert(&seq.to_be_bytes(), record)?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => e,
+                    TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("transaction aborted".into())
+                    }
+                })
+        })
     }
 
     /// Appends an event that changes nothing else (e.g. daemon start).
     pub fn append_audit(&self, actor: Actor, kind: AuditKind) -> Result<AuditEvent, StoreError> {
-        let event = self.new_event(actor, kind)?;
+        self.write_event(actor, kind, |audit, seq, record| {
+            audit.insert(seq.to_be_bytes(), record).map(drop)
+        })
+    }
+
+    /// Numbers and writes one event with `write(audit_tree, seq, record)`, then flushes. The
+    /// sequence lock is held throughout, so a failed write leaves no gap.
+    fn write_event(
+        &self,
+        actor: Actor,
+        kind: AuditKind,
+        write: impl FnOnce(&sled::Tree, u64, &[u8]) -> Result<(), sled::Error>,
+    ) -> Result<AuditEvent, StoreError> {
+        let audit = self.tree(AUDIT_TREE)?;
+        let mut next = self.audit_next.lock().unwrap_or_else(|p| p.into_inner());
+        let event = AuditEvent {
+            seq: *next,
+            time_micros: now_micros(),
+            actor,
+            kind,
+        };
         let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
-        self.tree(AUDIT_TREE)?
-            .insert(event.seq.to_be_bytes(), record)
-            .map_err(|e| self.io(e))?;
+        write(&audit, event.seq, &record).map_err(|e| self.io(e))?;
         self.flush()?;
+        *next += 1;
         Ok(event)
+    }
+
+    /// The highest audit sequence number stored (0 when there is none).
+    pub(super) fn last_audit_seq(&self) -> Result<u64, StoreError> {
+        let last = self.tree(AUDIT_TREE)?.last().map_err(|e| self.io(e))?;
+        Ok(last
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// The newest `limit` audit events, oldest first.
@@ -126,17 +150,6 @@ impl Store {
             .collect::<Result<Vec<AuditEvent>, StoreError>>()?;
         events.reverse();
         Ok(events)
-    }
-
-    fn new_event(&self, actor: Actor, kind: AuditKind) -> Result<AuditEvent, StoreError> {
-        // sled ids are unique and increasing across restarts (they may skip, never repeat).
-        let seq = self.db.generate_id().map_err(|e| self.io(e))?;
-        Ok(AuditEvent {
-            seq,
-            time_micros: now_micros(),
-            actor,
-            kind,
-        })
     }
 }
 
@@ -220,7 +233,18 @@ mod tests {
                 ),
             ]
         );
-        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(s.audit_events(1).unwrap().len(), 1);
+        // After a reopen, numbering continues without a gap.
+        let e = s
+            .append_audit(
+                Actor::Daemon,
+                AuditKind::DaemonStarted {
+                    version: "x".into(),
+                    pid: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(e.seq, 4);
     }
 }
