@@ -6,6 +6,7 @@
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
 //! - [`store`]: the sled database, its schema version and migrations;
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
+//! - [`keys`]: the appliance host key and user CA, and per-session upstream certificates;
 //! - [`policy`]: the access model and its pure evaluation;
 //! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enforce;
+pub mod keys;
 pub mod policy;
 pub mod store;
 

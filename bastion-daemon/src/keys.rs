@@ -1,0 +1,207 @@
+//! The appliance's own key material: the SSH host key its listeners present, and the user CA that
+//! signs the short-lived certificates bastiond uses upstream (principal = the target login). Both
+//! are generated on first start into `ssh.keys_dir` (mode 0600) and never leave the appliance.
+
+use std::{
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey, PublicKey, certificate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key {}: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+    #[error("key {} is readable by others (mode {mode:o}); it must be 0600", path.display())]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("signing a certificate: {0}")]
+    Sign(String),
+}
+
+/// The appliance's keys. `Debug` never prints key material.
+pub struct ApplianceKeys {
+    pub host_key: PrivateKey,
+    pub user_ca: PrivateKey,
+}
+
+impl std::fmt::Debug for ApplianceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplianceKeys(<secret>)")
+    }
+}
+
+/// Longest validity of an upstream certificate (issue: at most 5 minutes).
+pub const MAX_CERT_VALIDITY: Duration = Duration::from_secs(300);
+/// Allowance for clock skew between the appliance and targets.
+const BACKDATE: Duration = Duration::from_secs(30);
+
+impl ApplianceKeys {
+    /// Loads the keys from `dir`, generating any that is missing.
+    pub fn load_or_generate(dir: &Path) -> Result<ApplianceKeys, KeyError> {
+        std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(ApplianceKeys {
+            host_key: load_or_generate(&dir.join("host_ed25519"), "bastion host key")?,
+            user_ca: load_or_generate(&dir.join("user_ca_ed25519"), "bastion user CA")?,
+        })
+    }
+
+    pub fn user_ca_public(&self) -> String {
+        self.user_ca.public_key().to_openssh().unwrap_or_default()
+    }
+
+    /// A fresh key pair for one upstream session, and a certificate for it: principal `login`,
+    /// key id naming the bastion user and session, valid from slightly before now for `validity`.
+    pub fn session_credential(
+        &self,
+        login: &str,
+        key_id: &str,
+        validity: Duration,
+    ) -> Result<(PrivateKey, Certificate), KeyError> {
+        let mut rng = rand::rng();
+        let key = PrivateKey::random(&mut rng, Algorithm::Ed25519)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        let validity = validity.min(MAX_CERT_VALIDITY);
+        let sign = |e: ssh_key::Error| KeyError::Sign(e.to_string());
+        let mut b = certificate::Builder::new_with_random_nonce(
+            &mut rng,
+            key.public_key(),
+            (now - BACKDATE).as_secs(),
+            (now + validity).as_secs(),
+        )
+        .map_err(sign)?;
+        b.cert_type(certificate::CertType::User).map_err(sign)?;
+        b.key_id(key_id).map_err(sign)?;
+        b.valid_principal(login).map_err(sign)?;
+        for ext in [
+            "permit-pty",
+            "permit-agent-forwarding",
+            "permit-port-forwarding",
+        ] {
+            b.extension(ext, "").map_err(sign)?;
+        }
+        let cert = b.sign(&self.user_ca).map_err(sign)?;
+        Ok((key, cert))
+    }
+}
+
+fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Exposed {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            PrivateKey::from_openssh(&text).map_err(|e| KeyError::Format {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key =
+                PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| {
+                    KeyError::Format {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            key.set_comment(comment);
+            let text = key
+                .to_openssh(LineEnding::LF)
+                .map_err(|e| KeyError::Format {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            // Written with mode 0600 from the start, and only if absent (two starts never race
+            // each other into different keys).
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::write(
+                path.with_extension("pub"),
+                key.public_key().to_openssh().unwrap_or_default() + "\n",
+            )
+            .map_err(io)?;
+            tracing::info!(key = %path.display(), "generated {comment}");
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// True if `key` is one of the pinned OpenSSH public key lines.
+pub fn is_pinned(key: &PublicKey, pinned: &[String]) -> bool {
+    pinned
+        .iter()
+        .filter_map(|line| PublicKey::from_openssh(line).ok())
+        .any(|p| p.key_data() == key.key_data())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_persist_and_certificates_carry_the_right_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ApplianceKeys::load_or_generate(dir.path()).unwrap();
+        let b = ApplianceKeys::load_or_generate(dir.path()).unwrap();
+        assert_eq!(
+            a.user_ca_public(),
+            b.user_ca_public(),
+            "second start reuses the keys"
+        );
+        assert_eq!(format!("{a:?}"), "ApplianceKeys(<secret>)");
+
+        let (key, cert) = a
+            .session_credential("root", "alice/s42", Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(cert.valid_principals(), ["root"]);
+        assert_eq!(cert.key_id(), "alice/s42");
+        assert_eq!(cert.public_key(), key.public_key().key_data());
+        assert!(
+            cert.valid_before() - cert.valid_after() <= (MAX_CERT_VALIDITY + BACKDATE).as_secs()
+        );
+        let ca_fp = a.user_ca.public_key().fingerprint(ssh_key::HashAlg::Sha256);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        cert.validate_at(now, [&ca_fp])
+            .expect("signed by the user CA and valid now");
+    }
+
+    #[test]
+    fn exposed_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        ApplianceKeys::load_or_generate(dir.path()).unwrap();
+        let p = dir.path().join("user_ca_ed25519");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ApplianceKeys::load_or_generate(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("must be 0600"), "{e}");
+    }
+}
