@@ -8,6 +8,7 @@
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`keys`]: the appliance host key and user CA, and per-session upstream certificates;
 //! - [`policy`]: the access model and its pure evaluation;
+//! - [`record`]: session recording (frames, zstd blocks, the writer task, exports);
 //! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod keys;
 pub mod policy;
+pub mod record;
 pub mod store;
 
 /// The version every component reports (`bastionctl status`, `bastiond --version`).

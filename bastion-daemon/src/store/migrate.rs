@@ -2,7 +2,7 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Migrates `db` from `to - 1` to `to`.
 pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
@@ -16,6 +16,11 @@ pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
                 db.open_tree(super::policy::tree_name(kind))?;
             }
             db.open_tree(super::policy::AUDIT_TREE).map(drop)
+        }
+        // 3: session records: metadata (JSON by id) and recorded blocks (by id, block number).
+        3 => {
+            db.open_tree(super::sessions::SESSIONS_TREE)?;
+            db.open_tree(super::sessions::BLOCKS_TREE).map(drop)
         }
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),

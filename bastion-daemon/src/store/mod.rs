@@ -7,6 +7,9 @@
 
 mod migrate;
 mod policy;
+mod sessions;
+
+pub use sessions::{SessionMeta, SessionState};
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +36,8 @@ pub enum StoreError {
     },
     #[error("store {}: {source}", path.display())]
     Io { path: PathBuf, source: sled::Error },
+    #[error("store task failed: {0}")]
+    Task(String),
 }
 
 /// An open store.
@@ -190,7 +195,7 @@ mod tests {
             db.flush().unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let names: Vec<String> =
             s.db.tree_names()
                 .iter()

@@ -1,0 +1,71 @@
+//! Blocks: frames batched and zstd-compressed, the unit written to the store.
+//! Stored value: `FRAME_VERSION u8 | zstd(frames...)`.
+
+use super::frame::{FRAME_VERSION, Frame, FrameError, decode_all};
+
+/// zstd level: fast enough to stay off the forwarding path's critical budget, and terminal
+/// output compresses well even at low levels.
+const ZSTD_LEVEL: i32 = 3;
+/// Upper bound on a decompressed block (hostile or corrupt input cannot make us allocate more).
+pub const MAX_BLOCK_RAW: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("empty block")]
+    Empty,
+    #[error("block format version {0} is not supported (this bastiond reads {FRAME_VERSION})")]
+    Version(u8),
+    #[error("block decompression failed: {0}")]
+    Zstd(std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![FRAME_VERSION];
+    out.extend(zstd::bulk::compress(raw, ZSTD_LEVEL)?);
+    Ok(out)
+}
+
+pub fn decompress(stored: &[u8]) -> Result<Vec<Frame>, BlockError> {
+    let (&version, body) = stored.split_first().ok_or(BlockError::Empty)?;
+    if version != FRAME_VERSION {
+        return Err(BlockError::Version(version));
+    }
+    let raw = zstd::bulk::decompress(body, MAX_BLOCK_RAW).map_err(BlockError::Zstd)?;
+    Ok(decode_all(&raw)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::frame::Kind;
+
+    #[test]
+    fn compresses_and_round_trips() {
+        let mut raw = Vec::new();
+        for i in 0..1000u64 {
+            Frame {
+                kind: Kind::Output,
+                channel: 0,
+                t_micros: i,
+                data: bytes::Bytes::from_static(
+                    b"drwxr-xr-x 2 root root 4096 Nov 27 10:00 etc\r\n",
+                ),
+            }
+            .encode(&mut raw);
+        }
+        let stored = compress(&raw).unwrap();
+        assert!(
+            stored.len() * 10 < raw.len(),
+            "{} vs {}",
+            stored.len(),
+            raw.len()
+        );
+        assert_eq!(decompress(&stored).unwrap().len(), 1000);
+        let mut wrong = stored.clone();
+        wrong[0] = 9;
+        assert!(matches!(decompress(&wrong), Err(BlockError::Version(9))));
+        assert!(decompress(&stored[..stored.len() / 2]).is_err());
+    }
+}

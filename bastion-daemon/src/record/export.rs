@@ -1,0 +1,168 @@
+//! Renderings of a recorded session: asciicast v2 (plays in the asciinema player; its output
+//! events concatenate to exactly the bytes the client received, when those are UTF-8) and a JSON
+//! document with every frame.
+
+use serde_json::json;
+
+use super::frame::{Frame, Kind, parse_size};
+use crate::store::SessionMeta;
+
+/// The channel a terminal recording shows: the first with a PTY, else the first with output.
+fn screen_channel(frames: &[Frame]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| f.kind == Kind::Pty)
+        .or_else(|| {
+            frames
+                .iter()
+                .find(|f| matches!(f.kind, Kind::Output | Kind::Stderr))
+        })
+        .map(|f| f.channel)
+}
+
+/// Splits a byte stream into UTF-8 text without breaking a character across frames.
+#[derive(Default)]
+struct Utf8Carry {
+    pending: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn push(&mut self, data: &[u8]) -> String {
+        self.pending.extend_from_slice(data);
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete character at the end: keep it for the next frame.
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                        Some(n) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[n..];
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        out
+    }
+}
+
+/// asciicast v2: a header line, then one JSON array per event.
+pub fn asciicast(meta: &SessionMeta, frames: &[Frame]) -> String {
+    let channel = screen_channel(frames);
+    let (mut width, mut height) = (80, 24);
+    if let Some(size) = frames
+        .iter()
+        .find(|f| f.kind == Kind::Pty && Some(f.channel) == channel)
+        .and_then(|f| parse_size(&f.data))
+    {
+        (width, height) = (size.0, size.1);
+    }
+    let header = json!({
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": meta.started_micros / 1_000_000,
+        "title": format!("session {}: {} as {}@{}", meta.id, meta.user, meta.login, meta.target),
+    });
+    let mut out = header.to_string();
+    out.push('\n');
+    let mut carry = Utf8Carry::default();
+    for f in frames.iter().filter(|f| Some(f.channel) == channel) {
+        let t = f.t_micros as f64 / 1e6;
+        let event = match f.kind {
+            Kind::Output | Kind::Stderr => {
+                let text = carry.push(&f.data);
+                if text.is_empty() {
+                    continue;
+                }
+                json!([t, "o", text])
+            }
+            Kind::WindowChange => match parse_size(&f.data) {
+                Some((c, r, _)) => json!([t, "r", format!("{c}x{r}")]),
+                None => continue,
+            },
+            _ => continue,
+        };
+        out.push_str(&event.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Every frame, with data as base64 (it is binary in general).
+pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
+    let frames: Vec<_> = frames
+        .iter()
+        .map(|f| {
+            json!({
+                "t_micros": f.t_micros,
+                "channel": f.channel,
+                "kind": f.kind,
+                "data_base64": base64(&f.data),
+            })
+        })
+        .collect();
+    json!({ "session": meta, "frames": frames })
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_is_never_split_and_invalid_bytes_are_marked() {
+        let mut c = Utf8Carry::default();
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(c.push(&[b'a', euro[0]]), "a");
+        assert_eq!(c.push(&euro[1..]), "€");
+        assert_eq!(c.push(&[0xff, b'b']), "\u{fffd}b");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}

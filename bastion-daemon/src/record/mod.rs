@@ -1,0 +1,15 @@
+//! Session recording: every event of every channel, timed, framed, batched into zstd blocks and
+//! written to the store off the forwarding path.
+//!
+//! - [`frame`]: the binary frame format (a stored format, versioned);
+//! - [`block`]: batches of frames, compressed;
+//! - [`recorder`]: the per-session writer task and the handle the proxy records through;
+//! - [`export`]: asciicast v2 and JSON renderings of a recorded session.
+
+pub mod block;
+pub mod export;
+pub mod frame;
+pub mod recorder;
+
+pub use frame::{Frame, Kind};
+pub use recorder::Recorder;
