@@ -19,9 +19,59 @@ pub enum Actor {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AuditKind {
-    DaemonStarted { version: String, pid: u32 },
-    PolicyAdded { kind: EntityKind, name: String },
-    PolicyRemoved { kind: EntityKind, name: String },
+    DaemonStarted {
+        version: String,
+        pid: u32,
+    },
+    PolicyAdded {
+        kind: EntityKind,
+        name: String,
+    },
+    PolicyRemoved {
+        kind: EntityKind,
+        name: String,
+    },
+    /// A client key was accepted or refused at sign-in.
+    Login {
+        client: String,
+        /// The SSH user name as sent (`login@target`).
+        username: String,
+        fingerprint: String,
+        /// The bastion user the key belongs to, if any.
+        user: Option<String>,
+        accepted: bool,
+    },
+    /// A session was refused before reaching its target (policy, username, target side).
+    SessionRefused {
+        client: String,
+        user: String,
+        username: String,
+        reason: String,
+    },
+    SessionStarted {
+        session: u64,
+        client: String,
+        user: String,
+        login: String,
+        target: String,
+        grant: String,
+    },
+    /// A channel request (shell, exec, sftp, ...) refused by policy.
+    RequestRefused {
+        session: u64,
+        channel: u32,
+        request: String,
+        reason: String,
+    },
+    SessionEnded {
+        session: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// Sessions found live at start: the previous bastiond died under them.
+    SessionsInterrupted {
+        sessions: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,70 @@ pub struct Config {
     #[serde(default)]
     pub store: StoreConfig,
     pub enforce: EnforceConfig,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    #[serde(default)]
+    pub record: RecordConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The explicit listener: `ssh -p 2222 login@target@bastion`.
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Where the appliance host key and user CA live (created with mode 0700/0600).
+    #[serde(default = "default_keys_dir")]
+    pub keys_dir: PathBuf,
+    /// SO_MARK set on every upstream connection.
+    #[serde(default = "default_mark")]
+    pub upstream_mark: u32,
+    /// Seconds to wait for a target to accept a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Recorded events are durable in the store at most this long after they happen.
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u64,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 2222))
+}
+fn default_keys_dir() -> PathBuf {
+    "/var/lib/bastion/keys".into()
+}
+fn default_mark() -> u32 {
+    0xb57
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_flush_ms() -> u64 {
+    200
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            keys_dir: default_keys_dir(),
+            upstream_mark: default_mark(),
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: default_flush_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +214,7 @@ impl Config {
             ("store.path", &self.store.path),
             ("enforce.bpffs_dir", &self.enforce.bpffs_dir),
             ("enforce.cgroup_root", &self.enforce.cgroup_root),
+            ("ssh.keys_dir", &self.ssh.keys_dir),
         ];
         for (key, p) in absolute.into_iter().chain(
             self.enforce
@@ -171,6 +236,12 @@ impl Config {
                 "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
                 daemon.display(),
                 self.enforce.cgroup_root.display()
+            )));
+        }
+        if !(10..=60_000).contains(&self.record.flush_interval_ms) {
+            return Err(invalid(format!(
+                "record.flush_interval_ms must be between 10 and 60000, got {}",
+                self.record.flush_interval_ms
             )));
         }
         let mut seen = std::collections::BTreeSet::new();

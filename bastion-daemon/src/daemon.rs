@@ -19,11 +19,15 @@ use crate::{
     cidr::Cidr,
     config::Config,
     control::{
+        protocol::ExportFormat,
         protocol::{ProbeResult, Request, Response, Status, StoreStatus},
         server::{self, Admins, ControlError, Handler, Peer},
     },
     enforce::{EnforceError, Enforcer},
+    keys::ApplianceKeys,
     policy::{self, Entity, EntityKind, Policy},
+    proxy::{self, ProxyContext},
+    record::export,
     store::{Store, StoreError},
 };
 
@@ -39,24 +43,49 @@ pub enum DaemonError {
     Enforce(#[from] EnforceError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("SSH listener {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Daemon {
     started: Instant,
-    store: Store,
+    store: Arc<Store>,
+    keys: Arc<ApplianceKeys>,
     /// Protected prefixes from the config file; the store's are added to them.
     config_subnets: Vec<Cidr>,
     /// The policy as stored. Changes take this lock for check-store-apply, so they serialise.
-    policy: Mutex<Policy>,
+    policy: Arc<Mutex<Policy>>,
     enforcer: Mutex<Enforcer>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let store = Store::open(&config.store.path)?;
+    let store = Arc::new(Store::open(&config.store.path)?);
+    let interrupted = store.mark_interrupted()?;
+    if !interrupted.is_empty() {
+        tracing::warn!(sessions = ?interrupted, "sessions interrupted by the previous bastiond's stop");
+        store.append_audit(
+            Actor::Daemon,
+            AuditKind::SessionsInterrupted {
+                sessions: interrupted,
+            },
+        )?;
+    }
+    let keys = Arc::new(ApplianceKeys::load_or_generate(&config.ssh.keys_dir)?);
     let policy = store.load_policy()?;
     let config_subnets = config.enforce.protected_subnets.clone();
     let enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
     let listener = server::bind(&config.control.socket)?;
+    let ssh_listener = tokio::net::TcpListener::bind(config.ssh.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: config.ssh.listen,
+            source,
+        })?;
     store.append_audit(
         Actor::Daemon,
         AuditKind::DaemonStarted {
@@ -65,20 +94,50 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
+    let policy = Arc::new(Mutex::new(policy));
+    let proxy = Arc::new(ProxyContext {
+        store: store.clone(),
+        policy: policy.clone(),
+        config_subnets: config_subnets.clone(),
+        keys: keys.clone(),
+        server_config: Arc::new(russh::server::Config {
+            keys: vec![keys.host_key.clone()],
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            nodelay: true,
+            ..Default::default()
+        }),
+        client_config: Arc::new(russh::client::Config {
+            nodelay: true,
+            ..Default::default()
+        }),
+        upstream_mark: config.ssh.upstream_mark,
+        connect_timeout: Duration::from_secs(config.ssh.connect_timeout_secs),
+        flush_interval: Duration::from_millis(config.record.flush_interval_ms),
+    });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),
         store,
+        keys,
         config_subnets,
-        policy: Mutex::new(policy),
+        policy,
         enforcer: Mutex::new(enforcer),
     });
-    server::run(
-        listener,
-        daemon.clone(),
-        Admins::new(&config.control.admin_uids),
-        shutdown,
-    )
+    // One shutdown signal, observed by both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut ssh_stop = stop_rx.clone();
+    let ssh = tokio::spawn(proxy::listener::run(ssh_listener, proxy, async move {
+        let _ = ssh_stop.wait_for(|s| *s).await;
+    }));
+    tracing::info!(listen = %config.ssh.listen, "SSH proxy listening");
+    let admins = Admins::new(&config.control.admin_uids);
+    server::run(listener, daemon.clone(), admins, async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
     .await;
+    let _ = ssh.await;
     let _ = std::fs::remove_file(&config.control.socket);
     daemon.store.flush()?;
     tracing::info!("bastiond stopped; enforcement stays pinned");
@@ -117,6 +176,18 @@ impl Handler for Daemon {
                 .find(|e| e.key() == name)
                 .map(|e| Response::Entities { entities: vec![e] })
                 .ok_or_else(|| format!("{} `{name}` does not exist", kind.as_str())),
+            Request::SessionList => self
+                .store
+                .sessions()
+                .map(|sessions| Response::Sessions { sessions })
+                .map_err(|e| e.to_string()),
+            Request::SessionShow { id } => self
+                .session(id)
+                .map(|m| Response::Sessions { sessions: vec![m] }),
+            Request::SessionExport { id, format } => self.export(id, format),
+            Request::CaShow => Ok(Response::Ca {
+                user_ca: self.keys.user_ca_public(),
+            }),
             Request::AuditList { limit } => self
                 .store
                 .audit_events(limit.min(MAX_AUDIT_LIST))
@@ -140,6 +211,23 @@ impl Daemon {
             },
             enforcement: lock(&self.enforcer).status().map_err(|e| e.to_string())?,
         })
+    }
+
+    fn session(&self, id: u64) -> Result<crate::store::SessionMeta, String> {
+        self.store
+            .session(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("session {id} does not exist"))
+    }
+
+    fn export(&self, id: u64, format: ExportFormat) -> Result<Response, String> {
+        let meta = self.session(id)?;
+        let frames = self.store.session_frames(id).map_err(|e| e.to_string())?;
+        let content = match format {
+            ExportFormat::Asciicast => export::asciicast(&meta, &frames),
+            ExportFormat::Json => export::json(&meta, &frames).to_string(),
+        };
+        Ok(Response::Export { format, content })
     }
 
     fn add(&self, peer: Peer, entity: Entity) -> Result<AuditEvent, String> {

@@ -8,6 +8,7 @@
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`keys`]: the appliance host key and user CA, and per-session upstream certificates;
 //! - [`policy`]: the access model and its pure evaluation;
+//! - [`proxy`]: the SSH proxy (listener, handler, session actor, channel pumps, upstream);
 //! - [`record`]: session recording (frames, zstd blocks, the writer task, exports);
 //! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod keys;
 pub mod policy;
+pub mod proxy;
 pub mod record;
 pub mod store;
 

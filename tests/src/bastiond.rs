@@ -15,10 +15,13 @@ use crate::{
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// bastiond's explicit SSH listener in the lab (on every address of the bastion namespace).
+pub const SSH_PORT: u16 = 2222;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BastiondPaths {
     pub config: PathBuf,
+    pub keys_dir: PathBuf,
     pub control_socket: PathBuf,
     pub store: PathBuf,
     pub log: PathBuf,
@@ -29,6 +32,7 @@ impl BastiondPaths {
         let dir = name.run_dir().join("bastiond");
         BastiondPaths {
             config: dir.join("bastiond.toml"),
+            keys_dir: dir.join("keys"),
             control_socket: dir.join("control.sock"),
             store: dir.join("store"),
             log: dir.join("bastiond.log"),
@@ -49,12 +53,15 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [control]\nsocket = \"{socket}\"\n\n\
              [store]\npath = \"{store}\"\n\n\
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
-             daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\n",
+             daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\n\n\
+             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\n\n\
+             [record]\nflush_interval_ms = 100\n",
             socket = paths.control_socket.display(),
             store = paths.store.display(),
             bpffs = name.bpffs_dir().display(),
             root = name.enforced_cgroup().display(),
             daemon = name.bastiond_cgroup().display(),
+            keys = paths.keys_dir.display(),
         ),
     )?;
     Ok(())

@@ -187,6 +187,42 @@ impl Lab {
         Bastiond::start(&self.name, &self.info.bastiond)
     }
 
+    /// Makes every protected host trust `ca` (an OpenSSH public key line) for user certificates.
+    pub fn trust_user_ca(&self, ca: &str) -> anyhow::Result<()> {
+        for h in &self.info.hosts {
+            std::fs::write(&h.trusted_user_ca_keys, format!("{}\n", ca.trim()))?;
+        }
+        Ok(())
+    }
+
+    /// `ssh` from the admin namespace through bastiond's explicit listener, as `dest`
+    /// (`login@target`), with the lab's admin key and the given extra arguments.
+    pub fn ssh_via_bastion(&self, dest: &str, extra: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = self.command("admin", "ssh")?;
+        // ssh keeps the first value of an option, so `extra` overrides the defaults below.
+        cmd.args(extra)
+            .arg("-i")
+            .arg(&self.info.admin_key)
+            .args([
+                "-p",
+                &crate::bastiond::SSH_PORT.to_string(),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .arg(format!("{dest}@{}", BASTION_ADMIN_ADDR));
+        Ok(cmd)
+    }
+
     /// Runs `lab-connect` from the bastion namespace in the clients cgroup.
     pub fn try_connect(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         self.command("bastion", sys::bin("lab-connect")?)?

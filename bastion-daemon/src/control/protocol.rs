@@ -8,6 +8,7 @@ use crate::{
     audit::AuditEvent,
     enforce::EnforceStatus,
     policy::{Entity, EntityKind},
+    store::SessionMeta,
 };
 
 /// Bumped on any incompatible change; a mismatch is answered with a clear error.
@@ -40,6 +41,14 @@ pub enum Request {
     PolicyShow { kind: EntityKind, name: String },
     /// The newest `limit` audit events.
     AuditList { limit: usize },
+    /// Recorded sessions, newest first.
+    SessionList,
+    /// One session's metadata.
+    SessionShow { id: u64 },
+    /// One session rendered for export or replay.
+    SessionExport { id: u64, format: ExportFormat },
+    /// The appliance's user-CA public key (for targets' TrustedUserCAKeys).
+    CaShow,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,9 +65,27 @@ pub enum Response {
     Audit {
         events: Vec<AuditEvent>,
     },
+    Sessions {
+        sessions: Vec<SessionMeta>,
+    },
+    /// An exported session: asciicast v2 text, or a JSON document.
+    Export {
+        format: ExportFormat,
+        content: String,
+    },
+    Ca {
+        user_ca: String,
+    },
     Error {
         message: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Asciicast,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use bastion::{
     cidr::Cidr,
     config::DEFAULT_SOCKET,
-    control::protocol::Request,
+    control::protocol::{ExportFormat, Request},
     policy::{
         Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
         window::Window,
@@ -58,12 +58,58 @@ pub enum Command {
         #[command(subcommand)]
         cmd: Noun<GrantAdd>,
     },
+    /// Recorded sessions.
+    Session {
+        #[command(subcommand)]
+        cmd: SessionCmd,
+    },
+    /// The appliance's certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// The audit event stream (policy changes, daemon starts, ...).
     Audit {
         /// How many of the newest events to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SessionCmd {
+    /// List sessions, newest first.
+    List,
+    /// Show one session.
+    Show { id: u64 },
+    /// Export a session: asciicast v2 (plays in asciinema) or JSON with every frame.
+    Export {
+        id: u64,
+        #[arg(long, value_enum, default_value_t = Format::Asciicast)]
+        format: Format,
+    },
+    /// Replay a session's terminal output with its original timing.
+    Play {
+        id: u64,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Print everything at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Asciicast,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Print the user-CA public key: put it in each target's TrustedUserCAKeys.
+    Show,
 }
 
 /// The verbs every policy noun has.
@@ -184,11 +230,37 @@ fn noun<A: Args>(
 }
 
 impl Command {
+    /// For `session play`: (speed, no_wait).
+    pub fn playback(&self) -> Option<(f64, bool)> {
+        match self {
+            Command::Session {
+                cmd: SessionCmd::Play { speed, no_wait, .. },
+            } => Some((*speed, *no_wait)),
+            _ => None,
+        }
+    }
+
     pub fn into_request(self) -> Result<Request, String> {
         match self {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
+            Command::Ca { cmd: CaCmd::Show } => Ok(Request::CaShow),
+            Command::Session { cmd } => Ok(match cmd {
+                SessionCmd::List => Request::SessionList,
+                SessionCmd::Show { id } => Request::SessionShow { id },
+                SessionCmd::Export { id, format } => Request::SessionExport {
+                    id,
+                    format: match format {
+                        Format::Asciicast => ExportFormat::Asciicast,
+                        Format::Json => ExportFormat::Json,
+                    },
+                },
+                SessionCmd::Play { id, .. } => Request::SessionExport {
+                    id,
+                    format: ExportFormat::Asciicast,
+                },
+            }),
             Command::User { cmd } => noun(EntityKind::User, cmd, |a| {
                 Ok(Entity::User(User {
                     name: a.name,

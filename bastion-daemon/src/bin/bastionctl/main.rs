@@ -1,9 +1,11 @@
 //! bastionctl: the admin CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! - `cli`: the command line, turned into one control-API request;
-//! - `render`: the human-readable tables.
+//! - `render`: the human-readable tables;
+//! - `play`: terminal replay of a recorded session.
 
 mod cli;
+mod play;
 mod render;
 
 use std::{process::ExitCode, time::Duration};
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    let playback = cli.command.playback();
     let request = match cli.command.into_request() {
         Ok(r) => r,
         Err(e) => {
@@ -37,6 +40,19 @@ fn main() -> ExitCode {
     };
     match client::call(&cli.socket, &request, TIMEOUT) {
         Ok(response) => {
+            if let (
+                Some((speed, no_wait)),
+                bastion::control::protocol::Response::Export { content, .. },
+            ) = (playback, &response)
+            {
+                return match play::play(content, speed, no_wait) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bastionctl: replay: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             if cli.json {
                 match serde_json::to_string_pretty(&response) {
                     Ok(s) => println!("{s}"),

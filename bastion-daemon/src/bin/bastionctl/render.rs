@@ -4,6 +4,7 @@ use bastion::{
     audit::{Actor, AuditEvent, AuditKind},
     control::protocol::{ProbeResult, Response, Status},
     policy::{Entity, GrantObject, GrantSubject},
+    store::SessionMeta,
 };
 
 pub fn response(r: &Response) {
@@ -14,6 +15,10 @@ pub fn response(r: &Response) {
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
+        Response::Sessions { sessions } if sessions.is_empty() => println!("(no sessions)"),
+        Response::Sessions { sessions } => sessions_table(sessions),
+        Response::Export { content, .. } => print!("{content}"),
+        Response::Ca { user_ca } => println!("{user_ca}"),
         Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
     }
 }
@@ -78,6 +83,42 @@ fn status(s: &Status) {
         "connects", e.denied, e.allowed
     );
     println!("{:<14}{}", "pins", e.bpffs_dir.display());
+}
+
+fn sessions_table(sessions: &[SessionMeta]) {
+    println!(
+        "{:<8} {:<11} {:<12} {:<28} {:<22} {:<20} {:>9} {:>11} {:>11}",
+        "ID",
+        "STATE",
+        "USER",
+        "LOGIN@TARGET",
+        "CLIENT",
+        "STARTED",
+        "DURATION",
+        "BYTES IN",
+        "BYTES OUT"
+    );
+    for s in sessions {
+        let duration = s
+            .ended_micros
+            .map(|e| duration(e.saturating_sub(s.started_micros) / 1_000_000))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<11} {:<12} {:<28} {:<22} {:<20} {:>9} {:>11} {:>11}",
+            s.id,
+            serde_json::to_value(s.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            s.user,
+            format!("{}@{}", s.login, s.target),
+            s.client_addr.map(|a| a.to_string()).unwrap_or_default(),
+            utc(s.started_micros),
+            duration,
+            s.bytes_in,
+            s.bytes_out
+        );
+    }
 }
 
 fn probe(p: &ProbeResult) {
@@ -165,6 +206,51 @@ fn event_line(e: &AuditEvent) -> String {
         }
         AuditKind::PolicyAdded { kind, name } => format!("added {} {name}", kind.as_str()),
         AuditKind::PolicyRemoved { kind, name } => format!("removed {} {name}", kind.as_str()),
+        AuditKind::Login {
+            client,
+            username,
+            fingerprint,
+            user,
+            accepted,
+        } => format!(
+            "login {} for `{username}` from {client} with {fingerprint}{}",
+            if *accepted { "accepted" } else { "refused" },
+            user.as_ref()
+                .map(|u| format!(" (user {u})"))
+                .unwrap_or_default()
+        ),
+        AuditKind::SessionRefused {
+            client,
+            user,
+            username,
+            reason,
+        } => {
+            format!("session refused for {user} (`{username}`) from {client}: {reason}")
+        }
+        AuditKind::SessionStarted {
+            session,
+            client,
+            user,
+            login,
+            target,
+            grant,
+        } => format!(
+            "session {session} started: {user} as {login}@{target} from {client} (grant {grant})"
+        ),
+        AuditKind::RequestRefused {
+            session,
+            channel,
+            request,
+            reason,
+        } => format!("session {session} channel {channel}: {request} refused: {reason}"),
+        AuditKind::SessionEnded {
+            session,
+            bytes_in,
+            bytes_out,
+        } => format!("session {session} ended ({bytes_in} bytes in, {bytes_out} bytes out)"),
+        AuditKind::SessionsInterrupted { sessions } => {
+            format!("sessions interrupted by a bastiond stop: {sessions:?}")
+        }
     };
     format!("#{:<6} {} {who}: {what}", e.seq, utc(e.time_micros))
 }

@@ -1,0 +1,209 @@
+//! Per-channel pumps. Each direction runs in its own task: a target that stops reading must never
+//! stop output flowing to the client (or the reverse), or the two windows deadlock. Both tasks
+//! record what they forward, before forwarding it.
+//!
+//! Channel requests (pty, exec, ...) come from the actor (after policy) as [`Ctl`]; they are sent
+//! upstream with want-reply, and the target's replies, which arrive in order on the target side,
+//! are matched to them first-in first-out.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use russh::{Channel, ChannelMsg, client, server};
+use tokio::sync::{mpsc, oneshot};
+
+use super::events::Request;
+use crate::record::{Kind, Recorder, frame::size_payload};
+
+pub enum Ctl {
+    /// Forward an allowed request; answer `reply` with the target's verdict.
+    Request {
+        request: Request,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+
+/// Starts pumping between the client's channel `down` and the target's channel `up`.
+pub fn spawn(
+    down: Channel<server::Msg>,
+    up: Channel<client::Msg>,
+    recorder: Recorder,
+) -> mpsc::Sender<Ctl> {
+    let id = u32::from(down.id());
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let (down_r, down_w) = down.split();
+    let (up_r, up_w) = up.split();
+    let pending: Pending = Arc::default();
+    tokio::spawn(client_to_target(
+        id,
+        down_r,
+        up_w,
+        ctl_rx,
+        pending.clone(),
+        recorder.clone(),
+    ));
+    tokio::spawn(target_to_client(id, up_r, down_w, pending, recorder));
+    ctl_tx
+}
+
+async fn client_to_target(
+    id: u32,
+    mut down: russh::ChannelReadHalf,
+    up: russh::ChannelWriteHalf<client::Msg>,
+    mut ctl: mpsc::Receiver<Ctl>,
+    pending: Pending,
+    rec: Recorder,
+) {
+    let mut ctl_open = true;
+    loop {
+        tokio::select! {
+            c = ctl.recv(), if ctl_open => match c {
+                Some(Ctl::Request { request, reply }) => {
+                    record_request(&rec, id, &request).await;
+                    if let Ok(mut p) = pending.lock() {
+                        p.push_back(reply);
+                    }
+                    if let Err(e) = send_request(&up, request).await {
+                        tracing::debug!(channel = id, error = %e, "forwarding request to target failed");
+                        // Answer "no" rather than leave the client waiting.
+                        if let Some(r) = pending.lock().ok().and_then(|mut p| p.pop_back()) {
+                            let _ = r.send(false);
+                        }
+                    }
+                }
+                None => ctl_open = false,
+            },
+            msg = down.wait() => {
+                let Some(msg) = msg else { break };
+                let sent = match msg {
+                    ChannelMsg::Data { data } => {
+                        rec.record(Kind::Input, id, data.clone()).await;
+                        up.data_bytes(data).await
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        rec.record(Kind::Input, id, data.clone()).await;
+                        up.extended_data_bytes(ext, data).await
+                    }
+                    ChannelMsg::Eof => {
+                        rec.record(Kind::InputEof, id, Bytes::new()).await;
+                        up.eof().await
+                    }
+                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        rec.record(Kind::WindowChange, id, size_payload(col_width, row_height, b"")).await;
+                        up.window_change(col_width, row_height, pix_width, pix_height).await
+                    }
+                    ChannelMsg::Signal { signal } => {
+                        rec.record(Kind::Signal, id, Bytes::from(format!("{signal:?}"))).await;
+                        up.signal(signal).await
+                    }
+                    ChannelMsg::Close => break,
+                    // Requests reach the target through the actor, after policy.
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = up.close().await;
+}
+
+async fn target_to_client(
+    id: u32,
+    mut up: russh::ChannelReadHalf,
+    down: russh::ChannelWriteHalf<server::Msg>,
+    pending: Pending,
+    rec: Recorder,
+) {
+    while let Some(msg) = up.wait().await {
+        let sent = match msg {
+            ChannelMsg::Data { data } => {
+                rec.record(Kind::Output, id, data.clone()).await;
+                down.data_bytes(data).await
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                rec.record(Kind::Stderr, id, data.clone()).await;
+                down.extended_data_bytes(ext, data).await
+            }
+            ChannelMsg::Eof => {
+                rec.record(Kind::OutputEof, id, Bytes::new()).await;
+                down.eof().await
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                rec.record(
+                    Kind::ExitStatus,
+                    id,
+                    Bytes::copy_from_slice(&exit_status.to_le_bytes()),
+                )
+                .await;
+                down.exit_status(exit_status).await
+            }
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                rec.record(
+                    Kind::Signal,
+                    id,
+                    Bytes::from(format!("exit {signal_name:?}")),
+                )
+                .await;
+                Ok(())
+            }
+            ChannelMsg::Success | ChannelMsg::Failure => {
+                let ok = matches!(msg, ChannelMsg::Success);
+                if let Some(r) = pending.lock().ok().and_then(|mut p| p.pop_front()) {
+                    let _ = r.send(ok);
+                }
+                Ok(())
+            }
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    rec.record(Kind::Close, id, Bytes::new()).await;
+    let _ = down.close().await;
+}
+
+async fn record_request(rec: &Recorder, id: u32, request: &Request) {
+    let (kind, data) = match request {
+        Request::Pty {
+            term, cols, rows, ..
+        } => (Kind::Pty, size_payload(*cols, *rows, term.as_bytes())),
+        Request::Shell => (Kind::Shell, Bytes::new()),
+        Request::Exec { command } => (Kind::Exec, Bytes::copy_from_slice(command)),
+        Request::Subsystem { name } => (Kind::Subsystem, Bytes::copy_from_slice(name.as_bytes())),
+        Request::Env { .. } | Request::Agent => return,
+    };
+    rec.record(kind, id, data).await;
+}
+
+async fn send_request(
+    up: &russh::ChannelWriteHalf<client::Msg>,
+    request: Request,
+) -> Result<(), russh::Error> {
+    match request {
+        Request::Pty {
+            term,
+            cols,
+            rows,
+            pix_width,
+            pix_height,
+            modes,
+        } => {
+            up.request_pty(true, &term, cols, rows, pix_width, pix_height, &modes)
+                .await
+        }
+        Request::Shell => up.request_shell(true).await,
+        Request::Exec { command } => up.exec(true, command).await,
+        Request::Subsystem { name } => up.request_subsystem(true, name).await,
+        Request::Env { name, value } => up.set_env(true, name, value).await,
+        Request::Agent => up.agent_forward(true).await,
+    }
+}

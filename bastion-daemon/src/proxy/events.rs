@@ -1,0 +1,55 @@
+//! The closed set of events the russh handler sends to the session actor. Requests that need an
+//! answer carry a oneshot; the handler waits for it before russh reads the client's next message,
+//! which keeps the client's ordering intact.
+
+use russh::{ChannelId, keys::PublicKey, server};
+use tokio::sync::oneshot;
+
+/// A channel request from the client that the target must see (and may refuse).
+#[derive(Debug, Clone)]
+pub enum Request {
+    Pty {
+        term: String,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: Vec<(russh::Pty, u32)>,
+    },
+    Shell,
+    Exec {
+        command: Vec<u8>,
+    },
+    Subsystem {
+        name: String,
+    },
+    Env {
+        name: String,
+        value: String,
+    },
+    Agent,
+}
+
+pub enum Event {
+    /// May this key sign in as `user`? (Asked before the client proves possession.)
+    KeyOffered {
+        user: String,
+        key: PublicKey,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The client proved possession of `key`.
+    KeyVerified {
+        user: String,
+        key: PublicKey,
+        reply: oneshot::Sender<bool>,
+    },
+    OpenSession {
+        channel: russh::Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+    },
+    Request {
+        channel: ChannelId,
+        request: Request,
+        reply: oneshot::Sender<bool>,
+    },
+}

@@ -1,0 +1,187 @@
+//! The russh server handler. It only translates callbacks into [`Event`]s for the session actor
+//! and relays the actor's answers; all state and decisions live in the actor.
+
+use russh::{
+    Channel, ChannelId, Pty,
+    server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::events::{Event, Request};
+
+pub struct ClientHandler {
+    events: mpsc::Sender<Event>,
+}
+
+impl ClientHandler {
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        ClientHandler { events }
+    }
+
+    /// Sends an event and waits for the actor's yes/no; a gone actor means no.
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<bool>) -> Event) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(make(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    async fn request(
+        &self,
+        channel: ChannelId,
+        request: Request,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let ok = self
+            .ask(|reply| Event::Request {
+                channel,
+                request,
+                reply,
+            })
+            .await;
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+fn verdict(ok: bool) -> Auth {
+    if ok {
+        Auth::Accept
+    } else {
+        Auth::Reject {
+            proceed_with_methods: None,
+            partial_success: false,
+        }
+    }
+}
+
+impl server::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let key = offer.public_key.clone();
+        let user = user.to_owned();
+        Ok(verdict(
+            self.ask(|reply| Event::KeyOffered { user, key, reply })
+                .await,
+        ))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let key = key.public_key.clone();
+        let user = user.to_owned();
+        Ok(verdict(
+            self.ask(|reply| Event::KeyVerified { user, key, reply })
+                .await,
+        ))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // If the actor is gone, dropping `reply` refuses the channel.
+        let _ = self
+            .events
+            .send(Event::OpenSession { channel, reply })
+            .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Pty {
+            term: term.to_owned(),
+            cols,
+            rows,
+            pix_width,
+            pix_height,
+            modes: modes.to_vec(),
+        };
+        self.request(channel, request, session).await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.request(channel, Request::Shell, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Exec {
+            command: data.to_vec(),
+        };
+        self.request(channel, request, session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Subsystem {
+            name: name.to_owned(),
+        };
+        self.request(channel, request, session).await
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Env {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        self.request(channel, request, session).await
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // russh answers this request itself from the returned bool.
+        Ok(self
+            .ask(|reply| Event::Request {
+                channel,
+                request: Request::Agent,
+                reply,
+            })
+            .await)
+    }
+}

@@ -1,0 +1,46 @@
+//! The SSH proxy: terminate the admin's SSH connection, decide, re-originate to the target, and
+//! record everything in between. A keystroke crosses this folder in one direction:
+//!
+//! `listener` (accept) → `handler` (russh callbacks → [`events::Event`]) → `session` (the one
+//! actor per connection: identity, policy, upstream, audit) → `channel` (per-channel pumps, one
+//! task per direction, recording as they forward) → `upstream` (russh client to the target).
+//!
+//! Nothing imports back from the upstream side to the handler side.
+
+pub mod channel;
+pub mod events;
+pub mod handler;
+pub mod listener;
+pub mod session;
+pub mod upstream;
+pub mod username;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{cidr::Cidr, keys::ApplianceKeys, policy::Policy, store::Store};
+
+/// What every session needs, shared read-mostly across connections.
+pub struct ProxyContext {
+    pub store: Arc<Store>,
+    pub policy: Arc<Mutex<Policy>>,
+    /// Protected prefixes from the config (the store's are in `policy`).
+    pub config_subnets: Vec<Cidr>,
+    pub keys: Arc<ApplianceKeys>,
+    pub server_config: Arc<russh::server::Config>,
+    pub client_config: Arc<russh::client::Config>,
+    pub upstream_mark: u32,
+    pub connect_timeout: Duration,
+    pub flush_interval: Duration,
+}
+
+impl ProxyContext {
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,428 @@
+//! The session actor: one per client connection, the only place its state lives. It decides
+//! sign-in, resolves `login@target`, applies policy, dials the target once, opens a channel pump
+//! per client channel, and writes the session's audit events and record.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use russh::{ChannelId, ChannelOpenFailure, keys::HashAlg};
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+
+use super::{
+    ProxyContext, channel,
+    events::{Event, Request},
+    upstream::{self, Upstream},
+    username,
+};
+use crate::{
+    audit::{Actor, AuditKind},
+    policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right},
+    record::{Recorder, recorder},
+    store::{SessionMeta, SessionState},
+};
+
+/// The signed-in identity of the connection.
+struct Identity {
+    user: String,
+    username: String,
+}
+
+/// What the first channel established: where the session goes and under which grant.
+struct Route {
+    session: u64,
+    login: String,
+    target: ResolvedTarget,
+    upstream: Upstream,
+    recorder: Recorder,
+    writer: tokio::task::JoinHandle<SessionMeta>,
+}
+
+struct ChannelEntry {
+    ctl: mpsc::Sender<channel::Ctl>,
+    /// Writes to the client's stderr on this channel (refusal reasons).
+    stderr: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
+}
+
+pub struct SessionActor {
+    ctx: Arc<ProxyContext>,
+    client: SocketAddr,
+    events: mpsc::Receiver<Event>,
+    identity: Option<Identity>,
+    route: Option<Route>,
+    /// Why this connection cannot proceed (set at the first refused channel; later ones get it too).
+    refused: Option<String>,
+    channels: HashMap<ChannelId, ChannelEntry>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl SessionActor {
+    pub fn new(ctx: Arc<ProxyContext>, client: SocketAddr, events: mpsc::Receiver<Event>) -> Self {
+        SessionActor {
+            ctx,
+            client,
+            events,
+            identity: None,
+            route: None,
+            refused: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        while let Some(event) = self.events.recv().await {
+            match event {
+                Event::KeyOffered { user, key, reply } => {
+                    let owner = self.owner_of(&key);
+                    if owner.is_none() {
+                        self.audit_login(&user, &key, None, false).await;
+                    }
+                    let _ = reply.send(owner.is_some());
+                }
+                Event::KeyVerified { user, key, reply } => {
+                    let owner = self.owner_of(&key);
+                    self.audit_login(&user, &key, owner.clone(), owner.is_some())
+                        .await;
+                    if let Some(owner) = owner {
+                        self.identity = Some(Identity {
+                            user: owner,
+                            username: user,
+                        });
+                    }
+                    let _ = reply.send(self.identity.is_some());
+                }
+                Event::OpenSession { channel, reply } => {
+                    match self.open(channel).await {
+                        Ok(()) => reply.accept().await,
+                        Err(reason) => {
+                            reply
+                                .reject(ChannelOpenFailure::Other {
+                                    code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                                    reason: format!("bastion: {reason}"),
+                                })
+                                .await
+                        }
+                    }
+                }
+                Event::Request {
+                    channel,
+                    request,
+                    reply,
+                } => self.request(channel, request, reply).await,
+            }
+        }
+        self.finish().await;
+    }
+
+    /// The bastion user owning `key`.
+    fn owner_of(&self, key: &russh::keys::PublicKey) -> Option<String> {
+        let policy = self.ctx.policy();
+        policy
+            .users
+            .values()
+            .find(|u| crate::keys::is_pinned(key, &u.keys))
+            .map(|u| u.name.clone())
+    }
+
+    async fn open(&mut self, down: russh::Channel<russh::server::Msg>) -> Result<(), String> {
+        if let Some(reason) = &self.refused {
+            return Err(reason.clone());
+        }
+        if self.route.is_none() {
+            match self.route().await {
+                Ok(route) => self.route = Some(route),
+                Err(reason) => {
+                    let identity = self.identity.as_ref();
+                    self.audit(AuditKind::SessionRefused {
+                        client: self.client.to_string(),
+                        user: identity.map(|i| i.user.clone()).unwrap_or_default(),
+                        username: identity.map(|i| i.username.clone()).unwrap_or_default(),
+                        reason: reason.clone(),
+                    })
+                    .await;
+                    self.refused = Some(reason.clone());
+                    return Err(reason);
+                }
+            }
+        }
+        let route = self.route.as_ref().ok_or("internal: no route")?;
+        let up = route
+            .upstream
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| format!("target {}: cannot open a channel: {e}", route.target))?;
+        let id = down.id();
+        let stderr = Box::new(down.make_writer_ext(Some(1)));
+        let ctl = channel::spawn(down, up, route.recorder.clone());
+        self.channels.insert(id, ChannelEntry { ctl, stderr });
+        Ok(())
+    }
+
+    /// Resolves, authorizes and dials the destination of this connection.
+    async fn route(&mut self) -> Result<Route, String> {
+        let identity = self.identity.as_ref().ok_or("not signed in")?;
+        let dest = username::parse(&identity.username).map_err(|e| e.to_string())?;
+        let policy = self.ctx.policy();
+        let target = policy::resolve_target(&policy, &dest.target, &self.ctx.config_subnets)
+            .map_err(|e| e.to_string())?;
+        // Opening a session needs some right that a session channel can use; if none is
+        // granted, the shell's refusal reason is the one the user sees.
+        let mut refusal = None;
+        let mut grant = None;
+        for right in [Right::Shell, Right::Exec, Right::Sftp] {
+            match decide(&policy, &identity.user, &target, &dest.login, right) {
+                Ok(g) => {
+                    grant = Some(g);
+                    break;
+                }
+                Err(e) => {
+                    refusal.get_or_insert(e);
+                }
+            }
+        }
+        let grant = grant.ok_or_else(|| refusal.unwrap_or_default())?;
+        let pinned = target
+            .name
+            .as_ref()
+            .and_then(|n| policy.targets.get(n))
+            .map(|t| t.host_keys.clone())
+            .unwrap_or_default();
+        let session = self
+            .ctx
+            .store
+            .new_session_id()
+            .map_err(|e| format!("internal: {e}"))?;
+        let key_id = format!("bastion:{}:session-{session}", identity.user);
+        let upstream = upstream::connect(
+            self.ctx.client_config.clone(),
+            &self.ctx.keys,
+            upstream::Dial {
+                target: &target.to_string(),
+                addr: SocketAddr::new(target.addr, target.port),
+                pinned: &pinned,
+                login: &dest.login,
+                key_id: &key_id,
+                mark: self.ctx.upstream_mark,
+                timeout: self.ctx.connect_timeout,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let meta = SessionMeta {
+            id: session,
+            user: identity.user.clone(),
+            login: dest.login.clone(),
+            target: target.to_string(),
+            target_addr: SocketAddr::new(target.addr, target.port),
+            client_addr: Some(self.client),
+            grant: grant.clone(),
+            started_micros: crate::audit::now_micros(),
+            ended_micros: None,
+            state: SessionState::Live,
+            blocks: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let store = self.ctx.store.clone();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || store.put_session(&m))
+            .await
+            .map_err(|e| format!("internal: {e}"))?
+            .map_err(|e| format!("internal: cannot record the session: {e}"))?;
+        let (recorder, writer) =
+            recorder::spawn(self.ctx.store.clone(), meta, self.ctx.flush_interval);
+        self.audit(AuditKind::SessionStarted {
+            session,
+            client: self.client.to_string(),
+            user: identity.user.clone(),
+            login: dest.login.clone(),
+            target: target.to_string(),
+            grant,
+        })
+        .await;
+        tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");
+        Ok(Route {
+            session,
+            login: dest.login,
+            target,
+            upstream,
+            recorder,
+            writer,
+        })
+    }
+
+    async fn request(
+        &mut self,
+        channel: ChannelId,
+        request: Request,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) {
+        let (Some(route), Some(identity)) = (&self.route, &self.identity) else {
+            let _ = reply.send(false);
+            return;
+        };
+        let verdict = match right_for(&request) {
+            Err(reason) => Err(reason),
+            Ok(None) => Ok(()),
+            Ok(Some(rights)) => {
+                let policy = self.ctx.policy();
+                let results: Vec<_> = rights
+                    .iter()
+                    .map(|r| decide(&policy, &identity.user, &route.target, &route.login, *r))
+                    .collect();
+                if results.iter().any(Result::is_ok) {
+                    Ok(())
+                } else {
+                    Err(results
+                        .into_iter()
+                        .find_map(Result::err)
+                        .unwrap_or_default())
+                }
+            }
+        };
+        let session = route.session;
+        let Some(entry) = self.channels.get_mut(&channel) else {
+            let _ = reply.send(false);
+            return;
+        };
+        match verdict {
+            Ok(()) => {
+                if entry
+                    .ctl
+                    .send(channel::Ctl::Request { request, reply })
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(session, "channel pump gone before the request");
+                }
+            }
+            Err(reason) => {
+                let _ = entry
+                    .stderr
+                    .write_all(format!("bastion: {reason}\r\n").as_bytes())
+                    .await;
+                let _ = entry.stderr.flush().await;
+                route
+                    .recorder
+                    .record(
+                        crate::record::Kind::Refused,
+                        u32::from(channel),
+                        reason.clone().into(),
+                    )
+                    .await;
+                let _ = reply.send(false);
+                self.audit(AuditKind::RequestRefused {
+                    session,
+                    channel: u32::from(channel),
+                    request: request_name(&request),
+                    reason,
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        self.channels.clear();
+        if let Some(route) = self.route.take() {
+            drop(route.recorder);
+            drop(route.upstream);
+            match route.writer.await {
+                Ok(meta) => {
+                    tracing::info!(
+                        session = meta.id,
+                        bytes_in = meta.bytes_in,
+                        bytes_out = meta.bytes_out,
+                        "session ended"
+                    );
+                    self.audit(AuditKind::SessionEnded {
+                        session: meta.id,
+                        bytes_in: meta.bytes_in,
+                        bytes_out: meta.bytes_out,
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    tracing::error!(session = route.session, error = %e, "recorder task failed")
+                }
+            }
+        }
+    }
+
+    async fn audit_login(
+        &self,
+        username: &str,
+        key: &russh::keys::PublicKey,
+        user: Option<String>,
+        accepted: bool,
+    ) {
+        self.audit(AuditKind::Login {
+            client: self.client.to_string(),
+            username: username.chars().take(256).collect(),
+            fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+            user,
+            accepted,
+        })
+        .await;
+    }
+
+    async fn audit(&self, kind: AuditKind) {
+        let store = self.ctx.store.clone();
+        let result =
+            tokio::task::spawn_blocking(move || store.append_audit(Actor::Daemon, kind)).await;
+        if !matches!(result, Ok(Ok(_))) {
+            tracing::error!("audit event could not be stored");
+        }
+    }
+}
+
+/// The grant id allowing `right`, or the reason it is refused.
+fn decide(
+    policy: &Policy,
+    user: &str,
+    target: &ResolvedTarget,
+    login: &str,
+    right: Right,
+) -> Result<String, String> {
+    let req = AccessRequest {
+        user,
+        target,
+        login,
+        right,
+        now: now_secs(),
+    };
+    match policy::evaluate(policy, &req) {
+        Decision::Allow { grant } => Ok(grant),
+        Decision::Deny(d) => Err(d.to_string()),
+    }
+}
+
+/// Which rights allow a request (any one suffices); `None` for requests policy does not gate.
+fn right_for(request: &Request) -> Result<Option<&'static [Right]>, String> {
+    Ok(match request {
+        // A PTY serves a shell or an interactive command (`ssh -t host top`).
+        Request::Pty { .. } => Some(&[Right::Shell, Right::Exec]),
+        Request::Shell => Some(&[Right::Shell]),
+        Request::Exec { .. } => Some(&[Right::Exec]),
+        Request::Subsystem { name } if name == "sftp" => Some(&[Right::Sftp]),
+        Request::Subsystem { name } => return Err(format!("subsystem `{name}` is not supported")),
+        Request::Env { .. } => None,
+        Request::Agent => return Err("agent forwarding is not supported yet".to_owned()),
+    })
+}
+
+fn request_name(request: &Request) -> String {
+    match request {
+        Request::Pty { .. } => "pty".into(),
+        Request::Shell => "shell".into(),
+        Request::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
+        Request::Subsystem { name } => format!("subsystem {name}"),
+        Request::Env { name, .. } => format!("env {name}"),
+        Request::Agent => "agent".into(),
+    }
+}

@@ -1,0 +1,171 @@
+//! The target side: a russh client that connects with bastiond's mark, verifies the target's
+//! pinned host key, and signs in with a certificate minted for this session only.
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use russh::{
+    client::{self, AuthResult},
+    keys::{HashAlg, PublicKey, PublicKeyOrCertificate},
+};
+
+use crate::keys::{self, ApplianceKeys};
+
+/// Why the target side failed. `Display` is shown to the client, so it says "target".
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("target {addr}: cannot connect: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("target {addr}: no answer within {secs}s")]
+    Timeout { addr: SocketAddr, secs: u64 },
+    #[error(
+        "target {target} has no pinned host key; register it with `bastionctl target add ... --host-key`"
+    )]
+    NotEnrolled { target: String },
+    #[error(
+        "target {target} presented host key {presented}, which is not the pinned key: refusing (possible interception)"
+    )]
+    HostKeyMismatch { target: String, presented: String },
+    #[error("target {addr}: SSH failed: {source}")]
+    Ssh {
+        addr: SocketAddr,
+        source: russh::Error,
+    },
+    #[error(
+        "target {target} refused bastion's certificate for login `{login}` (does it trust the bastion user CA in TrustedUserCAKeys?)"
+    )]
+    AuthRefused { target: String, login: String },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Checks the target's host key against the pinned ones and remembers what it saw.
+pub struct PinnedHostKey {
+    pinned: Vec<String>,
+    seen: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for PinnedHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        presented: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match presented {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            // Host certificates are not trusted yet; judge the key inside.
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+        };
+        let ok = keys::is_pinned(&key, &self.pinned);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(key);
+        }
+        Ok(ok)
+    }
+}
+
+pub struct Upstream {
+    pub handle: client::Handle<PinnedHostKey>,
+}
+
+pub struct Dial<'a> {
+    pub target: &'a str,
+    pub addr: SocketAddr,
+    pub pinned: &'a [String],
+    pub login: &'a str,
+    /// Names the bastion user and session in the certificate (shows in the target's logs).
+    pub key_id: &'a str,
+    pub mark: u32,
+    pub timeout: Duration,
+}
+
+pub async fn connect(
+    config: Arc<client::Config>,
+    keys: &ApplianceKeys,
+    dial: Dial<'_>,
+) -> Result<Upstream, UpstreamError> {
+    if dial.pinned.is_empty() {
+        return Err(UpstreamError::NotEnrolled {
+            target: dial.target.to_owned(),
+        });
+    }
+    let addr = dial.addr;
+    let secs = dial.timeout.as_secs();
+    let stream = tokio::time::timeout(dial.timeout, connect_marked(addr, dial.mark))
+        .await
+        .map_err(|_| UpstreamError::Timeout { addr, secs })?
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let seen = Arc::new(Mutex::new(None));
+    let checker = PinnedHostKey {
+        pinned: dial.pinned.to_vec(),
+        seen: seen.clone(),
+    };
+    let mut handle = match tokio::time::timeout(
+        dial.timeout,
+        client::connect_stream(config, stream, checker),
+    )
+    .await
+    {
+        Err(_) => return Err(UpstreamError::Timeout { addr, secs }),
+        Ok(Ok(h)) => h,
+        Ok(Err(source)) => {
+            let presented = seen.lock().ok().and_then(|s| s.clone());
+            return Err(match (source, presented) {
+                (russh::Error::UnknownKey, Some(key)) => UpstreamError::HostKeyMismatch {
+                    target: dial.target.to_owned(),
+                    presented: key.fingerprint(HashAlg::Sha256).to_string(),
+                },
+                (source, _) => UpstreamError::Ssh { addr, source },
+            });
+        }
+    };
+    let (key, cert) = keys
+        .session_credential(dial.login, dial.key_id, keys::MAX_CERT_VALIDITY)
+        .map_err(|e| UpstreamError::Internal(e.to_string()))?;
+    let result = tokio::time::timeout(
+        dial.timeout,
+        handle.authenticate_openssh_cert(dial.login, Arc::new(key), cert),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout { addr, secs })?
+    .map_err(|source| UpstreamError::Ssh { addr, source })?;
+    match result {
+        AuthResult::Success => Ok(Upstream { handle }),
+        AuthResult::Failure { .. } => Err(UpstreamError::AuthRefused {
+            target: dial.target.to_owned(),
+            login: dial.login.to_owned(),
+        }),
+    }
+}
+
+/// A TCP connection carrying bastiond's mark (the protected-side egress check looks for it).
+async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // SAFETY: setsockopt on a socket we own, with a u32 option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
