@@ -41,6 +41,12 @@ pub enum AuditKind {
         user: Option<String>,
         accepted: bool,
     },
+    /// Sign-in attempts refused because the source failed too often recently.
+    SignInThrottled {
+        client: String,
+        username: String,
+        remaining_secs: u64,
+    },
     /// A session was refused before reaching its target (policy, username, target side).
     SessionRefused {
         client: String,

@@ -42,6 +42,17 @@ pub struct SshConfig {
     /// Seconds to wait for a target to accept a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Seconds a client has to sign in before its connection is closed.
+    #[serde(default = "default_login_grace")]
+    pub login_grace_secs: u64,
+    /// Failed sign-ins from one source address within `failure_window_secs` that trigger a
+    /// refusal of that source for `failure_penalty_secs`.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window")]
+    pub failure_window_secs: u64,
+    #[serde(default = "default_failure_penalty")]
+    pub failure_penalty_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +75,18 @@ fn default_mark() -> u32 {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_login_grace() -> u64 {
+    30
+}
+fn default_max_failures() -> u32 {
+    20
+}
+fn default_failure_window() -> u64 {
+    60
+}
+fn default_failure_penalty() -> u64 {
+    60
+}
 fn default_flush_ms() -> u64 {
     200
 }
@@ -75,6 +98,10 @@ impl Default for SshConfig {
             keys_dir: default_keys_dir(),
             upstream_mark: default_mark(),
             connect_timeout_secs: default_connect_timeout(),
+            login_grace_secs: default_login_grace(),
+            max_failures: default_max_failures(),
+            failure_window_secs: default_failure_window(),
+            failure_penalty_secs: default_failure_penalty(),
         }
     }
 }

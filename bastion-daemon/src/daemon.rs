@@ -115,6 +115,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream_mark: config.ssh.upstream_mark,
         connect_timeout: Duration::from_secs(config.ssh.connect_timeout_secs),
         flush_interval: Duration::from_millis(config.record.flush_interval_ms),
+        login_grace: Duration::from_secs(config.ssh.login_grace_secs),
+        limiter: Mutex::new(proxy::ratelimit::Limiter::new(proxy::ratelimit::Limits {
+            max_failures: config.ssh.max_failures.max(1),
+            window: Duration::from_secs(config.ssh.failure_window_secs),
+            penalty: Duration::from_secs(config.ssh.failure_penalty_secs),
+        })),
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),

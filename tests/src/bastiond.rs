@@ -54,7 +54,7 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [store]\npath = \"{store}\"\n\n\
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
              daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\n\n\
-             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\n\n\
+             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\nlogin_grace_secs = 3\n\n\
              [record]\nflush_interval_ms = 100\n",
             socket = paths.control_socket.display(),
             store = paths.store.display(),
@@ -137,6 +137,18 @@ impl Bastiond {
     /// Runs `bastionctl --socket <lab socket> args...`.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         ctl(&self.paths, args)
+    }
+
+    /// Runs bastionctl and returns its stdout, failing with its stderr when it fails.
+    pub fn ctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "bastionctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// SIGKILL, as a crash would.

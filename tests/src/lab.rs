@@ -187,6 +187,43 @@ impl Lab {
         Bastiond::start(&self.name, &self.info.bastiond)
     }
 
+    /// The standard session scenario: the hosts trust bastiond's user CA, `alice` signs in with
+    /// the lab's admin key, web1 is registered with its pinned host key, and alice may use
+    /// shell, exec and sftp on web1 as root.
+    pub fn enroll_alice(&self, b: &Bastiond) -> anyhow::Result<()> {
+        self.trust_user_ca(&b.ctl_ok(&["ca", "show"])?)?;
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        b.ctl_ok(&[
+            "user",
+            "add",
+            "alice",
+            "--key",
+            &path(&self.info.admin_key_pub),
+        ])?;
+        b.ctl_ok(&[
+            "target",
+            "add",
+            "web1",
+            HOSTS[0].1,
+            "--host-key",
+            &path(&self.info.hosts[0].host_key_pub),
+        ])?;
+        b.ctl_ok(&[
+            "grant",
+            "add",
+            "alice-web1",
+            "--user",
+            "alice",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "shell,exec,sftp",
+        ])?;
+        Ok(())
+    }
+
     /// Makes every protected host trust `ca` (an OpenSSH public key line) for user certificates.
     pub fn trust_user_ca(&self, ca: &str) -> anyhow::Result<()> {
         for h in &self.info.hosts {
@@ -201,26 +238,33 @@ impl Lab {
         let mut cmd = self.command("admin", "ssh")?;
         // ssh keeps the first value of an option, so `extra` overrides the defaults below.
         cmd.args(extra)
-            .arg("-i")
-            .arg(&self.info.admin_key)
+            .args(self.ssh_options())
             .args([
                 "-p",
                 &crate::bastiond::SSH_PORT.to_string(),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
                 "-o",
                 "ConnectTimeout=10",
             ])
             .arg(format!("{dest}@{}", BASTION_ADMIN_ADDR));
         Ok(cmd)
+    }
+
+    /// The ssh options `ssh_via_bastion` uses, as one `-e` string for rsync or as `-o` args.
+    pub fn ssh_options(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.info.admin_key.display().to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+        ]
     }
 
     /// Runs `lab-connect` from the bastion namespace in the clients cgroup.

@@ -14,6 +14,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// The protected hosts: (short name, address).
 pub const HOSTS: [(&str, &str); 2] = [("web1", "203.0.113.10"), ("web2", "203.0.113.11")];
 pub const ADMIN_ADDR: &str = "198.51.100.10";
+/// A second address of the admin host, for tests that need two client sources.
+pub const ADMIN_ADDR2: &str = "198.51.100.11";
 pub const BASTION_ADMIN_ADDR: &str = "198.51.100.1";
 pub const BASTION_PROTECTED_ADDR: &str = "203.0.113.1";
 pub const PROTECTED_SUBNET: &str = "203.0.113.0/24";

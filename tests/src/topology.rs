@@ -9,7 +9,7 @@
 
 use crate::{
     names::{
-        ADMIN_ADDR, BASTION_ADMIN_ADDR, BASTION_ADMIN_IF, BASTION_PROTECTED_ADDR,
+        ADMIN_ADDR, ADMIN_ADDR2, BASTION_ADMIN_ADDR, BASTION_ADMIN_IF, BASTION_PROTECTED_ADDR,
         BASTION_PROTECTED_IF, HOSTS, LabName,
     },
     sys::{ip, run},
@@ -43,6 +43,10 @@ pub fn create(name: &LabName) -> anyhow::Result<()> {
     ip(
         &admin,
         &["addr", "add", &format!("{ADMIN_ADDR}/24"), "dev", "eth0"],
+    )?;
+    ip(
+        &admin,
+        &["addr", "add", &format!("{ADMIN_ADDR2}/24"), "dev", "eth0"],
     )?;
     ip(&admin, &["link", "set", "eth0", "up"])?;
     ip(

@@ -11,6 +11,7 @@ pub mod channel;
 pub mod events;
 pub mod handler;
 pub mod listener;
+pub mod ratelimit;
 pub mod session;
 pub mod upstream;
 pub mod username;
@@ -34,9 +35,28 @@ pub struct ProxyContext {
     pub upstream_mark: u32,
     pub connect_timeout: Duration,
     pub flush_interval: Duration,
+    /// A connection that has not signed in by then is closed.
+    pub login_grace: Duration,
+    pub limiter: Mutex<ratelimit::Limiter>,
 }
 
 impl ProxyContext {
+    /// `Err(remaining)` while `ip` is refused for failed sign-ins.
+    pub fn limited(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(ip, std::time::Instant::now())
+    }
+
+    /// Counts a failed sign-in; true if it started a penalty.
+    pub fn failed_login(&self, ip: std::net::IpAddr) -> bool {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure(ip, std::time::Instant::now())
+    }
+
     pub fn policy(&self) -> Policy {
         self.policy
             .lock()

@@ -2,7 +2,15 @@
 //! sign-in, resolves `login@target`, applies policy, dials the target once, opens a channel pump
 //! per client channel, and writes the session's audit events and record.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::SystemTime,
+};
 
 use russh::{ChannelId, ChannelOpenFailure, keys::HashAlg};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
@@ -51,6 +59,10 @@ pub struct SessionActor {
     /// Why this connection cannot proceed (set at the first refused channel; later ones get it too).
     refused: Option<String>,
     channels: HashMap<ChannelId, ChannelEntry>,
+    /// Set once signed in (the listener's login-grace watchdog reads it).
+    signed_in: Arc<AtomicBool>,
+    /// Whether this connection already logged that its source is rate limited.
+    limited_logged: bool,
 }
 
 fn now_secs() -> u64 {
@@ -61,7 +73,12 @@ fn now_secs() -> u64 {
 }
 
 impl SessionActor {
-    pub fn new(ctx: Arc<ProxyContext>, client: SocketAddr, events: mpsc::Receiver<Event>) -> Self {
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        client: SocketAddr,
+        events: mpsc::Receiver<Event>,
+        signed_in: Arc<AtomicBool>,
+    ) -> Self {
         SessionActor {
             ctx,
             client,
@@ -70,6 +87,8 @@ impl SessionActor {
             route: None,
             refused: None,
             channels: HashMap::new(),
+            signed_in,
+            limited_logged: false,
         }
     }
 
@@ -77,13 +96,24 @@ impl SessionActor {
         while let Some(event) = self.events.recv().await {
             match event {
                 Event::KeyOffered { user, key, reply } => {
+                    if self.rate_limited(&user).await {
+                        let _ = reply.send(false);
+                        continue;
+                    }
                     let owner = self.owner_of(&key);
                     if owner.is_none() {
                         self.audit_login(&user, &key, None, false).await;
+                        if self.ctx.failed_login(self.client.ip()) {
+                            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
+                        }
                     }
                     let _ = reply.send(owner.is_some());
                 }
                 Event::KeyVerified { user, key, reply } => {
+                    if self.rate_limited(&user).await {
+                        let _ = reply.send(false);
+                        continue;
+                    }
                     let owner = self.owner_of(&key);
                     self.audit_login(&user, &key, owner.clone(), owner.is_some())
                         .await;
@@ -92,6 +122,7 @@ impl SessionActor {
                             user: owner,
                             username: user,
                         });
+                        self.signed_in.store(true, Ordering::SeqCst);
                     }
                     let _ = reply.send(self.identity.is_some());
                 }
@@ -116,6 +147,23 @@ impl SessionActor {
             }
         }
         self.finish().await;
+    }
+
+    /// True (and audited once per connection) while the client's source is refused.
+    async fn rate_limited(&mut self, username: &str) -> bool {
+        let Err(remaining) = self.ctx.limited(self.client.ip()) else {
+            return false;
+        };
+        if !self.limited_logged {
+            self.limited_logged = true;
+            self.audit(AuditKind::SignInThrottled {
+                client: self.client.to_string(),
+                username: username.chars().take(256).collect(),
+                remaining_secs: remaining.as_secs(),
+            })
+            .await;
+        }
+        true
     }
 
     /// The bastion user owning `key`.

@@ -1,7 +1,10 @@
 //! lab-connect: tries one connect() (TCP) or sendto() (UDP) and reports how it went, so tests can
 //! tell "refused by enforcement" (EPERM, exit 2) from "nobody listening" (exit 3) and success (0).
 //!
-//! Usage: lab-connect [--udp] ADDRESS PORT
+//! With `--hold SECS`, keeps the TCP connection open without sending anything and reports whether
+//! the peer closed it first ("closed by peer") or the time ran out ("still open").
+//!
+//! Usage: lab-connect [--udp | --hold SECS] ADDRESS PORT
 
 use std::{
     io::Read,
@@ -12,9 +15,16 @@ use std::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (udp, rest) = match args.first().map(String::as_str) {
-        Some("--udp") => (true, &args[1..]),
-        _ => (false, &args[..]),
+    let (udp, hold, rest) = match args.first().map(String::as_str) {
+        Some("--udp") => (true, None, &args[1..]),
+        Some("--hold") => match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
+            Some(secs) => (false, Some(secs), &args[2..]),
+            None => {
+                eprintln!("lab-connect: --hold needs a number of seconds");
+                return ExitCode::from(64);
+            }
+        },
+        _ => (false, None, &args[..]),
     };
     let [addr, port] = rest else {
         eprintln!("usage: lab-connect [--udp] ADDRESS PORT");
@@ -25,6 +35,9 @@ fn main() -> ExitCode {
         return ExitCode::from(64);
     };
     let target = SocketAddr::new(ip, port);
+    if let Some(secs) = hold {
+        return hold_open(SocketAddr::new(ip, port), secs);
+    }
     let result = if udp {
         let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
             .parse()
@@ -52,6 +65,42 @@ fn main() -> ExitCode {
                 Some(libc::EPERM) => ExitCode::from(2),
                 Some(libc::ECONNREFUSED) => ExitCode::from(3),
                 _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+/// Connects, sends nothing, and waits up to `secs` for the peer to close.
+fn hold_open(target: SocketAddr, secs: u64) -> ExitCode {
+    let mut s = match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(secs)));
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                println!("closed by peer");
+                return ExitCode::SUCCESS;
+            }
+            // The server's banner and anything else it says: keep waiting.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                println!("still open after {secs}s");
+                return ExitCode::from(4);
+            }
+            Err(_) => {
+                println!("closed by peer");
+                return ExitCode::SUCCESS;
             }
         }
     }

@@ -248,6 +248,13 @@ fn event_line(e: &AuditEvent) -> String {
             bytes_in,
             bytes_out,
         } => format!("session {session} ended ({bytes_in} bytes in, {bytes_out} bytes out)"),
+        AuditKind::SignInThrottled {
+            client,
+            username,
+            remaining_secs,
+        } => format!(
+            "sign-in as `{username}` from {client} throttled after repeated failures ({remaining_secs}s left)"
+        ),
         AuditKind::SessionsInterrupted { sessions } => {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }

@@ -1,0 +1,237 @@
+//! Bad input and failures on either side: each gets a clear refusal, is audited, and bastiond
+//! keeps serving everyone else.
+
+use std::process::{Output, Stdio};
+
+use bastion_lab::{Lab, bastiond::Bastiond, sshd, sys};
+
+fn setup() -> (Lab, Bastiond) {
+    let lab = Lab::up().expect("lab");
+    let b = lab.start_bastiond().expect("bastiond");
+    lab.enroll_alice(&b).expect("enrol alice");
+    (lab, b)
+}
+
+fn ssh(lab: &Lab, dest: &str, extra: &[&str]) -> Output {
+    lab.ssh_via_bastion(dest, extra)
+        .expect("ssh command")
+        .arg("echo ok")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh runs")
+}
+
+fn assert_alice_works(lab: &Lab, extra: &[&str]) {
+    let out = ssh(lab, "root@web1", extra);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "alice should get through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
+    let (lab, b) = setup();
+    let info = lab.info().clone();
+    let lab_connect = sys::bin("lab-connect").unwrap();
+
+    // A client that connects and never says anything.
+    let stalled = lab
+        .command("admin", &lab_connect)
+        .unwrap()
+        .args(["--hold", "30", "198.51.100.1", "2222"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_alice_works(&lab, &[]);
+
+    // 200 sign-ins with a key bastion does not know, 25 at a time, from 198.51.100.10.
+    let mallory = info.run_dir.join("mallory_ed25519");
+    sshd::keygen(&mallory, "mallory").unwrap();
+    let mallory_opts = [
+        "-i",
+        mallory.to_str().unwrap(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-b",
+        "198.51.100.10",
+    ];
+    let mut refused = 0;
+    for _ in 0..8 {
+        let batch: Vec<_> = (0..25)
+            .map(|_| {
+                lab.ssh_via_bastion("root@web1", &mallory_opts)
+                    .unwrap()
+                    .arg("true")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in batch {
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success());
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                "{out:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 200);
+
+    // The flooding source is now throttled, even with a good key; another source is not.
+    let from_flooder = ssh(&lab, "root@web1", &["-b", "198.51.100.10"]);
+    assert!(
+        !from_flooder.status.success(),
+        "throttled source got through"
+    );
+    assert_alice_works(&lab, &["-b", "198.51.100.11"]);
+
+    // The stalled client was disconnected at the end of the login grace time.
+    let out = stalled.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed by peer"
+    );
+
+    let audit = b.ctl_ok(&["audit", "--limit", "1000"]).unwrap();
+    let refusals = audit
+        .lines()
+        .filter(|l| l.contains("login refused for `root@web1`"))
+        .count();
+    assert!(refusals >= 20, "{refusals} refused logins audited");
+    assert!(
+        audit.contains("throttled after repeated failures"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn target_side_failures_are_named_and_never_trusted_blindly() {
+    let (lab, b) = setup();
+    let info = lab.info().clone();
+    let web1_key = info.hosts[0].host_key_pub.to_str().unwrap().to_owned();
+    // web2 enrolled with the wrong pinned key (as if its key changed): refused, never accepted.
+    b.ctl_ok(&[
+        "target",
+        "add",
+        "web2",
+        "203.0.113.11",
+        "--host-key",
+        &web1_key,
+    ])
+    .unwrap();
+    // A target nothing answers on.
+    b.ctl_ok(&[
+        "target",
+        "add",
+        "gone",
+        "203.0.113.99",
+        "--host-key",
+        &web1_key,
+    ])
+    .unwrap();
+    // A protected address with no pinned key.
+    for (name, t) in [("web2", "web2"), ("gone", "gone")] {
+        b.ctl_ok(&[
+            "grant",
+            "add",
+            &format!("alice-{name}"),
+            "--user",
+            "alice",
+            "--target",
+            t,
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+        ])
+        .unwrap();
+    }
+    b.ctl_ok(&[
+        "grant",
+        "add",
+        "alice-subnet",
+        "--user",
+        "alice",
+        "--subnet",
+        "203.0.113.0/24",
+        "--login",
+        "root",
+        "--rights",
+        "exec",
+    ])
+    .unwrap();
+    let cases = [
+        ("root@web2", "not the pinned key"),
+        ("root@gone", "target 203.0.113.99:22"),
+        ("root@203.0.113.12", "has no pinned host key"),
+    ];
+    for (dest, why) in cases {
+        let out = ssh(&lab, dest, &["-o", "LogLevel=INFO"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{dest}: {stderr}");
+        assert!(stderr.contains(why), "{dest}: {stderr:?} lacks {why:?}");
+    }
+    assert_alice_works(&lab, &[]);
+    let audit = b.ctl_ok(&["audit"]).unwrap();
+    assert!(
+        audit.contains("not the pinned key") && audit.contains("203.0.113.99"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
+    let (lab, mut b) = setup();
+    let mut client = lab
+        .ssh_via_bastion("root@web1", &["-tt"])
+        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"echo before-the-crash-$((6*7))\n").unwrap();
+
+    // Wait (bounded) until the output is durable in the store, as the flush interval promises.
+    let mut id = None;
+    for _ in 0..100 {
+        let list: serde_json::Value =
+            serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
+        if let Some(sid) = list["sessions"][0]["id"].as_u64() {
+            let cast = b.ctl_ok(&["session", "export", &sid.to_string()]).unwrap();
+            if cast.contains("before-the-crash-42") {
+                id = Some(sid);
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let id = id.expect("session output recorded").to_string();
+    b.kill9().unwrap();
+    drop(stdin);
+    let _ = client.kill();
+    let _ = client.wait();
+
+    let b = lab.start_bastiond().expect("restart");
+    let show: serde_json::Value =
+        serde_json::from_str(&b.ctl_ok(&["--json", "session", "show", &id]).unwrap()).unwrap();
+    assert_eq!(show["sessions"][0]["state"], "interrupted");
+    assert!(
+        b.ctl_ok(&["session", "export", &id])
+            .unwrap()
+            .contains("before-the-crash-42")
+    );
+    let audit = b.ctl_ok(&["audit"]).unwrap();
+    assert!(
+        audit.contains(&format!("sessions interrupted by a bastiond stop: [{id}]")),
+        "{audit}"
+    );
+}
