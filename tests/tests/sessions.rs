@@ -20,6 +20,20 @@ fn setup() -> (Lab, Bastiond) {
     (lab, b)
 }
 
+/// Waits (bounded) until `n` sessions exist and all are closed; returns the session list.
+fn wait_all_closed(b: &Bastiond, n: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = serde_json::from_str(&ok(b, &["--json", "session", "list"])).expect("JSON");
+        let list = last["sessions"].as_array().cloned().unwrap_or_default();
+        if list.len() == n && list.iter().all(|s| s["state"] == "closed") {
+            return last;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("sessions did not all close: {last}");
+}
+
 fn run(lab: &Lab, dest: &str, extra: &[&str], command: Option<&str>, stdin: &[u8]) -> Output {
     let mut cmd = lab.ssh_via_bastion(dest, extra).expect("ssh command");
     if let Some(c) = command {
@@ -102,8 +116,8 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
         "sshd log:\n{log}"
     );
 
-    let sessions: serde_json::Value =
-        serde_json::from_str(&ok(&b, &["--json", "session", "list"])).unwrap();
+    // The record closes when bastiond sees the connection end, just after the client exits.
+    let sessions = wait_all_closed(&b, 2);
     let list = sessions["sessions"].as_array().expect("sessions");
     assert_eq!(list.len(), 2, "{sessions}");
     let cat = &list[0];
@@ -154,11 +168,10 @@ fn interactive_shell_with_pty_replays_exactly_what_the_client_saw() {
     let seen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(seen.contains("hello\x1b[1mpty\x1b[0m"), "{seen:?}");
 
-    let id = {
-        let s: serde_json::Value =
-            serde_json::from_str(&ok(&b, &["--json", "session", "list"])).unwrap();
-        s["sessions"][0]["id"].as_u64().unwrap().to_string()
-    };
+    let id = wait_all_closed(&b, 1)["sessions"][0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
     let cast = ok(&b, &["session", "export", &id]);
     let mut lines = cast.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -292,9 +305,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
     assert_eq!(sha256_file(&dir.join("up-rsync.bin")), sum);
 
     // Every transfer was a recorded session; the SFTP ones show the subsystem.
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(&b, &["--json", "session", "list"])).unwrap();
-    assert_eq!(list["sessions"].as_array().unwrap().len(), 6, "{list}");
+    wait_all_closed(&b, 6);
     let audit = ok(&b, &["audit"]);
     assert!(!audit.contains("refused"), "{audit}");
 }
