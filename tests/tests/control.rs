@@ -1,6 +1,9 @@
 //! bastiond's configuration and control surface: config errors, the control socket's guard,
 //! and bastionctl's behaviour against a stopped daemon.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::{os::unix::fs::PermissionsExt, os::unix::process::CommandExt, process::Command};
 
 use bastion_lab::{Lab, sys};

@@ -1,5 +1,8 @@
 //! eBPF enforcement end to end: real kernel hooks on a lab cgroup, a real sshd behind them.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     sync::{
         Arc,

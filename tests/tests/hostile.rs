@@ -1,6 +1,9 @@
 //! Bad input and failures on either side: each gets a clear refusal, is audited, and bastiond
 //! keeps serving everyone else.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Output, Stdio};
 
 use bastion_lab::{Lab, bastiond::Bastiond, sshd, sys};

@@ -1,5 +1,8 @@
 //! The lab itself: it must leave nothing behind, also when a test panics or its owner dies.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::{path::Path, process::Command};
 
 use bastion_lab::{

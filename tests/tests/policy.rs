@@ -1,6 +1,9 @@
 //! Policy management through bastionctl: stored, validated, audited, and (for subnets) enforced
 //! by the kernel the moment it is added.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use bastion_lab::{Lab, bastiond::Bastiond};
 
 fn ctl(b: &Bastiond, args: &[&str]) -> (bool, String, String) {

@@ -1,6 +1,9 @@
 //! Audited SSH sessions end to end: real OpenSSH client → bastiond (russh) → real sshd, with the
 //! upstream leg authenticated by a per-session certificate, and everything recorded.
 
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::Write,
     process::{Output, Stdio},
@@ -308,4 +311,216 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
     wait_all_closed(&b, 6);
     let audit = ok(&b, &["audit"]);
     assert!(!audit.contains("refused"), "{audit}");
+}
+
+/// Connects to 127.0.0.1:`port` from the admin host until the local listener is up (bounded);
+/// returns what lab-connect printed.
+fn connect_local(lab: &Lab, port: u16) -> String {
+    let lab_connect = bastion_lab::sys::bin("lab-connect").unwrap();
+    for _ in 0..100 {
+        let out = lab
+            .command("admin", &lab_connect)
+            .unwrap()
+            .args(["127.0.0.1", &port.to_string()])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("local forward on port {port} never came up");
+}
+
+#[test]
+fn local_forwarding_follows_the_forward_right() {
+    let (lab, b) = setup();
+    let forward = |port: u16| {
+        lab.ssh_via_bastion(
+            "root@web1",
+            &["-N", "-L", &format!("127.0.0.1:{port}:203.0.113.10:22")],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    // alice's grant has no `forward`: the channel is refused, nothing reaches the target.
+    let mut denied = forward(10022);
+    let got = connect_local(&lab, 10022);
+    assert!(!got.contains("SSH-2.0"), "forward must be refused: {got}");
+    let _ = denied.kill();
+    let _ = denied.wait();
+    let audit = ok(&b, &["audit"]);
+    assert!(
+        audit.contains(
+            "forward to 203.0.113.10:22 refused: forward is not granted to alice on web1"
+        ),
+        "{audit}"
+    );
+
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "alice-fwd",
+            "--user",
+            "alice",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "forward",
+        ],
+    );
+    let mut allowed = forward(10023);
+    let got = connect_local(&lab, 10023);
+    assert!(
+        got.contains("SSH-2.0-OpenSSH"),
+        "forward should reach web1's sshd: {got}"
+    );
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    let list = wait_all_closed(&b, 2);
+    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let export = ok(&b, &["session", "export", &id, "--format", "json"]);
+    assert!(export.contains("\"kind\":\"open\""), "{export}");
+}
+
+#[test]
+fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
+    let (lab, b) = setup();
+    let info = lab.info().clone();
+    ok(
+        &b,
+        &[
+            "target",
+            "add",
+            "web2",
+            "203.0.113.11",
+            "--host-key",
+            info.hosts[1].host_key_pub.to_str().expect("UTF-8 path"),
+        ],
+    );
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "old",
+            "--user",
+            "alice",
+            "--target",
+            "web2",
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+            "--not-after",
+            "1000",
+        ],
+    );
+    // A window on a weekday that is not today (UTC).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let other_day =
+        ["sun", "mon", "tue", "wed", "thu", "fri", "sat"][(((now / 86_400) + 4 + 3) % 7) as usize];
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "office",
+            "--user",
+            "alice",
+            "--target",
+            "web2",
+            "--login",
+            "deploy",
+            "--rights",
+            "exec",
+            "--window",
+            &format!("{other_day} 00:00-24:00"),
+        ],
+    );
+    for (dest, why) in [
+        ("root@web2", "grant old expired"),
+        ("deploy@web2", "grant office applies only during"),
+    ] {
+        let out = run(&lab, dest, &["-o", "LogLevel=INFO"], Some("true"), b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{dest}: {stderr}");
+        assert!(stderr.contains(why), "{dest}: {stderr:?} lacks {why:?}");
+    }
+}
+
+#[test]
+fn ecdsa_and_rsa_client_keys_sign_in() {
+    let (lab, b) = setup();
+    let dir = &lab.info().run_dir;
+    for (user, kind, bits) in [("erin", "ecdsa", "256"), ("ralph", "rsa", "3072")] {
+        let key = dir.join(format!("{user}_{kind}"));
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-b", bits, "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let public = key.with_extension("pub");
+        let public = if public.exists() {
+            public
+        } else {
+            std::path::PathBuf::from(format!("{}.pub", key.display()))
+        };
+        ok(
+            &b,
+            &[
+                "user",
+                "add",
+                user,
+                "--key",
+                public.to_str().expect("UTF-8 path"),
+            ],
+        );
+        ok(
+            &b,
+            &[
+                "grant",
+                "add",
+                &format!("{user}-web1"),
+                "--user",
+                user,
+                "--target",
+                "web1",
+                "--login",
+                "root",
+                "--rights",
+                "exec",
+            ],
+        );
+        let out = run(
+            &lab,
+            "root@web1",
+            &["-i", key.to_str().expect("UTF-8 path")],
+            Some("echo signed-in"),
+            b"",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "signed-in",
+            "{user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let audit = ok(&b, &["audit"]);
+    assert!(
+        audit.contains("(user erin)") && audit.contains("(user ralph)"),
+        "{audit}"
+    );
 }

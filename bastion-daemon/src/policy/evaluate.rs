@@ -73,6 +73,20 @@ pub enum Denied {
     OutsideWindow { grant: String, window: Window },
 }
 
+impl Denied {
+    /// How close the request came to being allowed. When several rights are tried, the closest
+    /// refusal is the one worth showing ("grant expired" beats "shell is not granted").
+    pub fn closeness(&self) -> u8 {
+        match self {
+            Denied::UnknownUser(_) | Denied::UnknownTarget(_) | Denied::NotProtected(_) => 0,
+            Denied::NoGrant { .. } => 1,
+            Denied::LoginNotGranted { .. } => 2,
+            Denied::RightNotGranted { .. } => 3,
+            Denied::NotYetValid { .. } | Denied::Expired { .. } | Denied::OutsideWindow { .. } => 4,
+        }
+    }
+}
+
 /// Resolves the `target` part of `login@target`: a registered name, or an address that is a
 /// registered target or lies inside a protected subnet (`extra_subnets` are those from config).
 pub fn resolve_target(
@@ -319,6 +333,25 @@ mod tests {
         // Subnets from config count too.
         let extra: Vec<Cidr> = vec!["198.51.100.0/24".parse().unwrap()];
         assert!(resolve_target(&p, "198.51.100.5", &extra).is_ok());
+    }
+
+    #[test]
+    fn closer_refusals_rank_higher() {
+        let expired = Denied::Expired {
+            grant: "g".into(),
+            at: 1,
+        };
+        let no_right = Denied::RightNotGranted {
+            user: "a".into(),
+            right: "shell",
+            target: "t".into(),
+        };
+        let no_grant = Denied::NoGrant {
+            user: "a".into(),
+            target: "t".into(),
+        };
+        assert!(expired.closeness() > no_right.closeness());
+        assert!(no_right.closeness() > no_grant.closeness());
     }
 
     #[test]

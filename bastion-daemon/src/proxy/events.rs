@@ -30,6 +30,18 @@ pub enum Request {
     Agent,
 }
 
+#[derive(Debug, Clone)]
+pub enum OpenKind {
+    Session,
+    /// `direct-tcpip`: the target connects to host:port on the client's behalf.
+    DirectTcpip {
+        host: String,
+        port: u32,
+        originator: String,
+        originator_port: u32,
+    },
+}
+
 pub enum Event {
     /// May this key sign in as `user`? (Asked before the client proves possession.)
     KeyOffered {
@@ -43,7 +55,9 @@ pub enum Event {
         key: PublicKey,
         reply: oneshot::Sender<bool>,
     },
-    OpenSession {
+    /// A channel the client wants to open: a session, or a local forward (`ssh -L`).
+    Open {
+        kind: OpenKind,
         channel: russh::Channel<server::Msg>,
         reply: server::ChannelOpenHandle,
     },

@@ -7,7 +7,7 @@ use russh::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::{Event, Request};
+use super::events::{Event, OpenKind, Request};
 
 pub struct ClientHandler {
     events: mpsc::Sender<Event>,
@@ -97,7 +97,38 @@ impl server::Handler for ClientHandler {
         // If the actor is gone, dropping `reply` refuses the channel.
         let _ = self
             .events
-            .send(Event::OpenSession { channel, reply })
+            .send(Event::Open {
+                kind: OpenKind::Session,
+                channel,
+                reply,
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let kind = OpenKind::DirectTcpip {
+            host: host.to_owned(),
+            port,
+            originator: originator.to_owned(),
+            originator_port,
+        };
+        let _ = self
+            .events
+            .send(Event::Open {
+                kind,
+                channel,
+                reply,
+            })
             .await;
         Ok(())
     }

@@ -17,14 +17,14 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use super::{
     ProxyContext, channel,
-    events::{Event, Request},
+    events::{Event, OpenKind, Request},
     upstream::{self, Upstream},
     username,
 };
 use crate::{
     audit::{Actor, AuditKind},
     policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right},
-    record::{Recorder, recorder},
+    record::{Kind, Recorder, recorder},
     store::{SessionMeta, SessionState},
 };
 
@@ -126,8 +126,12 @@ impl SessionActor {
                     }
                     let _ = reply.send(self.identity.is_some());
                 }
-                Event::OpenSession { channel, reply } => {
-                    match self.open(channel).await {
+                Event::Open {
+                    kind,
+                    channel,
+                    reply,
+                } => {
+                    match self.open(kind, channel).await {
                         Ok(()) => reply.accept().await,
                         Err(reason) => {
                             reply
@@ -176,7 +180,11 @@ impl SessionActor {
             .map(|u| u.name.clone())
     }
 
-    async fn open(&mut self, down: russh::Channel<russh::server::Msg>) -> Result<(), String> {
+    async fn open(
+        &mut self,
+        kind: OpenKind,
+        down: russh::Channel<russh::server::Msg>,
+    ) -> Result<(), String> {
         if let Some(reason) = &self.refused {
             return Err(reason.clone());
         }
@@ -197,18 +205,77 @@ impl SessionActor {
                 }
             }
         }
+        let channel_id = down.id();
+        let id = u32::from(channel_id);
+        if let OpenKind::DirectTcpip { host, port, .. } = &kind
+            && let Err(reason) = self.allowed(&[Right::Forward])
+        {
+            self.refuse(id, format!("forward to {host}:{port}"), reason.clone())
+                .await;
+            return Err(reason);
+        }
         let route = self.route.as_ref().ok_or("internal: no route")?;
-        let up = route
-            .upstream
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| format!("target {}: cannot open a channel: {e}", route.target))?;
-        let id = down.id();
+        let handle = &route.upstream.handle;
+        let up = match &kind {
+            OpenKind::Session => handle.channel_open_session().await,
+            OpenKind::DirectTcpip {
+                host,
+                port,
+                originator,
+                originator_port,
+            } => {
+                handle
+                    .channel_open_direct_tcpip(
+                        host.clone(),
+                        *port,
+                        originator.clone(),
+                        *originator_port,
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| format!("target {}: cannot open the channel: {e}", route.target))?;
+        route
+            .recorder
+            .record(Kind::Open, id, open_label(&kind).into())
+            .await;
         let stderr = Box::new(down.make_writer_ext(Some(1)));
         let ctl = channel::spawn(down, up, route.recorder.clone());
-        self.channels.insert(id, ChannelEntry { ctl, stderr });
+        self.channels
+            .insert(channel_id, ChannelEntry { ctl, stderr });
         Ok(())
+    }
+
+    /// Ok if any of `rights` is granted to the signed-in user on the routed target, else the
+    /// reason (of the first right) it is not.
+    fn allowed(&self, rights: &[Right]) -> Result<(), String> {
+        let (Some(route), Some(identity)) = (&self.route, &self.identity) else {
+            return Err("not signed in".into());
+        };
+        first_grant(
+            &self.ctx.policy(),
+            &identity.user,
+            &route.target,
+            &route.login,
+            rights,
+        )
+        .map(drop)
+    }
+
+    /// Records and audits a refused request or channel (the caller tells the client).
+    async fn refuse(&self, channel: u32, what: String, reason: String) {
+        let Some(route) = &self.route else { return };
+        route
+            .recorder
+            .record(Kind::Refused, channel, format!("{what}: {reason}").into())
+            .await;
+        self.audit(AuditKind::RequestRefused {
+            session: route.session,
+            channel,
+            request: what,
+            reason,
+        })
+        .await;
     }
 
     /// Resolves, authorizes and dials the destination of this connection.
@@ -218,22 +285,14 @@ impl SessionActor {
         let policy = self.ctx.policy();
         let target = policy::resolve_target(&policy, &dest.target, &self.ctx.config_subnets)
             .map_err(|e| e.to_string())?;
-        // Opening a session needs some right that a session channel can use; if none is
-        // granted, the shell's refusal reason is the one the user sees.
-        let mut refusal = None;
-        let mut grant = None;
-        for right in [Right::Shell, Right::Exec, Right::Sftp] {
-            match decide(&policy, &identity.user, &target, &dest.login, right) {
-                Ok(g) => {
-                    grant = Some(g);
-                    break;
-                }
-                Err(e) => {
-                    refusal.get_or_insert(e);
-                }
-            }
-        }
-        let grant = grant.ok_or_else(|| refusal.unwrap_or_default())?;
+        // Opening a session needs some right that a session channel can use.
+        let grant = first_grant(
+            &policy,
+            &identity.user,
+            &target,
+            &dest.login,
+            &[Right::Shell, Right::Exec, Right::Sftp],
+        )?;
         let pinned = target
             .name
             .as_ref()
@@ -310,67 +369,40 @@ impl SessionActor {
         request: Request,
         reply: tokio::sync::oneshot::Sender<bool>,
     ) {
-        let (Some(route), Some(identity)) = (&self.route, &self.identity) else {
-            let _ = reply.send(false);
-            return;
-        };
         let verdict = match right_for(&request) {
             Err(reason) => Err(reason),
             Ok(None) => Ok(()),
-            Ok(Some(rights)) => {
-                let policy = self.ctx.policy();
-                let results: Vec<_> = rights
-                    .iter()
-                    .map(|r| decide(&policy, &identity.user, &route.target, &route.login, *r))
-                    .collect();
-                if results.iter().any(Result::is_ok) {
-                    Ok(())
-                } else {
-                    Err(results
-                        .into_iter()
-                        .find_map(Result::err)
-                        .unwrap_or_default())
-                }
+            Ok(Some(rights)) => self.allowed(rights),
+        };
+        if let Err(reason) = verdict {
+            if let Some(entry) = self.channels.get_mut(&channel) {
+                let _ = entry
+                    .stderr
+                    .write_all(format!("bastion: {reason}\r\n").as_bytes())
+                    .await;
+                let _ = entry.stderr.flush().await;
             }
-        };
-        let session = route.session;
-        let Some(entry) = self.channels.get_mut(&channel) else {
             let _ = reply.send(false);
+            self.refuse(u32::from(channel), request_name(&request), reason)
+                .await;
             return;
-        };
-        match verdict {
-            Ok(()) => {
+        }
+        match self.channels.get(&channel) {
+            Some(entry) => {
                 if entry
                     .ctl
                     .send(channel::Ctl::Request { request, reply })
                     .await
                     .is_err()
                 {
-                    tracing::debug!(session, "channel pump gone before the request");
+                    tracing::debug!(
+                        channel = u32::from(channel),
+                        "channel pump gone before the request"
+                    );
                 }
             }
-            Err(reason) => {
-                let _ = entry
-                    .stderr
-                    .write_all(format!("bastion: {reason}\r\n").as_bytes())
-                    .await;
-                let _ = entry.stderr.flush().await;
-                route
-                    .recorder
-                    .record(
-                        crate::record::Kind::Refused,
-                        u32::from(channel),
-                        reason.clone().into(),
-                    )
-                    .await;
+            None => {
                 let _ = reply.send(false);
-                self.audit(AuditKind::RequestRefused {
-                    session,
-                    channel: u32::from(channel),
-                    request: request_name(&request),
-                    reason,
-                })
-                .await;
             }
         }
     }
@@ -429,25 +461,38 @@ impl SessionActor {
     }
 }
 
-/// The grant id allowing `right`, or the reason it is refused.
-fn decide(
+/// The first grant allowing any of `rights`, or the closest refusal among them.
+fn first_grant(
     policy: &Policy,
     user: &str,
     target: &ResolvedTarget,
     login: &str,
-    right: Right,
+    rights: &[Right],
 ) -> Result<String, String> {
-    let req = AccessRequest {
-        user,
-        target,
-        login,
-        right,
-        now: now_secs(),
-    };
-    match policy::evaluate(policy, &req) {
-        Decision::Allow { grant } => Ok(grant),
-        Decision::Deny(d) => Err(d.to_string()),
+    let mut closest: Option<policy::Denied> = None;
+    for &right in rights {
+        let req = AccessRequest {
+            user,
+            target,
+            login,
+            right,
+            now: now_secs(),
+        };
+        match policy::evaluate(policy, &req) {
+            Decision::Allow { grant } => return Ok(grant),
+            Decision::Deny(d) => {
+                if closest
+                    .as_ref()
+                    .is_none_or(|c| d.closeness() > c.closeness())
+                {
+                    closest = Some(d);
+                }
+            }
+        }
     }
+    Err(closest
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "no right requested".into()))
 }
 
 /// Which rights allow a request (any one suffices); `None` for requests policy does not gate.
@@ -462,6 +507,18 @@ fn right_for(request: &Request) -> Result<Option<&'static [Right]>, String> {
         Request::Env { .. } => None,
         Request::Agent => return Err("agent forwarding is not supported yet".to_owned()),
     })
+}
+
+fn open_label(kind: &OpenKind) -> String {
+    match kind {
+        OpenKind::Session => "session".into(),
+        OpenKind::DirectTcpip {
+            host,
+            port,
+            originator,
+            originator_port,
+        } => format!("direct-tcpip {host}:{port} from {originator}:{originator_port}"),
+    }
 }
 
 fn request_name(request: &Request) -> String {
