@@ -52,40 +52,77 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     show(&bastiond.ctl(&["status"])?);
     expect_eperm(&lab.try_connect(&[WEB1, "22"])?)?;
 
-    say("Policy lives in the store and changes only through bastionctl; every change is audited:");
-    let admin_key = info.admin_key_pub.to_string_lossy().into_owned();
-    let web1_key = info.hosts[0].host_key_pub.to_string_lossy().into_owned();
+    say("Policy lives in the store and changes only through bastionctl; every change is audited.");
+    say(
+        "Enrolling: hosts trust bastiond's user CA; alice (the lab's admin key) may reach web1 as root:",
+    );
+    lab.enroll_alice(&bastiond)?;
     for args in [
-        vec!["user", "add", "alice", "--key", admin_key.as_str()],
-        vec![
-            "target",
-            "add",
-            "web1",
-            WEB1,
-            "--host-key",
-            web1_key.as_str(),
-        ],
-        vec!["group", "add", "ops", "--member", "alice"],
-        vec![
-            "grant",
-            "add",
-            "ops-web1",
-            "--group",
-            "ops",
-            "--target",
-            "web1",
-            "--login",
-            "root",
-            "--rights",
-            "shell,exec",
-            "--window",
-            "mon-fri 07:00-19:00",
-        ],
+        vec!["ca", "show"],
+        vec!["user", "list"],
+        vec!["target", "list"],
         vec!["grant", "list"],
         vec!["user", "remove", "alice"],
     ] {
         println!("    $ bastionctl {}", args.join(" "));
         show(&bastiond.ctl(&args)?);
+    }
+
+    say(
+        "An admin uses plain ssh through bastion's explicit listener; the target sees a 5-minute certificate:",
+    );
+    let via = format!("root@web1@{}", info.bastion.admin_addr);
+    println!(
+        "    admin$ ssh -p 2222 {via} 'echo \"$(id -un) on $(cat /etc/hostname 2>/dev/null || uname -n)\"; exit 3'"
+    );
+    let out = lab
+        .ssh_via_bastion("root@web1", &[])?
+        .arg("echo \"$(id -un) on $(uname -n)\"; exit 3")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    show(&out);
+    println!("    (exit status {})", out.status.code().unwrap_or(-1));
+    let sshd_log = std::fs::read_to_string(&info.hosts[0].sshd_log).unwrap_or_default();
+    if let Some(line) = sshd_log
+        .lines()
+        .rev()
+        .find(|l| l.contains("Accepted publickey"))
+    {
+        println!("    web1 sshd: {}", line.trim());
+    }
+
+    say("An interactive shell (PTY) is recorded with timing, then replayed:");
+    let mut child = lab
+        .ssh_via_bastion("root@web1", &["-tt"])?
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(b"printf 'hello from an audited shell\\n'; ls / | head -3; exit\n")?;
+    }
+    child.wait()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    println!("    $ bastionctl session list");
+    let list = bastiond.ctl(&["session", "list"])?;
+    show(&list);
+    let json: serde_json::Value =
+        serde_json::from_slice(&bastiond.ctl(&["--json", "session", "list"])?.stdout)?;
+    if let Some(id) = json["sessions"][0]["id"].as_u64() {
+        println!("    $ bastionctl session play {id} --no-wait");
+        show(&bastiond.ctl(&["session", "play", &id.to_string(), "--no-wait"])?);
+    }
+
+    say("Refusals reach the client in one line (and are audited):");
+    for dest in ["postgres@web1", "root@web9"] {
+        println!("    admin$ ssh -p 2222 {dest}@{}", info.bastion.admin_addr);
+        show(
+            &lab.ssh_via_bastion(dest, &["-o", "LogLevel=INFO"])?
+                .arg("true")
+                .stdin(std::process::Stdio::null())
+                .output()?,
+        );
     }
 
     say("A new protected subnet is enforced by the kernel the moment it is added:");
