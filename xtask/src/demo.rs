@@ -72,12 +72,11 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         "An admin uses plain ssh through bastion's explicit listener; the target sees a 5-minute certificate:",
     );
     let via = format!("root@web1@{}", info.bastion.admin_addr);
-    println!(
-        "    admin$ ssh -p 2222 {via} 'echo \"$(id -un) on $(cat /etc/hostname 2>/dev/null || uname -n)\"; exit 3'"
-    );
+    let remote = "echo \"$(id -un) on $(uname -n)\"; exit 3";
+    println!("    admin$ ssh -p 2222 {via} '{remote}'");
     let out = lab
         .ssh_via_bastion("root@web1", &[])?
-        .arg("echo \"$(id -un) on $(uname -n)\"; exit 3")
+        .arg(remote)
         .stdin(std::process::Stdio::null())
         .output()?;
     show(&out);
