@@ -182,6 +182,21 @@ impl Lab {
         .with_context(|| format!("preparing a command in {role}"))
     }
 
+    /// A command in namespace `role` that is *not* held to enforcement (the lab's hosts cgroup):
+    /// the direct-path baseline of benchmarks. Tests of enforcement use [`Lab::command`].
+    pub fn command_unenforced(
+        &self,
+        role: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        sys::command_in(
+            program,
+            Some(&self.name.netns(role)),
+            &self.name.hosts_cgroup(),
+        )
+        .with_context(|| format!("preparing a command in {role}"))
+    }
+
     /// Starts bastiond with the lab's config and waits until it answers.
     pub fn start_bastiond(&self) -> anyhow::Result<Bastiond> {
         Bastiond::start(&self.name, &self.info.bastiond)

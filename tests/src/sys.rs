@@ -66,9 +66,20 @@ pub fn command_in(
     Ok(cmd)
 }
 
-/// The directory holding bastiond, bastionctl and lab-connect: `BASTION_BIN_DIR`, or the cargo
-/// profile directory this executable was built into (target/debug for tests and xtask alike).
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`bin_dir`] return `dir` for the rest of the process (e.g. release binaries for benches).
+pub fn use_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// The directory holding bastiond, bastionctl and lab-connect: set by [`use_bin_dir`], or
+/// `BASTION_BIN_DIR`, or the cargo profile directory this executable was built into
+/// (target/debug for tests and xtask alike).
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = BIN_DIR.get() {
+        return dir.clone();
+    }
     if let Some(dir) = std::env::var_os("BASTION_BIN_DIR") {
         return dir.into();
     }

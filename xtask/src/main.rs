@@ -3,8 +3,10 @@
 //! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently;
 //! - `test`: every check CI runs (fmt, clippy, unit and end-to-end tests), after setup;
 //! - `demo`: the lab, bastiond, and enforcement shown end to end;
+//! - `bench`: bastion against the direct path, ratios from one run;
 //! - `lab up|down|status`: the network-namespace lab by hand.
 
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -36,6 +38,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Measure bastion against the direct path (throughput, echo latency, memory).
+    Bench(bench::BenchArgs),
     /// Manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Test { args } => test::run(&args),
         Command::Demo { keep } => demo::run(keep),
         Command::Lab { command } => lab::run(command),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
