@@ -6,7 +6,6 @@
 
 use std::{
     io::{Read, Write},
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -133,7 +132,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "store size after the run: {} bytes",
         store["store"]["size_bytes"]
     );
-    let out = PathBuf::from(workspace()).join("target/bench/results.json");
+    let out = workspace().join("target/bench/results.json");
     std::fs::create_dir_all(out.parent().context("path")?)?;
     std::fs::write(
         &out,
