@@ -19,8 +19,10 @@ use crate::store::{SessionMeta, SessionState, Store};
 
 /// Raw bytes collected before a block is compressed and written.
 const BLOCK_TARGET: usize = 256 * 1024;
-/// Frames queued between the proxy and the writer.
-const QUEUE: usize = 1024;
+/// Frames queued between the proxy and the writer. A data frame is at most one SSH packet
+/// (32 KiB), so this bounds a session's queued recording at 4 MiB per session; beyond it the
+/// session waits for the disk.
+const QUEUE: usize = 128;
 
 /// Handle the proxy records through. Cloneable; the session's record closes when the last clone
 /// is dropped.
