@@ -40,6 +40,9 @@ pub enum AuditKind {
         /// The bastion user the key belongs to, if any.
         user: Option<String>,
         accepted: bool,
+        /// Why a certificate was refused, when one was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Sign-in attempts refused because the source failed too often recently.
     SignInThrottled {

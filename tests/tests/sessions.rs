@@ -524,3 +524,110 @@ fn ecdsa_and_rsa_client_keys_sign_in() {
         "{audit}"
     );
 }
+
+#[test]
+fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_checked() {
+    let (lab, b) = setup();
+    let dir = lab.info().run_dir.join("user-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keygen = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh-keygen {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_owned();
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "corp user CA",
+        "-f",
+        &p("ca"),
+    ]);
+    // carol has no registered key at all: only her organisation's CA.
+    ok(&b, &["user", "add", "carol", "--ca", &p("ca.pub")]);
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "carol-web1",
+            "--user",
+            "carol",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+        ],
+    );
+    let cases = [
+        ("good", "carol", "-5m:+10m", true),
+        ("expired", "carol", "20200101:20200102", false),
+        ("otherprincipal", "mallory", "-5m:+10m", false),
+    ];
+    for (name, principal, validity, should_work) in cases {
+        keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p(name)]);
+        keygen(&[
+            "-q",
+            "-s",
+            &p("ca"),
+            "-I",
+            &format!("{name}@corp"),
+            "-n",
+            principal,
+            "-V",
+            validity,
+            &p(&format!("{name}.pub")),
+        ]);
+        // Only this key and its certificate: the lab's admin key (alice's) must not be offered.
+        let out = lab
+            .command("admin", "ssh")
+            .unwrap()
+            .args([
+                "-i",
+                &p(name),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                "2222",
+            ])
+            .args(["root@web1@198.51.100.1", "echo via-cert"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let worked = String::from_utf8_lossy(&out.stdout).trim() == "via-cert";
+        assert_eq!(
+            worked,
+            should_work,
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let audit = ok(&b, &["audit"]);
+    assert!(audit.contains("(user carol)"), "{audit}");
+    assert!(
+        audit.contains("no user trusts this certificate's CA with a matching principal"),
+        "wrong-principal refusal reason missing:\n{audit}"
+    );
+}

@@ -49,6 +49,12 @@ pub enum Event {
         key: PublicKey,
         reply: oneshot::Sender<bool>,
     },
+    /// The client proved possession of the key inside `cert`, an OpenSSH certificate.
+    CertVerified {
+        user: String,
+        cert: Box<russh::keys::Certificate>,
+        reply: oneshot::Sender<bool>,
+    },
     /// The client proved possession of `key`.
     KeyVerified {
         user: String,

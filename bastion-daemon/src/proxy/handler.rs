@@ -88,6 +88,19 @@ impl server::Handler for ClientHandler {
         ))
     }
 
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let cert = Box::new(certificate.clone());
+        let user = user.to_owned();
+        Ok(verdict(
+            self.ask(|reply| Event::CertVerified { user, cert, reply })
+                .await,
+        ))
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,

@@ -100,14 +100,19 @@ impl SessionActor {
                         let _ = reply.send(false);
                         continue;
                     }
-                    let owner = self.owner_of(&key);
-                    if owner.is_none() {
-                        self.audit_login(&user, &key, None, false).await;
-                        if self.ctx.failed_login(self.client.ip()) {
-                            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
-                        }
+                    // A certificate is offered by its inner key, which nobody registers: when a
+                    // user trusts a CA, let the client prove possession and judge the certificate.
+                    let ok = self.owner_of(&key).is_some()
+                        || self
+                            .ctx
+                            .policy()
+                            .users
+                            .values()
+                            .any(|u| !u.trusted_cas.is_empty());
+                    if !ok {
+                        self.failed(&user, &key, None).await;
                     }
-                    let _ = reply.send(owner.is_some());
+                    let _ = reply.send(ok);
                 }
                 Event::KeyVerified { user, key, reply } => {
                     if self.rate_limited(&user).await {
@@ -115,14 +120,32 @@ impl SessionActor {
                         continue;
                     }
                     let owner = self.owner_of(&key);
-                    self.audit_login(&user, &key, owner.clone(), owner.is_some())
-                        .await;
-                    if let Some(owner) = owner {
-                        self.identity = Some(Identity {
-                            user: owner,
-                            username: user,
-                        });
-                        self.signed_in.store(true, Ordering::SeqCst);
+                    match owner {
+                        Some(owner) => {
+                            self.audit_login(&user, &key, Some(owner.clone()), true, None)
+                                .await;
+                            self.signed_in(owner, user);
+                        }
+                        None => self.failed(&user, &key, None).await,
+                    }
+                    let _ = reply.send(self.identity.is_some());
+                }
+                Event::CertVerified { user, cert, reply } => {
+                    if self.rate_limited(&user).await {
+                        let _ = reply.send(false);
+                        continue;
+                    }
+                    let key = russh::keys::PublicKey::from(cert.public_key().clone());
+                    match self.cert_owner(&cert) {
+                        Ok(owner) => {
+                            self.audit_login(&user, &key, Some(owner.clone()), true, None)
+                                .await;
+                            self.signed_in(owner, user);
+                        }
+                        Err(why) => {
+                            tracing::info!(client = %self.client, %why, "certificate refused");
+                            self.failed(&user, &key, Some(why)).await;
+                        }
                     }
                     let _ = reply.send(self.identity.is_some());
                 }
@@ -168,6 +191,46 @@ impl SessionActor {
             .await;
         }
         true
+    }
+
+    fn signed_in(&mut self, user: String, username: String) {
+        self.identity = Some(Identity { user, username });
+        self.signed_in.store(true, Ordering::SeqCst);
+    }
+
+    /// Audits a refused key or certificate and counts it against the source.
+    async fn failed(&self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
+        self.audit_login(username, key, None, false, why).await;
+        if self.ctx.failed_login(self.client.ip()) {
+            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
+        }
+    }
+
+    /// The bastion user a certificate signs in: a user that trusts the certificate's CA and is
+    /// named among its principals, with the certificate a user certificate valid now.
+    fn cert_owner(&self, cert: &russh::keys::Certificate) -> Result<String, String> {
+        if cert.cert_type() != ssh_key::certificate::CertType::User {
+            return Err("not a user certificate".into());
+        }
+        let policy = self.ctx.policy();
+        for u in policy.users.values() {
+            for ca in u
+                .trusted_cas
+                .iter()
+                .filter_map(|l| russh::keys::PublicKey::from_openssh(l).ok())
+            {
+                if cert.signature_key() != ca.key_data() {
+                    continue;
+                }
+                let fp = ca.fingerprint(HashAlg::Sha256);
+                cert.validate_at(now_secs(), [&fp])
+                    .map_err(|e| format!("certificate from CA {fp}: {e}"))?;
+                if cert.valid_principals().iter().any(|p| p == &u.name) {
+                    return Ok(u.name.clone());
+                }
+            }
+        }
+        Err("no user trusts this certificate's CA with a matching principal".into())
     }
 
     /// The bastion user owning `key`.
@@ -440,6 +503,7 @@ impl SessionActor {
         key: &russh::keys::PublicKey,
         user: Option<String>,
         accepted: bool,
+        reason: Option<String>,
     ) {
         self.audit(AuditKind::Login {
             client: self.client.to_string(),
@@ -447,6 +511,7 @@ impl SessionActor {
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             user,
             accepted,
+            reason,
         })
         .await;
     }

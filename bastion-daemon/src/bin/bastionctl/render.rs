@@ -212,11 +212,16 @@ fn event_line(e: &AuditEvent) -> String {
             fingerprint,
             user,
             accepted,
+            reason,
         } => format!(
-            "login {} for `{username}` from {client} with {fingerprint}{}",
+            "login {} for `{username}` from {client} with {fingerprint}{}{}",
             if *accepted { "accepted" } else { "refused" },
             user.as_ref()
                 .map(|u| format!(" (user {u})"))
+                .unwrap_or_default(),
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         ),
         AuditKind::SessionRefused {
