@@ -631,3 +631,78 @@ fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_check
         "wrong-principal refusal reason missing:\n{audit}"
     );
 }
+
+#[test]
+fn agent_forwarding_follows_the_agent_right() {
+    let (lab, b) = setup();
+    let dir = lab.info().run_dir.clone();
+    let sock = dir.join("agent.sock");
+    // An ssh-agent on the admin host, holding a key bastion knows nothing about.
+    let mut agent = lab
+        .command("admin", "ssh-agent")
+        .unwrap()
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..50 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key = dir.join("agent_ed25519");
+    bastion_lab::sshd::keygen(&key, "in-the-agent").unwrap();
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let list_remote = || {
+        let mut cmd = lab.ssh_via_bastion("root@web1", &["-A"]).unwrap();
+        cmd.env("SSH_AUTH_SOCK", &sock)
+            .arg("ssh-add -l")
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+
+    // Not granted: the target gets no agent.
+    let out = list_remote();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("in-the-agent"),
+        "{out:?}"
+    );
+    assert!(ok(&b, &["audit"]).contains("agent refused: agent is not granted to alice on web1"));
+
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "alice-agent",
+            "--user",
+            "alice",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "exec,agent",
+        ],
+    );
+    let out = list_remote();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("in-the-agent"),
+        "the target should see the forwarded agent: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -43,6 +43,8 @@ pub enum OpenKind {
 }
 
 pub enum Event {
+    /// Signed in: the handle through which the actor can open channels toward the client.
+    ClientHandle(server::Handle),
     /// May this key sign in as `user`? (Asked before the client proves possession.)
     KeyOffered {
         user: String,

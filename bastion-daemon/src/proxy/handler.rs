@@ -101,6 +101,14 @@ impl server::Handler for ClientHandler {
         ))
     }
 
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let _ = self
+            .events
+            .send(Event::ClientHandle(session.handle()))
+            .await;
+        Ok(())
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,

@@ -18,7 +18,7 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 use super::{
     ProxyContext, channel,
     events::{Event, OpenKind, Request},
-    upstream::{self, Upstream},
+    upstream::{self, AgentChannel, Upstream},
     username,
 };
 use crate::{
@@ -63,6 +63,11 @@ pub struct SessionActor {
     signed_in: Arc<AtomicBool>,
     /// Whether this connection already logged that its source is rate limited.
     limited_logged: bool,
+    /// Opens channels toward the client (agent forwarding).
+    client_handle: Option<russh::server::Handle>,
+    /// Agent channels the target opens; only accepted after an allowed agent request.
+    agent_rx: Option<mpsc::Receiver<AgentChannel>>,
+    agent_allowed: bool,
 }
 
 fn now_secs() -> u64 {
@@ -89,12 +94,26 @@ impl SessionActor {
             channels: HashMap::new(),
             signed_in,
             limited_logged: false,
+            client_handle: None,
+            agent_rx: None,
+            agent_allowed: false,
         }
     }
 
     pub async fn run(mut self) {
-        while let Some(event) = self.events.recv().await {
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                Some(agent) = recv_opt(&mut self.agent_rx) => {
+                    self.target_agent(agent).await;
+                    continue;
+                }
+            };
             match event {
+                Event::ClientHandle(h) => self.client_handle = Some(h),
                 Event::KeyOffered { user, key, reply } => {
                     if self.rate_limited(&user).await {
                         let _ = reply.send(false);
@@ -368,6 +387,7 @@ impl SessionActor {
             .new_session_id()
             .map_err(|e| format!("internal: {e}"))?;
         let key_id = format!("bastion:{}:session-{session}", identity.user);
+        let (agent_tx, agent_rx) = mpsc::channel(4);
         let upstream = upstream::connect(
             self.ctx.client_config.clone(),
             &self.ctx.keys,
@@ -379,6 +399,7 @@ impl SessionActor {
                 key_id: &key_id,
                 mark: self.ctx.upstream_mark,
                 timeout: self.ctx.connect_timeout,
+                agent: agent_tx,
             },
         )
         .await
@@ -416,6 +437,7 @@ impl SessionActor {
         })
         .await;
         tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");
+        self.agent_rx = Some(agent_rx);
         Ok(Route {
             session,
             login: dest.login,
@@ -450,6 +472,9 @@ impl SessionActor {
                 .await;
             return;
         }
+        if matches!(request, Request::Agent) {
+            self.agent_allowed = true;
+        }
         match self.channels.get(&channel) {
             Some(entry) => {
                 if entry
@@ -466,6 +491,36 @@ impl SessionActor {
             }
             None => {
                 let _ = reply.send(false);
+            }
+        }
+    }
+
+    /// The target opened an agent channel: carry it to the client's agent if forwarding was
+    /// requested and allowed, else refuse it.
+    async fn target_agent(&mut self, agent: AgentChannel) {
+        let (Some(route), Some(handle), true) =
+            (&self.route, &self.client_handle, self.agent_allowed)
+        else {
+            tracing::warn!(client = %self.client, "target opened an agent channel that was not allowed");
+            agent
+                .reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return;
+        };
+        match handle.channel_open_agent().await {
+            Ok(down) => {
+                agent.reply.accept().await;
+                let id = u32::from(down.id());
+                route
+                    .recorder
+                    .record(Kind::Open, id, "auth-agent".into())
+                    .await;
+                let _ctl = channel::spawn(down, agent.channel, route.recorder.clone());
+            }
+            Err(e) => {
+                tracing::info!(client = %self.client, error = %e, "client refused the agent channel");
+                agent.reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
         }
     }
@@ -526,6 +581,14 @@ impl SessionActor {
     }
 }
 
+/// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The first grant allowing any of `rights`, or the closest refusal among them.
 fn first_grant(
     policy: &Policy,
@@ -570,7 +633,7 @@ fn right_for(request: &Request) -> Result<Option<&'static [Right]>, String> {
         Request::Subsystem { name } if name == "sftp" => Some(&[Right::Sftp]),
         Request::Subsystem { name } => return Err(format!("subsystem `{name}` is not supported")),
         Request::Env { .. } => None,
-        Request::Agent => return Err("agent forwarding is not supported yet".to_owned()),
+        Request::Agent => Some(&[Right::Agent]),
     })
 }
 

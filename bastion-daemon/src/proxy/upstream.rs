@@ -46,10 +46,19 @@ pub enum UpstreamError {
     Internal(String),
 }
 
-/// Checks the target's host key against the pinned ones and remembers what it saw.
+/// An agent channel the target opened (the target-side half of `ssh -A`); whoever receives it
+/// accepts or rejects it.
+pub struct AgentChannel {
+    pub channel: russh::Channel<client::Msg>,
+    pub reply: client::ChannelOpenHandle,
+}
+
+/// The target-side client handler: checks the target's host key against the pinned ones and
+/// remembers what it saw; hands agent channels the target opens to `agent`.
 pub struct PinnedHostKey {
     pinned: Vec<String>,
     seen: Arc<Mutex<Option<PublicKey>>>,
+    agent: tokio::sync::mpsc::Sender<AgentChannel>,
 }
 
 impl client::Handler for PinnedHostKey {
@@ -70,6 +79,17 @@ impl client::Handler for PinnedHostKey {
         }
         Ok(ok)
     }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        // Dropping `reply` (if nobody listens) rejects the channel.
+        let _ = self.agent.send(AgentChannel { channel, reply }).await;
+        Ok(())
+    }
 }
 
 pub struct Upstream {
@@ -85,6 +105,8 @@ pub struct Dial<'a> {
     pub key_id: &'a str,
     pub mark: u32,
     pub timeout: Duration,
+    /// Where agent channels opened by the target go.
+    pub agent: tokio::sync::mpsc::Sender<AgentChannel>,
 }
 
 pub async fn connect(
@@ -107,6 +129,7 @@ pub async fn connect(
     let checker = PinnedHostKey {
         pinned: dial.pinned.to_vec(),
         seen: seen.clone(),
+        agent: dial.agent,
     };
     let mut handle = match tokio::time::timeout(
         dial.timeout,
