@@ -182,10 +182,12 @@ impl Handler for Daemon {
                 .find(|e| e.key() == name)
                 .map(|e| Response::Entities { entities: vec![e] })
                 .ok_or_else(|| format!("{} `{name}` does not exist", kind.as_str())),
-            Request::SessionList => self
+            Request::SessionList { filter } => self
                 .store
                 .sessions()
-                .map(|sessions| Response::Sessions { sessions })
+                .map(|all| Response::Sessions {
+                    sessions: all.into_iter().filter(|s| filter.matches(s)).collect(),
+                })
                 .map_err(|e| e.to_string()),
             Request::SessionShow { id } => self
                 .session(id)

@@ -131,6 +131,24 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
     assert_eq!(cat["bytes_in"].as_u64(), Some(data.len() as u64));
     assert_eq!(cat["bytes_out"].as_u64(), Some(data.len() as u64));
 
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["--json", "session", "list"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&ok(&b, &all)).unwrap();
+        v["sessions"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(
+        count(&["--user", "alice", "--target", "web1", "--closed"]),
+        2
+    );
+    assert_eq!(
+        count(&["--target", "203.0.113.10", "--since", "2000-01-01"]),
+        2
+    );
+    assert_eq!(count(&["--user", "nobody"]), 0);
+    assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"]), 0);
+    assert_eq!(count(&["--live"]), 0);
+
     let first = list[1]["id"].as_u64().unwrap().to_string();
     let export: serde_json::Value =
         serde_json::from_str(&ok(&b, &["session", "export", &first, "--format", "json"])).unwrap();
@@ -705,4 +723,60 @@ fn agent_forwarding_follows_the_agent_right() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+#[test]
+fn several_channels_share_one_connection_and_one_session_record() {
+    let (lab, b) = setup();
+    let ctl = lab.info().run_dir.join("mux.sock");
+    let ctl_opt = format!("ControlPath={}", ctl.display());
+    // A master connection, then three commands over it, two of them at the same time.
+    let mut master = lab
+        .ssh_via_bastion("root@web1", &["-M", "-N", "-o", &ctl_opt])
+        .unwrap()
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if ctl.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let over_master = |cmd: &str| {
+        lab.ssh_via_bastion("root@web1", &["-o", &ctl_opt])
+            .unwrap()
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = over_master("sleep 0.5; echo first");
+    let c = over_master("echo second");
+    let a = a.wait_with_output().unwrap();
+    let c = c.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&a.stdout).trim(), "first");
+    assert_eq!(String::from_utf8_lossy(&c.stdout).trim(), "second");
+    let third = over_master("echo third").wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&third.stdout).trim(), "third");
+    let _ = master.kill();
+    let _ = master.wait();
+
+    let list = wait_all_closed(&b, 1);
+    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let export: serde_json::Value =
+        serde_json::from_str(&ok(&b, &["session", "export", &id, "--format", "json"])).unwrap();
+    let channels: std::collections::BTreeSet<u64> = export["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "exec")
+        .map(|f| f["channel"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        channels.len(),
+        3,
+        "three exec channels in one session record: {channels:?}"
+    );
 }

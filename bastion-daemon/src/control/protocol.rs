@@ -8,7 +8,7 @@ use crate::{
     audit::AuditEvent,
     enforce::EnforceStatus,
     policy::{Entity, EntityKind},
-    store::SessionMeta,
+    store::{SessionFilter, SessionMeta},
 };
 
 /// Bumped on any incompatible change; a mismatch is answered with a clear error.
@@ -41,8 +41,11 @@ pub enum Request {
     PolicyShow { kind: EntityKind, name: String },
     /// The newest `limit` audit events.
     AuditList { limit: usize },
-    /// Recorded sessions, newest first.
-    SessionList,
+    /// Recorded sessions matching the filter, newest first.
+    SessionList {
+        #[serde(default)]
+        filter: SessionFilter,
+    },
     /// One session's metadata.
     SessionShow { id: u64 },
     /// One session rendered for export or replay.

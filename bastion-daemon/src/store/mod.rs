@@ -9,7 +9,7 @@ mod migrate;
 mod policy;
 mod sessions;
 
-pub use sessions::{SessionMeta, SessionState};
+pub use sessions::{SessionFilter, SessionMeta, SessionState};
 
 use std::path::{Path, PathBuf};
 

@@ -39,6 +39,32 @@ pub struct SessionMeta {
     pub bytes_out: u64,
 }
 
+/// Which sessions a listing shows. Every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    /// Matches the target name or address as recorded.
+    pub target: Option<String>,
+    /// Sessions started at or after this instant (µs since the epoch).
+    pub since_micros: Option<u64>,
+    /// Sessions started before this instant.
+    pub until_micros: Option<u64>,
+    pub state: Option<SessionState>,
+}
+
+impl SessionFilter {
+    pub fn matches(&self, s: &SessionMeta) -> bool {
+        self.user.as_ref().is_none_or(|u| *u == s.user)
+            && self
+                .target
+                .as_ref()
+                .is_none_or(|t| *t == s.target || *t == s.target_addr.ip().to_string())
+            && self.since_micros.is_none_or(|t| s.started_micros >= t)
+            && self.until_micros.is_none_or(|t| s.started_micros < t)
+            && self.state.is_none_or(|st| st == s.state)
+    }
+}
+
 fn block_key(id: u64, n: u32) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..8].copy_from_slice(&id.to_be_bytes());
@@ -137,5 +163,76 @@ impl Store {
             }
         }
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64, user: &str, target: &str, started: u64, state: SessionState) -> SessionMeta {
+        SessionMeta {
+            id,
+            user: user.into(),
+            login: "root".into(),
+            target: target.into(),
+            target_addr: "203.0.113.10:22".parse().unwrap(),
+            client_addr: None,
+            grant: "g".into(),
+            started_micros: started,
+            ended_micros: None,
+            state,
+            blocks: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    #[test]
+    fn filter_table() {
+        let s = meta(1, "alice", "web1", 1_000, SessionState::Closed);
+        let f = |f: SessionFilter| f.matches(&s);
+        assert!(f(SessionFilter::default()));
+        assert!(f(SessionFilter {
+            user: Some("alice".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            user: Some("bob".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("web1".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("203.0.113.10".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            target: Some("web2".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            since_micros: Some(1_000),
+            until_micros: Some(1_001),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            since_micros: Some(1_001),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            until_micros: Some(1_000),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            state: Some(SessionState::Closed),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            state: Some(SessionState::Live),
+            ..Default::default()
+        }));
     }
 }

@@ -11,6 +11,7 @@ use bastion::{
         Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
         window::Window,
     },
+    store::{SessionFilter, SessionState},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -79,7 +80,25 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum SessionCmd {
     /// List sessions, newest first.
-    List,
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// Target name or address.
+        #[arg(long)]
+        target: Option<String>,
+        /// Started at or after: Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Started before (same formats).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
+        /// Only sessions in progress.
+        #[arg(long, conflicts_with = "closed")]
+        live: bool,
+        /// Only finished sessions.
+        #[arg(long)]
+        closed: bool,
+    },
     /// Show one session.
     Show { id: u64 },
     /// Export a session: asciicast v2 (plays in asciinema) or JSON with every frame.
@@ -191,6 +210,43 @@ pub struct GrantAdd {
     window: Option<Window>,
 }
 
+/// Unix seconds from `1795737600`, `2026-11-27` or `2026-11-27T10:00:00Z` (UTC).
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    let bad = || format!("`{s}`: expected Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ");
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, t.strip_suffix('Z').ok_or_else(bad)?),
+        None => (s, "00:00:00"),
+    };
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let t: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let (&[y, m, day], &[hh, mm, ss]) = (d.as_slice(), t.as_slice()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), UTC.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
+        .map(|d| d * 86_400 + hh * 3600 + mm * 60 + ss)
+        .map_err(|_| bad())
+}
+
 fn parse_right(s: &str) -> Result<Right, String> {
     Right::parse(s)
         .ok_or_else(|| format!("unknown right `{s}` (shell, exec, sftp, forward, agent)"))
@@ -247,7 +303,26 @@ impl Command {
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
             Command::Ca { cmd: CaCmd::Show } => Ok(Request::CaShow),
             Command::Session { cmd } => Ok(match cmd {
-                SessionCmd::List => Request::SessionList,
+                SessionCmd::List {
+                    user,
+                    target,
+                    since,
+                    until,
+                    live,
+                    closed,
+                } => Request::SessionList {
+                    filter: SessionFilter {
+                        user,
+                        target,
+                        since_micros: since.map(|s| s * 1_000_000),
+                        until_micros: until.map(|s| s * 1_000_000),
+                        state: match (live, closed) {
+                            (true, _) => Some(SessionState::Live),
+                            (_, true) => Some(SessionState::Closed),
+                            _ => None,
+                        },
+                    },
+                },
                 SessionCmd::Show { id } => Request::SessionShow { id },
                 SessionCmd::Export { id, format } => Request::SessionExport {
                     id,
@@ -307,6 +382,22 @@ impl Command {
                     window: a.window,
                 }))
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1795737600"), Ok(1_795_737_600));
+        assert_eq!(parse_time("2026-11-27"), Ok(1_795_737_600));
+        assert_eq!(parse_time("2026-11-27T01:02:03Z"), Ok(1_795_737_600 + 3723));
+        assert_eq!(parse_time("2000-03-01"), Ok(951_868_800));
+        for bad in ["2026-13-01", "2026-11-27T10:00", "yesterday", "2026-11"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
         }
     }
 }
