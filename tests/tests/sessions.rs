@@ -316,6 +316,34 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
     assert_ok(&cmd.output().unwrap(), "sftp");
     assert_eq!(sha256_file(&dir.join("down-b.bin")), sum);
 
+    // The sftp session recorded which files moved, and how many bytes.
+    let sessions = wait_all_closed(&b, 5);
+    let sftp_id = sessions["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let export: serde_json::Value = serde_json::from_str(&ok(
+        &b,
+        &["session", "export", &sftp_id, "--format", "json"],
+    ))
+    .unwrap();
+    let ops: Vec<&serde_json::Value> = export["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "sftp_op")
+        .map(|f| &f["sftp"])
+        .collect();
+    let up_b = dir.join("up-b.bin").display().to_string();
+    let len = 3u64 << 20;
+    assert!(
+        ops.iter()
+            .any(|o| o["op"] == "file" && o["path"] == up_b.as_str() && o["written"] == len),
+        "upload missing from {ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|o| o["op"] == "file" && o["path"] == up_b.as_str() && o["read"] == len),
+        "download missing from {ops:?}"
+    );
+
     // rsync over ssh.
     let e = format!("ssh -p 2222 {}", lab.ssh_options().join(" "));
     let mut cmd = lab.command("admin", "rsync").unwrap();

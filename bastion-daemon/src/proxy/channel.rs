@@ -16,7 +16,11 @@ use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::Request;
-use crate::record::{Kind, Recorder, frame::size_payload};
+use crate::record::{
+    Kind, Recorder,
+    frame::size_payload,
+    sftp::{SftpEvent, SftpTracker},
+};
 
 pub enum Ctl {
     /// Forward an allowed request; answer `reply` with the target's verdict.
@@ -27,6 +31,54 @@ pub enum Ctl {
 }
 
 type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+
+/// SFTP operations of the channel, once it runs the `sftp` subsystem. The flag keeps other
+/// channels' hot path free of the lock.
+#[derive(Clone, Default)]
+struct Sftp {
+    active: Arc<std::sync::atomic::AtomicBool>,
+    tracker: Arc<Mutex<SftpTracker>>,
+}
+
+impl Sftp {
+    fn start(&self) {
+        self.active
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Feeds one direction's bytes and records the operations they complete.
+    async fn feed(&self, rec: &Recorder, id: u32, data: &[u8], from_client: bool) {
+        if !self.active.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let events = match self.tracker.lock() {
+            Ok(mut t) if from_client => t.client(data),
+            Ok(mut t) => t.server(data),
+            Err(_) => return,
+        };
+        record_sftp(rec, id, events).await;
+    }
+
+    async fn finish(&self, rec: &Recorder, id: u32) {
+        if !self.active.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let events = self
+            .tracker
+            .lock()
+            .map(|mut t| t.finish())
+            .unwrap_or_default();
+        record_sftp(rec, id, events).await;
+    }
+}
+
+async fn record_sftp(rec: &Recorder, id: u32, events: Vec<SftpEvent>) {
+    for e in events {
+        if let Ok(json) = serde_json::to_vec(&e) {
+            rec.record(Kind::SftpOp, id, json.into()).await;
+        }
+    }
+}
 
 /// Starts pumping between the client's channel `down` and the target's channel `up`.
 pub fn spawn(
@@ -39,15 +91,17 @@ pub fn spawn(
     let (down_r, down_w) = down.split();
     let (up_r, up_w) = up.split();
     let pending: Pending = Arc::default();
+    let sftp = Sftp::default();
     tokio::spawn(client_to_target(
         id,
         down_r,
         up_w,
         ctl_rx,
         pending.clone(),
+        sftp.clone(),
         recorder.clone(),
     ));
-    tokio::spawn(target_to_client(id, up_r, down_w, pending, recorder));
+    tokio::spawn(target_to_client(id, up_r, down_w, pending, sftp, recorder));
     ctl_tx
 }
 
@@ -57,6 +111,7 @@ async fn client_to_target(
     up: russh::ChannelWriteHalf<client::Msg>,
     mut ctl: mpsc::Receiver<Ctl>,
     pending: Pending,
+    sftp: Sftp,
     rec: Recorder,
 ) {
     let mut ctl_open = true;
@@ -65,6 +120,9 @@ async fn client_to_target(
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::Request { request, reply }) => {
                     record_request(&rec, id, &request).await;
+                    if matches!(&request, Request::Subsystem { name } if name == "sftp") {
+                        sftp.start();
+                    }
                     if let Ok(mut p) = pending.lock() {
                         p.push_back(reply);
                     }
@@ -83,6 +141,7 @@ async fn client_to_target(
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         rec.record(Kind::Input, id, data.clone()).await;
+                        sftp.feed(&rec, id, &data, true).await;
                         up.data_bytes(data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
@@ -119,12 +178,14 @@ async fn target_to_client(
     mut up: russh::ChannelReadHalf,
     down: russh::ChannelWriteHalf<server::Msg>,
     pending: Pending,
+    sftp: Sftp,
     rec: Recorder,
 ) {
     while let Some(msg) = up.wait().await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 rec.record(Kind::Output, id, data.clone()).await;
+                sftp.feed(&rec, id, &data, false).await;
                 down.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -167,6 +228,7 @@ async fn target_to_client(
             break;
         }
     }
+    sftp.finish(&rec, id).await;
     rec.record(Kind::Close, id, Bytes::new()).await;
     let _ = down.close().await;
 }

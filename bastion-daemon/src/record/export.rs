@@ -108,12 +108,21 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
     let frames: Vec<_> = frames
         .iter()
         .map(|f| {
-            json!({
+            let mut v = json!({
                 "t_micros": f.t_micros,
                 "channel": f.channel,
                 "kind": f.kind,
                 "data_base64": base64(&f.data),
-            })
+            });
+            // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
+            match f.kind {
+                Kind::SftpOp => v["sftp"] = serde_json::from_slice(&f.data).unwrap_or_default(),
+                Kind::Exec | Kind::Subsystem | Kind::Open | Kind::Refused | Kind::Signal => {
+                    v["text"] = String::from_utf8_lossy(&f.data).into_owned().into()
+                }
+                _ => {}
+            }
+            v
         })
         .collect();
     json!({ "session": meta, "frames": frames })

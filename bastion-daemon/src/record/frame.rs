@@ -44,6 +44,8 @@ pub enum Kind {
     Open = 14,
     /// A request refused by policy: the reason.
     Refused = 15,
+    /// An SFTP operation (JSON: op, path, sizes), derived from the channel's bytes.
+    SftpOp = 16,
 }
 
 impl Kind {
@@ -65,6 +67,7 @@ impl Kind {
             Signal,
             Open,
             Refused,
+            SftpOp,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

@@ -4,12 +4,14 @@
 //! - [`frame`]: the binary frame format (a stored format, versioned);
 //! - [`block`]: batches of frames, compressed;
 //! - [`recorder`]: the per-session writer task and the handle the proxy records through;
+//! - [`sftp`]: SFTP operations (files read and written, with sizes) followed in a channel's bytes;
 //! - [`export`]: asciicast v2 and JSON renderings of a recorded session.
 
 pub mod block;
 pub mod export;
 pub mod frame;
 pub mod recorder;
+pub mod sftp;
 
 pub use frame::{Frame, Kind};
 pub use recorder::Recorder;
