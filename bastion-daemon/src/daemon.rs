@@ -54,8 +54,8 @@ pub enum DaemonError {
 
 struct Daemon {
     started: Instant,
+    proxy: Arc<ProxyContext>,
     store: Arc<Store>,
-    keys: Arc<ApplianceKeys>,
     /// Protected prefixes from the config file; the store's are added to them.
     config_subnets: Vec<Cidr>,
     /// The policy as stored. Changes take this lock for check-store-apply, so they serialise.
@@ -124,8 +124,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),
+        proxy: proxy.clone(),
         store,
-        keys,
         config_subnets,
         policy,
         enforcer: Mutex::new(enforcer),
@@ -193,8 +193,9 @@ impl Handler for Daemon {
                 .session(id)
                 .map(|m| Response::Sessions { sessions: vec![m] }),
             Request::SessionExport { id, format } => self.export(id, format),
+            Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
             Request::CaShow => Ok(Response::Ca {
-                user_ca: self.keys.user_ca_public(),
+                user_ca: self.proxy.keys.user_ca_public(),
             }),
             Request::AuditList { limit } => self
                 .store
@@ -218,6 +219,25 @@ impl Daemon {
                 size_bytes: self.store.size_on_disk().map_err(|e| e.to_string())?,
             },
             enforcement: lock(&self.enforcer).status().map_err(|e| e.to_string())?,
+        })
+    }
+
+    async fn fetch_host_key(&self, addr: SocketAddr) -> Result<Response, String> {
+        let key = proxy::upstream::fetch_host_key(
+            self.proxy.client_config.clone(),
+            addr,
+            self.proxy.upstream_mark,
+            self.proxy.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let fingerprint = russh::keys::PublicKey::from_openssh(&key)
+            .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256).to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(Response::HostKey {
+            addr,
+            key,
+            fingerprint,
         })
     }
 

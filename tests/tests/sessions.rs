@@ -808,3 +808,69 @@ fn several_channels_share_one_connection_and_one_session_record() {
         "three exec channels in one session record: {channels:?}"
     );
 }
+
+#[test]
+fn a_fetched_host_key_is_pinned_only_once_confirmed() {
+    let (lab, b) = setup();
+    // Not confirmed (no terminal, no --yes): shown, refused, nothing stored.
+    let out = b
+        .ctl(&["target", "add", "web2", "203.0.113.11", "--fetch-host-key"])
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("203.0.113.11:22 presents ssh-ed25519 SHA256:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("host key not confirmed"), "{stderr}");
+    assert!(!ok(&b, &["target", "list"]).contains("web2"));
+
+    ok(
+        &b,
+        &[
+            "target",
+            "add",
+            "web2",
+            "203.0.113.11",
+            "--fetch-host-key",
+            "--yes",
+        ],
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&b, &["--json", "target", "show", "web2"])).unwrap();
+    let pinned = shown["entities"][0]["value"]["host_keys"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let actual = std::fs::read_to_string(&lab.info().hosts[1].host_key_pub).unwrap();
+    let key_data = |l: &str| l.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    assert_eq!(
+        key_data(&pinned),
+        key_data(&actual),
+        "the pinned key is web2's real key"
+    );
+
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "alice-web2",
+            "--user",
+            "alice",
+            "--target",
+            "web2",
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+        ],
+    );
+    let out = run(&lab, "root@web2", &[], Some("echo on-web2"), b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "on-web2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

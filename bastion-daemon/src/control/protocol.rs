@@ -52,6 +52,8 @@ pub enum Request {
     SessionExport { id: u64, format: ExportFormat },
     /// The appliance's user-CA public key (for targets' TrustedUserCAKeys).
     CaShow,
+    /// The host key `addr` presents, fetched by bastiond (for confirmation before pinning).
+    FetchHostKey { addr: SocketAddr },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +80,11 @@ pub enum Response {
     },
     Ca {
         user_ca: String,
+    },
+    HostKey {
+        addr: SocketAddr,
+        key: String,
+        fingerprint: String,
     },
     Error {
         message: String,

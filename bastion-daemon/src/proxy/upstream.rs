@@ -169,6 +169,34 @@ pub async fn connect(
     }
 }
 
+/// Fetches the host key `addr` presents, without signing in: for enrolment, where an admin
+/// confirms it before it is pinned. Returns the key as an OpenSSH public key line.
+pub async fn fetch_host_key(
+    config: Arc<client::Config>,
+    addr: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> Result<String, UpstreamError> {
+    let secs = timeout.as_secs();
+    let stream = tokio::time::timeout(timeout, connect_marked(addr, mark))
+        .await
+        .map_err(|_| UpstreamError::Timeout { addr, secs })?
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let seen = Arc::new(Mutex::new(None));
+    let (agent, _) = tokio::sync::mpsc::channel(1);
+    // Nothing is pinned, so the handshake stops right after the key is seen.
+    let checker = PinnedHostKey {
+        pinned: Vec::new(),
+        seen: seen.clone(),
+        agent,
+    };
+    let _ = tokio::time::timeout(timeout, client::connect_stream(config, stream, checker)).await;
+    let key = seen.lock().ok().and_then(|s| s.clone());
+    let key = key.ok_or(UpstreamError::Timeout { addr, secs })?;
+    key.to_openssh()
+        .map_err(|e| UpstreamError::Internal(e.to_string()))
+}
+
 /// A TCP connection carrying bastiond's mark (the protected-side egress check looks for it).
 async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<tokio::net::TcpStream> {
     let socket = if addr.is_ipv4() {

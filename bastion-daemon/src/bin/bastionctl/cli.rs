@@ -170,8 +170,14 @@ pub struct TargetAdd {
     #[arg(long, default_value_t = 22)]
     port: u16,
     /// Pinned host key: an OpenSSH key line or a .pub file (repeatable).
-    #[arg(long = "host-key")]
+    #[arg(long = "host-key", required_unless_present = "fetch_host_key")]
     host_keys: Vec<String>,
+    /// Have bastiond fetch the key the target presents, show it, and pin it once confirmed.
+    #[arg(long, conflicts_with = "host_keys")]
+    fetch_host_key: bool,
+    /// Confirm a fetched host key without asking (scripts).
+    #[arg(long, requires = "fetch_host_key")]
+    yes: bool,
 }
 
 #[derive(Args)]
@@ -286,6 +292,17 @@ fn noun<A: Args>(
 }
 
 impl Command {
+    /// For `target add --fetch-host-key`: the address whose key bastiond should fetch, and
+    /// whether it is confirmed in advance.
+    pub fn host_key_to_fetch(&self) -> Option<(SocketAddr, bool)> {
+        match self {
+            Command::Target { cmd: Noun::Add(a) } if a.fetch_host_key => {
+                Some((SocketAddr::new(a.addr, a.port), a.yes))
+            }
+            _ => None,
+        }
+    }
+
     /// For `session play`: (speed, no_wait).
     pub fn playback(&self) -> Option<(f64, bool)> {
         match self {
@@ -296,7 +313,8 @@ impl Command {
         }
     }
 
-    pub fn into_request(self) -> Result<Request, String> {
+    /// The request for this command; `fetched` is a host key fetched and confirmed beforehand.
+    pub fn into_request(self, fetched: Option<String>) -> Result<Request, String> {
         match self {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
@@ -354,7 +372,10 @@ impl Command {
                     name: a.name,
                     addr: a.addr,
                     port: a.port,
-                    host_keys: key_lines(&a.host_keys)?,
+                    host_keys: match fetched {
+                        Some(key) => vec![key],
+                        None => key_lines(&a.host_keys)?,
+                    },
                 }))
             }),
             Command::Subnet { cmd } => {

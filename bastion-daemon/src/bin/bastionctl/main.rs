@@ -10,10 +10,54 @@ mod render;
 
 use std::{process::ExitCode, time::Duration};
 
-use bastion::control::client;
+use bastion::control::{
+    client,
+    protocol::{Request, Response},
+};
 use clap::Parser as _;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Has bastiond fetch `addr`'s host key, shows it, and returns it once the admin confirms.
+fn fetch_and_confirm(
+    socket: &std::path::Path,
+    addr: std::net::SocketAddr,
+    yes: bool,
+) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let response = client::call(socket, &Request::FetchHostKey { addr }, TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let Response::HostKey {
+        key, fingerprint, ..
+    } = response
+    else {
+        return Err("bastiond sent an unexpected answer to a host key fetch".into());
+    };
+    eprintln!(
+        "{addr} presents {} {fingerprint}",
+        key.split_whitespace().next().unwrap_or("?")
+    );
+    if yes {
+        return Ok(key);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "host key not confirmed: compare the fingerprint above, then pass --yes".into(),
+        );
+    }
+    eprint!("Pin this host key? Check the fingerprint out of band first. [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(key)
+    } else {
+        Err("host key not confirmed; nothing was added".into())
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -31,7 +75,17 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let playback = cli.command.playback();
-    let request = match cli.command.into_request() {
+    let fetched = match cli.command.host_key_to_fetch() {
+        None => None,
+        Some((addr, yes)) => match fetch_and_confirm(&cli.socket, addr, yes) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                eprintln!("bastionctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let request = match cli.command.into_request(fetched) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bastionctl: {e}");

@@ -19,6 +19,16 @@ pub fn response(r: &Response) {
         Response::Sessions { sessions } => sessions_table(sessions),
         Response::Export { content, .. } => print!("{content}"),
         Response::Ca { user_ca } => println!("{user_ca}"),
+        Response::HostKey {
+            addr,
+            key,
+            fingerprint,
+        } => {
+            println!(
+                "{addr} presents {} {fingerprint}",
+                key.split_whitespace().next().unwrap_or("?")
+            )
+        }
         Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
     }
 }
