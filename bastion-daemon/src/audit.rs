@@ -77,6 +77,16 @@ pub enum AuditKind {
         bytes_in: u64,
         bytes_out: u64,
     },
+    /// A sealed private key was stored for login on target (fallback to certificates).
+    AccountAdded {
+        target: String,
+        login: String,
+        fingerprint: String,
+    },
+    AccountRemoved {
+        target: String,
+        login: String,
+    },
     /// Sessions found live at start: the previous bastiond died under them.
     SessionsInterrupted {
         sessions: Vec<u64>,

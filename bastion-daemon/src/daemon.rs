@@ -19,16 +19,16 @@ use crate::{
     cidr::Cidr,
     config::Config,
     control::{
-        protocol::ExportFormat,
+        protocol::{AccountInfo, ExportFormat},
         protocol::{ProbeResult, Request, Response, Status, StoreStatus},
         server::{self, Admins, ControlError, Handler, Peer},
     },
     enforce::{EnforceError, Enforcer},
-    keys::ApplianceKeys,
+    keys::{ApplianceKeys, Secret},
     policy::{self, Entity, EntityKind, Policy},
     proxy::{self, ProxyContext},
     record::export,
-    store::{Store, StoreError},
+    store::{Store, StoreError, StoredAccount},
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -194,6 +194,31 @@ impl Handler for Daemon {
                 .map(|m| Response::Sessions { sessions: vec![m] }),
             Request::SessionExport { id, format } => self.export(id, format),
             Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
+            Request::AccountAdd {
+                target,
+                login,
+                private_key,
+            } => self
+                .account_add(peer, &target, &login, &private_key)
+                .map(Response::Changed),
+            Request::AccountRemove { target, login } => self
+                .account_remove(peer, &target, &login)
+                .map(Response::Changed),
+            Request::AccountList => self
+                .store
+                .accounts()
+                .map(|all| Response::Accounts {
+                    accounts: all
+                        .into_iter()
+                        .map(|a| AccountInfo {
+                            target: a.target,
+                            login: a.login,
+                            public_key: a.public_key,
+                            fingerprint: a.fingerprint,
+                        })
+                        .collect(),
+                })
+                .map_err(|e| e.to_string()),
             Request::CaShow => Ok(Response::Ca {
                 user_ca: self.proxy.keys.user_ca_public(),
             }),
@@ -220,6 +245,65 @@ impl Daemon {
             },
             enforcement: lock(&self.enforcer).status().map_err(|e| e.to_string())?,
         })
+    }
+
+    /// Seals and stores a private key for `login` on the registered `target`.
+    fn account_add(
+        &self,
+        peer: Peer,
+        target: &str,
+        login: &str,
+        private_key: &Secret,
+    ) -> Result<AuditEvent, String> {
+        if !lock(&self.policy).targets.contains_key(target) {
+            return Err(format!("target `{target}` does not exist"));
+        }
+        if login.is_empty()
+            || login.len() > 64
+            || login
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+        {
+            return Err(format!("invalid login `{login}`"));
+        }
+        let key = russh::keys::PrivateKey::from_openssh(private_key.expose().trim())
+            .map_err(|e| format!("not an OpenSSH private key: {e}"))?;
+        if key.is_encrypted() {
+            return Err("the private key is passphrase-protected; store an unencrypted copy (bastion seals it)".into());
+        }
+        let public = key.public_key();
+        let sealed = self
+            .proxy
+            .keys
+            .seal(
+                &account_context(target, login),
+                private_key.expose().trim().as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        let account = StoredAccount {
+            target: target.to_owned(),
+            login: login.to_owned(),
+            public_key: public.to_openssh().map_err(|e| e.to_string())?,
+            fingerprint: public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+            sealed,
+        };
+        self.store
+            .put_account(&account, admin(peer))
+            .map_err(|e| e.to_string())
+    }
+
+    fn account_remove(&self, peer: Peer, target: &str, login: &str) -> Result<AuditEvent, String> {
+        if self
+            .store
+            .account(target, login)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Err(format!("no stored key for {login}@{target}"));
+        }
+        self.store
+            .remove_account(target, login, admin(peer))
+            .map_err(|e| e.to_string())
     }
 
     async fn fetch_host_key(&self, addr: SocketAddr) -> Result<Response, String> {
@@ -300,6 +384,11 @@ impl Daemon {
             .set_protected(&protected(&self.config_subnets, policy))
             .map_err(|e| format!("updating enforcement: {e}"))
     }
+}
+
+/// What a stored account key is sealed to: it opens only for the same target and login.
+pub fn account_context(target: &str, login: &str) -> String {
+    format!("bastion-account:{target}:{login}")
 }
 
 fn admin(peer: Peer) -> Actor {

@@ -29,6 +29,44 @@ pub enum KeyError {
 pub struct ApplianceKeys {
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
+    /// Encrypts stored target-account keys (ChaCha20-Poly1305), so the store alone never
+    /// yields a usable credential.
+    seal: ring::aead::LessSafeKey,
+}
+
+/// Secret bytes: never printed, wiped on drop.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SAFETY: overwriting with zero bytes keeps the string valid UTF-8.
+        unsafe { self.0.as_bytes_mut().fill(0) };
+    }
+}
+
+/// A sealed secret as stored: nonce and ciphertext (with tag), base64-free raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sealed {
+    pub nonce: [u8; 12],
+    pub ciphertext: Vec<u8>,
 }
 
 impl std::fmt::Debug for ApplianceKeys {
@@ -52,7 +90,48 @@ impl ApplianceKeys {
         Ok(ApplianceKeys {
             host_key: load_or_generate(&dir.join("host_ed25519"), "bastion host key")?,
             user_ca: load_or_generate(&dir.join("user_ca_ed25519"), "bastion user CA")?,
+            seal: load_or_generate_seal(&dir.join("seal.key"))?,
         })
+    }
+
+    /// Encrypts `plain`, bound to `context` (what it is for: opening it elsewhere fails).
+    pub fn seal(&self, context: &str, plain: &[u8]) -> Result<Sealed, KeyError> {
+        let mut nonce = [0u8; 12];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| KeyError::Sign("no randomness for a nonce".into()))?;
+        let mut buf = plain.to_vec();
+        self.seal
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(context.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| KeyError::Sign("sealing failed".into()))?;
+        Ok(Sealed {
+            nonce,
+            ciphertext: buf,
+        })
+    }
+
+    /// Decrypts what [`seal`](Self::seal) made for the same `context`.
+    pub fn open(&self, context: &str, sealed: &Sealed) -> Result<Secret, KeyError> {
+        let mut buf = sealed.ciphertext.clone();
+        let plain = self
+            .seal
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(sealed.nonce),
+                ring::aead::Aad::from(context.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| {
+                KeyError::Sign(format!(
+                    "sealed secret for {context} does not open (wrong key or altered)"
+                ))
+            })?;
+        let text = String::from_utf8(plain.to_vec())
+            .map_err(|_| KeyError::Sign("sealed secret is not text".into()))?;
+        buf.fill(0);
+        Ok(Secret::new(text))
     }
 
     pub fn user_ca_public(&self) -> String {
@@ -153,6 +232,52 @@ fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> 
     }
 }
 
+fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Exposed {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            b
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut k = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k).map_err(
+                |_| KeyError::Format {
+                    path: path.to_owned(),
+                    reason: "no randomness".into(),
+                },
+            )?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut f, &k).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            k
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let key =
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes).map_err(|_| {
+            KeyError::Format {
+                path: path.to_owned(),
+                reason: format!("expected 32 bytes, found {}", bytes.len()),
+            }
+        })?;
+    Ok(ring::aead::LessSafeKey::new(key))
+}
+
 /// True if `key` is one of the pinned OpenSSH public key lines.
 pub fn is_pinned(key: &PublicKey, pinned: &[String]) -> bool {
     pinned
@@ -193,6 +318,32 @@ mod tests {
             .as_secs();
         cert.validate_at(now, [&ca_fp])
             .expect("signed by the user CA and valid now");
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_in_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = ApplianceKeys::load_or_generate(dir.path()).unwrap();
+        let sealed = k.seal("web1/root", b"private key text").unwrap();
+        assert!(!sealed.ciphertext.windows(7).any(|w| w == b"private"));
+        assert_eq!(
+            k.open("web1/root", &sealed).unwrap().expose(),
+            "private key text"
+        );
+        assert!(k.open("web2/root", &sealed).is_err(), "context is bound");
+        let mut altered = sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        assert!(
+            k.open("web1/root", &altered).is_err(),
+            "tampering is detected"
+        );
+        // A restart reads the same seal key.
+        let again = ApplianceKeys::load_or_generate(dir.path()).unwrap();
+        assert_eq!(
+            again.open("web1/root", &sealed).unwrap().expose(),
+            "private key text"
+        );
+        assert_eq!(format!("{:?}", Secret::new("x".into())), "<secret>");
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
         "bastiond 0.1.0",
-        &format!("{} (schema v3", paths.store.display()),
+        &format!("{} (schema v4", paths.store.display()),
         "enforcing on",
         "203.0.113.0/24",
     ] {
@@ -151,5 +151,5 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let again = lab.start_bastiond().expect("restart after clean stop");
     let out = again.ctl(&["status", "--json"]).unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["store"]["schema_version"], 3);
+    assert_eq!(s["store"]["schema_version"], 4);
 }

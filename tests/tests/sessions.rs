@@ -874,3 +874,114 @@ fn a_fetched_host_key_is_pinned_only_once_confirmed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
+    let (lab, b) = setup();
+    let info = lab.info().clone();
+    // web2 trusts no user CA.
+    std::fs::write(&info.hosts[1].trusted_user_ca_keys, "").unwrap();
+    ok(
+        &b,
+        &[
+            "target",
+            "add",
+            "web2",
+            "203.0.113.11",
+            "--host-key",
+            info.hosts[1].host_key_pub.to_str().expect("UTF-8 path"),
+        ],
+    );
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "alice-web2",
+            "--user",
+            "alice",
+            "--target",
+            "web2",
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+        ],
+    );
+    let attempt = || {
+        run(
+            &lab,
+            "root@web2",
+            &["-o", "LogLevel=INFO"],
+            Some("echo with-stored-key"),
+            b"",
+        )
+    };
+    let out = attempt();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused bastion's credentials"),
+        "{out:?}"
+    );
+
+    // The account key: authorized on the host, stored sealed in bastion.
+    let key = info.run_dir.join("web2_root");
+    bastion_lab::sshd::keygen(&key, "web2-root").unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut auth = std::fs::read_to_string(&info.authorized_keys).unwrap();
+    auth.push_str(&public);
+    std::fs::write(&info.authorized_keys, auth).unwrap();
+    ok(
+        &b,
+        &[
+            "account",
+            "add",
+            "web2",
+            "root",
+            "--key-file",
+            key.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let listed = ok(&b, &["account", "list"]);
+    assert!(listed.contains("account root@web2  SHA256:"), "{listed}");
+    assert!(!ok(&b, &["--json", "account", "list"]).contains("PRIVATE KEY"));
+
+    let out = attempt();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "with-stored-key",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // At rest, the store holds no line of the private key.
+    let private = std::fs::read_to_string(&key).unwrap();
+    let secret_line = private.lines().nth(2).unwrap().to_owned();
+    let mut stack = vec![info.bastiond.store.clone()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let found = bytes
+                    .windows(secret_line.len())
+                    .any(|w| w == secret_line.as_bytes());
+                assert!(
+                    !found,
+                    "private key material in clear in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    ok(&b, &["account", "remove", "web2", "root"]);
+    assert!(String::from_utf8_lossy(&attempt().stderr).contains("refused bastion's credentials"));
+    let audit = ok(&b, &["audit"]);
+    assert!(
+        audit.contains("stored a sealed key for root@web2")
+            && audit.contains("removed the stored key for root@web2"),
+        "{audit}"
+    );
+}

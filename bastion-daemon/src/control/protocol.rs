@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::AuditEvent,
     enforce::EnforceStatus,
+    keys::Secret,
     policy::{Entity, EntityKind},
     store::{SessionFilter, SessionMeta},
 };
@@ -30,30 +31,63 @@ pub enum Request {
     Status,
     /// bastiond connects to `addr` from its own cgroup and reports the first line the peer sends
     /// (the SSH banner of an sshd): proof that the audited path reaches a target.
-    Probe { addr: SocketAddr },
+    Probe {
+        addr: SocketAddr,
+    },
     /// Adds a user, group, target, protected subnet or grant (refused if it exists).
-    PolicyAdd { entity: Entity },
+    PolicyAdd {
+        entity: Entity,
+    },
     /// Removes one (refused while something still refers to it).
-    PolicyRemove { kind: EntityKind, name: String },
+    PolicyRemove {
+        kind: EntityKind,
+        name: String,
+    },
     /// Every entity of a kind.
-    PolicyList { kind: EntityKind },
+    PolicyList {
+        kind: EntityKind,
+    },
     /// One entity.
-    PolicyShow { kind: EntityKind, name: String },
+    PolicyShow {
+        kind: EntityKind,
+        name: String,
+    },
     /// The newest `limit` audit events.
-    AuditList { limit: usize },
+    AuditList {
+        limit: usize,
+    },
     /// Recorded sessions matching the filter, newest first.
     SessionList {
         #[serde(default)]
         filter: SessionFilter,
     },
     /// One session's metadata.
-    SessionShow { id: u64 },
+    SessionShow {
+        id: u64,
+    },
     /// One session rendered for export or replay.
-    SessionExport { id: u64, format: ExportFormat },
+    SessionExport {
+        id: u64,
+        format: ExportFormat,
+    },
     /// The appliance's user-CA public key (for targets' TrustedUserCAKeys).
     CaShow,
+    /// Stores a private key for `login` on `target`, sealed (fallback when the target does not
+    /// trust the user CA). The key travels only over the 0600 control socket.
+    AccountAdd {
+        target: String,
+        login: String,
+        private_key: Secret,
+    },
+    AccountRemove {
+        target: String,
+        login: String,
+    },
+    AccountList,
     /// The host key `addr` presents, fetched by bastiond (for confirmation before pinning).
-    FetchHostKey { addr: SocketAddr },
+    FetchHostKey {
+        addr: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +115,9 @@ pub enum Response {
     Ca {
         user_ca: String,
     },
+    Accounts {
+        accounts: Vec<AccountInfo>,
+    },
     HostKey {
         addr: SocketAddr,
         key: String,
@@ -89,6 +126,15 @@ pub enum Response {
     Error {
         message: String,
     },
+}
+
+/// A stored account as listed: never the private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub target: String,
+    pub login: String,
+    pub public_key: String,
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -344,6 +344,37 @@ impl SessionActor {
         .map(drop)
     }
 
+    /// The stored account key for `login` on the named target, unsealed, if there is one.
+    async fn stored_key(
+        &self,
+        target: Option<&str>,
+        login: &str,
+    ) -> Result<Option<russh::keys::PrivateKey>, String> {
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let store = self.ctx.store.clone();
+        let (t, l) = (target.to_owned(), login.to_owned());
+        let stored = tokio::task::spawn_blocking(move || store.account(&t, &l))
+            .await
+            .map_err(|e| format!("internal: {e}"))?
+            .map_err(|e| format!("internal: {e}"))?;
+        let Some(account) = stored else {
+            return Ok(None);
+        };
+        let secret = self
+            .ctx
+            .keys
+            .open(
+                &crate::daemon::account_context(target, login),
+                &account.sealed,
+            )
+            .map_err(|e| format!("internal: {e}"))?;
+        russh::keys::PrivateKey::from_openssh(secret.expose())
+            .map(Some)
+            .map_err(|e| format!("internal: stored key for {login}@{target}: {e}"))
+    }
+
     /// Records and audits a refused request or channel (the caller tells the client).
     async fn refuse(&self, channel: u32, what: String, reason: String) {
         let Some(route) = &self.route else { return };
@@ -388,6 +419,7 @@ impl SessionActor {
             .map_err(|e| format!("internal: {e}"))?;
         let key_id = format!("bastion:{}:session-{session}", identity.user);
         let (agent_tx, agent_rx) = mpsc::channel(4);
+        let fallback = self.stored_key(target.name.as_deref(), &dest.login).await?;
         let upstream = upstream::connect(
             self.ctx.client_config.clone(),
             &self.ctx.keys,
@@ -400,6 +432,7 @@ impl SessionActor {
                 mark: self.ctx.upstream_mark,
                 timeout: self.ctx.connect_timeout,
                 agent: agent_tx,
+                fallback,
             },
         )
         .await

@@ -39,7 +39,7 @@ pub enum UpstreamError {
         source: russh::Error,
     },
     #[error(
-        "target {target} refused bastion's certificate for login `{login}` (does it trust the bastion user CA in TrustedUserCAKeys?)"
+        "target {target} refused bastion's credentials for login `{login}` (does it trust the bastion user CA in TrustedUserCAKeys, or hold the stored account key?)"
     )]
     AuthRefused { target: String, login: String },
     #[error("internal: {0}")]
@@ -107,6 +107,8 @@ pub struct Dial<'a> {
     pub timeout: Duration,
     /// Where agent channels opened by the target go.
     pub agent: tokio::sync::mpsc::Sender<AgentChannel>,
+    /// A stored key for this login, tried when the target refuses the certificate.
+    pub fallback: Option<russh::keys::PrivateKey>,
 }
 
 pub async fn connect(
@@ -160,12 +162,46 @@ pub async fn connect(
     .await
     .map_err(|_| UpstreamError::Timeout { addr, secs })?
     .map_err(|source| UpstreamError::Ssh { addr, source })?;
+    if matches!(result, AuthResult::Success) {
+        return Ok(Upstream { handle });
+    }
+    let refused = || UpstreamError::AuthRefused {
+        target: dial.target.to_owned(),
+        login: dial.login.to_owned(),
+    };
+    let Some(key) = dial.fallback else {
+        return Err(refused());
+    };
+    let hash = if key.algorithm().is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    } else {
+        None
+    };
+    let result = tokio::time::timeout(
+        dial.timeout,
+        handle.authenticate_publickey(
+            dial.login,
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+        ),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout { addr, secs })?
+    .map_err(|source| UpstreamError::Ssh { addr, source })?;
     match result {
-        AuthResult::Success => Ok(Upstream { handle }),
-        AuthResult::Failure { .. } => Err(UpstreamError::AuthRefused {
-            target: dial.target.to_owned(),
-            login: dial.login.to_owned(),
-        }),
+        AuthResult::Success => {
+            tracing::info!(
+                target = dial.target,
+                login = dial.login,
+                "signed in with the stored account key"
+            );
+            Ok(Upstream { handle })
+        }
+        AuthResult::Failure { .. } => Err(refused()),
     }
 }
 

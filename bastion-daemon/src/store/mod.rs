@@ -5,10 +5,12 @@
 //! committing its new version number, so an appliance upgrades in place and an interrupted upgrade
 //! resumes where it stopped. A store newer than this binary is refused rather than misread.
 
+mod accounts;
 mod migrate;
 mod policy;
 mod sessions;
 
+pub use accounts::StoredAccount;
 pub use sessions::{SessionFilter, SessionMeta, SessionState};
 
 use std::path::{Path, PathBuf};

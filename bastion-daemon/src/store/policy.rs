@@ -79,12 +79,24 @@ impl Store {
         event: AuditKind,
     ) -> Result<AuditEvent, StoreError> {
         let tree = self.tree(tree_name(kind))?;
+        self.write_with_audit(&tree, key.as_bytes(), value, actor, event)
+    }
+
+    /// Sets (or, with `None`, removes) `key` in `tree` and appends `event`, in one transaction.
+    pub(super) fn write_with_audit(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        actor: Actor,
+        event: AuditKind,
+    ) -> Result<AuditEvent, StoreError> {
         self.write_event(actor, event, |audit, seq, record| {
-            (&tree, audit)
+            (tree, audit)
                 .transaction(|(t, a)| {
                     match &value {
-                        Some(v) => drop(t.insert(key.as_bytes(), v.as_slice())?),
-                        None => drop(t.remove(key.as_bytes())?),
+                        Some(v) => drop(t.insert(key, v.as_slice())?),
+                        None => drop(t.remove(key)?),
                     }
                     a.insert(&seq.to_be_bytes(), record)?;
                     Ok::<_, ConflictableTransactionError<()>>(())

@@ -7,6 +7,7 @@ use bastion::{
     cidr::Cidr,
     config::DEFAULT_SOCKET,
     control::protocol::{ExportFormat, Request},
+    keys::Secret,
     policy::{
         Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
         window::Window,
@@ -63,6 +64,11 @@ pub enum Command {
     Session {
         #[command(subcommand)]
         cmd: SessionCmd,
+    },
+    /// Stored keys for target accounts that cannot trust the user CA (sealed at rest).
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
     },
     /// The appliance's certificate authorities.
     Ca {
@@ -123,6 +129,22 @@ pub enum SessionCmd {
 pub enum Format {
     Asciicast,
     Json,
+}
+
+#[derive(Subcommand)]
+pub enum AccountCmd {
+    /// Store the private key bastion uses for LOGIN on TARGET when the certificate is refused.
+    Add {
+        target: String,
+        login: String,
+        /// OpenSSH private key file (unencrypted; bastion seals it).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// List stored accounts (public keys only).
+    List,
+    /// Remove a stored account key.
+    Remove { target: String, login: String },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +342,22 @@ impl Command {
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
             Command::Ca { cmd: CaCmd::Show } => Ok(Request::CaShow),
+            Command::Account { cmd } => Ok(match cmd {
+                AccountCmd::Add {
+                    target,
+                    login,
+                    key_file,
+                } => Request::AccountAdd {
+                    target,
+                    login,
+                    private_key: Secret::new(
+                        std::fs::read_to_string(&key_file)
+                            .map_err(|e| format!("key file {}: {e}", key_file.display()))?,
+                    ),
+                },
+                AccountCmd::List => Request::AccountList,
+                AccountCmd::Remove { target, login } => Request::AccountRemove { target, login },
+            }),
             Command::Session { cmd } => Ok(match cmd {
                 SessionCmd::List {
                     user,

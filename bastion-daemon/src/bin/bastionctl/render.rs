@@ -19,6 +19,12 @@ pub fn response(r: &Response) {
         Response::Sessions { sessions } => sessions_table(sessions),
         Response::Export { content, .. } => print!("{content}"),
         Response::Ca { user_ca } => println!("{user_ca}"),
+        Response::Accounts { accounts } if accounts.is_empty() => println!("(no stored accounts)"),
+        Response::Accounts { accounts } => {
+            for a in accounts {
+                println!("account {}@{}  {}", a.login, a.target, a.fingerprint);
+            }
+        }
         Response::HostKey {
             addr,
             key,
@@ -270,6 +276,16 @@ fn event_line(e: &AuditEvent) -> String {
         } => format!(
             "sign-in as `{username}` from {client} throttled after repeated failures ({remaining_secs}s left)"
         ),
+        AuditKind::AccountAdded {
+            target,
+            login,
+            fingerprint,
+        } => {
+            format!("stored a sealed key for {login}@{target} ({fingerprint})")
+        }
+        AuditKind::AccountRemoved { target, login } => {
+            format!("removed the stored key for {login}@{target}")
+        }
         AuditKind::SessionsInterrupted { sessions } => {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
