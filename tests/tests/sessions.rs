@@ -329,7 +329,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
         .unwrap()
         .iter()
         .filter(|f| f["kind"] == "sftp_op")
-        .map(|f| &f["sftp"])
+        .map(|f| &f["json"])
         .collect();
     let up_b = dir.join("up-b.bin").display().to_string();
     let len = 3u64 << 20;
@@ -435,6 +435,16 @@ fn local_forwarding_follows_the_forward_right() {
     let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
     let export = ok(&b, &["session", "export", &id, "--format", "json"]);
     assert!(export.contains("\"kind\":\"open\""), "{export}");
+    // The forward's close frame carries its traffic: at least the sshd banner came back.
+    let export: serde_json::Value = serde_json::from_str(&export).unwrap();
+    assert!(
+        export["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "close" && f["json"]["bytes_out"].as_u64() > Some(0)),
+        "{export}"
+    );
 }
 
 #[test]
@@ -983,5 +993,129 @@ fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
         audit.contains("stored a sealed key for root@web2")
             && audit.contains("removed the stored key for root@web2"),
         "{audit}"
+    );
+}
+
+/// Runs `cmd` on a fresh pseudo-terminal (as its controlling terminal); returns the master side.
+fn spawn_on_pty(
+    mut cmd: std::process::Command,
+    rows: u16,
+    cols: u16,
+) -> (std::fs::File, std::process::Child) {
+    use std::os::{fd::FromRawFd, unix::process::CommandExt};
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds we then own; the winsize outlives the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: the slave fd is ours; each Stdio takes its own duplicate.
+    let stdio = || unsafe { Stdio::from_raw_fd(libc::dup(slave)) };
+    cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    // SAFETY: closing our copy of the slave; the child holds its own.
+    unsafe { libc::close(slave) };
+    // SAFETY: the master fd is ours alone.
+    (unsafe { std::fs::File::from_raw_fd(master) }, child)
+}
+
+/// Reads from the pty master until `want` appears (bounded), returning what was read.
+fn read_until(master: &mut std::fs::File, want: &str) -> String {
+    use std::io::Read;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(master);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..100 {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+        if seen.contains(want) {
+            return seen;
+        }
+    }
+    panic!("never saw {want:?} in {seen:?}");
+}
+
+#[test]
+fn window_changes_reach_the_target_and_the_record() {
+    use std::io::Write;
+    let (lab, b) = setup();
+    let mut cmd = lab.ssh_via_bastion("root@web1", &["-tt"]).unwrap();
+    cmd.env("TERM", "xterm");
+    let (mut master, mut child) = spawn_on_pty(cmd, 24, 80);
+    master
+        .write_all(b"stty size; echo size-$((20+1))\n")
+        .unwrap();
+    let first = read_until(&mut master, "size-21");
+    assert!(first.contains("24 80"), "{first:?}");
+    // Resize the terminal: the kernel signals ssh, which sends window-change through bastion.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 132,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
+    assert_eq!(
+        unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        },
+        0
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    master
+        .write_all(b"stty size; echo size-$((30+2))\n")
+        .unwrap();
+    let second = read_until(&mut master, "size-32");
+    assert!(second.contains("40 132"), "{second:?}");
+    master.write_all(b"exit\n").unwrap();
+    let _ = child.wait();
+
+    let list = wait_all_closed(&b, 1);
+    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let cast = ok(&b, &["session", "export", &id]);
+    let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    assert!(
+        cast.lines()
+            .any(|l| l.contains("\"r\"") && l.contains("132x40")),
+        "resize missing:\n{cast}"
     );
 }

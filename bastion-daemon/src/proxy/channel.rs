@@ -32,6 +32,19 @@ pub enum Ctl {
 
 type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
 
+/// Bytes the client sent on the channel (the target-to-client task reports it at close).
+type BytesIn = Arc<std::sync::atomic::AtomicU64>;
+
+/// What both directions of one channel share.
+#[derive(Clone)]
+struct Shared {
+    id: u32,
+    pending: Pending,
+    sftp: Sftp,
+    bytes_in: BytesIn,
+    rec: Recorder,
+}
+
 /// SFTP operations of the channel, once it runs the `sftp` subsystem. The flag keeps other
 /// channels' hot path free of the lock.
 #[derive(Clone, Default)]
@@ -90,30 +103,31 @@ pub fn spawn(
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let (down_r, down_w) = down.split();
     let (up_r, up_w) = up.split();
-    let pending: Pending = Arc::default();
-    let sftp = Sftp::default();
-    tokio::spawn(client_to_target(
+    let shared = Shared {
         id,
-        down_r,
-        up_w,
-        ctl_rx,
-        pending.clone(),
-        sftp.clone(),
-        recorder.clone(),
-    ));
-    tokio::spawn(target_to_client(id, up_r, down_w, pending, sftp, recorder));
+        pending: Pending::default(),
+        sftp: Sftp::default(),
+        bytes_in: BytesIn::default(),
+        rec: recorder,
+    };
+    tokio::spawn(client_to_target(down_r, up_w, ctl_rx, shared.clone()));
+    tokio::spawn(target_to_client(up_r, down_w, shared));
     ctl_tx
 }
 
 async fn client_to_target(
-    id: u32,
     mut down: russh::ChannelReadHalf,
     up: russh::ChannelWriteHalf<client::Msg>,
     mut ctl: mpsc::Receiver<Ctl>,
-    pending: Pending,
-    sftp: Sftp,
-    rec: Recorder,
+    shared: Shared,
 ) {
+    let Shared {
+        id,
+        pending,
+        sftp,
+        bytes_in,
+        rec,
+    } = shared;
     let mut ctl_open = true;
     loop {
         tokio::select! {
@@ -140,6 +154,7 @@ async fn client_to_target(
                 let Some(msg) = msg else { break };
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
+                        bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         rec.record(Kind::Input, id, data.clone()).await;
                         sftp.feed(&rec, id, &data, true).await;
                         up.data_bytes(data).await
@@ -174,21 +189,28 @@ async fn client_to_target(
 }
 
 async fn target_to_client(
-    id: u32,
     mut up: russh::ChannelReadHalf,
     down: russh::ChannelWriteHalf<server::Msg>,
-    pending: Pending,
-    sftp: Sftp,
-    rec: Recorder,
+    shared: Shared,
 ) {
+    let Shared {
+        id,
+        pending,
+        sftp,
+        bytes_in,
+        rec,
+    } = shared;
+    let mut bytes_out = 0u64;
     while let Some(msg) = up.wait().await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
+                bytes_out += data.len() as u64;
                 rec.record(Kind::Output, id, data.clone()).await;
                 sftp.feed(&rec, id, &data, false).await;
                 down.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
+                bytes_out += data.len() as u64;
                 rec.record(Kind::Stderr, id, data.clone()).await;
                 down.extended_data_bytes(ext, data).await
             }
@@ -229,7 +251,12 @@ async fn target_to_client(
         }
     }
     sftp.finish(&rec, id).await;
-    rec.record(Kind::Close, id, Bytes::new()).await;
+    // The channel's totals, so a forward's open and close frames bracket its traffic.
+    let totals = format!(
+        r#"{{"bytes_in":{},"bytes_out":{bytes_out}}}"#,
+        bytes_in.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    rec.record(Kind::Close, id, Bytes::from(totals)).await;
     let _ = down.close().await;
 }
 

@@ -116,7 +116,9 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
             });
             // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
             match f.kind {
-                Kind::SftpOp => v["sftp"] = serde_json::from_slice(&f.data).unwrap_or_default(),
+                Kind::SftpOp | Kind::Close => {
+                    v["json"] = serde_json::from_slice(&f.data).unwrap_or_default()
+                }
                 Kind::Exec | Kind::Subsystem | Kind::Open | Kind::Refused | Kind::Signal => {
                     v["text"] = String::from_utf8_lossy(&f.data).into_owned().into()
                 }

@@ -35,6 +35,7 @@ pub enum Kind {
     InputEof = 9,
     /// Target sent EOF.
     OutputEof = 10,
+    /// Channel closed: JSON totals `{"bytes_in": n, "bytes_out": n}` (empty in older records).
     Close = 11,
     /// Exit status, u32 LE.
     ExitStatus = 12,
