@@ -176,13 +176,14 @@ impl ApplianceKeys {
     }
 }
 
-fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
+/// Reads a private file, refusing one that others can read; `None` if it does not exist.
+fn read_private(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
+    match std::fs::read(path) {
+        Ok(bytes) => {
             let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(KeyError::Exposed {
@@ -190,65 +191,58 @@ fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> 
                     mode,
                 });
             }
-            PrivateKey::from_openssh(&text).map_err(|e| KeyError::Format {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })
+            Ok(Some(bytes))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key =
-                PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| {
-                    KeyError::Format {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            key.set_comment(comment);
-            let text = key
-                .to_openssh(LineEnding::LF)
-                .map_err(|e| KeyError::Format {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            // Written with mode 0600 from the start, and only if absent (two starts never race
-            // each other into different keys).
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::write(
-                path.with_extension("pub"),
-                key.public_key().to_openssh().unwrap_or_default() + "\n",
-            )
-            .map_err(io)?;
-            tracing::info!(key = %path.display(), "generated {comment}");
-            Ok(key)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
     }
 }
 
-fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyError> {
+/// Creates a private file (mode 0600 from the start, and only if absent, so two starts never
+/// race each other into different keys) and makes it durable.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => {
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Exposed {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-            b
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
+    let format = |reason: String| KeyError::Format {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some(bytes) = read_private(path)? {
+        return PrivateKey::from_openssh(&bytes).map_err(|e| format(e.to_string()));
+    }
+    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| format(e.to_string()))?;
+    key.set_comment(comment);
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| format(e.to_string()))?;
+    write_private(path, text.as_bytes())?;
+    let public = key.public_key().to_openssh().unwrap_or_default() + "\n";
+    std::fs::write(path.with_extension("pub"), public).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    tracing::info!(key = %path.display(), "generated {comment}");
+    Ok(key)
+}
+
+fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyError> {
+    let bytes = match read_private(path)? {
+        Some(bytes) => bytes,
+        None => {
             let mut k = vec![0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k).map_err(
                 |_| KeyError::Format {
@@ -256,17 +250,9 @@ fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyErro
                     reason: "no randomness".into(),
                 },
             )?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut f, &k).map_err(io)?;
-            f.sync_all().map_err(io)?;
+            write_private(path, &k)?;
             k
         }
-        Err(e) => return Err(io(e)),
     };
     let key =
         ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes).map_err(|_| {

@@ -174,12 +174,7 @@ impl Lab {
         role: &str,
         program: impl AsRef<std::ffi::OsStr>,
     ) -> anyhow::Result<Command> {
-        sys::command_in(
-            program,
-            Some(&self.name.netns(role)),
-            &self.name.clients_cgroup(),
-        )
-        .with_context(|| format!("preparing a command in {role}"))
+        self.command_in(role, program, &self.name.clients_cgroup())
     }
 
     /// A command in namespace `role` that is *not* held to enforcement (the lab's hosts cgroup):
@@ -189,12 +184,17 @@ impl Lab {
         role: &str,
         program: impl AsRef<std::ffi::OsStr>,
     ) -> anyhow::Result<Command> {
-        sys::command_in(
-            program,
-            Some(&self.name.netns(role)),
-            &self.name.hosts_cgroup(),
-        )
-        .with_context(|| format!("preparing a command in {role}"))
+        self.command_in(role, program, &self.name.hosts_cgroup())
+    }
+
+    fn command_in(
+        &self,
+        role: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        cgroup: &std::path::Path,
+    ) -> anyhow::Result<Command> {
+        sys::command_in(program, Some(&self.name.netns(role)), cgroup)
+            .with_context(|| format!("preparing a command in {role}"))
     }
 
     /// Starts bastiond with the lab's config and waits until it answers.

@@ -94,20 +94,8 @@ fn hosts_run_real_sshd_reachable_through_the_bastion_router() {
         let out = lab
             .command("admin", "ssh")
             .unwrap()
-            .args(["-i"])
-            .arg(&info.admin_key)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "ConnectTimeout=5",
-            ])
+            .args(lab.ssh_options())
+            .args(["-o", "ConnectTimeout=5"])
             .arg(format!("root@{}", host.addr))
             .arg("cat /proc/sys/kernel/hostname; ip -brief addr show eth0")
             .output()

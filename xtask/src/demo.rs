@@ -160,19 +160,9 @@ fn show(out: &Output) {
 
 /// A real OpenSSH client on the bastion host, not in bastiond's cgroup.
 fn ssh_from_bastion(lab: &Lab) -> anyhow::Result<Output> {
-    let info = lab.info();
     lab.command("bastion", "ssh")?
-        .arg("-i")
-        .arg(&info.admin_key)
+        .args(lab.ssh_options())
         .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
             "-o",
             "ConnectTimeout=5",
             &format!("root@{WEB1}"),
