@@ -250,10 +250,20 @@ impl Lab {
     /// `ssh` from the admin namespace through bastiond's explicit listener, as `dest`
     /// (`login@target`), with the lab's admin key and the given extra arguments.
     pub fn ssh_via_bastion(&self, dest: &str, extra: &[&str]) -> anyhow::Result<Command> {
+        self.ssh_via_bastion_as(&self.info.admin_key, dest, extra)
+    }
+
+    /// Like [`Lab::ssh_via_bastion`], offering only the key (and certificate) at `identity`.
+    pub fn ssh_via_bastion_as(
+        &self,
+        identity: &std::path::Path,
+        dest: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
         let mut cmd = self.command("admin", "ssh")?;
         // ssh keeps the first value of an option, so `extra` overrides the defaults below.
         cmd.args(extra)
-            .args(self.ssh_options())
+            .args(self.ssh_options_for(identity))
             .args([
                 "-p",
                 &crate::bastiond::SSH_PORT.to_string(),
@@ -266,9 +276,14 @@ impl Lab {
 
     /// The ssh options `ssh_via_bastion` uses, as one `-e` string for rsync or as `-o` args.
     pub fn ssh_options(&self) -> Vec<String> {
+        self.ssh_options_for(&self.info.admin_key)
+    }
+
+    /// The same options, offering only the key at `identity` (and its `-cert.pub`, if any).
+    pub fn ssh_options_for(&self, identity: &std::path::Path) -> Vec<String> {
         vec![
             "-i".into(),
-            self.info.admin_key.display().to_string(),
+            identity.display().to_string(),
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),

@@ -53,19 +53,12 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
     // 200 sign-ins with a key bastion does not know, 25 at a time, from 198.51.100.10.
     let mallory = info.run_dir.join("mallory_ed25519");
     sshd::keygen(&mallory, "mallory").unwrap();
-    let mallory_opts = [
-        "-i",
-        mallory.to_str().unwrap(),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-b",
-        "198.51.100.10",
-    ];
+    let mallory_opts = ["-b", "198.51.100.10"];
     let mut refused = 0;
     for _ in 0..8 {
         let batch: Vec<_> = (0..25)
             .map(|_| {
-                lab.ssh_via_bastion("root@web1", &mallory_opts)
+                lab.ssh_via_bastion_as(&mallory, "root@web1", &mallory_opts)
                     .unwrap()
                     .arg("true")
                     .stdin(Stdio::null())

@@ -68,6 +68,8 @@ pub struct SessionActor {
     /// Agent channels the target opens; only accepted after an allowed agent request.
     agent_rx: Option<mpsc::Receiver<AgentChannel>>,
     agent_allowed: bool,
+    /// Keys or certificates refused on this connection so far.
+    refused_attempts: u32,
 }
 
 fn now_secs() -> u64 {
@@ -97,6 +99,7 @@ impl SessionActor {
             client_handle: None,
             agent_rx: None,
             agent_allowed: false,
+            refused_attempts: 0,
         }
     }
 
@@ -218,11 +221,11 @@ impl SessionActor {
     }
 
     /// Audits a refused key or certificate and counts it against the source.
-    async fn failed(&self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
+    /// Audits a refused key or certificate. The source is charged once, when the connection ends
+    /// without signing in: a client offering its plain key before its certificate is not failing.
+    async fn failed(&mut self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
         self.audit_login(username, key, None, false, why).await;
-        if self.ctx.failed_login(self.client.ip()) {
-            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
-        }
+        self.refused_attempts += 1;
     }
 
     /// The bastion user a certificate signs in: a user that trusts the certificate's CA and is
@@ -559,6 +562,12 @@ impl SessionActor {
     }
 
     async fn finish(mut self) {
+        if self.identity.is_none()
+            && self.refused_attempts > 0
+            && self.ctx.failed_login(self.client.ip())
+        {
+            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
+        }
         self.channels.clear();
         if let Some(route) = self.route.take() {
             drop(route.recorder);
