@@ -197,6 +197,21 @@ impl Lab {
             .with_context(|| format!("preparing a command in {role}"))
     }
 
+    /// Starts a plain OpenSSH sshd on the bastion host (198.51.100.1:22): the unaudited jump
+    /// host that benchmarks compare bastion with. It runs outside enforcement, like any blind
+    /// tunnel would; nothing but benchmarks uses it.
+    pub fn start_jump_host(&mut self) -> anyhow::Result<HostInfo> {
+        let (info, child) = sshd::start_in(
+            &self.name,
+            "jump",
+            "bastion",
+            BASTION_ADMIN_ADDR,
+            &self.info.authorized_keys,
+        )?;
+        self.sshds.push(child);
+        Ok(info)
+    }
+
     /// Starts bastiond with the lab's config and waits until it answers.
     pub fn start_bastiond(&self) -> anyhow::Result<Bastiond> {
         Bastiond::start(&self.name, &self.info.bastiond)

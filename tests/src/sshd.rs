@@ -48,6 +48,18 @@ pub fn start(
     addr: &str,
     authorized_keys: &Path,
 ) -> anyhow::Result<(HostInfo, Child)> {
+    start_in(name, host, host, addr, authorized_keys)
+}
+
+/// Starts an sshd labelled `host` in the namespace of `role` (e.g. a plain jump host in the
+/// bastion namespace, for benchmarks).
+pub fn start_in(
+    name: &LabName,
+    host: &str,
+    role: &str,
+    addr: &str,
+    authorized_keys: &Path,
+) -> anyhow::Result<(HostInfo, Child)> {
     let dir = name.run_dir().join(host);
     std::fs::create_dir_all(&dir)?;
     // sshd's privilege-separation directory; the package normally creates it at boot.
@@ -83,7 +95,7 @@ pub fn start(
             ca = ca_keys.display(),
         ),
     )?;
-    let netns = name.netns(host);
+    let netns = name.netns(role);
     let logfile = std::fs::File::create(&log)?;
     let child = sys::command_in(SSHD, Some(&netns), &name.hosts_cgroup())
         .with_context(|| format!("preparing sshd for {host}"))?

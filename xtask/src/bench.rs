@@ -2,7 +2,9 @@
 //! lab, printed as a table with ratios and written as JSON. Release binaries.
 //!
 //! Paths: `direct` is OpenSSH straight to web1's sshd (from the admin host, outside enforcement);
-//! `bastion` is the same client through bastiond's explicit listener, recording on.
+//! `jump` is OpenSSH through a plain sshd on the bastion host (`-W`, no audit), the practical
+//! limit of any terminating path on shared cores; `bastion` is the same client through
+//! bastiond's explicit listener, recording on.
 
 use std::{
     io::{Read, Write},
@@ -42,6 +44,16 @@ impl Path<'_> {
     fn ssh(&self, extra: &[&str]) -> anyhow::Result<Command> {
         match self.name {
             "bastion" => self.lab.ssh_via_bastion("root@web1", extra),
+            "jump" => {
+                let opts = self.lab.ssh_options().join(" ");
+                let proxy = format!("ProxyCommand=ssh {opts} -W %h:%p root@198.51.100.1");
+                let mut c = self.lab.command("admin", "ssh")?;
+                c.args(extra)
+                    .args(["-o", &proxy])
+                    .args(self.lab.ssh_options())
+                    .arg("root@203.0.113.10");
+                Ok(c)
+            }
             _ => {
                 let mut c = self.lab.command_unenforced("admin", "ssh")?;
                 c.args(extra)
@@ -64,84 +76,148 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let down = args.down_mib.unwrap_or(if args.quick { 64 } else { 512 });
     let up = args.up_mib.unwrap_or(if args.quick { 32 } else { 256 });
     let samples = args.samples.unwrap_or(if args.quick { 50 } else { 200 });
+    let setups = if args.quick { 10 } else { 50 };
 
-    let lab = Lab::up()?;
+    let mut lab = Lab::up()?;
+    lab.start_jump_host()?;
     let b = lab.start_bastiond()?;
     lab.enroll_alice(&b)?;
 
-    let paths = [
-        Path {
-            name: "direct",
-            lab: &lab,
-        },
-        Path {
-            name: "bastion",
-            lab: &lab,
-        },
-    ];
+    let paths = ["direct", "jump", "bastion"].map(|name| Path { name, lab: &lab });
     let mut results = serde_json::Map::new();
     for p in &paths {
         eprintln!(
-            "==> {}: download {down} MiB, upload {up} MiB, {samples} echo samples",
+            "==> {}: download {down} MiB, upload {up} MiB, {samples} echo samples, {setups} setups",
             p.name
         );
         let rss_before = rss_kib(&b);
         let down_mbs = throughput(p, down, true)?;
         let up_mbs = throughput(p, up, false)?;
         let (p50, p99) = echo_latency(p, samples)?;
+        let setup = setup_rate(p, setups)?;
         results.insert(
             p.name.into(),
             json!({
                 "down_mb_s": down_mbs, "up_mb_s": up_mbs, "echo_p50_us": p50, "echo_p99_us": p99,
+                "sessions_per_s": setup,
                 "bastiond_rss_kib_before": rss_before, "bastiond_rss_kib_after": rss_kib(&b),
                 "bastiond_peak_rss_kib": peak_rss_kib(&b),
             }),
         );
     }
-    let d = &results["direct"];
-    let x = &results["bastion"];
-    let ratio = |k: &str| x[k].as_f64().unwrap_or(0.0) / d[k].as_f64().unwrap_or(f64::NAN);
+    let (d, jmp, x) = (&results["direct"], &results["jump"], &results["bastion"]);
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "\n{:<22}{:>12}{:>12}{:>16}",
-        "figure", "direct", "bastion", "bastion/direct"
+        "\n{:<16}{:>10}{:>10}{:>10}{:>16}{:>14}",
+        "figure", "direct", "jump", "bastion", "bastion/direct", "bastion/jump"
     );
     for (k, label) in [
         ("down_mb_s", "download MB/s"),
         ("up_mb_s", "upload MB/s"),
         ("echo_p50_us", "echo p50 µs"),
         ("echo_p99_us", "echo p99 µs"),
+        ("sessions_per_s", "sessions/s"),
     ] {
         println!(
-            "{label:<22}{:>12.1}{:>12.1}{:>16.2}",
-            d[k].as_f64().unwrap_or(0.0),
-            x[k].as_f64().unwrap_or(0.0),
-            ratio(k)
+            "{label:<16}{:>10.1}{:>10.1}{:>10.1}{:>16.2}{:>14.2}",
+            f(d, k),
+            f(jmp, k),
+            f(x, k),
+            f(x, k) / f(d, k),
+            f(x, k) / f(jmp, k)
         );
     }
     println!(
-        "bastiond RSS: {} KiB before, {} KiB after, peak {} KiB (through {} MiB down + {} MiB up per path)",
-        x["bastiond_rss_kib_before"],
-        x["bastiond_rss_kib_after"],
-        x["bastiond_peak_rss_kib"],
-        down,
-        up
+        "bastiond RSS: {} KiB before its path, {} KiB after, peak {} KiB (through {down} MiB down + {up} MiB up)",
+        x["bastiond_rss_kib_before"], x["bastiond_rss_kib_after"], x["bastiond_peak_rss_kib"]
     );
-    let store = b.ctl_ok(&["--json", "status"])?;
-    let store: serde_json::Value = serde_json::from_str(&store)?;
+    let random = disk_per_byte(&b, &paths[2], "head -c 33554432 /dev/urandom", 32 << 20)?;
+    let text = disk_per_byte(
+        &b,
+        &paths[2],
+        "find / -xdev 2>/dev/null | head -c 16777216",
+        0,
+    )?;
     println!(
-        "store size after the run: {} bytes",
-        store["store"]["size_bytes"]
+        "recorded bytes per byte carried: {:.3} incompressible, {:.3} file-listing text (sled store grew {:.3} and {:.3} per byte)",
+        random.0, text.0, random.1, text.1
     );
+    let summary = json!({
+        "sizes_mib": {"down": down, "up": up},
+        "samples": samples,
+        "setups": setups,
+        "results": results,
+        "recorded_bytes_per_byte": {"incompressible": random.0, "text": text.0},
+        "store_growth_per_byte": {"incompressible": random.1, "text": text.1},
+    });
     let out = workspace().join("target/bench/results.json");
     std::fs::create_dir_all(out.parent().context("path")?)?;
-    std::fs::write(
-        &out,
-        serde_json::to_vec_pretty(
-            &json!({"sizes_mib": {"down": down, "up": up}, "samples": samples, "results": results}),
-        )?,
-    )?;
+    std::fs::write(&out, serde_json::to_vec_pretty(&summary)?)?;
     println!("results: {}", out.display());
     Ok(())
+}
+
+/// Sessions per second for `n` sequential `ssh host true`.
+fn setup_rate(p: &Path, n: usize) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let st = p
+            .ssh(&[])?
+            .arg("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("{}: `ssh host true` failed ({st})", p.name);
+        }
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn store_bytes(b: &Bastiond) -> anyhow::Result<u64> {
+    let s: serde_json::Value = serde_json::from_str(&b.ctl_ok(&["--json", "status"])?)?;
+    s["store"]["size_bytes"].as_u64().context("store size")
+}
+
+/// Recorded bytes per byte carried while `remote` streams its output through bastion:
+/// (what the recorder stored for the session, what the store as a whole grew by).
+/// `expected` is the byte count to check, or 0 to take what arrived.
+fn disk_per_byte(
+    b: &Bastiond,
+    p: &Path,
+    remote: &str,
+    expected: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let before = store_bytes(b)?;
+    let out = p
+        .ssh(&[])?
+        .arg(remote)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    let carried = out.stdout.len() as u64;
+    if carried == 0 || (expected != 0 && carried != expected) {
+        bail!("recording measurement: carried {carried} bytes");
+    }
+    // The record closes just after the client exits.
+    let mut stored = None;
+    for _ in 0..100 {
+        let list: serde_json::Value =
+            serde_json::from_str(&b.ctl_ok(&["--json", "session", "list", "--closed"])?)?;
+        let newest = &list["sessions"][0];
+        if newest["bytes_out"].as_u64() == Some(carried) {
+            stored = newest["stored_bytes"].as_u64();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored = stored.context("the measured session never closed")?;
+    let grown = store_bytes(b)?.saturating_sub(before);
+    Ok((
+        stored as f64 / carried as f64,
+        grown as f64 / carried as f64,
+    ))
 }
 
 /// MB/s (10^6 bytes) of one transfer of `mib` MiB, down (target → client) or up.

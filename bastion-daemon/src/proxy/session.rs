@@ -454,6 +454,7 @@ impl SessionActor {
             blocks: 0,
             bytes_in: 0,
             bytes_out: 0,
+            stored_bytes: 0,
         };
         let store = self.ctx.store.clone();
         let m = meta.clone();

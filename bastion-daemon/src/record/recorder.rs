@@ -119,7 +119,9 @@ async fn write_block(store: &Arc<Store>, meta: &mut SessionMeta, buf: &mut Vec<u
     let mut next = meta.clone();
     next.blocks += 1;
     let result = tokio::task::spawn_blocking(move || -> Result<SessionMeta, String> {
+        let mut next = next;
         let stored = block::compress(&raw).map_err(|e| e.to_string())?;
+        next.stored_bytes += stored.len() as u64;
         store
             .put_block(&next, next.blocks - 1, &stored)
             .map_err(|e| e.to_string())?;

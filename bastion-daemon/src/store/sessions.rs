@@ -37,6 +37,9 @@ pub struct SessionMeta {
     pub blocks: u32,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes of recorded blocks (compressed) stored for the session.
+    #[serde(default)]
+    pub stored_bytes: u64,
 }
 
 /// Which sessions a listing shows. Every field that is set must match.
@@ -185,6 +188,7 @@ mod tests {
             blocks: 0,
             bytes_in: 0,
             bytes_out: 0,
+            stored_bytes: 0,
         }
     }
 
