@@ -53,6 +53,11 @@ pub struct SshConfig {
     pub failure_window_secs: u64,
     #[serde(default = "default_failure_penalty")]
     pub failure_penalty_secs: u64,
+    /// Failed connections for one SSH user name (`login@target`), from any source, within the
+    /// window that refuse that name for the penalty. 0 disables. Kept higher than the
+    /// per-source limit: anyone can spend another user's budget.
+    #[serde(default = "default_max_failures_per_user")]
+    pub max_failures_per_user: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +86,9 @@ fn default_login_grace() -> u64 {
 fn default_max_failures() -> u32 {
     20
 }
+fn default_max_failures_per_user() -> u32 {
+    100
+}
 fn default_failure_window() -> u64 {
     60
 }
@@ -102,6 +110,7 @@ impl Default for SshConfig {
             max_failures: default_max_failures(),
             failure_window_secs: default_failure_window(),
             failure_penalty_secs: default_failure_penalty(),
+            max_failures_per_user: default_max_failures_per_user(),
         }
     }
 }

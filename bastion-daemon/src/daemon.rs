@@ -95,6 +95,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
     let policy = Arc::new(Mutex::new(policy));
+    let limits = |max_failures: u32| proxy::ratelimit::Limits {
+        max_failures: max_failures.max(1),
+        window: Duration::from_secs(config.ssh.failure_window_secs),
+        penalty: Duration::from_secs(config.ssh.failure_penalty_secs),
+    };
     let proxy = Arc::new(ProxyContext {
         store: store.clone(),
         policy: policy.clone(),
@@ -116,11 +121,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         connect_timeout: Duration::from_secs(config.ssh.connect_timeout_secs),
         flush_interval: Duration::from_millis(config.record.flush_interval_ms),
         login_grace: Duration::from_secs(config.ssh.login_grace_secs),
-        limiter: Mutex::new(proxy::ratelimit::Limiter::new(proxy::ratelimit::Limits {
-            max_failures: config.ssh.max_failures.max(1),
-            window: Duration::from_secs(config.ssh.failure_window_secs),
-            penalty: Duration::from_secs(config.ssh.failure_penalty_secs),
-        })),
+        limiter: Mutex::new(proxy::ratelimit::Limiter::new(limits(
+            config.ssh.max_failures,
+        ))),
+        user_limiter: (config.ssh.max_failures_per_user > 0).then(|| {
+            Mutex::new(proxy::ratelimit::Limiter::new(limits(
+                config.ssh.max_failures_per_user,
+            )))
+        }),
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),

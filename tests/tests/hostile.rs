@@ -58,7 +58,7 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
     for _ in 0..8 {
         let batch: Vec<_> = (0..25)
             .map(|_| {
-                lab.ssh_via_bastion_as(&mallory, "root@web1", &mallory_opts)
+                lab.ssh_via_bastion_as(&mallory, "guess@web1", &mallory_opts)
                     .unwrap()
                     .arg("true")
                     .stdin(Stdio::null())
@@ -87,6 +87,17 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
         "throttled source got through"
     );
     assert_alice_works(&lab, &["-b", "198.51.100.11"]);
+    // The user name the flood went after is refused from any source, at sign-in.
+    let named = ssh(
+        &lab,
+        "guess@web1",
+        &["-b", "198.51.100.11", "-o", "LogLevel=INFO"],
+    );
+    let stderr = String::from_utf8_lossy(&named.stderr);
+    assert!(
+        !named.status.success() && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
 
     // The stalled client was disconnected at the end of the login grace time.
     let out = stalled.wait_with_output().unwrap();
@@ -98,7 +109,7 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
     let audit = b.ctl_ok(&["audit", "--limit", "1000"]).unwrap();
     let refusals = audit
         .lines()
-        .filter(|l| l.contains("login refused for `root@web1`"))
+        .filter(|l| l.contains("login refused for `guess@web1`"))
         .count();
     assert!(refusals >= 20, "{refusals} refused logins audited");
     assert!(

@@ -37,24 +37,35 @@ pub struct ProxyContext {
     pub flush_interval: Duration,
     /// A connection that has not signed in by then is closed.
     pub login_grace: Duration,
-    pub limiter: Mutex<ratelimit::Limiter>,
+    pub limiter: Mutex<ratelimit::Limiter<std::net::IpAddr>>,
+    /// Per SSH user name (`login@target`); `None` when disabled.
+    pub user_limiter: Option<Mutex<ratelimit::Limiter<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ProxyContext {
-    /// `Err(remaining)` while `ip` is refused for failed sign-ins.
-    pub fn limited(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(ip, std::time::Instant::now())
+    /// `Err(remaining)` while sign-ins from `ip`, or as `username`, are refused after failures.
+    pub fn limited(&self, ip: std::net::IpAddr, username: &str) -> Result<(), Duration> {
+        let now = std::time::Instant::now();
+        lock(&self.limiter).check(&ip, now)?;
+        match &self.user_limiter {
+            Some(l) => lock(l).check(&username.to_owned(), now),
+            None => Ok(()),
+        }
     }
 
-    /// Counts a failed sign-in; true if it started a penalty.
-    pub fn failed_login(&self, ip: std::net::IpAddr) -> bool {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failure(ip, std::time::Instant::now())
+    /// Charges a connection that never signed in; true if it started a penalty.
+    pub fn failed_login(&self, ip: std::net::IpAddr, username: &str) -> bool {
+        let now = std::time::Instant::now();
+        let by_ip = lock(&self.limiter).failure(ip, now);
+        let by_user = match &self.user_limiter {
+            Some(l) => lock(l).failure(username.to_owned(), now),
+            None => false,
+        };
+        by_ip || by_user
     }
 
     pub fn policy(&self) -> Policy {

@@ -1,9 +1,10 @@
-//! Failed sign-in limiting per source address: after `max_failures` within `window`, a source is
-//! refused outright for `penalty`. Pure bookkeeping over instants the caller passes in.
+//! Failed sign-in limiting (per source address, per user name): after `max_failures` within
+//! `window`, a key is refused outright for `penalty`. Pure bookkeeping over instants the caller
+//! passes in.
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    hash::Hash,
     time::{Duration, Instant},
 };
 
@@ -25,12 +26,12 @@ struct Entry {
 }
 
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Limiter<K> {
     limits: Limits,
-    sources: HashMap<IpAddr, Entry>,
+    sources: HashMap<K, Entry>,
 }
 
-impl Limiter {
+impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(limits: Limits) -> Self {
         Limiter {
             limits,
@@ -39,20 +40,20 @@ impl Limiter {
     }
 
     /// `Err(remaining)` while `ip` is being refused.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        match self.sources.get(&ip).and_then(|e| e.blocked_until) {
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        match self.sources.get(key).and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
     }
 
     /// Counts a failure; returns true if this failure started a penalty.
-    pub fn failure(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&ip) {
+    pub fn failure(&mut self, key: K, now: Instant) -> bool {
+        if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&key) {
             self.prune(now);
         }
         let limits = self.limits;
-        let e = self.sources.entry(ip).or_default();
+        let e = self.sources.entry(key).or_default();
         match e.window_start {
             Some(start) if now.duration_since(start) < limits.window => e.failures += 1,
             _ => {
@@ -78,8 +79,8 @@ impl Limiter {
         });
         if self.sources.len() >= MAX_TRACKED {
             // Still full of live entries: forget one arbitrary source rather than grow.
-            if let Some(ip) = self.sources.keys().next().copied() {
-                self.sources.remove(&ip);
+            if let Some(k) = self.sources.keys().next().cloned() {
+                self.sources.remove(&k);
             }
         }
     }
@@ -97,23 +98,23 @@ mod tests {
             penalty: Duration::from_secs(60),
         };
         let mut l = Limiter::new(limits);
-        let a: IpAddr = "198.51.100.10".parse().unwrap();
-        let b: IpAddr = "198.51.100.11".parse().unwrap();
+        let a: std::net::IpAddr = "198.51.100.10".parse().unwrap();
+        let b: std::net::IpAddr = "198.51.100.11".parse().unwrap();
         let t0 = Instant::now();
         assert!(!l.failure(a, t0));
         assert!(!l.failure(a, t0 + Duration::from_secs(1)));
-        assert!(l.check(a, t0).is_ok());
+        assert!(l.check(&a, t0).is_ok());
         assert!(
             l.failure(a, t0 + Duration::from_secs(2)),
             "third failure starts the penalty"
         );
-        assert!(l.check(a, t0 + Duration::from_secs(3)).is_err());
+        assert!(l.check(&a, t0 + Duration::from_secs(3)).is_err());
         assert!(
-            l.check(b, t0 + Duration::from_secs(3)).is_ok(),
+            l.check(&b, t0 + Duration::from_secs(3)).is_ok(),
             "other sources unaffected"
         );
         assert!(
-            l.check(a, t0 + Duration::from_secs(63)).is_ok(),
+            l.check(&a, t0 + Duration::from_secs(63)).is_ok(),
             "penalty over"
         );
         // Failures spread wider than the window never add up.

@@ -70,6 +70,8 @@ pub struct SessionActor {
     agent_allowed: bool,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
+    /// The SSH user name last tried (charged with the source when the connection fails).
+    last_username: String,
 }
 
 fn now_secs() -> u64 {
@@ -100,6 +102,7 @@ impl SessionActor {
             agent_rx: None,
             agent_allowed: false,
             refused_attempts: 0,
+            last_username: String::new(),
         }
     }
 
@@ -198,11 +201,14 @@ impl SessionActor {
         self.finish().await;
     }
 
-    /// True (and audited once per connection) while the client's source is refused.
+    /// True (and audited once per connection) while the client's source or user name is refused.
     async fn rate_limited(&mut self, username: &str) -> bool {
-        let Err(remaining) = self.ctx.limited(self.client.ip()) else {
+        self.last_username = username.chars().take(256).collect();
+        let Err(remaining) = self.ctx.limited(self.client.ip(), username) else {
             return false;
         };
+        // A throttled attempt is still a failed connection (for the user name's count too).
+        self.refused_attempts += 1;
         if !self.limited_logged {
             self.limited_logged = true;
             self.audit(AuditKind::SignInThrottled {
@@ -565,9 +571,9 @@ impl SessionActor {
     async fn finish(mut self) {
         if self.identity.is_none()
             && self.refused_attempts > 0
-            && self.ctx.failed_login(self.client.ip())
+            && self.ctx.failed_login(self.client.ip(), &self.last_username)
         {
-            tracing::warn!(client = %self.client.ip(), "too many failed sign-ins: source refused for a while");
+            tracing::warn!(client = %self.client.ip(), username = %self.last_username, "too many failed sign-ins: source or user name refused for a while");
         }
         self.channels.clear();
         if let Some(route) = self.route.take() {
