@@ -179,16 +179,13 @@ impl SessionActor {
                     channel,
                     reply,
                 } => {
-                    match self.open(kind, channel).await {
-                        Ok(()) => reply.accept().await,
-                        Err(reason) => {
-                            reply
-                                .reject(ChannelOpenFailure::Other {
-                                    code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
-                                    reason: format!("bastion: {reason}"),
-                                })
-                                .await
-                        }
+                    if let Err((reason, reply)) = self.open(kind, channel, reply).await {
+                        reply
+                            .reject(ChannelOpenFailure::Other {
+                                code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                                reason: format!("bastion: {reason}"),
+                            })
+                            .await
                     }
                 }
                 Event::Request {
@@ -271,11 +268,41 @@ impl SessionActor {
             .map(|u| u.name.clone())
     }
 
+    /// Opens the target side of a client channel, accepts the client's channel, and only then
+    /// starts pumping (a target may talk first, e.g. a forwarded service's banner).
     async fn open(
         &mut self,
         kind: OpenKind,
         down: russh::Channel<russh::server::Msg>,
-    ) -> Result<(), String> {
+        reply: russh::server::ChannelOpenHandle,
+    ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
+        match self.open_target(&kind, u32::from(down.id())).await {
+            Err(reason) => Err((reason, reply)),
+            Ok(up) => {
+                reply.accept().await;
+                let Some(route) = &self.route else {
+                    return Ok(());
+                };
+                let channel_id = down.id();
+                route
+                    .recorder
+                    .record(Kind::Open, u32::from(channel_id), open_label(&kind).into())
+                    .await;
+                let stderr = Box::new(down.make_writer_ext(Some(1)));
+                let ctl = channel::spawn(down, up, route.recorder.clone());
+                self.channels
+                    .insert(channel_id, ChannelEntry { ctl, stderr });
+                Ok(())
+            }
+        }
+    }
+
+    /// Routes the connection if needed, checks policy for `kind`, and opens the target side.
+    async fn open_target(
+        &mut self,
+        kind: &OpenKind,
+        id: u32,
+    ) -> Result<russh::Channel<russh::client::Msg>, String> {
         if let Some(reason) = &self.refused {
             return Err(reason.clone());
         }
@@ -296,9 +323,7 @@ impl SessionActor {
                 }
             }
         }
-        let channel_id = down.id();
-        let id = u32::from(channel_id);
-        if let OpenKind::DirectTcpip { host, port, .. } = &kind
+        if let OpenKind::DirectTcpip { host, port, .. } = kind
             && let Err(reason) = self.allowed(&[Right::Forward])
         {
             self.refuse(id, format!("forward to {host}:{port}"), reason.clone())
@@ -307,7 +332,7 @@ impl SessionActor {
         }
         let route = self.route.as_ref().ok_or("internal: no route")?;
         let handle = &route.upstream.handle;
-        let up = match &kind {
+        match kind {
             OpenKind::Session => handle.channel_open_session().await,
             OpenKind::DirectTcpip {
                 host,
@@ -325,16 +350,7 @@ impl SessionActor {
                     .await
             }
         }
-        .map_err(|e| format!("target {}: cannot open the channel: {e}", route.target))?;
-        route
-            .recorder
-            .record(Kind::Open, id, open_label(&kind).into())
-            .await;
-        let stderr = Box::new(down.make_writer_ext(Some(1)));
-        let ctl = channel::spawn(down, up, route.recorder.clone());
-        self.channels
-            .insert(channel_id, ChannelEntry { ctl, stderr });
-        Ok(())
+        .map_err(|e| format!("target {}: cannot open the channel: {e}", route.target))
     }
 
     /// Ok if any of `rights` is granted to the signed-in user on the routed target, else the
