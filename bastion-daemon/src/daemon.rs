@@ -197,9 +197,7 @@ impl Handler for Daemon {
                     sessions: all.into_iter().filter(|s| filter.matches(s)).collect(),
                 })
                 .map_err(|e| e.to_string()),
-            Request::SessionShow { id } => self
-                .session(id)
-                .map(|m| Response::Sessions { sessions: vec![m] }),
+            Request::SessionShow { id } => self.show(id),
             Request::SessionExport { id, format } => self.export(id, format),
             Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
             Request::AccountAdd {
@@ -340,6 +338,15 @@ impl Daemon {
             .ok_or_else(|| format!("session {id} does not exist"))
     }
 
+    fn show(&self, id: u64) -> Result<Response, String> {
+        let session = self.session(id)?;
+        let frames = self.store.session_frames(id).map_err(|e| e.to_string())?;
+        Ok(Response::Session {
+            session,
+            activity: export::activity(&frames),
+        })
+    }
+
     fn export(&self, id: u64, format: ExportFormat) -> Result<Response, String> {
         let meta = self.session(id)?;
         let frames = self.store.session_frames(id).map_err(|e| e.to_string())?;
@@ -371,6 +378,19 @@ impl Daemon {
 
     fn remove(&self, peer: Peer, kind: EntityKind, name: &str) -> Result<AuditEvent, String> {
         let mut policy = lock(&self.policy);
+        if kind == EntityKind::Target {
+            let logins: Vec<String> = (self.store.accounts().map_err(|e| e.to_string())?)
+                .into_iter()
+                .filter(|a| a.target == name)
+                .map(|a| a.login)
+                .collect();
+            if !logins.is_empty() {
+                return Err(format!(
+                    "target `{name}` has stored account keys ({}); remove them first with `bastionctl account remove`",
+                    logins.join(", ")
+                ));
+            }
+        }
         policy::check_remove(&policy, kind, name).map_err(|e| e.to_string())?;
         let mut next = policy.clone();
         next.remove(kind, name);

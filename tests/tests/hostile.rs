@@ -230,7 +230,7 @@ fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
     let b = lab.start_bastiond().expect("restart");
     let show: serde_json::Value =
         serde_json::from_str(&b.ctl_ok(&["--json", "session", "show", &id]).unwrap()).unwrap();
-    assert_eq!(show["sessions"][0]["state"], "interrupted");
+    assert_eq!(show["session"]["state"], "interrupted");
     assert!(
         b.ctl_ok(&["session", "export", &id])
             .unwrap()

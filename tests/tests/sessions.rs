@@ -150,6 +150,17 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
     assert_eq!(count(&["--live"]), 0);
 
     let first = list[1]["id"].as_u64().unwrap().to_string();
+    let shown = ok(&b, &["session", "show", &first]);
+    for want in [
+        "exec echo out; echo err >&2; exit 7",
+        "exit status 7",
+        "close (0 bytes in, 8 bytes out)",
+    ] {
+        assert!(
+            shown.contains(want),
+            "session show lacks {want:?}:\n{shown}"
+        );
+    }
     let export: serde_json::Value =
         serde_json::from_str(&ok(&b, &["session", "export", &first, "--format", "json"])).unwrap();
     let kinds: Vec<&str> = export["frames"]
@@ -953,6 +964,8 @@ fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
     assert!(listed.contains("account root@web2  SHA256:"), "{listed}");
     assert!(!ok(&b, &["--json", "account", "list"]).contains("PRIVATE KEY"));
 
+    let refused = b.ctl(&["target", "remove", "web2"]).unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has stored account keys (root)"));
     let out = attempt();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

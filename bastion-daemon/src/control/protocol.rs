@@ -9,6 +9,7 @@ use crate::{
     enforce::EnforceStatus,
     keys::Secret,
     policy::{Entity, EntityKind},
+    record::export::Activity,
     store::{SessionFilter, SessionMeta},
 };
 
@@ -106,6 +107,11 @@ pub enum Response {
     },
     Sessions {
         sessions: Vec<SessionMeta>,
+    },
+    /// One session and what happened in it.
+    Session {
+        session: SessionMeta,
+        activity: Vec<Activity>,
     },
     /// An exported session: asciicast v2 text, or a JSON document.
     Export {

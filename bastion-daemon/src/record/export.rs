@@ -103,6 +103,80 @@ pub fn asciicast(meta: &SessionMeta, frames: &[Frame]) -> String {
     out
 }
 
+/// One line of what happened in a session, for auditors: channel opens, commands, subsystems,
+/// SFTP operations, refusals, exit statuses, closes with byte totals (not the bytes themselves).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Activity {
+    pub t_micros: u64,
+    pub channel: u32,
+    pub what: String,
+}
+
+pub fn activity(frames: &[Frame]) -> Vec<Activity> {
+    let text = |f: &Frame| String::from_utf8_lossy(&f.data).into_owned();
+    frames
+        .iter()
+        .filter_map(|f| {
+            let what = match f.kind {
+                Kind::Open => format!("open {}", text(f)),
+                Kind::Pty => match parse_size(&f.data) {
+                    Some((c, r, term)) => format!("pty {} {c}x{r}", String::from_utf8_lossy(term)),
+                    None => "pty".into(),
+                },
+                Kind::Shell => "shell".into(),
+                Kind::Exec => format!("exec {}", text(f)),
+                Kind::Subsystem => format!("subsystem {}", text(f)),
+                Kind::SftpOp => format!("sftp {}", sftp_line(&f.data)),
+                Kind::Refused => format!("refused: {}", text(f)),
+                Kind::Signal => format!("signal {}", text(f)),
+                Kind::ExitStatus => match <[u8; 4]>::try_from(f.data.as_ref()) {
+                    Ok(b) => format!("exit status {}", u32::from_le_bytes(b)),
+                    Err(_) => "exit status ?".into(),
+                },
+                Kind::Close => match serde_json::from_slice::<serde_json::Value>(&f.data) {
+                    Ok(v) => format!(
+                        "close ({} bytes in, {} bytes out)",
+                        v["bytes_in"], v["bytes_out"]
+                    ),
+                    Err(_) => "close".into(),
+                },
+                Kind::Input
+                | Kind::Output
+                | Kind::Stderr
+                | Kind::WindowChange
+                | Kind::InputEof
+                | Kind::OutputEof => {
+                    return None;
+                }
+            };
+            Some(Activity {
+                t_micros: f.t_micros,
+                channel: f.channel,
+                what,
+            })
+        })
+        .collect()
+}
+
+fn sftp_line(data: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
+    match v["op"].as_str() {
+        Some("file") => format!(
+            "{} (read {}, written {} bytes)",
+            s("path"),
+            v["read"],
+            v["written"]
+        ),
+        Some("rename") => format!("rename {} -> {}", s("from"), s("to")),
+        Some(op) => format!(
+            "{op} {}",
+            v["path"].as_str().or(v["reason"].as_str()).unwrap_or("")
+        ),
+        None => String::from_utf8_lossy(data).into_owned(),
+    }
+}
+
 /// Every frame, with data as base64 (it is binary in general).
 pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
     let frames: Vec<_> = frames
@@ -162,6 +236,39 @@ mod tests {
         assert_eq!(c.push(&[b'a', euro[0]]), "a");
         assert_eq!(c.push(&euro[1..]), "€");
         assert_eq!(c.push(&[0xff, b'b']), "\u{fffd}b");
+    }
+
+    #[test]
+    fn activity_summarises_what_matters() {
+        let f = |kind, channel, data: &[u8]| Frame {
+            kind,
+            channel,
+            t_micros: 5,
+            data: bytes::Bytes::copy_from_slice(data),
+        };
+        let frames = [
+            f(Kind::Open, 0, b"session"),
+            f(Kind::Exec, 0, b"uptime"),
+            f(Kind::Output, 0, b"up 3 days"),
+            f(Kind::ExitStatus, 0, &0u32.to_le_bytes()),
+            f(
+                Kind::SftpOp,
+                1,
+                br#"{"op":"file","path":"/etc/motd","read":12,"written":0}"#,
+            ),
+            f(Kind::Close, 0, br#"{"bytes_in":0,"bytes_out":9}"#),
+        ];
+        let lines: Vec<String> = activity(&frames).into_iter().map(|a| a.what).collect();
+        assert_eq!(
+            lines,
+            [
+                "open session",
+                "exec uptime",
+                "exit status 0",
+                "sftp /etc/motd (read 12, written 0 bytes)",
+                "close (0 bytes in, 9 bytes out)"
+            ]
+        );
     }
 
     #[test]

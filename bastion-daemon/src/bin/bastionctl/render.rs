@@ -17,6 +17,18 @@ pub fn response(r: &Response) {
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
         Response::Sessions { sessions } if sessions.is_empty() => println!("(no sessions)"),
         Response::Sessions { sessions } => sessions_table(sessions),
+        Response::Session { session, activity } => {
+            sessions_table(std::slice::from_ref(session));
+            println!();
+            for a in activity {
+                println!(
+                    "  +{:>9.3}s  ch{:<3} {}",
+                    a.t_micros as f64 / 1e6,
+                    a.channel,
+                    a.what
+                );
+            }
+        }
         Response::Export { content, .. } => print!("{content}"),
         Response::Ca { user_ca } => println!("{user_ca}"),
         Response::Accounts { accounts } if accounts.is_empty() => println!("(no stored accounts)"),
