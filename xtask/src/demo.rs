@@ -108,6 +108,10 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     show(&list);
     let json: serde_json::Value =
         serde_json::from_slice(&bastiond.ctl(&["--json", "session", "list"])?.stdout)?;
+    if let Some(id) = json["sessions"][1]["id"].as_u64() {
+        println!("    $ bastionctl session show {id}");
+        show(&bastiond.ctl(&["session", "show", &id.to_string()])?);
+    }
     if let Some(id) = json["sessions"][0]["id"].as_u64() {
         println!("    $ bastionctl session play {id} --no-wait");
         show(&bastiond.ctl(&["session", "play", &id.to_string(), "--no-wait"])?);
