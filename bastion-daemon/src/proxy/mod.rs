@@ -10,8 +10,10 @@
 pub mod channel;
 pub mod events;
 pub mod handler;
+pub mod identity;
 pub mod listener;
 pub mod ratelimit;
+pub mod rights;
 pub mod session;
 pub mod upstream;
 pub mod username;

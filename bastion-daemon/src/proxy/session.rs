@@ -18,12 +18,14 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 use super::{
     ProxyContext, channel,
     events::{Event, OpenKind, Request},
+    identity,
+    rights::{first_grant, open_label, request_name, right_for},
     upstream::{self, AgentChannel, Upstream},
     username,
 };
 use crate::{
     audit::{Actor, AuditKind},
-    policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right},
+    policy::{self, ResolvedTarget, Right},
     record::{Kind, Recorder, recorder},
     store::{SessionMeta, SessionState},
 };
@@ -127,7 +129,7 @@ impl SessionActor {
                     }
                     // A certificate is offered by its inner key, which nobody registers: when a
                     // user trusts a CA, let the client prove possession and judge the certificate.
-                    let ok = self.owner_of(&key).is_some()
+                    let ok = identity::key_owner(&self.ctx.policy(), &key).is_some()
                         || self
                             .ctx
                             .policy()
@@ -144,7 +146,7 @@ impl SessionActor {
                         let _ = reply.send(false);
                         continue;
                     }
-                    let owner = self.owner_of(&key);
+                    let owner = identity::key_owner(&self.ctx.policy(), &key);
                     match owner {
                         Some(owner) => {
                             self.audit_login(&user, &key, Some(owner.clone()), true, None)
@@ -161,7 +163,7 @@ impl SessionActor {
                         continue;
                     }
                     let key = russh::keys::PublicKey::from(cert.public_key().clone());
-                    match self.cert_owner(&cert) {
+                    match identity::cert_owner(&self.ctx.policy(), &cert, now_secs()) {
                         Ok(owner) => {
                             self.audit_login(&user, &key, Some(owner.clone()), true, None)
                                 .await;
@@ -229,43 +231,6 @@ impl SessionActor {
     async fn failed(&mut self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
         self.audit_login(username, key, None, false, why).await;
         self.refused_attempts += 1;
-    }
-
-    /// The bastion user a certificate signs in: a user that trusts the certificate's CA and is
-    /// named among its principals, with the certificate a user certificate valid now.
-    fn cert_owner(&self, cert: &russh::keys::Certificate) -> Result<String, String> {
-        if cert.cert_type() != ssh_key::certificate::CertType::User {
-            return Err("not a user certificate".into());
-        }
-        let policy = self.ctx.policy();
-        for u in policy.users.values() {
-            for ca in u
-                .trusted_cas
-                .iter()
-                .filter_map(|l| russh::keys::PublicKey::from_openssh(l).ok())
-            {
-                if cert.signature_key() != ca.key_data() {
-                    continue;
-                }
-                let fp = ca.fingerprint(HashAlg::Sha256);
-                cert.validate_at(now_secs(), [&fp])
-                    .map_err(|e| format!("certificate from CA {fp}: {e}"))?;
-                if cert.valid_principals().iter().any(|p| p == &u.name) {
-                    return Ok(u.name.clone());
-                }
-            }
-        }
-        Err("no user trusts this certificate's CA with a matching principal".into())
-    }
-
-    /// The bastion user owning `key`.
-    fn owner_of(&self, key: &russh::keys::PublicKey) -> Option<String> {
-        let policy = self.ctx.policy();
-        policy
-            .users
-            .values()
-            .find(|u| crate::keys::is_pinned(key, &u.keys))
-            .map(|u| u.name.clone())
     }
 
     /// Opens the target side of a client channel, accepts the client's channel, and only then
@@ -365,6 +330,7 @@ impl SessionActor {
             &route.target,
             &route.login,
             rights,
+            now_secs(),
         )
         .map(drop)
     }
@@ -430,6 +396,7 @@ impl SessionActor {
             &target,
             &dest.login,
             &[Right::Shell, Right::Exec, Right::Sftp],
+            now_secs(),
         )?;
         let pinned = target
             .name
@@ -651,76 +618,5 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The first grant allowing any of `rights`, or the closest refusal among them.
-fn first_grant(
-    policy: &Policy,
-    user: &str,
-    target: &ResolvedTarget,
-    login: &str,
-    rights: &[Right],
-) -> Result<String, String> {
-    let mut closest: Option<policy::Denied> = None;
-    for &right in rights {
-        let req = AccessRequest {
-            user,
-            target,
-            login,
-            right,
-            now: now_secs(),
-        };
-        match policy::evaluate(policy, &req) {
-            Decision::Allow { grant } => return Ok(grant),
-            Decision::Deny(d) => {
-                if closest
-                    .as_ref()
-                    .is_none_or(|c| d.closeness() > c.closeness())
-                {
-                    closest = Some(d);
-                }
-            }
-        }
-    }
-    Err(closest
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "no right requested".into()))
-}
-
-/// Which rights allow a request (any one suffices); `None` for requests policy does not gate.
-fn right_for(request: &Request) -> Result<Option<&'static [Right]>, String> {
-    Ok(match request {
-        // A PTY serves a shell or an interactive command (`ssh -t host top`).
-        Request::Pty { .. } => Some(&[Right::Shell, Right::Exec]),
-        Request::Shell => Some(&[Right::Shell]),
-        Request::Exec { .. } => Some(&[Right::Exec]),
-        Request::Subsystem { name } if name == "sftp" => Some(&[Right::Sftp]),
-        Request::Subsystem { name } => return Err(format!("subsystem `{name}` is not supported")),
-        Request::Env { .. } => None,
-        Request::Agent => Some(&[Right::Agent]),
-    })
-}
-
-fn open_label(kind: &OpenKind) -> String {
-    match kind {
-        OpenKind::Session => "session".into(),
-        OpenKind::DirectTcpip {
-            host,
-            port,
-            originator,
-            originator_port,
-        } => format!("direct-tcpip {host}:{port} from {originator}:{originator_port}"),
-    }
-}
-
-fn request_name(request: &Request) -> String {
-    match request {
-        Request::Pty { .. } => "pty".into(),
-        Request::Shell => "shell".into(),
-        Request::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
-        Request::Subsystem { name } => format!("subsystem {name}"),
-        Request::Env { name, .. } => format!("env {name}"),
-        Request::Agent => "agent".into(),
     }
 }

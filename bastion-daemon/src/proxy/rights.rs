@@ -1,0 +1,108 @@
+//! Which rights a channel request needs, the first grant that gives them, and the names
+//! requests and channels carry in records and audit events. Pure.
+
+use super::events::{OpenKind, Request};
+use crate::policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right};
+
+/// The first grant allowing any of `rights`, or the closest refusal among them.
+pub fn first_grant(
+    policy: &Policy,
+    user: &str,
+    target: &ResolvedTarget,
+    login: &str,
+    rights: &[Right],
+    now: u64,
+) -> Result<String, String> {
+    let mut closest: Option<policy::Denied> = None;
+    for &right in rights {
+        let req = AccessRequest {
+            user,
+            target,
+            login,
+            right,
+            now,
+        };
+        match policy::evaluate(policy, &req) {
+            Decision::Allow { grant } => return Ok(grant),
+            Decision::Deny(d) => {
+                if closest
+                    .as_ref()
+                    .is_none_or(|c| d.closeness() > c.closeness())
+                {
+                    closest = Some(d);
+                }
+            }
+        }
+    }
+    Err(closest
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "no right requested".into()))
+}
+
+/// Which rights allow a request (any one suffices); `None` for requests policy does not gate.
+pub fn right_for(request: &Request) -> Result<Option<&'static [Right]>, String> {
+    Ok(match request {
+        // A PTY serves a shell or an interactive command (`ssh -t host top`).
+        Request::Pty { .. } => Some(&[Right::Shell, Right::Exec]),
+        Request::Shell => Some(&[Right::Shell]),
+        Request::Exec { .. } => Some(&[Right::Exec]),
+        Request::Subsystem { name } if name == "sftp" => Some(&[Right::Sftp]),
+        Request::Subsystem { name } => return Err(format!("subsystem `{name}` is not supported")),
+        Request::Env { .. } => None,
+        Request::Agent => Some(&[Right::Agent]),
+    })
+}
+
+pub fn open_label(kind: &OpenKind) -> String {
+    match kind {
+        OpenKind::Session => "session".into(),
+        OpenKind::DirectTcpip {
+            host,
+            port,
+            originator,
+            originator_port,
+        } => format!("direct-tcpip {host}:{port} from {originator}:{originator_port}"),
+    }
+}
+
+pub fn request_name(request: &Request) -> String {
+    match request {
+        Request::Pty { .. } => "pty".into(),
+        Request::Shell => "shell".into(),
+        Request::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
+        Request::Subsystem { name } => format!("subsystem {name}"),
+        Request::Env { name, .. } => format!("env {name}"),
+        Request::Agent => "agent".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_map_to_rights() {
+        let sftp = Request::Subsystem {
+            name: "sftp".into(),
+        };
+        let other = Request::Subsystem {
+            name: "netconf".into(),
+        };
+        assert_eq!(right_for(&Request::Shell), Ok(Some(&[Right::Shell][..])));
+        assert_eq!(right_for(&sftp), Ok(Some(&[Right::Sftp][..])));
+        assert!(right_for(&other).unwrap_err().contains("netconf"));
+        assert_eq!(
+            right_for(&Request::Env {
+                name: "LANG".into(),
+                value: "C".into()
+            }),
+            Ok(None)
+        );
+        assert_eq!(
+            request_name(&Request::Exec {
+                command: b"uptime".to_vec()
+            }),
+            "exec uptime"
+        );
+    }
+}
