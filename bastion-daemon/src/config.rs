@@ -157,6 +157,11 @@ pub struct EnforceConfig {
     /// Prefixes nothing but bastiond may reach.
     #[serde(default)]
     pub protected_subnets: Vec<Cidr>,
+    /// Interfaces toward the protected subnets (in bastiond's network namespace). A tcx egress
+    /// program on each drops packets to protected prefixes that do not come from bastiond's
+    /// sockets: forwarded traffic included.
+    #[serde(default)]
+    pub protected_interfaces: Vec<String>,
 }
 
 fn default_socket() -> PathBuf {

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::decide;
+use crate::{decide, sock_verdict};
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
     let user_ip6 = unsafe { (*ctx.sock_addr).user_ip6 };
-    decide::v6(decide::ip6_bytes(user_ip6))
+    sock_verdict::for_destination(decide::protected_v6(decide::ip6_bytes(user_ip6)))
 }

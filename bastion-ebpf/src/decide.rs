@@ -1,45 +1,34 @@
-//! The single verdict shared by every hook: a destination inside a protected prefix is reachable
-//! only from an allowed cgroup (bastiond's own). Everything else is none of our business here.
+//! The rules every hook applies: is a destination protected, and is a cgroup allowed to reach
+//! protected destinations (only bastiond's)? Everything else is none of our business here.
 
-use aya_ebpf::{helpers::bpf_get_current_cgroup_id, maps::lpm_trie::Key};
-use bastion_common::{Stat, v4_mapped, verdict};
+use aya_ebpf::maps::lpm_trie::Key;
+use bastion_common::{Stat, v4_mapped};
 
 use crate::maps::{ALLOWED_CGROUPS, PROTECTED_V4, PROTECTED_V6, STATS};
 
-/// Verdict for an IPv4 destination (address bytes in network order).
+/// Is the IPv4 destination (address bytes in network order) protected?
 #[inline(always)]
-pub fn v4(addr: [u8; 4]) -> i32 {
-    if PROTECTED_V4.get(Key::new(32, addr)).is_none() {
-        return verdict::ALLOW;
-    }
-    caller_verdict()
+pub fn protected_v4(addr: [u8; 4]) -> bool {
+    PROTECTED_V4.get(Key::new(32, addr)).is_some()
 }
 
-/// Verdict for an IPv6 destination (address bytes in network order). An IPv4-mapped address
-/// reaches an IPv4 host, so it is judged by the IPv4 set: otherwise `::ffff:a.b.c.d` is a bypass.
+/// Is the IPv6 destination protected? An IPv4-mapped address reaches an IPv4 host, so it is
+/// judged by the IPv4 set: otherwise `::ffff:a.b.c.d` is a bypass.
 #[inline(always)]
-pub fn v6(addr: [u8; 16]) -> i32 {
-    if let Some(mapped) = v4_mapped(&addr) {
-        return v4(mapped);
+pub fn protected_v6(addr: [u8; 16]) -> bool {
+    match v4_mapped(&addr) {
+        Some(mapped) => protected_v4(mapped),
+        None => PROTECTED_V6.get(Key::new(128, addr)).is_some(),
     }
-    if PROTECTED_V6.get(Key::new(128, addr)).is_none() {
-        return verdict::ALLOW;
-    }
-    caller_verdict()
 }
 
+/// May cgroup `id` reach protected destinations? Counts the answer.
 #[inline(always)]
-fn caller_verdict() -> i32 {
-    // SAFETY: a plain helper call with no arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+pub fn allowed(cgroup: u64) -> bool {
     // SAFETY: the value is only tested for presence, never read through the reference.
-    if unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some() {
-        count(Stat::Allowed);
-        verdict::ALLOW
-    } else {
-        count(Stat::Denied);
-        verdict::DENY
-    }
+    let ok = unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some();
+    count(if ok { Stat::Allowed } else { Stat::Denied });
+    ok
 }
 
 #[inline(always)]

@@ -2,10 +2,13 @@
 //!
 //! Layout:
 //! - `maps`: the maps shared by all programs (protected prefixes, allowed cgroups, counters);
-//! - `decide`: the one decision every hook makes: "is this destination protected, and if so, is
-//!   the caller bastiond?";
+//! - `decide`: the rules every hook applies: "is this destination protected?" and "is this cgroup
+//!   bastiond's?";
+//! - `sock_verdict`: the cgroup sock_addr hooks' verdict (the caller's cgroup);
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: thin cgroup sock_addr hooks that extract the
-//!   destination and ask `decide`.
+//!   destination and ask `sock_verdict`;
+//! - `egress`: the tcx egress classifier on protected-side interfaces (the packet's socket cgroup;
+//!   forwarded packets have none).
 //!
 //! Built for `bpfel-unknown-none` by aya-build from bastion-daemon's build.rs. On the host the crate
 //! compiles to a stub binary so `cargo clippy --workspace` checks it too.
@@ -15,9 +18,11 @@
 mod connect4;
 mod connect6;
 mod decide;
+mod egress;
 mod maps;
 mod sendmsg4;
 mod sendmsg6;
+mod sock_verdict;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

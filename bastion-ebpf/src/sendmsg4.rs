@@ -2,12 +2,12 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::decide;
+use crate::{decide, sock_verdict};
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
     let user_ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
     // user_ip4 holds the address in network byte order; its in-memory bytes are the address bytes.
-    decide::v4(user_ip4.to_ne_bytes())
+    sock_verdict::for_destination(decide::protected_v4(user_ip4.to_ne_bytes()))
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::{
-    names::{LabName, PROTECTED_SUBNET},
+    names::{BASTION_PROTECTED_IF, LabName, PROTECTED_SUBNET},
     sys,
 };
 
@@ -53,7 +53,7 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [control]\nsocket = \"{socket}\"\n\n\
              [store]\npath = \"{store}\"\n\n\
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
-             daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\n\n\
+             daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\nprotected_interfaces = [\"{BASTION_PROTECTED_IF}\"]\n\n\
              [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\nlogin_grace_secs = 3\nmax_failures_per_user = 50\n\n\
              [record]\nflush_interval_ms = 100\n",
             socket = paths.control_socket.display(),

@@ -109,7 +109,8 @@ fn protected_hosts_are_refused_to_everyone_but_bastiond() {
             ("connect4", "attached"),
             ("connect6", "attached"),
             ("sendmsg4", "attached"),
-            ("sendmsg6", "attached")
+            ("sendmsg6", "attached"),
+            ("egress on prot0", "attached"),
         ]
     );
     assert!(e["denied"].as_u64().unwrap_or(0) >= 5, "{e}");
@@ -170,4 +171,43 @@ fn enforcement_holds_after_kill9_and_restart_adopts_without_a_gap() {
     assert!(s["enforcement"]["denied"].as_u64().unwrap_or(0) >= 3, "{s}");
     probe_ok(&bastiond, &format!("{WEB1}:22"));
     assert_eperm(&lab, &[WEB1, "22"]);
+}
+
+#[test]
+fn forwarded_traffic_to_protected_hosts_is_dropped_even_after_kill9() {
+    let lab = Lab::up().expect("lab");
+    let lab_connect = bastion_lab::sys::bin("lab-connect").unwrap();
+    // From the admin host, routed through the appliance (no local socket on the bastion). The
+    // lab's admin host shares this kernel, so its client runs outside the cgroup hooks, as a
+    // separate machine would: only the egress program can stop it.
+    let routed = |lab: &Lab| {
+        let out = lab
+            .command_unenforced("admin", &lab_connect)
+            .unwrap()
+            .args(["--timeout", "2", WEB1, "22"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(
+        routed(&lab).contains("SSH-2.0-OpenSSH"),
+        "without bastiond the router forwards"
+    );
+
+    let mut bastiond = lab.start_bastiond().expect("bastiond");
+    let got = routed(&lab);
+    assert!(
+        got.contains("timed out"),
+        "forwarded SYN must be dropped: {got}"
+    );
+    // bastiond's own sessions to the same host still pass the same interface.
+    let out = bastiond.ctl(&["probe", "203.0.113.10:22"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SSH-2.0-OpenSSH"));
+
+    bastiond.kill9().unwrap();
+    let got = routed(&lab);
+    assert!(
+        got.contains("timed out"),
+        "still dropped with bastiond dead: {got}"
+    );
 }

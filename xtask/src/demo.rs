@@ -35,6 +35,21 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     expect_eperm(&lab.try_connect(&["::ffff:203.0.113.10", "22"])?)?;
     expect_eperm(&lab.try_connect(&["--udp", WEB1, "53"])?)?;
 
+    say(
+        "An admin host routing straight to web1 through the appliance is dropped at the protected-side interface:",
+    );
+    println!("    admin$ ssh -o ConnectTimeout=3 root@{WEB1}");
+    let routed = lab
+        .command_unenforced("admin", "ssh")?
+        .args(lab.ssh_options())
+        .args(["-o", "ConnectTimeout=3", &format!("root@{WEB1}"), "true"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    show(&routed);
+    if routed.status.success() {
+        bail!("a routed connection reached web1 past bastiond");
+    }
+
     say("...while bastiond itself, in its own cgroup, reaches the target:");
     let probe = bastiond.ctl(&["probe", &format!("{WEB1}:22")])?;
     show(&probe);

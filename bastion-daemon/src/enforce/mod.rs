@@ -62,6 +62,13 @@ pub enum EnforceError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "protected interface `{iface}`: cannot attach the egress program (does it exist in bastiond's network namespace?): {source}"
+    )]
+    Interface {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF object lacks {0}")]
     Missing(String),
     #[error("eBPF map {name}: {source}")]
@@ -128,7 +135,12 @@ impl Enforcer {
         let mut maps = maps::Maps::take(&mut ebpf)?;
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
         maps.set_protected(protected)?;
-        let hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
+        let mut hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
+        hooks.extend(programs::attach_egress(
+            &mut ebpf,
+            &cfg.protected_interfaces,
+            &dirs.links,
+        )?);
 
         let (denied, allowed) = maps.counters()?;
         let status = EnforceStatus {

@@ -5,7 +5,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
+};
 
 use super::{EnforceError, HookStatus, LinkOrigin, sys};
 
@@ -66,16 +68,81 @@ pub(super) fn attach_all(
     Ok(hooks)
 }
 
+/// The tcx egress program on each protected-side interface, adopted from its pin or attached
+/// and pinned; pins for interfaces no longer configured are removed afterwards.
+pub(super) fn attach_egress(
+    ebpf: &mut aya::Ebpf,
+    interfaces: &[String],
+    links_dir: &Path,
+) -> Result<Vec<HookStatus>, EnforceError> {
+    const NAME: &str = "egress";
+    let mut hooks = Vec::with_capacity(interfaces.len());
+    if !interfaces.is_empty() {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(NAME)
+            .ok_or_else(|| EnforceError::Missing(format!("program {NAME}")))?
+            .try_into()
+            .map_err(|source| EnforceError::Program { name: NAME, source })?;
+        program
+            .load()
+            .map_err(|source| EnforceError::Program { name: NAME, source })?;
+        for iface in interfaces {
+            let pin = links_dir.join(format!("{NAME}-{iface}"));
+            let link = if pin.exists() {
+                swap_into(program.fd(), NAME, &pin)?;
+                LinkOrigin::Adopted
+            } else {
+                let id = program
+                    .attach(iface, TcAttachType::Egress)
+                    .map_err(|source| EnforceError::Interface {
+                        iface: iface.clone(),
+                        source,
+                    })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| EnforceError::Program { name: NAME, source })?;
+                let link = FdLink::try_from(link).map_err(|e| EnforceError::Link {
+                    name: NAME,
+                    what: "converting to fd link",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                link.pin(&pin).map_err(|e| EnforceError::Link {
+                    name: NAME,
+                    what: "pinning link",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                LinkOrigin::Attached
+            };
+            hooks.push(HookStatus {
+                program: format!("{NAME} on {iface}"),
+                link,
+                pin,
+            });
+        }
+    }
+    let wanted: Vec<String> = interfaces.iter().map(|i| format!("{NAME}-{i}")).collect();
+    remove_pins(links_dir, |file| {
+        file.starts_with("egress-") && !wanted.iter().any(|w| w == file)
+    })?;
+    Ok(hooks)
+}
+
 /// Swaps `program` into the link pinned at `pin`: the hook never runs without a program.
 fn adopt(program: &CgroupSockAddr, name: &'static str, pin: &Path) -> Result<(), EnforceError> {
+    swap_into(program.fd(), name, pin)
+}
+
+fn swap_into(
+    prog_fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    name: &'static str,
+    pin: &Path,
+) -> Result<(), EnforceError> {
     let link = sys::obj_get(pin).map_err(|source| EnforceError::Link {
         name,
         what: "opening pinned link",
         source,
     })?;
-    let prog_fd = program
-        .fd()
-        .map_err(|source| EnforceError::Program { name, source })?;
+    let prog_fd = prog_fd.map_err(|source| EnforceError::Program { name, source })?;
     sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(|source| EnforceError::Link {
         name,
         what: "swapping program into pinned link",
@@ -110,15 +177,21 @@ fn attach(
 /// Unpins links attached to a cgroup root the config no longer names (after the new ones hold).
 fn remove_stale_links(links_dir: &Path, root_id: u64) -> Result<(), EnforceError> {
     let suffix = format!("-cg{root_id}");
+    remove_pins(links_dir, |file| {
+        HOOKS.iter().any(|h| file.starts_with(&format!("{h}-cg"))) && !file.ends_with(&suffix)
+    })
+}
+
+/// Unpins every link in `links_dir` whose file name `stale` selects.
+fn remove_pins(links_dir: &Path, stale: impl Fn(&str) -> bool) -> Result<(), EnforceError> {
     let entries = std::fs::read_dir(links_dir).map_err(|source| EnforceError::Bpffs {
         path: links_dir.to_owned(),
         source,
     })?;
     for entry in entries.flatten() {
         let file = entry.file_name();
-        let file = file.to_string_lossy();
-        if HOOKS.iter().any(|h| file.starts_with(&format!("{h}-cg"))) && !file.ends_with(&suffix) {
-            tracing::warn!(pin = %entry.path().display(), "unpinning link for a cgroup root no longer configured");
+        if stale(&file.to_string_lossy()) {
+            tracing::warn!(pin = %entry.path().display(), "unpinning a link the config no longer names");
             std::fs::remove_file(entry.path()).map_err(|source| EnforceError::Bpffs {
                 path: entry.path(),
                 source,

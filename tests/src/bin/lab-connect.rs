@@ -4,7 +4,7 @@
 //! With `--hold SECS`, keeps the TCP connection open without sending anything and reports whether
 //! the peer closed it first ("closed by peer") or the time ran out ("still open").
 //!
-//! Usage: lab-connect [--udp | --hold SECS] ADDRESS PORT
+//! Usage: lab-connect [--timeout SECS] [--udp | --hold SECS] ADDRESS PORT
 
 use std::{
     io::Read,
@@ -14,7 +14,18 @@ use std::{
 };
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut timeout = Duration::from_secs(5);
+    if args.first().map(String::as_str) == Some("--timeout") {
+        match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
+            Some(secs) => timeout = Duration::from_secs(secs),
+            None => {
+                eprintln!("lab-connect: --timeout needs a number of seconds");
+                return ExitCode::from(64);
+            }
+        }
+        args.drain(..2);
+    }
     let (udp, hold, rest) = match args.first().map(String::as_str) {
         Some("--udp") => (true, None, &args[1..]),
         Some("--hold") => match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
@@ -46,7 +57,7 @@ fn main() -> ExitCode {
             .and_then(|s| s.send_to(b"lab", target))
             .map(|_| "sent".to_owned())
     } else {
-        TcpStream::connect_timeout(&target, Duration::from_secs(5)).map(|mut s| {
+        TcpStream::connect_timeout(&target, timeout).map(|mut s| {
             // Read the peer's banner, if it sends one, to show the connection is real.
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut buf = [0u8; 64];
