@@ -52,7 +52,7 @@ pub(super) fn attach_all(
             .map_err(|source| EnforceError::Program { name, source })?;
         let pin = link_pin(links_dir, name, root_id);
         let link = if pin.exists() {
-            adopt(program, name, &pin)?;
+            swap_into(program.fd(), name, &pin)?;
             LinkOrigin::Adopted
         } else {
             attach(program, name, &root, &pin)?;
@@ -101,16 +101,7 @@ pub(super) fn attach_egress(
                 let link = program
                     .take_link(id)
                     .map_err(|source| EnforceError::Program { name: NAME, source })?;
-                let link = FdLink::try_from(link).map_err(|e| EnforceError::Link {
-                    name: NAME,
-                    what: "converting to fd link",
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                link.pin(&pin).map_err(|e| EnforceError::Link {
-                    name: NAME,
-                    what: "pinning link",
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                pin_link(link, NAME, &pin)?;
                 LinkOrigin::Attached
             };
             hooks.push(HookStatus {
@@ -127,11 +118,8 @@ pub(super) fn attach_egress(
     Ok(hooks)
 }
 
-/// Swaps `program` into the link pinned at `pin`: the hook never runs without a program.
-fn adopt(program: &CgroupSockAddr, name: &'static str, pin: &Path) -> Result<(), EnforceError> {
-    swap_into(program.fd(), name, pin)
-}
-
+/// Swaps the program behind `prog_fd` into the link pinned at `pin`: the hook never runs
+/// without a program.
 fn swap_into(
     prog_fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
     name: &'static str,
@@ -160,7 +148,15 @@ fn attach(
     let id = program
         .attach(root, CgroupAttachMode::Single)
         .map_err(prog_err)?;
-    let link = program.take_link(id).map_err(prog_err)?;
+    pin_link(program.take_link(id).map_err(prog_err)?, name, pin)
+}
+
+/// Pins an attached link so it outlives bastiond.
+fn pin_link<L>(link: L, name: &'static str, pin: &Path) -> Result<(), EnforceError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
     let link = FdLink::try_from(link).map_err(|e| EnforceError::Link {
         name,
         what: "converting to fd link",
