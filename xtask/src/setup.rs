@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "rsync",
+    // sysctl, for the lab's router namespace.
+    "procps",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
