@@ -222,35 +222,17 @@ impl Lab {
     /// shell, exec and sftp on web1 as root.
     pub fn enroll_alice(&self, b: &Bastiond) -> anyhow::Result<()> {
         self.trust_user_ca(&b.ctl_ok(&["ca", "show"])?)?;
-        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        b.ctl_ok(&[
-            "user",
-            "add",
-            "alice",
-            "--key",
-            &path(&self.info.admin_key_pub),
-        ])?;
-        b.ctl_ok(&[
-            "target",
-            "add",
-            "web1",
-            HOSTS[0].1,
-            "--host-key",
-            &path(&self.info.hosts[0].host_key_pub),
-        ])?;
-        b.ctl_ok(&[
-            "grant",
-            "add",
-            "alice-web1",
-            "--user",
-            "alice",
-            "--target",
-            "web1",
-            "--login",
-            "root",
-            "--rights",
-            "shell,exec,sftp",
-        ])?;
+        let key = self.info.admin_key_pub.to_string_lossy().into_owned();
+        b.ctl_ok(&["user", "add", "alice", "--key", &key])?;
+        self.register_host(b, 0)?;
+        grant(b, "alice-web1", "alice", "web1", "root", "shell,exec,sftp")
+    }
+
+    /// Registers protected host `i` (web1, web2, ...) under its name with its real host key pinned.
+    pub fn register_host(&self, b: &Bastiond, i: usize) -> anyhow::Result<()> {
+        let host = &self.info.hosts[i];
+        let key = host.host_key_pub.to_string_lossy().into_owned();
+        b.ctl_ok(&["target", "add", &host.name, &host.addr, "--host-key", &key])?;
         Ok(())
     }
 
@@ -334,4 +316,20 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown incomplete: {e:#}", self.name);
         }
     }
+}
+
+/// `bastionctl grant add ID --user USER --target TARGET --login LOGIN --rights RIGHTS`.
+pub fn grant(
+    b: &Bastiond,
+    id: &str,
+    user: &str,
+    target: &str,
+    login: &str,
+    rights: &str,
+) -> anyhow::Result<()> {
+    b.ctl_ok(&[
+        "grant", "add", id, "--user", user, "--target", target, "--login", login, "--rights",
+        rights,
+    ])?;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
     process::{Output, Stdio},
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{Lab, bastiond::Bastiond, lab::grant};
 
 fn ok(b: &Bastiond, args: &[&str]) -> String {
     b.ctl_ok(args).expect("bastionctl succeeds")
@@ -418,22 +418,7 @@ fn local_forwarding_follows_the_forward_right() {
         "{audit}"
     );
 
-    ok(
-        &b,
-        &[
-            "grant",
-            "add",
-            "alice-fwd",
-            "--user",
-            "alice",
-            "--target",
-            "web1",
-            "--login",
-            "root",
-            "--rights",
-            "forward",
-        ],
-    );
+    grant(&b, "alice-fwd", "alice", "web1", "root", "forward").unwrap();
     let mut allowed = forward(10023);
     let got = connect_local(&lab, 10023);
     assert!(
@@ -461,18 +446,7 @@ fn local_forwarding_follows_the_forward_right() {
 #[test]
 fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
     let (lab, b) = setup();
-    let info = lab.info().clone();
-    ok(
-        &b,
-        &[
-            "target",
-            "add",
-            "web2",
-            "203.0.113.11",
-            "--host-key",
-            info.hosts[1].host_key_pub.to_str().expect("UTF-8 path"),
-        ],
-    );
+    lab.register_host(&b, 1).unwrap();
     ok(
         &b,
         &[
@@ -622,22 +596,7 @@ fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_check
     ]);
     // carol has no registered key at all: only her organisation's CA.
     ok(&b, &["user", "add", "carol", "--ca", &p("ca.pub")]);
-    ok(
-        &b,
-        &[
-            "grant",
-            "add",
-            "carol-web1",
-            "--user",
-            "carol",
-            "--target",
-            "web1",
-            "--login",
-            "root",
-            "--rights",
-            "exec",
-        ],
-    );
+    grant(&b, "carol-web1", "carol", "web1", "root", "exec").unwrap();
     let cases = [
         ("good", "carol", "-5m:+10m", true),
         ("expired", "carol", "20200101:20200102", false),
@@ -745,22 +704,7 @@ fn agent_forwarding_follows_the_agent_right() {
     );
     assert!(ok(&b, &["audit"]).contains("agent refused: agent is not granted to alice on web1"));
 
-    ok(
-        &b,
-        &[
-            "grant",
-            "add",
-            "alice-agent",
-            "--user",
-            "alice",
-            "--target",
-            "web1",
-            "--login",
-            "root",
-            "--rights",
-            "exec,agent",
-        ],
-    );
+    grant(&b, "alice-agent", "alice", "web1", "root", "exec,agent").unwrap();
     let out = list_remote();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("in-the-agent"),
@@ -869,22 +813,7 @@ fn a_fetched_host_key_is_pinned_only_once_confirmed() {
         "the pinned key is web2's real key"
     );
 
-    ok(
-        &b,
-        &[
-            "grant",
-            "add",
-            "alice-web2",
-            "--user",
-            "alice",
-            "--target",
-            "web2",
-            "--login",
-            "root",
-            "--rights",
-            "exec",
-        ],
-    );
+    grant(&b, "alice-web2", "alice", "web2", "root", "exec").unwrap();
     let out = run(&lab, "root@web2", &[], Some("echo on-web2"), b"");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -900,33 +829,8 @@ fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
     let info = lab.info().clone();
     // web2 trusts no user CA.
     std::fs::write(&info.hosts[1].trusted_user_ca_keys, "").unwrap();
-    ok(
-        &b,
-        &[
-            "target",
-            "add",
-            "web2",
-            "203.0.113.11",
-            "--host-key",
-            info.hosts[1].host_key_pub.to_str().expect("UTF-8 path"),
-        ],
-    );
-    ok(
-        &b,
-        &[
-            "grant",
-            "add",
-            "alice-web2",
-            "--user",
-            "alice",
-            "--target",
-            "web2",
-            "--login",
-            "root",
-            "--rights",
-            "exec",
-        ],
-    );
+    lab.register_host(&b, 1).unwrap();
+    grant(&b, "alice-web2", "alice", "web2", "root", "exec").unwrap();
     let attempt = || {
         run(
             &lab,
