@@ -64,6 +64,9 @@ pub enum AuditKind {
         login: String,
         target: String,
         grant: String,
+        /// explicit, transparent or jump.
+        #[serde(default)]
+        arrival: String,
     },
     /// A channel request (shell, exec, sftp, ...) refused by policy.
     RequestRefused {

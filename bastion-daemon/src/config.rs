@@ -25,6 +25,47 @@ pub struct Config {
     pub ssh: SshConfig,
     #[serde(default)]
     pub record: RecordConfig,
+    /// Transparent interception; off when the section is absent.
+    pub intercept: Option<InterceptConfig>,
+}
+
+/// Transparent mode: TCP to protected prefixes arriving on `interfaces` is steered (nftables
+/// TPROXY in bastiond's own table) to bastiond: SSH ports to the transparent SSH listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptConfig {
+    /// Admin-side interfaces whose traffic is intercepted.
+    pub interfaces: Vec<String>,
+    /// Destination ports carried as audited SSH sessions.
+    #[serde(default = "default_ssh_ports")]
+    pub ssh_ports: Vec<u16>,
+    /// Local port of the transparent SSH listener (bound with IP_TRANSPARENT on every address).
+    #[serde(default = "default_intercept_port")]
+    pub listen_port: u16,
+    /// Firewall mark of steered packets and the routing table that delivers them locally.
+    #[serde(default = "default_intercept_mark")]
+    pub mark: u32,
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// bastiond's nftables table (family inet). Replaced whole; no other table is touched.
+    #[serde(default = "default_nft_table")]
+    pub nft_table: String,
+}
+
+fn default_ssh_ports() -> Vec<u16> {
+    vec![22]
+}
+fn default_intercept_port() -> u16 {
+    2201
+}
+fn default_intercept_mark() -> u32 {
+    0xb457_0001
+}
+fn default_route_table() -> u32 {
+    2901
+}
+fn default_nft_table() -> String {
+    "bastion".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +325,34 @@ impl Config {
                 "record.flush_interval_ms must be between 10 and 60000, got {}",
                 self.record.flush_interval_ms
             )));
+        }
+        if let Some(i) = &self.intercept {
+            if i.interfaces.is_empty() || i.ssh_ports.is_empty() {
+                return Err(invalid(
+                    "intercept.interfaces and intercept.ssh_ports must not be empty".into(),
+                ));
+            }
+            if i.mark == 0 || i.mark == self.ssh.upstream_mark {
+                return Err(invalid(format!(
+                    "intercept.mark must be non-zero and differ from ssh.upstream_mark ({:#x})",
+                    self.ssh.upstream_mark
+                )));
+            }
+            if let Some(name) = i
+                .interfaces
+                .iter()
+                .find(|n| self.enforce.protected_interfaces.contains(n))
+            {
+                return Err(invalid(format!(
+                    "intercept.interfaces lists `{name}`, a protected interface; list the admin side"
+                )));
+            }
+            if i.listen_port == self.ssh.listen.port() {
+                return Err(invalid(format!(
+                    "intercept.listen_port {} is ssh.listen's port",
+                    i.listen_port
+                )));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for cidr in &self.enforce.protected_subnets {

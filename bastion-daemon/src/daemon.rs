@@ -78,7 +78,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let keys = Arc::new(ApplianceKeys::load_or_generate(&config.ssh.keys_dir)?);
     let policy = store.load_policy()?;
     let config_subnets = config.enforce.protected_subnets.clone();
-    let enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
+    let mut enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
+    let intercept_listeners = match &config.intercept {
+        Some(i) => Some(intercept(&mut enforcer, i)?),
+        None => None,
+    };
     let listener = server::bind(&config.control.socket)?;
     let ssh_listener = tokio::net::TcpListener::bind(config.ssh.listen)
         .await
@@ -105,14 +109,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policy: policy.clone(),
         config_subnets: config_subnets.clone(),
         keys: keys.clone(),
-        server_config: Arc::new(russh::server::Config {
-            keys: vec![keys.host_key.clone()],
-            auth_rejection_time: Duration::from_millis(300),
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            inactivity_timeout: Some(Duration::from_secs(3600)),
-            nodelay: true,
-            ..Default::default()
-        }),
+        server_config: Arc::new(proxy::server_config(&keys, Vec::new())),
+        host_certs: proxy::hostcert::HostCerts::new(keys.clone()),
         client_config: Arc::new(russh::client::Config {
             nodelay: true,
             ..Default::default()
@@ -141,10 +139,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut ssh_stop = stop_rx.clone();
-    let ssh = tokio::spawn(proxy::listener::run(ssh_listener, proxy, async move {
-        let _ = ssh_stop.wait_for(|s| *s).await;
-    }));
+    let ssh = tokio::spawn(proxy::listener::run(
+        ssh_listener,
+        proxy.clone(),
+        proxy::listener::Mode::Explicit,
+        async move {
+            let _ = ssh_stop.wait_for(|s| *s).await;
+        },
+    ));
     tracing::info!(listen = %config.ssh.listen, "SSH proxy listening");
+    let mut transparent = Vec::new();
+    if let Some(listeners) = intercept_listeners {
+        for listener in listeners {
+            let mut stop = stop_rx.clone();
+            transparent.push(tokio::spawn(proxy::listener::run(
+                listener,
+                proxy.clone(),
+                proxy::listener::Mode::Transparent,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )));
+        }
+    }
     let admins = Admins::new(&config.control.admin_uids);
     server::run(listener, daemon.clone(), admins, async {
         shutdown.await;
@@ -152,10 +169,56 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await;
     let _ = ssh.await;
+    for t in transparent {
+        let _ = t.await;
+    }
+    if let Err(e) = lock(&daemon.enforcer).stop_steering() {
+        tracing::warn!(error = %e, "could not remove the interception table");
+    }
     let _ = std::fs::remove_file(&config.control.socket);
     daemon.store.flush()?;
     tracing::info!("bastiond stopped; enforcement stays pinned");
     Ok(())
+}
+
+/// Binds the transparent listeners, then steers intercepted traffic to them.
+fn intercept(
+    enforcer: &mut Enforcer,
+    cfg: &crate::config::InterceptConfig,
+) -> Result<Vec<tokio::net::TcpListener>, DaemonError> {
+    let mut listeners = Vec::new();
+    for ip in [
+        std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+    ] {
+        let addr = SocketAddr::new(ip, cfg.listen_port);
+        match proxy::listener::bind_transparent(addr) {
+            Ok(l) => listeners.push(l),
+            // A host without IPv6 intercepts IPv4 only.
+            Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                tracing::warn!("IPv6 unavailable: intercepting IPv4 only")
+            }
+            Err(source) => return Err(DaemonError::Listen { addr, source }),
+        }
+    }
+    enforcer.steer(
+        crate::enforce::nft::Steering {
+            table: cfg.nft_table.clone(),
+            interfaces: cfg.interfaces.clone(),
+            prefixes: Vec::new(),
+            ssh_ports: cfg.ssh_ports.clone(),
+            ssh_listener: cfg.listen_port,
+            relay_listener: None,
+            mark: cfg.mark,
+        },
+        crate::enforce::route::LocalDelivery {
+            mark: cfg.mark,
+            table: cfg.route_table,
+            priority: 100,
+        },
+    )?;
+    tracing::info!(port = cfg.listen_port, "transparent SSH listener ready");
+    Ok(listeners)
 }
 
 /// Config prefixes plus stored ones, without duplicates.
@@ -225,9 +288,20 @@ impl Handler for Daemon {
                         .collect(),
                 })
                 .map_err(|e| e.to_string()),
-            Request::CaShow => Ok(Response::Ca {
-                user_ca: self.proxy.keys.user_ca_public(),
-            }),
+            Request::CaShow => {
+                let policy = lock(&self.policy);
+                let prefixes = protected(&self.config_subnets, &policy);
+                let targets: Vec<_> = policy.targets.values().collect();
+                Ok(Response::Ca {
+                    user_ca: self.proxy.keys.user_ca_public(),
+                    host_ca: self.proxy.keys.host_ca_public(),
+                    known_hosts: proxy::hostcert::known_hosts_line(
+                        &self.proxy.keys.host_ca_public(),
+                        &prefixes,
+                        &targets,
+                    ),
+                })
+            }
             Request::AuditList { limit } => self
                 .store
                 .audit_events(limit.min(MAX_AUDIT_LIST))

@@ -1,4 +1,5 @@
-//! The appliance's own key material: the SSH host key its listeners present, and the user CA that
+//! The appliance's own key material: the SSH host key its listeners present, the host CA that
+//! certifies that key for each target bastiond answers for, and the user CA that
 //! signs the short-lived certificates bastiond uses upstream (principal = the target login). Both
 //! are generated on first start into `ssh.keys_dir` (mode 0600) and never leave the appliance.
 
@@ -29,6 +30,9 @@ pub enum KeyError {
 pub struct ApplianceKeys {
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
+    /// Signs the host certificates bastiond presents for each target it answers for, so a
+    /// client trusting this one CA (`@cert-authority`) never sees a host-key prompt.
+    pub host_ca: PrivateKey,
     /// Encrypts stored target-account keys (ChaCha20-Poly1305), so the store alone never
     /// yields a usable credential.
     seal: ring::aead::LessSafeKey,
@@ -90,6 +94,7 @@ impl ApplianceKeys {
         Ok(ApplianceKeys {
             host_key: load_or_generate(&dir.join("host_ed25519"), "bastion host key")?,
             user_ca: load_or_generate(&dir.join("user_ca_ed25519"), "bastion user CA")?,
+            host_ca: load_or_generate(&dir.join("host_ca_ed25519"), "bastion host CA")?,
             seal: load_or_generate_seal(&dir.join("seal.key"))?,
         })
     }
@@ -136,6 +141,37 @@ impl ApplianceKeys {
 
     pub fn user_ca_public(&self) -> String {
         self.user_ca.public_key().to_openssh().unwrap_or_default()
+    }
+
+    pub fn host_ca_public(&self) -> String {
+        self.host_ca.public_key().to_openssh().unwrap_or_default()
+    }
+
+    /// A host certificate for bastiond's own host key, valid for `principals` (the addresses
+    /// and names of one target) from slightly before now for `validity`.
+    pub fn host_certificate(
+        &self,
+        principals: &[String],
+        validity: Duration,
+    ) -> Result<Certificate, KeyError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        let sign = |e: ssh_key::Error| KeyError::Sign(e.to_string());
+        let mut b = certificate::Builder::new_with_random_nonce(
+            &mut rand::rng(),
+            self.host_key.public_key(),
+            (now - BACKDATE).as_secs(),
+            (now + validity).as_secs(),
+        )
+        .map_err(sign)?;
+        b.cert_type(certificate::CertType::Host).map_err(sign)?;
+        b.key_id(format!("bastion-host:{}", principals.join(",")))
+            .map_err(sign)?;
+        for p in principals {
+            b.valid_principal(p).map_err(sign)?;
+        }
+        b.sign(&self.host_ca).map_err(sign)
     }
 
     /// A fresh key pair for one upstream session, and a certificate for it: principal `login`,
@@ -304,6 +340,23 @@ mod tests {
             .as_secs();
         cert.validate_at(now, [&ca_fp])
             .expect("signed by the user CA and valid now");
+
+        let host = a
+            .host_certificate(
+                &["203.0.113.10".into(), "web1".into()],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        assert_eq!(host.cert_type(), certificate::CertType::Host);
+        assert_eq!(host.valid_principals(), ["203.0.113.10", "web1"]);
+        assert_eq!(host.public_key(), a.host_key.public_key().key_data());
+        let host_ca_fp = a.host_ca.public_key().fingerprint(ssh_key::HashAlg::Sha256);
+        host.validate_at(now, [&host_ca_fp])
+            .expect("signed by the host CA");
+        assert!(
+            host.validate_at(now, [&ca_fp]).is_err(),
+            "not by the user CA"
+        );
     }
 
     #[test]

@@ -10,13 +10,15 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::{
-    names::{BASTION_PROTECTED_IF, LabName, PROTECTED_SUBNET},
+    names::{BASTION_ADMIN_IF, BASTION_PROTECTED_IF, LabName, PROTECTED_SUBNET},
     sys,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// bastiond's explicit SSH listener in the lab (on every address of the bastion namespace).
 pub const SSH_PORT: u16 = 2222;
+/// The transparent listener intercepted SSH is steered to.
+pub const INTERCEPT_PORT: u16 = 2201;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BastiondPaths {
@@ -55,7 +57,8 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
              daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\nprotected_interfaces = [\"{BASTION_PROTECTED_IF}\"]\n\n\
              [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\nlogin_grace_secs = 3\nmax_failures_per_user = 50\n\n\
-             [record]\nflush_interval_ms = 100\n",
+             [record]\nflush_interval_ms = 100\n\n\
+             [intercept]\ninterfaces = [\"{BASTION_ADMIN_IF}\"]\nlisten_port = {INTERCEPT_PORT}\n",
             socket = paths.control_socket.display(),
             store = paths.store.display(),
             bpffs = name.bpffs_dir().display(),

@@ -178,7 +178,8 @@ impl Lab {
     }
 
     /// A command in namespace `role` that is *not* held to enforcement (the lab's hosts cgroup):
-    /// the direct-path baseline of benchmarks. Tests of enforcement use [`Lab::command`].
+    /// other machines (the admin workstation) and the direct-path baseline of benchmarks. Tests
+    /// of enforcement on the bastion host use [`Lab::command`].
     pub fn command_unenforced(
         &self,
         role: &str,
@@ -221,7 +222,7 @@ impl Lab {
     /// the lab's admin key, web1 is registered with its pinned host key, and alice may use
     /// shell, exec and sftp on web1 as root.
     pub fn enroll_alice(&self, b: &Bastiond) -> anyhow::Result<()> {
-        self.trust_user_ca(&b.ctl_ok(&["ca", "show"])?)?;
+        self.trust_user_ca(&b.ctl_ok(&["ca", "show", "--user-ca"])?)?;
         let key = self.info.admin_key_pub.to_string_lossy().into_owned();
         b.ctl_ok(&["user", "add", "alice", "--key", &key])?;
         self.register_host(b, 0)?;
@@ -292,6 +293,47 @@ impl Lab {
             "-o".into(),
             "LogLevel=ERROR".into(),
         ]
+    }
+
+    /// An OpenSSH client config for the admin workstation, as an admin would set it up for
+    /// transparent mode: strict host-key checking with bastiond's host CA as the one
+    /// `@cert-authority` line (from `bastionctl ca show --known-hosts`) and bastiond's explicit
+    /// listener key (for `-J`). `-F` reaches the ssh that ProxyJump spawns, unlike `-o`.
+    pub fn transparent_client_config(&self, b: &Bastiond) -> anyhow::Result<std::path::PathBuf> {
+        let dir = self.info.run_dir.join("admin-client");
+        std::fs::create_dir_all(&dir)?;
+        let host_key =
+            std::fs::read_to_string(self.info.bastiond.keys_dir.join("host_ed25519.pub"))?;
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!(
+                "{}\n[{BASTION_ADMIN_ADDR}]:{} {}",
+                b.ctl_ok(&["ca", "show", "--known-hosts"])?.trim(),
+                crate::bastiond::SSH_PORT,
+                host_key.trim()
+            ) + "\n",
+        )?;
+        let config = dir.join("ssh_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  \
+                 StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+                 ConnectTimeout 10\n  LogLevel ERROR\n",
+                self.info.admin_key.display(),
+                known_hosts.display()
+            ),
+        )?;
+        Ok(config)
+    }
+
+    /// `program` (ssh, scp, sftp) on the admin workstation with `config` (see
+    /// [`Lab::transparent_client_config`]). The admin is another machine: not enforced.
+    pub fn admin_client(&self, program: &str, config: &std::path::Path) -> anyhow::Result<Command> {
+        let mut cmd = self.command_unenforced("admin", program)?;
+        cmd.arg("-F").arg(config);
+        Ok(cmd)
     }
 
     /// Runs `lab-connect` from the bastion namespace in the clients cgroup.

@@ -120,6 +120,9 @@ pub enum Response {
     },
     Ca {
         user_ca: String,
+        host_ca: String,
+        /// The `@cert-authority` line clients add to known_hosts.
+        known_hosts: String,
     },
     Accounts {
         accounts: Vec<AccountInfo>,

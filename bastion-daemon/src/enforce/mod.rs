@@ -13,7 +13,9 @@
 
 mod cgroup;
 mod maps;
+pub mod nft;
 mod programs;
+pub mod route;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -76,6 +78,10 @@ pub enum EnforceError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("interception: {0}")]
+    Steer(#[from] nft::NftError),
+    #[error("interception: {0}")]
+    Route(#[from] route::RouteError),
 }
 
 /// How a hook's link came to be enforcing.
@@ -108,12 +114,16 @@ pub struct EnforceStatus {
     pub denied: u64,
     /// Connects/sends to protected prefixes allowed (bastiond's own) since then.
     pub allowed: u64,
+    /// The nftables table steering intercepted traffic, when interception is on.
+    #[serde(default)]
+    pub intercept_table: Option<String>,
 }
 
 /// Running enforcement: owns the maps so bastiond can read counters and (later) update prefixes.
 pub struct Enforcer {
     maps: maps::Maps,
     status: EnforceStatus,
+    steering: Option<(nft::Steering, route::LocalDelivery)>,
 }
 
 impl Enforcer {
@@ -152,17 +162,54 @@ impl Enforcer {
             protected_subnets: protected.to_vec(),
             denied,
             allowed,
+            intercept_table: None,
         };
         for h in &status.hooks {
             tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
         }
-        Ok(Enforcer { maps, status })
+        Ok(Enforcer {
+            maps,
+            status,
+            steering: None,
+        })
     }
 
-    /// Makes the kernel protect exactly `protected`, live (additions land before removals).
+    /// Starts steering intercepted traffic to bastiond: policy routing first, so the first
+    /// steered packet is already delivered locally. The steered prefixes follow the protected set.
+    pub fn steer(
+        &mut self,
+        mut steering: nft::Steering,
+        delivery: route::LocalDelivery,
+    ) -> Result<(), EnforceError> {
+        delivery.install()?;
+        steering.prefixes = self.status.protected_subnets.clone();
+        nft::install(&steering)?;
+        tracing::info!(table = %steering.table, interfaces = ?steering.interfaces, "intercepting");
+        self.status.intercept_table = Some(steering.table.clone());
+        self.steering = Some((steering, delivery));
+        Ok(())
+    }
+
+    /// Removes the steering table and routing (clean stop). The eBPF floor stays pinned, so
+    /// protected prefixes stay closed: intercepted SSH now fails instead of passing.
+    pub fn stop_steering(&mut self) -> Result<(), EnforceError> {
+        if let Some((steering, delivery)) = self.steering.take() {
+            nft::remove(&steering.table)?;
+            delivery.remove()?;
+            self.status.intercept_table = None;
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel protect exactly `protected`, live (additions land before removals),
+    /// and steers exactly those prefixes.
     pub fn set_protected(&mut self, protected: &[Cidr]) -> Result<(), EnforceError> {
         self.maps.set_protected(protected)?;
         self.status.protected_subnets = protected.to_vec();
+        if let Some((steering, _)) = &mut self.steering {
+            steering.prefixes = protected.to_vec();
+            nft::install(steering)?;
+        }
         Ok(())
     }
 

@@ -1,8 +1,12 @@
-//! The explicit listener: accepts TCP connections and runs one russh server session and one
-//! session actor for each, until shutdown.
+//! The listeners: accept TCP connections and run one russh server session and one session actor
+//! for each, until shutdown. The explicit listener serves `login@target` user names with
+//! bastiond's own host key; the transparent listener receives intercepted connections (TPROXY),
+//! whose local address is the original destination, and answers as that target with a host
+//! certificate for it. `serve` is also what runs an SSH session inside a ProxyJump channel.
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,17 +15,28 @@ use std::{
 };
 
 use russh::Disconnect;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::mpsc,
+};
 
-use tokio::{net::TcpListener, sync::mpsc};
-
-use super::{ProxyContext, handler::ClientHandler, session::SessionActor};
+use super::{ProxyContext, handler::ClientHandler, session::SessionActor, username::Arrival};
 
 /// Events buffered between a connection's russh handler and its actor.
 const EVENT_QUEUE: usize = 64;
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Explicit,
+    Transparent,
+}
 
 pub async fn run(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
+    mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -32,36 +47,23 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
+                    let local = stream.local_addr();
                     tokio::spawn(async move {
-                        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-                        let signed_in = Arc::new(AtomicBool::new(false));
-                        let actor = tokio::spawn(SessionActor::new(ctx.clone(), peer, rx, signed_in.clone()).run());
-                        let config = ctx.server_config.clone();
-                        let grace = ctx.login_grace;
-                        // The client must send its banner, and later sign in, within the grace
-                        // time: a stalled or hostile client holds nothing for long.
-                        match tokio::time::timeout(grace, russh::server::run_stream(config, stream, ClientHandler::new(tx))).await {
-                            Ok(Ok(running)) => {
-                                let handle = running.handle();
-                                let watchdog = tokio::spawn(async move {
-                                    tokio::time::sleep(grace).await;
-                                    if !signed_in.load(Ordering::SeqCst) {
-                                        tracing::info!(%peer, "closing a connection that did not sign in within {grace:?}");
-                                        let _ = handle
-                                            .disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), String::new())
-                                            .await;
-                                    }
-                                });
-                                if let Err(e) = running.await {
-                                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        let (arrival, config) = match (mode, local) {
+                            (Mode::Explicit, _) => (Arrival::Explicit, ctx.server_config.clone()),
+                            (Mode::Transparent, Ok(dest)) => match ctx.answer_as(&dest.ip().to_string()) {
+                                Ok(config) => (Arrival::Transparent { dest }, config),
+                                Err(why) => {
+                                    tracing::warn!(%peer, %dest, %why, "intercepted connection dropped");
+                                    return;
                                 }
-                                watchdog.abort();
+                            },
+                            (Mode::Transparent, Err(e)) => {
+                                tracing::warn!(%peer, error = %e, "intercepted connection without a destination");
+                                return;
                             }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SSH handshake with client failed"),
-                            Err(_) => tracing::info!(%peer, "client sent no SSH banner within {grace:?}"),
-                        }
-                        // The handler (and its event sender) is gone; the actor finishes its record.
-                        let _ = actor.await;
+                        };
+                        serve(ctx, stream, peer, arrival, config).await;
                     });
                 }
                 Err(e) => {
@@ -71,4 +73,74 @@ pub async fn run(
             },
         }
     }
+}
+
+/// Runs one client connection to its end: the russh server session, the login grace
+/// watchdog, and the session actor, which finishes the record after the client is gone.
+pub async fn serve<S>(
+    ctx: Arc<ProxyContext>,
+    stream: S,
+    peer: SocketAddr,
+    arrival: Arrival,
+    config: Arc<russh::server::Config>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let signed_in = Arc::new(AtomicBool::new(false));
+    let actor =
+        tokio::spawn(SessionActor::new(ctx.clone(), peer, arrival, rx, signed_in.clone()).run());
+    let grace = ctx.login_grace;
+    // The client must send its banner, and later sign in, within the grace time: a stalled or
+    // hostile client holds nothing for long.
+    match tokio::time::timeout(
+        grace,
+        russh::server::run_stream(config, stream, ClientHandler::new(tx)),
+    )
+    .await
+    {
+        Ok(Ok(running)) => {
+            let handle = running.handle();
+            let watchdog = tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if !signed_in.load(Ordering::SeqCst) {
+                    tracing::info!(%peer, "closing a connection that did not sign in within {grace:?}");
+                    let _ = handle
+                        .disconnect(
+                            Disconnect::ByApplication,
+                            "login grace time exceeded".into(),
+                            String::new(),
+                        )
+                        .await;
+                }
+            });
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            watchdog.abort();
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SSH handshake with client failed"),
+        Err(_) => tracing::info!(%peer, "client sent no SSH banner within {grace:?}"),
+    }
+    // The handler (and its event sender) is gone; the actor finishes its record.
+    let _ = actor.await;
+}
+
+/// A listener for intercepted connections: `IP_TRANSPARENT` lets it accept connections
+/// addressed to any (non-local) destination that TPROXY assigns to it.
+pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+        SocketAddr::V6(_) => {
+            socket.set_only_v6(true)?;
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }

@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod events;
 pub mod handler;
+pub mod hostcert;
 pub mod identity;
 pub mod listener;
 pub mod ratelimit;
@@ -32,7 +33,9 @@ pub struct ProxyContext {
     /// Protected prefixes from the config (the store's are in `policy`).
     pub config_subnets: Vec<Cidr>,
     pub keys: Arc<ApplianceKeys>,
+    /// The explicit listener's server config (bastiond's own host key, no certificate).
     pub server_config: Arc<russh::server::Config>,
+    pub host_certs: hostcert::HostCerts,
     pub client_config: Arc<russh::client::Config>,
     pub upstream_mark: u32,
     pub connect_timeout: Duration,
@@ -70,10 +73,38 @@ impl ProxyContext {
         by_ip || by_user
     }
 
+    /// The server config for answering as `target` (an address or name): bastiond's host key
+    /// with a host certificate for that target. Refused when it is not a protected target.
+    pub fn answer_as(&self, target: &str) -> Result<Arc<russh::server::Config>, String> {
+        let resolved = crate::policy::resolve_target(&self.policy(), target, &self.config_subnets)
+            .map_err(|e| e.to_string())?;
+        let cert = self
+            .host_certs
+            .for_target(&resolved)
+            .map_err(|e| format!("internal: {e}"))?;
+        Ok(Arc::new(server_config(&self.keys, vec![cert])))
+    }
+
     pub fn policy(&self) -> Policy {
         self.policy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// The SSH server settings every listener uses; `certificates` certify the host key.
+pub fn server_config(
+    keys: &ApplianceKeys,
+    certificates: Vec<ssh_key::Certificate>,
+) -> russh::server::Config {
+    russh::server::Config {
+        keys: vec![keys.host_key.clone()],
+        certificates,
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        nodelay: true,
+        ..Default::default()
     }
 }

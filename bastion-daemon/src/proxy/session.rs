@@ -55,6 +55,7 @@ struct ChannelEntry {
 pub struct SessionActor {
     ctx: Arc<ProxyContext>,
     client: SocketAddr,
+    arrival: username::Arrival,
     events: mpsc::Receiver<Event>,
     identity: Option<Identity>,
     route: Option<Route>,
@@ -87,12 +88,14 @@ impl SessionActor {
     pub fn new(
         ctx: Arc<ProxyContext>,
         client: SocketAddr,
+        arrival: username::Arrival,
         events: mpsc::Receiver<Event>,
         signed_in: Arc<AtomicBool>,
     ) -> Self {
         SessionActor {
             ctx,
             client,
+            arrival,
             events,
             identity: None,
             route: None,
@@ -241,6 +244,25 @@ impl SessionActor {
         down: russh::Channel<russh::server::Msg>,
         reply: russh::server::ChannelOpenHandle,
     ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
+        if let OpenKind::DirectTcpip { host, port, .. } = &kind {
+            match self.jump_target(host, *port) {
+                Ok(None) => {}
+                Ok(Some(port)) => {
+                    reply.accept().await;
+                    self.jump(down, host.clone(), port);
+                    return Ok(());
+                }
+                Err(reason) => {
+                    self.refuse(
+                        u32::from(down.id()),
+                        format!("forward to {host}:{port}"),
+                        reason.clone(),
+                    )
+                    .await;
+                    return Err((reason, reply));
+                }
+            }
+        }
         match self.open_target(&kind, u32::from(down.id())).await {
             Err(reason) => Err((reason, reply)),
             Ok(up) => {
@@ -260,6 +282,42 @@ impl SessionActor {
                 Ok(())
             }
         }
+    }
+
+    /// `Some(port)` when a `direct-tcpip` to `host:port` is SSH to a protected target, which
+    /// bastiond answers itself (ProxyJump); `None` when `host` is not protected (a forward
+    /// through the target, under the forward right). Other ports of protected addresses are
+    /// refused: a forward must never become a way around the audited path.
+    fn jump_target(&self, host: &str, port: u32) -> Result<Option<u16>, String> {
+        let Ok(target) = policy::resolve_target(&self.ctx.policy(), host, &self.ctx.config_subnets)
+        else {
+            return Ok(None);
+        };
+        match u16::try_from(port) {
+            Ok(p) if p == target.port || p == 22 => Ok(Some(p)),
+            _ => Err(format!(
+                "{host} is protected: only SSH to it is carried (as an audited session), not port {port}"
+            )),
+        }
+    }
+
+    /// Serves an SSH session inside the accepted `direct-tcpip` channel, as `host`: the inner
+    /// session signs in, is authorized and recorded like any other.
+    fn jump(&self, down: russh::Channel<russh::server::Msg>, host: String, port: u16) {
+        let ctx = self.ctx.clone();
+        let peer = self.client;
+        tracing::info!(client = %peer, %host, port, "ProxyJump: serving the inner SSH session");
+        tokio::spawn(async move {
+            let config = match ctx.answer_as(&host) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(client = %peer, %host, %why, "ProxyJump refused");
+                    return;
+                }
+            };
+            let arrival = username::Arrival::Jump { host, port };
+            super::listener::serve(ctx, down.into_stream(), peer, arrival, config).await;
+        });
     }
 
     /// Routes the connection if needed, checks policy for `kind`, and opens the target side.
@@ -385,10 +443,17 @@ impl SessionActor {
     /// Resolves, authorizes and dials the destination of this connection.
     async fn route(&mut self) -> Result<Route, String> {
         let identity = self.identity.as_ref().ok_or("not signed in")?;
-        let dest = username::parse(&identity.username).map_err(|e| e.to_string())?;
-        let policy = self.ctx.policy();
-        let target = policy::resolve_target(&policy, &dest.target, &self.ctx.config_subnets)
+        let (dest, port) = self
+            .arrival
+            .destination(&identity.username)
             .map_err(|e| e.to_string())?;
+        let policy = self.ctx.policy();
+        let mut target = policy::resolve_target(&policy, &dest.target, &self.ctx.config_subnets)
+            .map_err(|e| e.to_string())?;
+        // An intercepted or jumped connection goes where the client sent it.
+        if let Some(port) = port {
+            target.port = port;
+        }
         // Opening a session needs some right that a session channel can use.
         let grant = first_grant(
             &policy,
@@ -444,6 +509,7 @@ impl SessionActor {
             bytes_in: 0,
             bytes_out: 0,
             stored_bytes: 0,
+            arrival: self.arrival.label().into(),
         };
         let store = self.ctx.store.clone();
         let m = meta.clone();
@@ -460,6 +526,7 @@ impl SessionActor {
             login: dest.login.clone(),
             target: target.to_string(),
             grant,
+            arrival: self.arrival.label().into(),
         })
         .await;
         tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");

@@ -1,5 +1,51 @@
-//! `login@target`, the SSH user name of explicit mode (`ssh -p 2222 root@web1@bastion`: OpenSSH
-//! splits user and host at the *last* `@`, so bastion receives `root@web1`).
+//! Where a connection is going. In explicit mode the SSH user name says it: `login@target`
+//! (`ssh -p 2222 root@web1@bastion`: OpenSSH splits user and host at the *last* `@`, so bastion
+//! receives `root@web1`). Intercepted and ProxyJump connections already name their target, so
+//! the user name is just the login.
+
+use std::net::SocketAddr;
+
+/// How a connection reached bastiond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The explicit listener: the user name is `login@target`.
+    Explicit,
+    /// Intercepted (TPROXY): the original destination is the target.
+    Transparent { dest: SocketAddr },
+    /// An SSH session inside a `direct-tcpip` channel (ProxyJump, `ssh -W`), to `host:port`.
+    Jump { host: String, port: u16 },
+}
+
+impl Arrival {
+    /// The login and target for `username`, and the port when the connection fixed it.
+    pub fn destination(&self, username: &str) -> Result<(Destination, Option<u16>), BadUsername> {
+        let login = |target: String| {
+            let ok = !username.is_empty()
+                && username.len() <= 255
+                && !username
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '@');
+            ok.then(|| Destination {
+                login: username.to_owned(),
+                target,
+            })
+            .ok_or_else(|| BadUsername(username.chars().take(128).collect()))
+        };
+        match self {
+            Arrival::Explicit => parse(username).map(|d| (d, None)),
+            Arrival::Transparent { dest } => Ok((login(dest.ip().to_string())?, Some(dest.port()))),
+            Arrival::Jump { host, port } => Ok((login(host.clone())?, Some(*port))),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Arrival::Explicit => "explicit",
+            Arrival::Transparent { .. } => "transparent",
+            Arrival::Jump { .. } => "jump",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
@@ -51,5 +97,25 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse(input).map_err(|_| ()), *want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn intercepted_and_jumped_connections_take_the_login_only() {
+        let t = Arrival::Transparent {
+            dest: "203.0.113.10:22".parse().unwrap(),
+        };
+        let (d, port) = t.destination("root").unwrap();
+        assert_eq!(
+            (d.login.as_str(), d.target.as_str(), port),
+            ("root", "203.0.113.10", Some(22))
+        );
+        assert!(t.destination("root@web1").is_err(), "no target in the name");
+        assert!(t.destination("").is_err());
+        let j = Arrival::Jump {
+            host: "web1".into(),
+            port: 22,
+        };
+        assert_eq!(j.destination("deploy").unwrap().0.target, "web1");
+        assert_eq!(Arrival::Explicit.destination("root@web1").unwrap().1, None);
     }
 }

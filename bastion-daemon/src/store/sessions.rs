@@ -40,6 +40,9 @@ pub struct SessionMeta {
     /// Bytes of recorded blocks (compressed) stored for the session.
     #[serde(default)]
     pub stored_bytes: u64,
+    /// How the client reached bastiond: explicit, transparent or jump (empty before v0.2).
+    #[serde(default)]
+    pub arrival: String,
 }
 
 /// Which sessions a listing shows. Every field that is set must match.
@@ -189,6 +192,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             stored_bytes: 0,
+            arrival: "explicit".into(),
         }
     }
 

@@ -149,8 +149,16 @@ pub enum AccountCmd {
 
 #[derive(Subcommand)]
 pub enum CaCmd {
-    /// Print the user-CA public key: put it in each target's TrustedUserCAKeys.
-    Show,
+    /// Print the host CA as a known_hosts `@cert-authority` line (for admins' clients) and the
+    /// user-CA public key (for each target's TrustedUserCAKeys).
+    Show {
+        /// Print only the known_hosts line.
+        #[arg(long, conflicts_with = "user_ca")]
+        known_hosts: bool,
+        /// Print only the user-CA public key.
+        #[arg(long)]
+        user_ca: bool,
+    },
 }
 
 /// The verbs every policy noun has.
@@ -335,13 +343,29 @@ impl Command {
         }
     }
 
+    /// Which part of `ca show` to print: (known_hosts line only, user CA only).
+    pub fn ca_part(&self) -> (bool, bool) {
+        match self {
+            Command::Ca {
+                cmd:
+                    CaCmd::Show {
+                        known_hosts,
+                        user_ca,
+                    },
+            } => (*known_hosts, *user_ca),
+            _ => (false, false),
+        }
+    }
+
     /// The request for this command; `fetched` is a host key fetched and confirmed beforehand.
     pub fn into_request(self, fetched: Option<String>) -> Result<Request, String> {
         match self {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
-            Command::Ca { cmd: CaCmd::Show } => Ok(Request::CaShow),
+            Command::Ca {
+                cmd: CaCmd::Show { .. },
+            } => Ok(Request::CaShow),
             Command::Account { cmd } => Ok(match cmd {
                 AccountCmd::Add {
                     target,

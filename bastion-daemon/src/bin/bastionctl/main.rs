@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let playback = cli.command.playback();
+    let ca_part = cli.command.ca_part();
     let fetched = match cli.command.host_key_to_fetch() {
         None => None,
         Some((addr, yes)) => match fetch_and_confirm(&cli.socket, addr, yes) {
@@ -115,6 +116,13 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
+            } else if let bastion::control::protocol::Response::Ca {
+                user_ca,
+                host_ca,
+                known_hosts,
+            } = &response
+            {
+                render::ca(user_ca, host_ca, known_hosts, ca_part);
             } else {
                 render::response(&response);
             }

@@ -30,7 +30,11 @@ pub fn response(r: &Response) {
             }
         }
         Response::Export { content, .. } => print!("{content}"),
-        Response::Ca { user_ca } => println!("{user_ca}"),
+        Response::Ca {
+            user_ca,
+            host_ca,
+            known_hosts,
+        } => ca(user_ca, host_ca, known_hosts, (false, false)),
         Response::Accounts { accounts } if accounts.is_empty() => println!("(no stored accounts)"),
         Response::Accounts { accounts } => {
             for a in accounts {
@@ -48,6 +52,20 @@ pub fn response(r: &Response) {
             )
         }
         Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
+    }
+}
+
+/// `ca show`: both CAs with what to do with them, or (`only`: known_hosts, user CA) one bare line.
+pub fn ca(user_ca: &str, host_ca: &str, known_hosts: &str, only: (bool, bool)) {
+    match only {
+        (true, _) => println!("{known_hosts}"),
+        (_, true) => println!("{user_ca}"),
+        _ => {
+            println!("# Admins' clients: add this line to ~/.ssh/known_hosts (host CA {host_ca})");
+            println!("{known_hosts}");
+            println!("# Targets: put this key in sshd's TrustedUserCAKeys (user CA)");
+            println!("{user_ca}");
+        }
     }
 }
 
@@ -267,8 +285,10 @@ fn event_line(e: &AuditEvent) -> String {
             login,
             target,
             grant,
+            arrival,
         } => format!(
-            "session {session} started: {user} as {login}@{target} from {client} (grant {grant})"
+            "session {session} started: {user} as {login}@{target} from {client} (grant {grant}{}{arrival})",
+            if arrival.is_empty() { "" } else { ", " }
         ),
         AuditKind::RequestRefused {
             session,
