@@ -17,7 +17,81 @@ pub mod map_names {
     pub const ALLOWED_CGROUPS: &str = "ALLOWED_CGROUPS";
     /// Per-CPU counters, indexed by [`super::Stat`].
     pub const STATS: &str = "STATS";
+    /// Ring buffer of [`super::FlowEvent`]s: denied attempts and allowed flows to protected
+    /// prefixes. Pinned, so attempts made while bastiond is down wait for the next one.
+    pub const FLOWS: &str = "FLOWS";
+    /// Per-CPU count of flow events lost because `FLOWS` was full (one slot).
+    pub const FLOWS_LOST: &str = "FLOWS_LOST";
 }
+
+/// Bytes of the flow ring buffer (a power of two, a multiple of the page size).
+pub const FLOW_RING_BYTES: u32 = 256 * 1024;
+
+/// Where a flow was judged.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 1,
+    Connect6 = 2,
+    Sendmsg4 = 3,
+    Sendmsg6 = 4,
+    /// tcx egress on a protected-side interface (forwarded packets, raw sockets).
+    Egress = 5,
+}
+
+impl Hook {
+    pub fn from_u8(v: u8) -> Option<Hook> {
+        Some(match v {
+            1 => Hook::Connect4,
+            2 => Hook::Connect6,
+            3 => Hook::Sendmsg4,
+            4 => Hook::Sendmsg6,
+            5 => Hook::Egress,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect4 => "connect4",
+            Hook::Connect6 => "connect6",
+            Hook::Sendmsg4 => "sendmsg4",
+            Hook::Sendmsg6 => "sendmsg6",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+/// One flow to a protected destination, as a hook saw it. Addresses are in network byte order
+/// (IPv4 in the first 4 bytes), ports in host order. 80 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub ktime_ns: u64,
+    /// The caller's cgroup (sock_addr hooks) or the packet's socket's (egress; 0: forwarded).
+    pub cgroup: u64,
+    /// `tgid << 32 | tid` of the caller; 0 where no task is known (egress).
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IPPROTO_* (TCP 6, UDP 17, ICMP 1, ICMPv6 58).
+    pub proto: u8,
+    /// A [`Hook`].
+    pub hook: u8,
+    /// [`FLOW_DENIED`] or [`FLOW_ALLOWED`].
+    pub verdict: u8,
+}
+
+pub const FLOW_DENIED: u8 = 0;
+pub const FLOW_ALLOWED: u8 = 1;
+
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 
 /// Capacity of each protected-prefix trie.
 pub const MAX_PROTECTED_PREFIXES: u32 = 4096;

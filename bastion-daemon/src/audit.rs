@@ -94,6 +94,15 @@ pub enum AuditKind {
     SessionsInterrupted {
         sessions: Vec<u64>,
     },
+    /// A flow to a protected prefix, denied or allowed, as an enforcement hook saw it.
+    Flow(crate::enforce::flows::Flow),
+    /// Flow events not stored one by one: over the per-second cap (suppressed) or lost by the
+    /// kernel to a full ring buffer. Never silent.
+    FlowsUncounted {
+        suppressed: u64,
+        lost: u64,
+        lost_total: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,8 @@ use crate::{
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BANNER: usize = 255;
 const MAX_AUDIT_LIST: usize = 10_000;
+/// Audit events a flow listing looks through (newest first).
+const MAX_FLOW_SCAN: usize = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,6 +63,8 @@ struct Daemon {
     /// The policy as stored. Changes take this lock for check-store-apply, so they serialise.
     policy: Arc<Mutex<Policy>>,
     enforcer: Mutex<Enforcer>,
+    /// Flow events the kernel lost to a full ring buffer, in all (from the pinned counter).
+    flows_lost: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -135,6 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config_subnets,
         policy,
         enforcer: Mutex::new(enforcer),
+        flows_lost: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     });
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -162,6 +167,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )));
         }
     }
+    let readers = lock(&daemon.enforcer).take_readers();
+    let mut background = Vec::new();
+    if let Some((flows, kernel_log)) = readers {
+        background.push(tokio::spawn(audit_flows(
+            flows,
+            daemon.store.clone(),
+            daemon.flows_lost.clone(),
+            stopped(&stop_rx),
+        )));
+        if let Some(log) = kernel_log {
+            background.push(tokio::spawn(log.run(stopped(&stop_rx))));
+        }
+    }
     let admins = Admins::new(&config.control.admin_uids);
     server::run(listener, daemon.clone(), admins, async {
         shutdown.await;
@@ -169,7 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await;
     let _ = ssh.await;
-    for t in transparent {
+    for t in transparent.into_iter().chain(background) {
         let _ = t.await;
     }
     if let Err(e) = lock(&daemon.enforcer).stop_steering() {
@@ -179,6 +197,65 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     daemon.store.flush()?;
     tracing::info!("bastiond stopped; enforcement stays pinned");
     Ok(())
+}
+
+/// Resolves once the shutdown signal is raised.
+fn stopped(rx: &tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Stores each window of flows the kernel reports as audit events (the last window is
+/// written at shutdown).
+async fn audit_flows(
+    source: crate::enforce::flows::FlowSource,
+    store: Arc<Store>,
+    lost_total: Arc<std::sync::atomic::AtomicU64>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = source.run(
+        move |report| {
+            let _ = tx.send(report);
+        },
+        shutdown,
+    );
+    let writer = async {
+        while let Some(report) = rx.recv().await {
+            let crate::enforce::flows::WindowReport {
+                flows,
+                suppressed,
+                lost_new,
+                lost_total: total,
+            } = report;
+            lost_total.store(total, std::sync::atomic::Ordering::Relaxed);
+            let mut kinds: Vec<AuditKind> = flows.into_iter().map(AuditKind::Flow).collect();
+            if suppressed > 0 || lost_new > 0 {
+                tracing::warn!(suppressed, lost = lost_new, "flow events not stored one by one");
+                kinds.push(AuditKind::FlowsUncounted {
+                    suppressed,
+                    lost: lost_new,
+                    lost_total: total,
+                });
+            }
+            if kinds.is_empty() {
+                continue;
+            }
+            let store = store.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                store.append_audits(Actor::Daemon, kinds)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+            .and_then(|r| r);
+            if let Err(e) = written {
+                tracing::error!(error = %e, "cannot store flow events");
+            }
+        }
+    };
+    tokio::join!(reader, writer);
 }
 
 /// Binds the transparent listeners, then steers intercepted traffic to them.
@@ -302,6 +379,16 @@ impl Handler for Daemon {
                     ),
                 })
             }
+            Request::FlowList { filter, limit } => self
+                .store
+                .audit_find(limit.min(MAX_AUDIT_LIST), MAX_FLOW_SCAN, |e| {
+                    matches!(&e.kind, AuditKind::Flow(f) if filter.matches(f))
+                })
+                .map(|events| Response::Flows {
+                    events,
+                    lost_total: self.flows_lost.load(std::sync::atomic::Ordering::Relaxed),
+                })
+                .map_err(|e| e.to_string()),
             Request::AuditList { limit } => self
                 .store
                 .audit_events(limit.min(MAX_AUDIT_LIST))

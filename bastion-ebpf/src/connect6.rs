@@ -2,11 +2,26 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::{decide, sock_verdict};
+use bastion_common::Hook;
+
+use crate::{
+    decide,
+    sock_verdict::{self, Destination},
+};
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
-    let user_ip6 = unsafe { (*ctx.sock_addr).user_ip6 };
-    sock_verdict::for_destination(decide::protected_v6(decide::ip6_bytes(user_ip6)))
+    let (user_ip6, user_port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
+    let addr = decide::ip6_bytes(user_ip6);
+    sock_verdict::for_destination(
+        &ctx,
+        decide::protected_v6(addr),
+        Destination {
+            hook: Hook::Connect6,
+            family: 6,
+            addr,
+            port: sock_verdict::port(user_port),
+        },
+    )
 }

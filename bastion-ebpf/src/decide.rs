@@ -1,10 +1,10 @@
 //! The rules every hook applies: is a destination protected, and is a cgroup allowed to reach
 //! protected destinations (only bastiond's)? Everything else is none of our business here.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use bastion_common::{Stat, v4_mapped};
+use aya_ebpf::{EbpfContext, maps::lpm_trie::Key};
+use bastion_common::{FlowEvent, Hook, Stat, v4_mapped};
 
-use crate::maps::{ALLOWED_CGROUPS, PROTECTED_V4, PROTECTED_V6, STATS};
+use crate::maps::{ALLOWED_CGROUPS, FLOWS, FLOWS_LOST, PROTECTED_V4, PROTECTED_V6, STATS};
 
 /// Is the IPv4 destination (address bytes in network order) protected?
 #[inline(always)]
@@ -29,6 +29,54 @@ pub fn allowed(cgroup: u64) -> bool {
     let ok = unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some();
     count(if ok { Stat::Allowed } else { Stat::Denied });
     ok
+}
+
+/// Hands a flow to userspace. A full ring buffer loses the event, but never silently: the loss
+/// is counted (userspace audits the count) and logged.
+#[inline(always)]
+pub fn report<C: EbpfContext>(ctx: &C, event: &FlowEvent) {
+    if FLOWS.output::<FlowEvent>(event, 0).is_err() {
+        if let Some(lost) = FLOWS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, valid for this program run (as in `count`).
+            unsafe { *lost += 1 };
+        }
+        aya_log_ebpf::warn!(ctx, "flow ring buffer full: a flow event was lost");
+    }
+}
+
+/// An event for a flow to `daddr:dport` seen at `hook`, allowed or not.
+#[inline(always)]
+pub fn flow(hook: Hook, allowed: bool, family: u8, daddr: [u8; 16], dport: u16) -> FlowEvent {
+    FlowEvent {
+        // SAFETY: a plain helper call with no arguments.
+        ktime_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        cgroup: 0,
+        pid_tgid: 0,
+        comm: [0; 16],
+        saddr: [0; 16],
+        daddr,
+        sport: 0,
+        dport,
+        family,
+        proto: 0,
+        hook: hook as u8,
+        verdict: if allowed {
+            bastion_common::FLOW_ALLOWED
+        } else {
+            bastion_common::FLOW_DENIED
+        },
+    }
+}
+
+/// IPv4 address bytes in the first four of an event's sixteen.
+#[inline(always)]
+pub fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
 }
 
 #[inline(always)]

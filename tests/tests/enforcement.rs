@@ -180,34 +180,42 @@ fn forwarded_traffic_to_protected_hosts_is_dropped_even_after_kill9() {
     // From the admin host, routed through the appliance (no local socket on the bastion). The
     // lab's admin host shares this kernel, so its client runs outside the cgroup hooks, as a
     // separate machine would: only the egress program can stop it.
-    let routed = |lab: &Lab| {
+    let routed = |lab: &Lab, port: &str| {
         let out = lab
             .command_unenforced("admin", &lab_connect)
             .unwrap()
-            .args(["--timeout", "2", WEB1, "22"])
+            .args(["--timeout", "2", WEB1, port])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert!(
-        routed(&lab).contains("SSH-2.0-OpenSSH"),
+        routed(&lab, "22").contains("SSH-2.0-OpenSSH"),
         "without bastiond the router forwards"
+    );
+    assert!(
+        routed(&lab, "80").contains("refused"),
+        "and web1 itself answers on a closed port"
     );
 
     let mut bastiond = lab.start_bastiond().expect("bastiond");
-    let got = routed(&lab);
+    let got = routed(&lab, "80");
+    assert!(got.contains("timed out"), "forwarded SYN must be dropped: {got}");
+    let got = routed(&lab, "22");
     assert!(
-        got.contains("timed out"),
-        "forwarded SYN must be dropped: {got}"
+        got.starts_with("connected SSH-2.0-") && !got.contains("OpenSSH"),
+        "SSH is intercepted: bastiond answers, not web1's sshd: {got}"
     );
     // bastiond's own sessions to the same host still pass the same interface.
     let out = bastiond.ctl(&["probe", "203.0.113.10:22"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("SSH-2.0-OpenSSH"));
 
     bastiond.kill9().unwrap();
-    let got = routed(&lab);
+    let got = routed(&lab, "80");
+    assert!(got.contains("timed out"), "still dropped with bastiond dead: {got}");
+    let got = routed(&lab, "22");
     assert!(
-        got.contains("timed out"),
-        "still dropped with bastiond dead: {got}"
+        !got.contains("OpenSSH") && !got.starts_with("connected"),
+        "SSH fails closed while bastiond is dead: {got}"
     );
 }

@@ -57,6 +57,12 @@ pub enum Request {
     AuditList {
         limit: usize,
     },
+    /// The newest `limit` flow events matching the filter.
+    FlowList {
+        #[serde(default)]
+        filter: crate::enforce::flows::FlowFilter,
+        limit: usize,
+    },
     /// Recorded sessions matching the filter, newest first.
     SessionList {
         #[serde(default)]
@@ -117,6 +123,11 @@ pub enum Response {
     Export {
         format: ExportFormat,
         content: String,
+    },
+    /// Flow audit events (newest last) and how many the kernel lost in all.
+    Flows {
+        events: Vec<AuditEvent>,
+        lost_total: u64,
     },
     Ca {
         user_ca: String,

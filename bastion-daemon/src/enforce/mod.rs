@@ -12,6 +12,8 @@
 //! Programs, maps and links stay pinned when bastiond exits, for any reason: enforcement fails closed.
 
 mod cgroup;
+pub mod flows;
+pub mod kernel_log;
 mod maps;
 pub mod nft;
 mod programs;
@@ -124,6 +126,8 @@ pub struct Enforcer {
     maps: maps::Maps,
     status: EnforceStatus,
     steering: Option<(nft::Steering, route::LocalDelivery)>,
+    /// Handed to the daemon's background tasks once (`take_readers`).
+    readers: Option<(flows::FlowSource, Option<kernel_log::KernelLog>)>,
 }
 
 impl Enforcer {
@@ -143,6 +147,8 @@ impl Enforcer {
 
         let mut ebpf = programs::load(&dirs.maps)?;
         let mut maps = maps::Maps::take(&mut ebpf)?;
+        let flow_source = flows::FlowSource::take(&mut ebpf)?;
+        let kernel_log = kernel_log::KernelLog::take(&mut ebpf);
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
         maps.set_protected(protected)?;
         let mut hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
@@ -171,7 +177,15 @@ impl Enforcer {
             maps,
             status,
             steering: None,
+            readers: Some((flow_source, kernel_log)),
         })
+    }
+
+    /// The flow ring buffer and the eBPF log, for the tasks that read them (once).
+    pub fn take_readers(
+        &mut self,
+    ) -> Option<(flows::FlowSource, Option<kernel_log::KernelLog>)> {
+        self.readers.take()
     }
 
     /// Starts steering intercepted traffic to bastiond: policy routing first, so the first

@@ -117,6 +117,32 @@ impl Store {
         })
     }
 
+    /// Appends several events that change nothing else, numbered in order, with one flush
+    /// (flow events arrive in batches).
+    pub fn append_audits(&self, actor: Actor, kinds: Vec<AuditKind>) -> Result<(), StoreError> {
+        let audit = self.tree(AUDIT_TREE)?;
+        let mut next = self.audit_next.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut seq = *next;
+        for kind in kinds {
+            let event = AuditEvent {
+                seq,
+                time_micros: now_micros(),
+                actor: actor.clone(),
+                kind,
+            };
+            let record =
+                serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+            batch.insert(&seq.to_be_bytes(), record);
+            seq += 1;
+        }
+        // Applied atomically: the sequence stays contiguous even if the write fails.
+        audit.apply_batch(batch).map_err(|e| self.io(e))?;
+        self.flush()?;
+        *next = seq;
+        Ok(())
+    }
+
     /// Numbers and writes one event with `write(audit_tree, seq, record)`, then flushes. The
     /// sequence lock is held throughout, so a failed write leaves no gap.
     fn write_event(
@@ -146,6 +172,30 @@ impl Store {
         Ok(last
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes))
+    }
+
+    /// The newest `limit` events (looking at no more than `scan` of the newest) that `keep`
+    /// selects, oldest first.
+    pub fn audit_find(
+        &self,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&AuditEvent) -> bool,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.tree(AUDIT_TREE)?.iter().rev().take(scan) {
+            if found.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(|e| self.io(e))?;
+            let event: AuditEvent =
+                serde_json::from_slice(&v).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+            if keep(&event) {
+                found.push(event);
+            }
+        }
+        found.reverse();
+        Ok(found)
     }
 
     /// The newest `limit` audit events, oldest first.

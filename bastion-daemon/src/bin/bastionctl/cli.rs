@@ -81,6 +81,33 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
+    /// upstream connections, newest last, with the count of events the kernel lost.
+    Flows {
+        /// Only denied attempts.
+        #[arg(long, conflicts_with = "allowed")]
+        denied: bool,
+        /// Only allowed flows.
+        #[arg(long)]
+        allowed: bool,
+        /// connect4, connect6, sendmsg4, sendmsg6 or egress.
+        #[arg(long)]
+        hook: Option<String>,
+        /// tcp, udp, icmp, icmpv6.
+        #[arg(long)]
+        proto: Option<String>,
+        /// Destination address.
+        #[arg(long)]
+        dst: Option<std::net::IpAddr>,
+        /// Destination port.
+        #[arg(long)]
+        dport: Option<u16>,
+        /// Seen at or after: Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,6 +390,26 @@ impl Command {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
+            Command::Flows {
+                denied,
+                allowed,
+                hook,
+                proto,
+                dst,
+                dport,
+                since,
+                limit,
+            } => Ok(Request::FlowList {
+                filter: bastion::enforce::flows::FlowFilter {
+                    allowed: (denied || allowed).then_some(allowed),
+                    hook,
+                    proto,
+                    dst,
+                    dport,
+                    since_micros: since.map(|s| s * 1_000_000),
+                },
+                limit,
+            }),
             Command::Ca {
                 cmd: CaCmd::Show { .. },
             } => Ok(Request::CaShow),

@@ -15,6 +15,13 @@ pub fn response(r: &Response) {
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
+        Response::Flows { events, lost_total } => {
+            if events.is_empty() {
+                println!("(no flows)");
+            }
+            events.iter().for_each(|e| println!("{}", event_line(e)));
+            println!("flow events lost by the kernel (ring buffer full): {lost_total}");
+        }
         Response::Sessions { sessions } if sessions.is_empty() => println!("(no sessions)"),
         Response::Sessions { sessions } => sessions_table(sessions),
         Response::Session { session, activity } => {
@@ -53,6 +60,39 @@ pub fn response(r: &Response) {
         }
         Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
     }
+}
+
+/// `VERDICT PROTO SRC -> DST (HOOK, pid P comm, cgroup C) xN`
+pub fn flow_line(f: &bastion::enforce::flows::Flow) -> String {
+    let end = |a: Option<std::net::IpAddr>, port: u16| match (a, port) {
+        (Some(a), 0) => a.to_string(),
+        (Some(std::net::IpAddr::V6(a)), p) => format!("[{a}]:{p}"),
+        (Some(a), p) => format!("{a}:{p}"),
+        (None, _) => "?".into(),
+    };
+    let who = match (&f.pid, &f.comm) {
+        (Some(pid), Some(comm)) => format!("pid {pid} {comm}, "),
+        (Some(pid), None) => format!("pid {pid}, "),
+        _ => String::new(),
+    };
+    let cgroup = if f.cgroup == 0 {
+        "forwarded".to_string()
+    } else {
+        format!("cgroup {}", f.cgroup)
+    };
+    format!(
+        "{} {} {} -> {} ({}, {who}{cgroup}){}",
+        if f.allowed { "allowed" } else { "DENIED" },
+        f.proto,
+        end(f.src, f.sport),
+        end(f.dst, f.dport),
+        f.hook,
+        if f.count > 1 {
+            format!(" x{}", f.count)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// `ca show`: both CAs with what to do with them, or (`only`: known_hosts, user CA) one bare line.
@@ -321,6 +361,14 @@ fn event_line(e: &AuditEvent) -> String {
         AuditKind::SessionsInterrupted { sessions } => {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
+        AuditKind::Flow(f) => format!("flow {}", flow_line(f)),
+        AuditKind::FlowsUncounted {
+            suppressed,
+            lost,
+            lost_total,
+        } => format!(
+            "flow events not stored one by one: {suppressed} over the rate cap, {lost} lost to a full ring buffer ({lost_total} lost in all)"
+        ),
     };
     format!("#{:<6} {} {who}: {what}", e.seq, utc(e.time_micros))
 }

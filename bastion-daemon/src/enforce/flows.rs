@@ -1,0 +1,369 @@
+//! Flow audit: the hooks report every denied attempt and every allowed flow to a protected
+//! prefix through the pinned `FLOWS` ring buffer; this module turns them into audit events.
+//!
+//! Repeats within one second (a SYN retried, a ping every 200 ms) become one event with a count,
+//! and at most `MAX_PER_WINDOW` distinct flows are kept per second, the rest counted as
+//! suppressed in a summary event: a flood is audited without flooding the store. Events the
+//! kernel could not queue (ring full) are counted there (`FLOWS_LOST`) and audited as lost.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use bastion_common::{FLOW_ALLOWED, FlowEvent, Hook, map_names};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+
+use super::EnforceError;
+
+const WINDOW: Duration = Duration::from_secs(1);
+const MAX_PER_WINDOW: usize = 1024;
+
+/// One flow (or a burst of identical ones) as audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// When the first of them was seen (µs since the epoch).
+    pub first_micros: u64,
+    pub hook: String,
+    pub allowed: bool,
+    /// tcp, udp, icmp, icmpv6, or the protocol number.
+    pub proto: String,
+    pub src: Option<IpAddr>,
+    pub sport: u16,
+    pub dst: Option<IpAddr>,
+    pub dport: u16,
+    /// cgroup id (0 for a forwarded packet).
+    pub cgroup: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// How many identical attempts this event stands for.
+    pub count: u64,
+}
+
+impl Flow {
+    /// `wall_minus_mono_ns`: the realtime clock minus the monotonic clock, to date kernel times.
+    pub fn from_event(e: &FlowEvent, wall_minus_mono_ns: i128) -> Flow {
+        let addr = |a: [u8; 16]| match e.family {
+            4 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            6 => Some(IpAddr::V6(Ipv6Addr::from(a))),
+            _ => None,
+        };
+        let src = addr(e.saddr).filter(|a| !a.is_unspecified());
+        let comm_len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        let wall_ns = i128::from(e.ktime_ns) + wall_minus_mono_ns;
+        Flow {
+            first_micros: u64::try_from(wall_ns / 1000).unwrap_or(0),
+            hook: Hook::from_u8(e.hook).map_or("unknown", Hook::name).into(),
+            allowed: e.verdict == FLOW_ALLOWED,
+            proto: match e.proto {
+                1 => "icmp".into(),
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                58 => "icmpv6".into(),
+                0 if e.family == 0 => "vlan".into(),
+                n => n.to_string(),
+            },
+            src,
+            sport: e.sport,
+            dst: addr(e.daddr),
+            dport: e.dport,
+            cgroup: e.cgroup,
+            pid: (e.pid_tgid != 0).then_some((e.pid_tgid >> 32) as u32),
+            comm: (comm_len > 0).then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+            count: 1,
+        }
+    }
+
+    /// Identical attempts share a key; the source port is left out (each retry picks another).
+    fn key(&self) -> FlowKey {
+        (
+            self.hook.clone(),
+            self.allowed,
+            self.proto.clone(),
+            self.src,
+            self.dst,
+            self.dport,
+            self.cgroup,
+            self.pid,
+        )
+    }
+}
+
+/// Which flows a listing shows. Every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowFilter {
+    pub allowed: Option<bool>,
+    pub hook: Option<String>,
+    pub proto: Option<String>,
+    /// Destination address.
+    pub dst: Option<IpAddr>,
+    pub dport: Option<u16>,
+    /// Flows first seen at or after this instant (µs since the epoch).
+    pub since_micros: Option<u64>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.allowed.is_none_or(|a| a == f.allowed)
+            && self.hook.as_ref().is_none_or(|h| *h == f.hook)
+            && self.proto.as_ref().is_none_or(|p| *p == f.proto)
+            && self.dst.is_none_or(|d| Some(d) == f.dst)
+            && self.dport.is_none_or(|p| p == f.dport)
+            && self.since_micros.is_none_or(|t| f.first_micros >= t)
+    }
+}
+
+/// hook, allowed, proto, src, dst, dport, cgroup, pid.
+type FlowKey = (String, bool, String, Option<IpAddr>, Option<IpAddr>, u16, u64, Option<u32>);
+
+/// One window's flows, repeats folded. Pure bookkeeping.
+#[derive(Default)]
+pub struct Window {
+    flows: Vec<Flow>,
+    index: HashMap<FlowKey, usize>,
+    /// Distinct flows beyond `MAX_PER_WINDOW`, only counted.
+    pub suppressed: u64,
+}
+
+impl Window {
+    pub fn add(&mut self, flow: Flow) {
+        let key = flow.key();
+        if let Some(&i) = self.index.get(&key) {
+            self.flows[i].count += 1;
+        } else if self.flows.len() < MAX_PER_WINDOW {
+            self.index.insert(key, self.flows.len());
+            self.flows.push(flow);
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    pub fn take(&mut self) -> (Vec<Flow>, u64) {
+        self.index.clear();
+        (
+            std::mem::take(&mut self.flows),
+            std::mem::take(&mut self.suppressed),
+        )
+    }
+}
+
+/// The kernel side of flow audit: the ring buffer and the lost-event counter.
+pub struct FlowSource {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl FlowSource {
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<FlowSource, EnforceError> {
+        let mut map = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| EnforceError::Missing(format!("map {name}")))
+        };
+        let ring = RingBuf::try_from(map(map_names::FLOWS)?).map_err(|source| EnforceError::Map {
+            name: map_names::FLOWS,
+            source,
+        })?;
+        let lost = PerCpuArray::try_from(map(map_names::FLOWS_LOST)?).map_err(|source| {
+            EnforceError::Map {
+                name: map_names::FLOWS_LOST,
+                source,
+            }
+        })?;
+        Ok(FlowSource { ring, lost })
+    }
+
+    /// Reads flows until `shutdown`, handing each window to `sink`.
+    pub async fn run(
+        self,
+        mut sink: impl FnMut(WindowReport) + Send,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let FlowSource { ring, lost } = self;
+        let mut last_lost = lost_total(&lost);
+        // Events lost while no bastiond was reading are reported by the first window.
+        let mut first = true;
+        // SAFETY: the descriptor belongs to the ring buffer, which the AsyncFd owns: it stays
+        // open for as long as it is registered.
+        let mut ring = match unsafe { AsyncFd::register(RingFd(ring)) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "flow audit unavailable: cannot poll the ring buffer");
+                return;
+            }
+        };
+        let offset = wall_minus_mono_ns();
+        let mut window = Window::default();
+        let mut tick = tokio::time::interval(WINDOW);
+        tokio::pin!(shutdown);
+        loop {
+            let stopping = tokio::select! {
+                _ = &mut shutdown => true,
+                _ = tick.tick() => false,
+                guard = ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        drain(&mut guard.get_inner_mut().0, &mut window, offset);
+                        guard.clear_ready();
+                    }
+                    continue;
+                }
+            };
+            drain(&mut ring.get_mut().0, &mut window, offset);
+            let lost_now = lost_total(&lost);
+            let (flows, suppressed) = window.take();
+            let lost_new = lost_now.saturating_sub(last_lost);
+            if first || !flows.is_empty() || suppressed > 0 || lost_new > 0 {
+                sink(WindowReport {
+                    flows,
+                    suppressed,
+                    lost_new,
+                    lost_total: lost_now,
+                });
+            }
+            first = false;
+            last_lost = lost_now;
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+/// What one window produced.
+pub struct WindowReport {
+    pub flows: Vec<Flow>,
+    /// Distinct flows beyond the per-window cap, counted only.
+    pub suppressed: u64,
+    /// Events the kernel lost (ring full) since the previous window.
+    pub lost_new: u64,
+    /// Events lost since the pinned counter was created.
+    pub lost_total: u64,
+}
+
+fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&0, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
+}
+
+fn drain(ring: &mut RingBuf<MapData>, window: &mut Window, offset: i128) {
+    // Bounded by what is queued now; new events wake the poll again.
+    for _ in 0..bastion_common::FLOW_RING_BYTES / 80 {
+        let Some(item) = ring.next() else { return };
+        if item.len() >= std::mem::size_of::<FlowEvent>() {
+            // SAFETY: the kernel wrote a whole FlowEvent (a plain #[repr(C)] struct of integers
+            // and byte arrays: any bit pattern is valid); read_unaligned makes no alignment claim.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            window.add(Flow::from_event(&event, offset));
+        }
+    }
+}
+
+struct RingFd(RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+fn wall_minus_mono_ns() -> i128 {
+    let ns = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec to write.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    ns(libc::CLOCK_REALTIME) - ns(libc::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(hook: Hook, verdict: u8, proto: u8, dport: u16, sport: u16) -> FlowEvent {
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[203, 0, 113, 10]);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        FlowEvent {
+            ktime_ns: 5_000_000_000,
+            cgroup: 42,
+            pid_tgid: (1234u64 << 32) | 1235,
+            comm,
+            saddr: [0; 16],
+            daddr,
+            sport,
+            dport,
+            family: 4,
+            proto,
+            hook: hook as u8,
+            verdict,
+        }
+    }
+
+    #[test]
+    fn events_decode_into_flows() {
+        let f = Flow::from_event(&event(Hook::Connect4, 0, 6, 80, 0), 1_000_000_000_000_000_000);
+        assert_eq!(f.hook, "connect4");
+        assert!(!f.allowed);
+        assert_eq!(f.proto, "tcp");
+        assert_eq!(f.dst, Some("203.0.113.10".parse().unwrap()));
+        assert_eq!(f.src, None, "unbound source is not shown as 0.0.0.0");
+        assert_eq!((f.dport, f.pid, f.comm.as_deref()), (80, Some(1234), Some("curl")));
+        assert_eq!(f.first_micros, 1_000_000_005_000_000);
+        let mut forwarded = event(Hook::Egress, 0, 1, 0, 0);
+        forwarded.pid_tgid = 0;
+        forwarded.comm = [0; 16];
+        let f = Flow::from_event(&forwarded, 0);
+        assert_eq!((f.proto.as_str(), f.pid, f.comm), ("icmp", None, None));
+    }
+
+    #[test]
+    fn repeats_fold_and_floods_are_counted_not_stored() {
+        let mut w = Window::default();
+        for sport in 0..5 {
+            w.add(Flow::from_event(&event(Hook::Connect4, 0, 6, 80, 40000 + sport), 0));
+        }
+        w.add(Flow::from_event(&event(Hook::Connect4, 1, 6, 80, 1), 0));
+        let (flows, suppressed) = w.take();
+        assert_eq!(flows.len(), 2);
+        assert_eq!(flows[0].count, 5);
+        assert_eq!(suppressed, 0);
+        for port in 0..(MAX_PER_WINDOW as u16 + 10) {
+            w.add(Flow::from_event(&event(Hook::Egress, 0, 17, port, 0), 0));
+        }
+        let (flows, suppressed) = w.take();
+        assert_eq!((flows.len(), suppressed), (MAX_PER_WINDOW, 10));
+        assert_eq!(w.take().0.len(), 0, "a window starts empty");
+    }
+
+    #[test]
+    fn filters_match_every_field_set() {
+        let f = Flow::from_event(&event(Hook::Connect4, 0, 6, 80, 0), 0);
+        let all = FlowFilter::default();
+        assert!(all.matches(&f));
+        let denied_tcp80 = FlowFilter {
+            allowed: Some(false),
+            proto: Some("tcp".into()),
+            dport: Some(80),
+            dst: Some("203.0.113.10".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(denied_tcp80.matches(&f));
+        for other in [
+            FlowFilter { allowed: Some(true), ..Default::default() },
+            FlowFilter { hook: Some("egress".into()), ..Default::default() },
+            FlowFilter { dport: Some(22), ..Default::default() },
+            FlowFilter { since_micros: Some(f.first_micros + 1), ..Default::default() },
+        ] {
+            assert!(!other.matches(&f), "{other:?}");
+        }
+    }
+}
