@@ -233,7 +233,11 @@ async fn audit_flows(
             lost_total.store(total, std::sync::atomic::Ordering::Relaxed);
             let mut kinds: Vec<AuditKind> = flows.into_iter().map(AuditKind::Flow).collect();
             if suppressed > 0 || lost_new > 0 {
-                tracing::warn!(suppressed, lost = lost_new, "flow events not stored one by one");
+                tracing::warn!(
+                    suppressed,
+                    lost = lost_new,
+                    "flow events not stored one by one"
+                );
                 kinds.push(AuditKind::FlowsUncounted {
                     suppressed,
                     lost: lost_new,
@@ -244,12 +248,11 @@ async fn audit_flows(
                 continue;
             }
             let store = store.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                store.append_audits(Actor::Daemon, kinds)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))
-            .and_then(|r| r);
+            let written =
+                tokio::task::spawn_blocking(move || store.append_audits(Actor::Daemon, kinds))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))
+                    .and_then(|r| r);
             if let Err(e) = written {
                 tracing::error!(error = %e, "cannot store flow events");
             }
@@ -381,9 +384,11 @@ impl Handler for Daemon {
             }
             Request::FlowList { filter, limit } => self
                 .store
-                .audit_find(limit.min(MAX_AUDIT_LIST), MAX_FLOW_SCAN, |e| {
-                    matches!(&e.kind, AuditKind::Flow(f) if filter.matches(f))
-                })
+                .audit_find(
+                    limit.min(MAX_AUDIT_LIST),
+                    MAX_FLOW_SCAN,
+                    |e| matches!(&e.kind, AuditKind::Flow(f) if filter.matches(f)),
+                )
                 .map(|events| Response::Flows {
                     events,
                     lost_total: self.flows_lost.load(std::sync::atomic::Ordering::Relaxed),

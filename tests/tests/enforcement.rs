@@ -200,7 +200,10 @@ fn forwarded_traffic_to_protected_hosts_is_dropped_even_after_kill9() {
 
     let mut bastiond = lab.start_bastiond().expect("bastiond");
     let got = routed(&lab, "80");
-    assert!(got.contains("timed out"), "forwarded SYN must be dropped: {got}");
+    assert!(
+        got.contains("timed out"),
+        "forwarded SYN must be dropped: {got}"
+    );
     let got = routed(&lab, "22");
     assert!(
         got.starts_with("connected SSH-2.0-") && !got.contains("OpenSSH"),
@@ -212,7 +215,10 @@ fn forwarded_traffic_to_protected_hosts_is_dropped_even_after_kill9() {
 
     bastiond.kill9().unwrap();
     let got = routed(&lab, "80");
-    assert!(got.contains("timed out"), "still dropped with bastiond dead: {got}");
+    assert!(
+        got.contains("timed out"),
+        "still dropped with bastiond dead: {got}"
+    );
     let got = routed(&lab, "22");
     assert!(
         !got.contains("OpenSSH") && !got.starts_with("connected"),

@@ -99,7 +99,7 @@ pub struct FlowFilter {
     pub allowed: Option<bool>,
     pub hook: Option<String>,
     pub proto: Option<String>,
-    /// Destination address.
+    /// Destination address (an IPv4-mapped IPv6 destination matches its IPv4 address).
     pub dst: Option<IpAddr>,
     pub dport: Option<u16>,
     /// Flows first seen at or after this instant (µs since the epoch).
@@ -111,14 +111,25 @@ impl FlowFilter {
         self.allowed.is_none_or(|a| a == f.allowed)
             && self.hook.as_ref().is_none_or(|h| *h == f.hook)
             && self.proto.as_ref().is_none_or(|p| *p == f.proto)
-            && self.dst.is_none_or(|d| Some(d) == f.dst)
+            && self
+                .dst
+                .is_none_or(|d| Some(d.to_canonical()) == f.dst.map(|a| a.to_canonical()))
             && self.dport.is_none_or(|p| p == f.dport)
             && self.since_micros.is_none_or(|t| f.first_micros >= t)
     }
 }
 
 /// hook, allowed, proto, src, dst, dport, cgroup, pid.
-type FlowKey = (String, bool, String, Option<IpAddr>, Option<IpAddr>, u16, u64, Option<u32>);
+type FlowKey = (
+    String,
+    bool,
+    String,
+    Option<IpAddr>,
+    Option<IpAddr>,
+    u16,
+    u64,
+    Option<u32>,
+);
 
 /// One window's flows, repeats folded. Pure bookkeeping.
 #[derive(Default)]
@@ -163,10 +174,11 @@ impl FlowSource {
             ebpf.take_map(name)
                 .ok_or_else(|| EnforceError::Missing(format!("map {name}")))
         };
-        let ring = RingBuf::try_from(map(map_names::FLOWS)?).map_err(|source| EnforceError::Map {
-            name: map_names::FLOWS,
-            source,
-        })?;
+        let ring =
+            RingBuf::try_from(map(map_names::FLOWS)?).map_err(|source| EnforceError::Map {
+                name: map_names::FLOWS,
+                source,
+            })?;
         let lost = PerCpuArray::try_from(map(map_names::FLOWS_LOST)?).map_err(|source| {
             EnforceError::Map {
                 name: map_names::FLOWS_LOST,
@@ -310,13 +322,19 @@ mod tests {
 
     #[test]
     fn events_decode_into_flows() {
-        let f = Flow::from_event(&event(Hook::Connect4, 0, 6, 80, 0), 1_000_000_000_000_000_000);
+        let f = Flow::from_event(
+            &event(Hook::Connect4, 0, 6, 80, 0),
+            1_000_000_000_000_000_000,
+        );
         assert_eq!(f.hook, "connect4");
         assert!(!f.allowed);
         assert_eq!(f.proto, "tcp");
         assert_eq!(f.dst, Some("203.0.113.10".parse().unwrap()));
         assert_eq!(f.src, None, "unbound source is not shown as 0.0.0.0");
-        assert_eq!((f.dport, f.pid, f.comm.as_deref()), (80, Some(1234), Some("curl")));
+        assert_eq!(
+            (f.dport, f.pid, f.comm.as_deref()),
+            (80, Some(1234), Some("curl"))
+        );
         assert_eq!(f.first_micros, 1_000_000_005_000_000);
         let mut forwarded = event(Hook::Egress, 0, 1, 0, 0);
         forwarded.pid_tgid = 0;
@@ -329,7 +347,10 @@ mod tests {
     fn repeats_fold_and_floods_are_counted_not_stored() {
         let mut w = Window::default();
         for sport in 0..5 {
-            w.add(Flow::from_event(&event(Hook::Connect4, 0, 6, 80, 40000 + sport), 0));
+            w.add(Flow::from_event(
+                &event(Hook::Connect4, 0, 6, 80, 40000 + sport),
+                0,
+            ));
         }
         w.add(Flow::from_event(&event(Hook::Connect4, 1, 6, 80, 1), 0));
         let (flows, suppressed) = w.take();
@@ -357,11 +378,27 @@ mod tests {
             ..Default::default()
         };
         assert!(denied_tcp80.matches(&f));
+        let mut mapped = event(Hook::Connect6, 0, 6, 80, 0);
+        mapped.family = 6;
+        mapped.daddr = "::ffff:203.0.113.10".parse::<Ipv6Addr>().unwrap().octets();
+        assert!(denied_tcp80.matches(&Flow::from_event(&mapped, 0)));
         for other in [
-            FlowFilter { allowed: Some(true), ..Default::default() },
-            FlowFilter { hook: Some("egress".into()), ..Default::default() },
-            FlowFilter { dport: Some(22), ..Default::default() },
-            FlowFilter { since_micros: Some(f.first_micros + 1), ..Default::default() },
+            FlowFilter {
+                allowed: Some(true),
+                ..Default::default()
+            },
+            FlowFilter {
+                hook: Some("egress".into()),
+                ..Default::default()
+            },
+            FlowFilter {
+                dport: Some(22),
+                ..Default::default()
+            },
+            FlowFilter {
+                since_micros: Some(f.first_micros + 1),
+                ..Default::default()
+            },
         ] {
             assert!(!other.matches(&f), "{other:?}");
         }

@@ -182,9 +182,7 @@ impl Enforcer {
     }
 
     /// The flow ring buffer and the eBPF log, for the tasks that read them (once).
-    pub fn take_readers(
-        &mut self,
-    ) -> Option<(flows::FlowSource, Option<kernel_log::KernelLog>)> {
+    pub fn take_readers(&mut self) -> Option<(flows::FlowSource, Option<kernel_log::KernelLog>)> {
         self.readers.take()
     }
 

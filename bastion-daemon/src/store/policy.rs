@@ -131,8 +131,7 @@ impl Store {
                 actor: actor.clone(),
                 kind,
             };
-            let record =
-                serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+            let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
             batch.insert(&seq.to_be_bytes(), record);
             seq += 1;
         }

@@ -1,69 +1,79 @@
-//! lab-connect: tries one connect() (TCP) or sendto() (UDP) and reports how it went, so tests can
-//! tell "refused by enforcement" (EPERM, exit 2) from "nobody listening" (exit 3) and success (0).
+//! lab-connect: tries one connect() (TCP), sendto() (UDP) or ICMP echo (raw socket) and reports
+//! how it went, so tests can tell "refused by enforcement" (EPERM, exit 2) from "nobody
+//! listening" (exit 3), "no answer" (exit 1) and success (0).
 //!
 //! With `--hold SECS`, keeps the TCP connection open without sending anything and reports whether
 //! the peer closed it first ("closed by peer") or the time ran out ("still open").
+//! With `--mark N`, the socket carries SO_MARK N (a root process can set any mark: it must not
+//! buy a way past enforcement).
 //!
-//! Usage: lab-connect [--timeout SECS] [--udp | --hold SECS] ADDRESS PORT
+//! Usage: lab-connect [--timeout SECS] [--mark N] [--udp | --icmp | --hold SECS] ADDRESS PORT
 
 use std::{
     io::Read,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream},
     process::ExitCode,
     time::Duration,
 };
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+#[derive(PartialEq)]
+enum Mode {
+    Tcp,
+    Udp,
+    Icmp,
+    Hold(u64),
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut timeout = Duration::from_secs(5);
-    if args.first().map(String::as_str) == Some("--timeout") {
-        match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
-            Some(secs) => timeout = Duration::from_secs(secs),
-            None => {
-                eprintln!("lab-connect: --timeout needs a number of seconds");
-                return ExitCode::from(64);
+    let mut mark = None;
+    let mut mode = Mode::Tcp;
+    loop {
+        let number = |args: &[String]| args.get(1).and_then(|s| s.parse::<u64>().ok());
+        match args.first().map(String::as_str) {
+            Some("--timeout") => match number(&args) {
+                Some(secs) => timeout = Duration::from_secs(secs),
+                None => return usage("--timeout needs a number of seconds"),
+            },
+            Some("--mark") => match number(&args).and_then(|m| u32::try_from(m).ok()) {
+                Some(m) => mark = Some(m),
+                None => return usage("--mark needs a number"),
+            },
+            Some("--hold") => match number(&args) {
+                Some(secs) => mode = Mode::Hold(secs),
+                None => return usage("--hold needs a number of seconds"),
+            },
+            Some("--udp") => {
+                mode = Mode::Udp;
+                args.remove(0);
+                continue;
             }
+            Some("--icmp") => {
+                mode = Mode::Icmp;
+                args.remove(0);
+                continue;
+            }
+            _ => break,
         }
         args.drain(..2);
     }
-    let (udp, hold, rest) = match args.first().map(String::as_str) {
-        Some("--udp") => (true, None, &args[1..]),
-        Some("--hold") => match args.get(1).and_then(|s| s.parse::<u64>().ok()) {
-            Some(secs) => (false, Some(secs), &args[2..]),
-            None => {
-                eprintln!("lab-connect: --hold needs a number of seconds");
-                return ExitCode::from(64);
-            }
-        },
-        _ => (false, None, &args[..]),
-    };
-    let [addr, port] = rest else {
-        eprintln!("usage: lab-connect [--udp] ADDRESS PORT");
-        return ExitCode::from(64);
+    let [addr, port] = &args[..] else {
+        return usage("ADDRESS PORT expected");
     };
     let (Ok(ip), Ok(port)) = (addr.parse::<IpAddr>(), port.parse::<u16>()) else {
-        eprintln!("lab-connect: bad address or port: {addr} {port}");
-        return ExitCode::from(64);
+        return usage(&format!("bad address or port: {addr} {port}"));
     };
     let target = SocketAddr::new(ip, port);
-    if let Some(secs) = hold {
-        return hold_open(SocketAddr::new(ip, port), secs);
+    if let Mode::Hold(secs) = mode {
+        return hold_open(target, secs);
     }
-    let result = if udp {
-        let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .expect("literal");
-        UdpSocket::bind(bind)
-            .and_then(|s| s.send_to(b"lab", target))
-            .map(|_| "sent".to_owned())
-    } else {
-        TcpStream::connect_timeout(&target, timeout).map(|mut s| {
-            // Read the peer's banner, if it sends one, to show the connection is real.
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            format!("connected {}", String::from_utf8_lossy(&buf[..n]).trim())
-        })
+    let result = match mode {
+        Mode::Udp => udp(target, mark),
+        Mode::Icmp => icmp(ip, mark, timeout),
+        _ => tcp(target, mark, timeout),
     };
     match result {
         Ok(what) => {
@@ -79,6 +89,89 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("lab-connect: {why}");
+    eprintln!(
+        "usage: lab-connect [--timeout SECS] [--mark N] [--udp | --icmp | --hold SECS] ADDRESS PORT"
+    );
+    ExitCode::from(64)
+}
+
+fn socket(
+    ip: IpAddr,
+    ty: Type,
+    proto: Option<Protocol>,
+    mark: Option<u32>,
+) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), ty, proto)?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    Ok(s)
+}
+
+fn tcp(target: SocketAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<String> {
+    let s = socket(target.ip(), Type::STREAM, None, mark)?;
+    s.connect_timeout(&target.into(), timeout)?;
+    let mut s: TcpStream = s.into();
+    // Read the peer's banner, if it sends one, to show the connection is real.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    Ok(format!(
+        "connected {}",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    ))
+}
+
+fn udp(target: SocketAddr, mark: Option<u32>) -> std::io::Result<String> {
+    let s = socket(target.ip(), Type::DGRAM, None, mark)?;
+    s.send_to(b"lab", &target.into())?;
+    Ok("sent".into())
+}
+
+/// One ICMP echo request on a raw socket (the sock_addr hooks do not see raw sockets; the
+/// egress program does), then waits for the reply.
+fn icmp(ip: IpAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<String> {
+    let IpAddr::V4(_) = ip else {
+        return Err(std::io::Error::other("--icmp is IPv4 only"));
+    };
+    let s = socket(ip, Type::RAW, Some(Protocol::ICMPV4), mark)?;
+    // type 8 (echo request), code 0, checksum, id, sequence 1.
+    let mut packet = [8u8, 0, 0, 0, 0x1a, 0xb5, 0, 1];
+    let sum = checksum(&packet);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    s.send_to(&packet, &SockAddr::from(SocketAddr::new(ip, 0)))?;
+    s.set_read_timeout(Some(timeout))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    while std::time::Instant::now() < deadline {
+        let (n, from) = s.recv_from(&mut buf)?;
+        // SAFETY: recv_from initialised the first n bytes.
+        let bytes: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let from = from.as_socket().map(|a| a.ip());
+        // The IPv4 header (20 bytes without options) precedes the ICMP echo reply (type 0).
+        if from == Some(ip) && bytes.get(20) == Some(&0) {
+            return Ok("echo reply".into());
+        }
+    }
+    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Connects, sends nothing, and waits up to `secs` for the peer to close.
