@@ -42,6 +42,9 @@ pub struct InterceptConfig {
     /// Local port of the transparent SSH listener (bound with IP_TRANSPARENT on every address).
     #[serde(default = "default_intercept_port")]
     pub listen_port: u16,
+    /// Local port of the TCP relay (raw TCP that a grant with the `tcp` right allows).
+    #[serde(default = "default_relay_port")]
+    pub relay_port: u16,
     /// Firewall mark of steered packets and the routing table that delivers them locally.
     #[serde(default = "default_intercept_mark")]
     pub mark: u32,
@@ -57,6 +60,9 @@ fn default_ssh_ports() -> Vec<u16> {
 }
 fn default_intercept_port() -> u16 {
     2201
+}
+fn default_relay_port() -> u16 {
+    2202
 }
 fn default_intercept_mark() -> u32 {
     0xb457_0001
@@ -347,10 +353,15 @@ impl Config {
                     "intercept.interfaces lists `{name}`, a protected interface; list the admin side"
                 )));
             }
-            if i.listen_port == self.ssh.listen.port() {
+            if i.listen_port == self.ssh.listen.port()
+                || i.relay_port == self.ssh.listen.port()
+                || i.relay_port == i.listen_port
+            {
                 return Err(invalid(format!(
-                    "intercept.listen_port {} is ssh.listen's port",
-                    i.listen_port
+                    "intercept.listen_port {}, intercept.relay_port {} and ssh.listen's port {} must differ",
+                    i.listen_port,
+                    i.relay_port,
+                    self.ssh.listen.port()
                 )));
             }
         }

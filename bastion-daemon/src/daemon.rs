@@ -84,7 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let config_subnets = config.enforce.protected_subnets.clone();
     let mut enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
     let intercept_listeners = match &config.intercept {
-        Some(i) => Some(intercept(&mut enforcer, i)?),
+        Some(i) => Some(intercept(&mut enforcer, i, relay_ports(&policy))?),
         None => None,
     };
     let listener = server::bind(&config.control.socket)?;
@@ -155,15 +155,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(listen = %config.ssh.listen, "SSH proxy listening");
     let mut transparent = Vec::new();
     if let Some(listeners) = intercept_listeners {
-        for listener in listeners {
-            let mut stop = stop_rx.clone();
+        for listener in listeners.ssh {
             transparent.push(tokio::spawn(proxy::listener::run(
                 listener,
                 proxy.clone(),
                 proxy::listener::Mode::Transparent,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
+                stopped(&stop_rx),
+            )));
+        }
+        for listener in listeners.relay {
+            transparent.push(tokio::spawn(proxy::relay::run(
+                listener,
+                proxy.clone(),
+                stopped(&stop_rx),
             )));
         }
     }
@@ -265,22 +269,12 @@ async fn audit_flows(
 fn intercept(
     enforcer: &mut Enforcer,
     cfg: &crate::config::InterceptConfig,
-) -> Result<Vec<tokio::net::TcpListener>, DaemonError> {
-    let mut listeners = Vec::new();
-    for ip in [
-        std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
-        std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
-    ] {
-        let addr = SocketAddr::new(ip, cfg.listen_port);
-        match proxy::listener::bind_transparent(addr) {
-            Ok(l) => listeners.push(l),
-            // A host without IPv6 intercepts IPv4 only.
-            Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                tracing::warn!("IPv6 unavailable: intercepting IPv4 only")
-            }
-            Err(source) => return Err(DaemonError::Listen { addr, source }),
-        }
-    }
+    relay_ports: Vec<u16>,
+) -> Result<Intercepted, DaemonError> {
+    let listeners = Intercepted {
+        ssh: bind_transparent(cfg.listen_port)?,
+        relay: bind_transparent(cfg.relay_port)?,
+    };
     enforcer.steer(
         crate::enforce::nft::Steering {
             table: cfg.nft_table.clone(),
@@ -288,7 +282,8 @@ fn intercept(
             prefixes: Vec::new(),
             ssh_ports: cfg.ssh_ports.clone(),
             ssh_listener: cfg.listen_port,
-            relay_listener: None,
+            relay_listener: cfg.relay_port,
+            relay_ports,
             mark: cfg.mark,
         },
         crate::enforce::route::LocalDelivery {
@@ -297,8 +292,51 @@ fn intercept(
             priority: 100,
         },
     )?;
-    tracing::info!(port = cfg.listen_port, "transparent SSH listener ready");
+    tracing::info!(
+        ssh = cfg.listen_port,
+        relay = cfg.relay_port,
+        "transparent listeners ready"
+    );
     Ok(listeners)
+}
+
+/// The transparent listeners: SSH, and the TCP relay.
+struct Intercepted {
+    ssh: Vec<tokio::net::TcpListener>,
+    relay: Vec<tokio::net::TcpListener>,
+}
+
+/// IPv4 and (where the host has it) IPv6 transparent listeners on `port`.
+fn bind_transparent(port: u16) -> Result<Vec<tokio::net::TcpListener>, DaemonError> {
+    let mut listeners = Vec::new();
+    for ip in [
+        std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+    ] {
+        let addr = SocketAddr::new(ip, port);
+        match proxy::listener::bind_transparent(addr) {
+            Ok(l) => listeners.push(l),
+            // A host without IPv6 intercepts IPv4 only.
+            Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                tracing::warn!(port, "IPv6 unavailable: intercepting IPv4 only")
+            }
+            Err(source) => return Err(DaemonError::Listen { addr, source }),
+        }
+    }
+    Ok(listeners)
+}
+
+/// Every port some grant relays as raw TCP.
+fn relay_ports(policy: &Policy) -> Vec<u16> {
+    let mut ports: Vec<u16> = policy
+        .grants
+        .values()
+        .filter(|g| g.rights.contains(policy::Right::Tcp))
+        .flat_map(|g| g.tcp_ports.iter().copied())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Config prefixes plus stored ones, without duplicates.
@@ -529,10 +567,9 @@ impl Daemon {
         let mut next = policy.clone();
         next.insert(entity.clone());
         // A new protected prefix reaches the kernel before it is recorded: if storing fails, the
-        // kernel is stricter than the record, never looser.
-        if entity.kind() == EntityKind::Subnet {
-            self.apply_subnets(&next)?;
-        }
+        // kernel is stricter than the record, never looser. (A relay port steered early only
+        // meets a relay that finds no grant.)
+        self.apply_enforcement(entity.kind(), &next)?;
         let event = self
             .store
             .put_entity(&entity, admin(peer))
@@ -566,17 +603,21 @@ impl Daemon {
             .remove_entity(kind, name, admin(peer))
             .map_err(|e| e.to_string())?;
         *policy = next;
-        if kind == EntityKind::Subnet {
-            self.apply_subnets(&policy)?;
-        }
+        self.apply_enforcement(kind, &policy)?;
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
     }
 
-    fn apply_subnets(&self, policy: &Policy) -> Result<(), String> {
-        lock(&self.enforcer)
-            .set_protected(&protected(&self.config_subnets, policy))
-            .map_err(|e| format!("updating enforcement: {e}"))
+    /// Brings the kernel in line with a changed policy: protected prefixes (subnets) and the
+    /// ports steered to the TCP relay (grants).
+    fn apply_enforcement(&self, kind: EntityKind, policy: &Policy) -> Result<(), String> {
+        let mut enforcer = lock(&self.enforcer);
+        match kind {
+            EntityKind::Subnet => enforcer.set_protected(&protected(&self.config_subnets, policy)),
+            EntityKind::Grant => enforcer.set_relay_ports(&relay_ports(policy)),
+            _ => Ok(()),
+        }
+        .map_err(|e| format!("updating enforcement: {e}"))
     }
 }
 

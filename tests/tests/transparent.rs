@@ -223,3 +223,124 @@ fn proxyjump_is_an_audited_session_and_other_forwards_to_protected_hosts_are_ref
         text(&out)
     );
 }
+
+#[test]
+fn raw_tcp_is_relayed_only_as_granted_and_every_connection_is_a_flow() {
+    let (lab, b, _config) = setup();
+    let bin = bastion_lab::sys::bin("lab-connect").unwrap();
+    let mut service = lab
+        .command_unenforced("web1", &bin)
+        .unwrap()
+        .args(["--serve", "7777"])
+        .spawn()
+        .unwrap();
+    let connect = |args: &[&str]| {
+        let out = lab
+            .command_unenforced("admin", &bin)
+            .unwrap()
+            .args(["--timeout", "2"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Not granted: not steered, so forwarded and dropped by the egress program.
+    assert!(connect(&["--send", "x", WEB1, "7777"]).contains("timed out"));
+
+    b.ctl_ok(&[
+        "grant",
+        "add",
+        "web1-echo",
+        "--user",
+        "alice",
+        "--target",
+        "web1",
+        "--rights",
+        "tcp",
+        "--tcp-port",
+        "7777",
+        "--from",
+        "198.51.100.10/32",
+        "--capture",
+    ])
+    .unwrap();
+    let got = connect(&["--from", "198.51.100.10", "--send", "hello", WEB1, "7777"]);
+    assert_eq!(got, "connected lab-echo\nhello");
+    // The admin's other address is not in the grant: the relay refuses it.
+    let refused = connect(&["--from", "198.51.100.11", "--send", "hello", WEB1, "7777"]);
+    assert!(!refused.contains("lab-echo"), "{refused}");
+
+    let mut flows = serde_json::Value::Null;
+    for _ in 0..40 {
+        flows = serde_json::from_str(&b.ctl_ok(&["--json", "flows", "--hook", "relay"]).unwrap())
+            .unwrap();
+        if flows["events"].as_array().is_some_and(|e| e.len() == 2) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let events = flows["events"].as_array().unwrap();
+    let carried = events.iter().find(|e| e["allowed"] == true).unwrap();
+    assert_eq!(carried["src"], "198.51.100.10", "{flows}");
+    assert_eq!(carried["dport"], 7777);
+    assert_eq!(carried["relay"]["grant"], "web1-echo");
+    assert_eq!(carried["relay"]["bytes_up"], 5);
+    assert_eq!(carried["relay"]["bytes_down"], 14);
+    let denied = events.iter().find(|e| e["allowed"] == false).unwrap();
+    assert_eq!(denied["src"], "198.51.100.11", "{flows}");
+    assert!(
+        denied["relay"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not granted from 198.51.100.11"),
+        "{flows}"
+    );
+    // Captured payload, zstd-compressed into the store like a session.
+    let session = carried["relay"]["session"].as_u64().unwrap();
+    let export = b
+        .ctl_ok(&[
+            "session",
+            "export",
+            &session.to_string(),
+            "--format",
+            "json",
+        ])
+        .unwrap();
+    let export: serde_json::Value = serde_json::from_str(&export).unwrap();
+    let frames = export["frames"].as_array().unwrap();
+    let data = |kind: &str| -> String {
+        frames
+            .iter()
+            .filter(|f| f["kind"] == kind)
+            .map(|f| base64_decode(f["data_base64"].as_str().unwrap()))
+            .collect()
+    };
+    assert_eq!(data("input"), "hello", "{export}");
+    assert_eq!(data("output"), "lab-echo\nhello", "{export}");
+    assert_eq!(export["session"]["arrival"], "tcp");
+
+    // Removing the grant stops the steering at once.
+    b.ctl_ok(&["grant", "remove", "web1-echo"]).unwrap();
+    assert!(connect(&["--send", "x", WEB1, "7777"]).contains("timed out"));
+    let _ = service.kill();
+    let _ = service.wait();
+}
+
+/// Standard base64 (with padding) to text; enough for the export's `data_base64`.
+fn base64_decode(s: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}

@@ -42,6 +42,25 @@ pub struct Flow {
     pub comm: Option<String>,
     /// How many identical attempts this event stands for.
     pub count: u64,
+    /// For a connection through bastiond's TCP relay: what was decided and carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<Relayed>,
+}
+
+/// A raw TCP connection through the relay, as audited when it ends (or is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub grant: Option<String>,
+    /// The grant's subject (`user:alice`, `group:ops`).
+    pub subject: Option<String>,
+    /// Why it was refused or failed.
+    pub reason: Option<String>,
+    /// Client to target, and target to client.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// The recorded payload, when the grant captures it.
+    pub session: Option<u64>,
 }
 
 impl Flow {
@@ -75,6 +94,7 @@ impl Flow {
             pid: (e.pid_tgid != 0).then_some((e.pid_tgid >> 32) as u32),
             comm: (comm_len > 0).then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
             count: 1,
+            relay: None,
         }
     }
 

@@ -202,6 +202,17 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Steers exactly `ports` (those some grant relays) to the TCP relay, live.
+    pub fn set_relay_ports(&mut self, ports: &[u16]) -> Result<(), EnforceError> {
+        if let Some((steering, _)) = &mut self.steering
+            && steering.relay_ports != ports
+        {
+            steering.relay_ports = ports.to_vec();
+            nft::install(steering)?;
+        }
+        Ok(())
+    }
+
     /// Removes the steering table and routing (clean stop). The eBPF floor stays pinned, so
     /// protected prefixes stay closed: intercepted SSH now fails instead of passing.
     pub fn stop_steering(&mut self) -> Result<(), EnforceError> {

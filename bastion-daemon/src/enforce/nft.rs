@@ -40,7 +40,8 @@ pub enum NftError {
 }
 
 /// What to steer: TCP from `interfaces` to `prefixes`; `ssh_ports` to the transparent SSH
-/// listener, every other port to the TCP relay when there is one.
+/// listener, `relay_ports` (those some grant relays) to the TCP relay. Nothing else is steered:
+/// it is forwarded, and the egress program drops it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steering {
     pub table: String,
@@ -48,7 +49,8 @@ pub struct Steering {
     pub prefixes: Vec<Cidr>,
     pub ssh_ports: Vec<u16>,
     pub ssh_listener: u16,
-    pub relay_listener: Option<u16>,
+    pub relay_listener: u16,
+    pub relay_ports: Vec<u16>,
     /// Set on steered packets; policy routing delivers marked packets locally.
     pub mark: u32,
 }
@@ -69,11 +71,11 @@ pub fn install(s: &Steering) -> Result<(), NftError> {
         let iface = CString::new(iface.as_str()).map_err(|_| NftError::Interface(iface.clone()))?;
         for prefix in &s.prefixes {
             for port in &s.ssh_ports {
-                let rule = steer(&chain, &iface, prefix, Some(*port), s.ssh_listener, s.mark);
+                let rule = steer(&chain, &iface, prefix, *port, s.ssh_listener, s.mark);
                 batch.add(&rule, MsgType::Add);
             }
-            if let Some(relay) = s.relay_listener {
-                let rule = steer(&chain, &iface, prefix, None, relay, s.mark);
+            for port in s.relay_ports.iter().filter(|p| !s.ssh_ports.contains(p)) {
+                let rule = steer(&chain, &iface, prefix, *port, s.relay_listener, s.mark);
                 batch.add(&rule, MsgType::Add);
             }
         }
@@ -98,12 +100,12 @@ fn table_name(name: &str) -> Result<CString, NftError> {
         .ok_or_else(|| NftError::Name(name.to_owned()))
 }
 
-/// `iifname IFACE <family> daddr PREFIX tcp [dport PORT] tproxy to :LISTENER meta mark set MARK accept`
+/// `iifname IFACE <family> daddr PREFIX tcp dport PORT tproxy to :LISTENER meta mark set MARK accept`
 fn steer<'a>(
     chain: &'a Chain<'a>,
     iface: &CStr,
     prefix: &Cidr,
-    port: Option<u16>,
+    port: u16,
     listener: u16,
     mark: u32,
 ) -> Rule<'a> {
@@ -136,10 +138,8 @@ fn steer<'a>(
     };
     rule.add_expr(&nft_expr!(meta l4proto));
     rule.add_expr(&nft_expr!(cmp == libc::IPPROTO_TCP as u8));
-    if let Some(port) = port {
-        rule.add_expr(&nft_expr!(payload tcp dport));
-        rule.add_expr(&nft_expr!(cmp == port.to_be()));
-    }
+    rule.add_expr(&nft_expr!(payload tcp dport));
+    rule.add_expr(&nft_expr!(cmp == port.to_be()));
     rule.add_expr(&nftnl::expr::Immediate::new(
         listener.to_be(),
         Register::Reg1,

@@ -2,7 +2,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use super::model::{GrantObject, GrantSubject, Policy, Right};
+use super::model::{Grant, GrantObject, GrantSubject, Policy, Right};
 use super::window::Window;
 use crate::cidr::Cidr;
 
@@ -71,6 +71,14 @@ pub enum Denied {
     Expired { grant: String, at: u64 },
     #[error("grant {grant} applies only during {window} UTC")]
     OutsideWindow { grant: String, window: Window },
+    #[error("no grant relays TCP to {target} port {port}")]
+    TcpNotGranted { target: String, port: u16 },
+    #[error("TCP to {target} port {port} is not granted from {from}")]
+    TcpSourceNotGranted {
+        from: IpAddr,
+        target: String,
+        port: u16,
+    },
 }
 
 impl Denied {
@@ -79,7 +87,8 @@ impl Denied {
     pub fn closeness(&self) -> u8 {
         match self {
             Denied::UnknownUser(_) | Denied::UnknownTarget(_) | Denied::NotProtected(_) => 0,
-            Denied::NoGrant { .. } => 1,
+            Denied::NoGrant { .. } | Denied::TcpNotGranted { .. } => 1,
+            Denied::TcpSourceNotGranted { .. } => 2,
             Denied::LoginNotGranted { .. } => 2,
             Denied::RightNotGranted { .. } => 3,
             Denied::NotYetValid { .. } | Denied::Expired { .. } | Denied::OutsideWindow { .. } => 4,
@@ -167,39 +176,85 @@ pub fn evaluate(policy: &Policy, req: &AccessRequest<'_>) -> Decision {
             target,
         });
     }
+    match first_valid(with_right, req.now) {
+        Ok(g) => Decision::Allow {
+            grant: g.id.clone(),
+        },
+        Err(reason) => deny(reason.unwrap_or(Denied::NoGrant {
+            user: req.user.to_owned(),
+            target,
+        })),
+    }
+}
+
+/// A raw TCP connection the relay received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRequest<'a> {
+    /// The admin's address (raw TCP carries no other identity).
+    pub source: IpAddr,
+    pub target: &'a ResolvedTarget,
+    pub port: u16,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// The grant that relays `req`, or the most specific reason none does.
+pub fn evaluate_tcp<'p>(policy: &'p Policy, req: &TcpRequest<'_>) -> Result<&'p Grant, Denied> {
+    let target = req.target.to_string();
+    let to_port: Vec<&Grant> = policy
+        .grants
+        .values()
+        .filter(|g| g.rights.contains(Right::Tcp))
+        .filter(|g| object_matches(&g.object, req.target))
+        .filter(|g| g.tcp_ports.contains(&req.port))
+        .collect();
+    if to_port.is_empty() {
+        return Err(Denied::TcpNotGranted {
+            target,
+            port: req.port,
+        });
+    }
+    let from_source: Vec<&Grant> = to_port
+        .into_iter()
+        .filter(|g| g.sources.iter().any(|c| c.contains(req.source)))
+        .collect();
+    if from_source.is_empty() {
+        return Err(Denied::TcpSourceNotGranted {
+            from: req.source,
+            target,
+            port: req.port,
+        });
+    }
+    first_valid(from_source, req.now).map_err(|reason| {
+        reason.unwrap_or(Denied::TcpNotGranted {
+            target,
+            port: req.port,
+        })
+    })
+}
+
+/// The first grant valid at `now`, else the reason the first one is not (None: no grants).
+fn first_valid(grants: Vec<&Grant>, now: u64) -> Result<&Grant, Option<Denied>> {
     let mut first_reason = None;
-    for g in with_right {
+    for g in grants {
         let reason = match (g.not_before, g.not_after, g.window) {
-            (Some(from), _, _) if req.now < from => Some(Denied::NotYetValid {
+            (Some(from), _, _) if now < from => Denied::NotYetValid {
                 grant: g.id.clone(),
                 from,
-            }),
-            (_, Some(at), _) if req.now >= at => Some(Denied::Expired {
+            },
+            (_, Some(at), _) if now >= at => Denied::Expired {
                 grant: g.id.clone(),
                 at,
-            }),
-            (_, _, Some(w)) if !w.contains(req.now) => Some(Denied::OutsideWindow {
+            },
+            (_, _, Some(w)) if !w.contains(now) => Denied::OutsideWindow {
                 grant: g.id.clone(),
                 window: w,
-            }),
-            _ => None,
+            },
+            _ => return Ok(g),
         };
-        match reason {
-            None => {
-                return Decision::Allow {
-                    grant: g.id.clone(),
-                };
-            }
-            Some(r) => {
-                first_reason.get_or_insert(r);
-            }
-        }
+        first_reason.get_or_insert(reason);
     }
-    // `with_right` was non-empty and nothing allowed, so a reason was recorded.
-    deny(first_reason.unwrap_or(Denied::NoGrant {
-        user: req.user.to_owned(),
-        target,
-    }))
+    Err(first_reason)
 }
 
 fn deny(d: Denied) -> Decision {
@@ -226,7 +281,7 @@ fn object_matches(object: &GrantObject, target: &ResolvedTarget) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::{Grant, Group, Rights, Target, User};
+    use crate::policy::model::{Group, Rights, Target, User};
 
     const NOW: u64 = 1_795_737_600 + 10 * 3600; // Friday 2026-11-27 10:00 UTC
 
@@ -268,6 +323,9 @@ mod tests {
             not_before: None,
             not_after: None,
             window: None,
+            tcp_ports: vec![],
+            sources: vec![],
+            capture: false,
         };
         let mut g1 = grant(
             "g-alice-web1",
@@ -490,5 +548,65 @@ mod tests {
                 (w, got) => panic!("{req:?}: wanted {w:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tcp_relay_table() {
+        let mut p = policy();
+        let mut g = p.grants["g-alice-web1"].clone();
+        g.id = "g-web1-http".into();
+        g.rights = Rights::new([Right::Tcp]);
+        g.logins = vec![];
+        g.tcp_ports = vec![80, 443];
+        g.sources = vec!["198.51.100.10/32".parse().unwrap()];
+        g.not_after = Some(NOW + 60);
+        p.grants.insert(g.id.clone(), g);
+        let web1 = resolve_target(&p, "web1", &[]).unwrap();
+        let web2 = resolve_target(&p, "203.0.113.11", &[]).unwrap();
+        let admin: IpAddr = "198.51.100.10".parse().unwrap();
+        let other: IpAddr = "198.51.100.11".parse().unwrap();
+        type Case<'a> = (IpAddr, &'a ResolvedTarget, u16, u64, Result<&'a str, &'a str>);
+        let cases: &[Case] = &[
+            (admin, &web1, 80, NOW, Ok("g-web1-http")),
+            (admin, &web1, 443, NOW, Ok("g-web1-http")),
+            (
+                admin,
+                &web1,
+                22,
+                NOW,
+                Err("no grant relays TCP to web1 port 22"),
+            ),
+            (
+                admin,
+                &web2,
+                80,
+                NOW,
+                Err("no grant relays TCP to 203.0.113.11 port 80"),
+            ),
+            (other, &web1, 80, NOW, Err("not granted from 198.51.100.11")),
+            (admin, &web1, 80, NOW + 60, Err("grant g-web1-http expired")),
+        ];
+        for (source, target, port, now, want) in cases {
+            let req = TcpRequest {
+                source: *source,
+                target,
+                port: *port,
+                now: *now,
+            };
+            match (want, evaluate_tcp(&p, &req)) {
+                (Ok(id), Ok(g)) => assert_eq!(g.id, *id, "{req:?}"),
+                (Err(w), Err(d)) => assert!(d.to_string().contains(w), "{req:?}: {d}"),
+                (w, got) => panic!("{req:?}: wanted {w:?}, got {got:?}"),
+            }
+        }
+        // SSH rights never open the relay.
+        let ssh_only = TcpRequest {
+            source: admin,
+            target: &web1,
+            port: 22,
+            now: NOW,
+        };
+        p.grants.remove("g-web1-http");
+        assert!(evaluate_tcp(&p, &ssh_only).is_err());
     }
 }

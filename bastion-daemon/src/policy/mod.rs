@@ -14,7 +14,10 @@ pub mod model;
 pub mod validate;
 pub mod window;
 
-pub use evaluate::{AccessRequest, Decision, Denied, ResolvedTarget, evaluate, resolve_target};
+pub use evaluate::{
+    AccessRequest, Decision, Denied, ResolvedTarget, TcpRequest, evaluate, evaluate_tcp,
+    resolve_target,
+};
 pub use model::{
     Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target,
     User,

@@ -48,15 +48,18 @@ pub enum Right {
     Sftp,
     Forward,
     Agent,
+    /// Raw TCP to the grant's `tcp_ports`, through bastiond's relay, from the grant's `sources`.
+    Tcp,
 }
 
 impl Right {
-    pub const ALL: [Right; 5] = [
+    pub const ALL: [Right; 6] = [
         Right::Shell,
         Right::Exec,
         Right::Sftp,
         Right::Forward,
         Right::Agent,
+        Right::Tcp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Right {
             Right::Sftp => "sftp",
             Right::Forward => "forward",
             Right::Agent => "agent",
+            Right::Tcp => "tcp",
         }
     }
 
@@ -127,6 +131,15 @@ pub struct Grant {
     /// Recurring window (e.g. weekdays 08:00-18:00 UTC) within which the grant applies.
     #[serde(default)]
     pub window: Option<Window>,
+    /// With the `tcp` right: the destination ports relayed. Raw TCP carries no identity, so
+    /// the grant names the admin workstations (`sources`) it applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Cidr>,
+    /// Record relayed payload (zstd, like sessions), not only the flow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture: bool,
 }
 
 /// A snapshot of the whole policy, as the evaluator sees it.

@@ -2,7 +2,7 @@
 //! keys parseable, references pointing at things that exist, nothing removed that is still
 //! referenced. Pure, like the evaluator.
 
-use super::model::{GrantObject, GrantSubject, Policy, valid_name};
+use super::model::{GrantObject, GrantSubject, Policy, Right, valid_name};
 use crate::policy::Entity;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,9 +128,29 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
             if let GrantObject::Target(t) = &g.object {
                 need(p, "target", t)?;
             }
-            if g.logins.is_empty() {
+            let tcp = g.rights.contains(Right::Tcp);
+            let ssh = g.rights.iter().any(|r| r != Right::Tcp);
+            if ssh && g.logins.is_empty() {
                 return Err(PolicyError::Invalid(format!(
                     "grant `{}` names no login",
+                    g.id
+                )));
+            }
+            if tcp && (g.tcp_ports.is_empty() || g.sources.is_empty()) {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: the tcp right needs --tcp-port and --from (raw TCP carries no identity: name the admin addresses)",
+                    g.id
+                )));
+            }
+            if !tcp && (!g.tcp_ports.is_empty() || !g.sources.is_empty() || g.capture) {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: TCP ports, sources and capture need the tcp right",
+                    g.id
+                )));
+            }
+            if g.tcp_ports.contains(&0) {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: port 0 is not a port",
                     g.id
                 )));
             }

@@ -14,6 +14,7 @@ pub mod hostcert;
 pub mod identity;
 pub mod listener;
 pub mod ratelimit;
+pub mod relay;
 pub mod rights;
 pub mod session;
 pub mod upstream;

@@ -233,8 +233,12 @@ pub async fn fetch_host_key(
         .map_err(|e| UpstreamError::Internal(e.to_string()))
 }
 
-/// A TCP connection carrying bastiond's mark (the protected-side egress check looks for it).
-async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<tokio::net::TcpStream> {
+/// A TCP connection carrying bastiond's mark (for policy routing and firewalls on the way; the
+/// eBPF floor trusts bastiond's cgroup, not the mark).
+pub(crate) async fn connect_marked(
+    addr: SocketAddr,
+    mark: u32,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -5,9 +5,14 @@
 //! With `--hold SECS`, keeps the TCP connection open without sending anything and reports whether
 //! the peer closed it first ("closed by peer") or the time ran out ("still open").
 //! With `--mark N`, the socket carries SO_MARK N (a root process can set any mark: it must not
-//! buy a way past enforcement).
+//! buy a way past enforcement). `--from ADDR` binds the source address; `--send TEXT` sends TEXT
+//! after connecting, half-closes, and prints everything the peer sends until it closes.
+//! `--serve PORT` is the other end: a TCP service that greets with `lab-echo` and echoes, for
+//! 60 seconds.
 //!
-//! Usage: lab-connect [--timeout SECS] [--mark N] [--udp | --icmp | --hold SECS] ADDRESS PORT
+//! Usage: lab-connect [--timeout SECS] [--mark N] [--from ADDR] [--send TEXT]
+//!                    [--udp | --icmp | --hold SECS] ADDRESS PORT
+//!        lab-connect --serve PORT
 
 use std::{
     io::Read,
@@ -31,6 +36,8 @@ fn main() -> ExitCode {
     let mut timeout = Duration::from_secs(5);
     let mut mark = None;
     let mut mode = Mode::Tcp;
+    let mut from: Option<IpAddr> = None;
+    let mut send: Option<String> = None;
     loop {
         let number = |args: &[String]| args.get(1).and_then(|s| s.parse::<u64>().ok());
         match args.first().map(String::as_str) {
@@ -41,6 +48,18 @@ fn main() -> ExitCode {
             Some("--mark") => match number(&args).and_then(|m| u32::try_from(m).ok()) {
                 Some(m) => mark = Some(m),
                 None => return usage("--mark needs a number"),
+            },
+            Some("--serve") => match number(&args).and_then(|p| u16::try_from(p).ok()) {
+                Some(port) => return serve(port),
+                None => return usage("--serve needs a port"),
+            },
+            Some("--from") => match args.get(1).and_then(|a| a.parse().ok()) {
+                Some(a) => from = Some(a),
+                None => return usage("--from needs an address"),
+            },
+            Some("--send") => match args.get(1) {
+                Some(text) => send = Some(text.clone()),
+                None => return usage("--send needs text"),
             },
             Some("--hold") => match number(&args) {
                 Some(secs) => mode = Mode::Hold(secs),
@@ -73,7 +92,7 @@ fn main() -> ExitCode {
     let result = match mode {
         Mode::Udp => udp(target, mark),
         Mode::Icmp => icmp(ip, mark, timeout),
-        _ => tcp(target, mark, timeout),
+        _ => tcp(target, mark, from, send.as_deref(), timeout),
     };
     match result {
         Ok(what) => {
@@ -112,10 +131,28 @@ fn socket(
     Ok(s)
 }
 
-fn tcp(target: SocketAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<String> {
+fn tcp(
+    target: SocketAddr,
+    mark: Option<u32>,
+    from: Option<IpAddr>,
+    send: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<String> {
     let s = socket(target.ip(), Type::STREAM, None, mark)?;
+    if let Some(from) = from {
+        s.bind(&SocketAddr::new(from, 0).into())?;
+    }
     s.connect_timeout(&target.into(), timeout)?;
     let mut s: TcpStream = s.into();
+    if let Some(text) = send {
+        use std::io::Write;
+        s.write_all(text.as_bytes())?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        return Ok(format!("connected {}", String::from_utf8_lossy(&all)));
+    }
     // Read the peer's banner, if it sends one, to show the connection is real.
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 64];
@@ -172,6 +209,40 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// Greets each connection with `lab-echo\n` and echoes what it receives until the client
+/// half-closes; stops accepting after 60 seconds.
+fn serve(port: u16) -> ExitCode {
+    use std::io::Write;
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab-connect: cannot listen on {port}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let _ = listener.set_nonblocking(true);
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = s.write_all(b"lab-echo\n");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Connects, sends nothing, and waits up to `secs` for the peer to close.

@@ -256,10 +256,19 @@ pub struct GrantAdd {
     target: Option<String>,
     #[arg(long)]
     subnet: Option<Cidr>,
-    /// Target login allowed (repeatable).
-    #[arg(long = "login", required = true)]
+    /// Target login allowed (repeatable; not needed for a tcp-only grant).
+    #[arg(long = "login")]
     logins: Vec<String>,
-    /// Comma-separated rights: shell, exec, sftp, forward, agent.
+    /// With the tcp right: destination ports relayed (comma-separated).
+    #[arg(long = "tcp-port", value_delimiter = ',')]
+    tcp_ports: Vec<u16>,
+    /// With the tcp right: admin addresses the grant applies to (repeatable CIDR).
+    #[arg(long = "from")]
+    sources: Vec<Cidr>,
+    /// With the tcp right: record the relayed payload too.
+    #[arg(long)]
+    capture: bool,
+    /// Comma-separated rights: shell, exec, sftp, forward, agent, tcp.
     #[arg(long, value_delimiter = ',', required = true, value_parser = parse_right)]
     rights: Vec<Right>,
     /// Valid from (Unix seconds).
@@ -510,6 +519,9 @@ impl Command {
                     not_before: a.not_before,
                     not_after: a.not_after,
                     window: a.window,
+                    tcp_ports: a.tcp_ports,
+                    sources: a.sources,
+                    capture: a.capture,
                 }))
             }),
         }

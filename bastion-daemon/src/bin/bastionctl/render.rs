@@ -80,6 +80,30 @@ pub fn flow_line(f: &bastion::enforce::flows::Flow) -> String {
     } else {
         format!("cgroup {}", f.cgroup)
     };
+    if let Some(r) = &f.relay {
+        let mut line = format!(
+            "{} tcp {} -> {} (relay",
+            if f.allowed { "relayed" } else { "DENIED" },
+            end(f.src, f.sport),
+            end(f.dst, f.dport),
+        );
+        if let (Some(g), Some(s)) = (&r.grant, &r.subject) {
+            line += &format!(", grant {g} for {s}");
+        }
+        if f.allowed {
+            line += &format!(
+                ", {} bytes up, {} down, {} ms",
+                r.bytes_up, r.bytes_down, r.duration_ms
+            );
+        }
+        if let Some(id) = r.session {
+            line += &format!(", recorded as session {id}");
+        }
+        if let Some(why) = &r.reason {
+            line += &format!(": {why}");
+        }
+        return line + ")";
+    }
     format!(
         "{} {} {} -> {} ({}, {who}{cgroup}){}",
         if f.allowed { "allowed" } else { "DENIED" },
@@ -265,6 +289,16 @@ fn entity(e: &Entity) {
             }
             if let Some(w) = g.window {
                 when.push(format!("during {w} UTC"));
+            }
+            if !g.tcp_ports.is_empty() {
+                let ports: Vec<String> = g.tcp_ports.iter().map(u16::to_string).collect();
+                let from: Vec<String> = g.sources.iter().map(|c| c.to_string()).collect();
+                when.push(format!(
+                    "tcp ports {} from {}{}",
+                    ports.join(","),
+                    from.join(","),
+                    if g.capture { " (payload captured)" } else { "" }
+                ));
             }
             println!(
                 "grant  {:<16} {subject} -> {object} as {} [{}]{}",
