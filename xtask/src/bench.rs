@@ -4,7 +4,9 @@
 //! Paths: `direct` is OpenSSH straight to web1's sshd (from the admin host, outside enforcement);
 //! `jump` is OpenSSH through a plain sshd on the bastion host (`-W`, no audit), the practical
 //! limit of any terminating path on shared cores; `bastion` is the same client through
-//! bastiond's explicit listener, recording on.
+//! bastiond's explicit listener, recording on; `transparent` is plain `ssh root@203.0.113.10`
+//! intercepted by bastiond (TPROXY), recording on. The eBPF programs' own cost is measured
+//! before and after bastiond attaches them (`ebpf_cost`).
 
 use std::{
     io::{Read, Write},
@@ -37,6 +39,8 @@ pub struct BenchArgs {
 struct Path<'a> {
     name: &'static str,
     lab: &'a Lab,
+    /// The admin's client config for transparent mode (`Lab::transparent_client_config`).
+    client_config: Option<std::path::PathBuf>,
 }
 
 impl Path<'_> {
@@ -44,6 +48,12 @@ impl Path<'_> {
     fn ssh(&self, extra: &[&str]) -> anyhow::Result<Command> {
         match self.name {
             "bastion" => self.lab.ssh_via_bastion("root@web1", extra),
+            "transparent" => {
+                let config = self.client_config.as_deref().context("no client config")?;
+                let mut c = self.lab.admin_client("ssh", config)?;
+                c.args(extra).arg("root@203.0.113.10");
+                Ok(c)
+            }
             "jump" => {
                 let opts = self.lab.ssh_options().join(" ");
                 let proxy = format!("ProxyCommand=ssh {opts} -W %h:%p root@198.51.100.1");
@@ -80,24 +90,47 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut lab = Lab::up()?;
     lab.start_jump_host()?;
-    let paths = ["direct", "jump", "bastion"].map(|name| Path { name, lab: &lab });
+    let mut paths = ["direct", "jump", "bastion", "transparent"].map(|name| Path {
+        name,
+        lab: &lab,
+        client_config: None,
+    });
     let mut results = serde_json::Map::new();
     // Direct and jump first: once bastiond runs, its egress program drops every path to the
     // protected hosts but its own sessions, as it must.
     for p in &paths[..2] {
         results.insert(p.name.into(), measure(p, None, down, up, samples, setups)?);
     }
+    eprintln!("==> eBPF cost without the programs");
+    let ebpf_without = crate::ebpf_cost::measure(&lab, args.quick)?;
     let b = lab.start_bastiond()?;
     lab.enroll_alice(&b)?;
-    results.insert(
-        "bastion".into(),
-        measure(&paths[2], Some(&b), down, up, samples, setups)?,
+    eprintln!("==> eBPF cost with the programs");
+    let ebpf_with = crate::ebpf_cost::measure(&lab, args.quick)?;
+    paths[3].client_config = Some(lab.transparent_client_config(&b)?);
+    for p in &paths[2..] {
+        results.insert(
+            p.name.into(),
+            measure(p, Some(&b), down, up, samples, setups)?,
+        );
+    }
+    let (d, jmp, x, t) = (
+        &results["direct"],
+        &results["jump"],
+        &results["bastion"],
+        &results["transparent"],
     );
-    let (d, jmp, x) = (&results["direct"], &results["jump"], &results["bastion"]);
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "\n{:<16}{:>10}{:>10}{:>10}{:>16}{:>14}",
-        "figure", "direct", "jump", "bastion", "bastion/direct", "bastion/jump"
+        "\n{:<16}{:>10}{:>10}{:>10}{:>13}{:>16}{:>14}{:>12}",
+        "figure",
+        "direct",
+        "jump",
+        "bastion",
+        "transparent",
+        "bastion/direct",
+        "bastion/jump",
+        "transp/jump"
     );
     for (k, label) in [
         ("down_mb_s", "download MB/s"),
@@ -107,13 +140,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("sessions_per_s", "sessions/s"),
     ] {
         println!(
-            "{label:<16}{:>10.1}{:>10.1}{:>10.1}{:>16.2}{:>14.2}",
+            "{label:<16}{:>10.1}{:>10.1}{:>10.1}{:>13.1}{:>16.2}{:>14.2}{:>12.2}",
             f(d, k),
             f(jmp, k),
             f(x, k),
+            f(t, k),
             f(x, k) / f(d, k),
-            f(x, k) / f(jmp, k)
+            f(x, k) / f(jmp, k),
+            f(t, k) / f(jmp, k)
         );
+    }
+    println!("\neBPF cost            without        with     ratio");
+    for (label, get) in [
+        ("connect() local p50 ns", "/connect_local/p50_ns"),
+        ("connect() local p99 ns", "/connect_local/p99_ns"),
+        ("connect() protected p50 ns", "/connect_protected/p50_ns"),
+        ("connect() protected p99 ns", "/connect_protected/p99_ns"),
+        ("veth MB/s", "/veth_mb_s"),
+    ] {
+        let a = ebpf_without
+            .pointer(get)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        let w = ebpf_with
+            .pointer(get)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        println!("{label:<28}{a:>10.0}{w:>12.0}{:>10.3}", w / a);
     }
     println!(
         "bastiond RSS: {} KiB before its path, {} KiB after, peak {} KiB (through {down} MiB down + {up} MiB up)",
@@ -135,6 +188,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "samples": samples,
         "setups": setups,
         "results": results,
+        "ebpf": {"without": ebpf_without, "with": ebpf_with},
         "recorded_bytes_per_byte": {"incompressible": random.0, "text": text.0},
         "store_growth_per_byte": {"incompressible": random.1, "text": text.1},
     });

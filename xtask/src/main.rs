@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod ebpf_cost;
 mod lab;
 mod setup;
 mod test;

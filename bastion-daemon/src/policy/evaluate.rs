@@ -565,7 +565,13 @@ mod tests {
         let web2 = resolve_target(&p, "203.0.113.11", &[]).unwrap();
         let admin: IpAddr = "198.51.100.10".parse().unwrap();
         let other: IpAddr = "198.51.100.11".parse().unwrap();
-        type Case<'a> = (IpAddr, &'a ResolvedTarget, u16, u64, Result<&'a str, &'a str>);
+        type Case<'a> = (
+            IpAddr,
+            &'a ResolvedTarget,
+            u16,
+            u64,
+            Result<&'a str, &'a str>,
+        );
         let cases: &[Case] = &[
             (admin, &web1, 80, NOW, Ok("g-web1-http")),
             (admin, &web1, 443, NOW, Ok("g-web1-http")),

@@ -1,0 +1,59 @@
+//! The eBPF enforcement's own cost, for `cargo xtask bench`: connect() latency and veth
+//! throughput measured by `lab-bench` in the bastion namespace, once before bastiond attaches
+//! its programs and once after, in the same run.
+//!
+//! - `connect_local`: connect() to a listener on 127.0.0.1 from the clients cgroup (the hook
+//!   runs and finds the destination unprotected: the cost every process on the appliance pays);
+//! - `connect_protected`: connect() to web1 from bastiond's cgroup (protected and allowed: the
+//!   longest path through the hook, flow event included);
+//! - `veth_mb_s`: one bulk TCP stream from bastiond's cgroup to web1 across the protected
+//!   interface, where the tcx egress program judges every packet.
+
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use bastion_lab::{Lab, sys};
+use serde_json::{Value, json};
+
+const SINK_PORT: &str = "9000";
+const WEB1: &str = "203.0.113.10";
+
+pub fn measure(lab: &Lab, quick: bool) -> anyhow::Result<Value> {
+    let connects = if quick { "2000" } else { "20000" };
+    let mib = if quick { "512" } else { "4096" };
+    let bin = sys::bin("lab-bench")?;
+    let mut sink = lab
+        .command_unenforced("web1", &bin)?
+        .args(["sink", SINK_PORT])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the sink on web1")?;
+    let daemon_cgroup = lab.name().bastiond_cgroup();
+    std::fs::create_dir_all(&daemon_cgroup)?;
+    let bastion = lab.name().netns("bastion");
+    let clients = |args: &[&str]| run(lab.command("bastion", &bin)?, args);
+    let as_bastiond =
+        |args: &[&str]| run(sys::command_in(&bin, Some(&bastion), &daemon_cgroup)?, args);
+    let result = (|| {
+        Ok(json!({
+            "connect_local": clients(&["connect", connects, "127.0.0.1", "0"])?,
+            "connect_protected": as_bastiond(&["connect", connects, WEB1, SINK_PORT])?,
+            "veth_mb_s": as_bastiond(&["send", mib, WEB1, SINK_PORT])?["mb_s"],
+        }))
+    })();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    result
+}
+
+fn run(mut cmd: std::process::Command, args: &[&str]) -> anyhow::Result<Value> {
+    let out = cmd.args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "lab-bench {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
