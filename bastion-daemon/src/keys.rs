@@ -1,6 +1,6 @@
 //! The appliance's own key material: the SSH host key its listeners present, the host CA that
 //! certifies that key for each target bastiond answers for, and the user CA that
-//! signs the short-lived certificates bastiond uses upstream (principal = the target login). Both
+//! signs the short-lived certificates bastiond uses upstream (principal = the target login). All
 //! are generated on first start into `ssh.keys_dir` (mode 0600) and never leave the appliance.
 
 use std::{

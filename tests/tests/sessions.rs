@@ -392,10 +392,17 @@ fn connect_local(lab: &Lab, port: u16) -> String {
 #[test]
 fn local_forwarding_follows_the_forward_right() {
     let (lab, b) = setup();
+    // A service on web1's loopback: not a protected address, so reached by an ordinary forward.
+    let mut service = lab
+        .command_unenforced("web1", bastion_lab::sys::bin("lab-connect").unwrap())
+        .unwrap()
+        .args(["--serve", "7070"])
+        .spawn()
+        .unwrap();
     let forward = |port: u16| {
         lab.ssh_via_bastion(
             "root@web1",
-            &["-N", "-L", &format!("127.0.0.1:{port}:203.0.113.10:22")],
+            &["-N", "-L", &format!("127.0.0.1:{port}:127.0.0.1:7070")],
         )
         .unwrap()
         .stdin(Stdio::null())
@@ -407,14 +414,13 @@ fn local_forwarding_follows_the_forward_right() {
     // alice's grant has no `forward`: the channel is refused, nothing reaches the target.
     let mut denied = forward(10022);
     let got = connect_local(&lab, 10022);
-    assert!(!got.contains("SSH-2.0"), "forward must be refused: {got}");
+    assert!(!got.contains("lab-echo"), "forward must be refused: {got}");
     let _ = denied.kill();
     let _ = denied.wait();
     let audit = ok(&b, &["audit"]);
     assert!(
-        audit.contains(
-            "forward to 203.0.113.10:22 refused: forward is not granted to alice on web1"
-        ),
+        audit
+            .contains("forward to 127.0.0.1:7070 refused: forward is not granted to alice on web1"),
         "{audit}"
     );
 
@@ -422,16 +428,38 @@ fn local_forwarding_follows_the_forward_right() {
     let mut allowed = forward(10023);
     let got = connect_local(&lab, 10023);
     assert!(
-        got.contains("SSH-2.0-OpenSSH"),
-        "forward should reach web1's sshd: {got}"
+        got.contains("lab-echo"),
+        "forward should reach web1's service: {got}"
     );
     let _ = allowed.kill();
     let _ = allowed.wait();
+    // A forward to a protected address is no blind tunnel: bastiond answers it itself (the
+    // inner session is signed in, authorized and recorded like any other).
+    let mut to_protected = lab
+        .ssh_via_bastion(
+            "root@web1",
+            &["-N", "-L", "127.0.0.1:10024:203.0.113.11:22"],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = connect_local(&lab, 10024);
+    assert!(
+        got.contains("SSH-2.0-") && !got.contains("OpenSSH"),
+        "bastiond, not web2's sshd, answers: {got}"
+    );
+    let _ = to_protected.kill();
+    let _ = to_protected.wait();
+    let _ = service.kill();
+    let _ = service.wait();
     let list = wait_all_closed(&b, 2);
     let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
     let export = ok(&b, &["session", "export", &id, "--format", "json"]);
     assert!(export.contains("\"kind\":\"open\""), "{export}");
-    // The forward's close frame carries its traffic: at least the sshd banner came back.
+    // The forward's close frame carries its traffic: at least the service's greeting came back.
     let export: serde_json::Value = serde_json::from_str(&export).unwrap();
     assert!(
         export["frames"]

@@ -197,11 +197,12 @@ fn status(s: &Status) {
 
 fn sessions_table(sessions: &[SessionMeta]) {
     println!(
-        "{:<8} {:<11} {:<12} {:<28} {:<22} {:<20} {:>9} {:>11} {:>11}",
+        "{:<8} {:<11} {:<12} {:<28} {:<12} {:<22} {:<20} {:>9} {:>11} {:>11}",
         "ID",
         "STATE",
         "USER",
         "LOGIN@TARGET",
+        "VIA",
         "CLIENT",
         "STARTED",
         "DURATION",
@@ -214,7 +215,7 @@ fn sessions_table(sessions: &[SessionMeta]) {
             .map(|e| duration(e.saturating_sub(s.started_micros) / 1_000_000))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<8} {:<11} {:<12} {:<28} {:<22} {:<20} {:>9} {:>11} {:>11}",
+            "{:<8} {:<11} {:<12} {:<28} {:<12} {:<22} {:<20} {:>9} {:>11} {:>11}",
             s.id,
             serde_json::to_value(s.state)
                 .ok()
@@ -222,6 +223,11 @@ fn sessions_table(sessions: &[SessionMeta]) {
                 .unwrap_or_default(),
             s.user,
             format!("{}@{}", s.login, s.target),
+            if s.arrival.is_empty() {
+                "explicit"
+            } else {
+                &s.arrival
+            },
             s.client_addr.map(|a| a.to_string()).unwrap_or_default(),
             utc(s.started_micros),
             duration,
