@@ -344,3 +344,57 @@ fn base64_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+#[test]
+fn intercepted_ssh_fails_closed_while_bastiond_is_dead_and_steering_is_removed_on_clean_stop() {
+    let (lab, mut b, config) = setup();
+    let ssh = |lab: &Lab| {
+        admin(
+            lab,
+            "ssh",
+            &config,
+            &["-o", "ConnectTimeout=3", &format!("root@{WEB1}"), "echo up"],
+        )
+    };
+    assert!(ssh(&lab).status.success());
+    b.kill9().unwrap();
+    let out = ssh(&lab);
+    assert!(!out.status.success(), "{}", text(&out));
+    // A new bastiond replaces the table its predecessor left, in one step.
+    let mut b = lab.start_bastiond().unwrap();
+    let out = ssh(&lab);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "up\n",
+        "{}",
+        text(&out)
+    );
+
+    let nft = |lab: &Lab| {
+        let out = lab
+            .command_unenforced("bastion", "nft")
+            .unwrap()
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules = |lab: &Lab| {
+        let out = lab
+            .command_unenforced("bastion", "ip")
+            .unwrap()
+            .args(["rule", "list"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(nft(&lab).contains("table inet bastion"), "{}", nft(&lab));
+    assert!(rules(&lab).contains("lookup 2901"), "{}", rules(&lab));
+    assert!(b.stop().unwrap());
+    assert!(!nft(&lab).contains("table inet bastion"), "{}", nft(&lab));
+    assert!(!rules(&lab).contains("lookup 2901"), "{}", rules(&lab));
+    // Stopped cleanly, nothing is steered: SSH to web1 is forwarded, and the pinned egress
+    // program still drops it.
+    let out = ssh(&lab);
+    assert!(!out.status.success(), "{}", text(&out));
+}

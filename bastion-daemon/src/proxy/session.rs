@@ -247,9 +247,9 @@ impl SessionActor {
         if let OpenKind::DirectTcpip { host, port, .. } = &kind {
             match self.jump_target(host, *port) {
                 Ok(None) => {}
-                Ok(Some(port)) => {
+                Ok(Some((port, config))) => {
                     reply.accept().await;
-                    self.jump(down, host.clone(), port);
+                    self.jump(down, host.clone(), port, config);
                     return Ok(());
                 }
                 Err(reason) => {
@@ -284,17 +284,21 @@ impl SessionActor {
         }
     }
 
-    /// `Some(port)` when a `direct-tcpip` to `host:port` is SSH to a protected target, which
-    /// bastiond answers itself (ProxyJump); `None` when `host` is not protected (a forward
-    /// through the target, under the forward right). Other ports of protected addresses are
-    /// refused: a forward must never become a way around the audited path.
-    fn jump_target(&self, host: &str, port: u32) -> Result<Option<u16>, String> {
+    /// `Some((port, server config))` when a `direct-tcpip` to `host:port` is SSH to a protected
+    /// target, which bastiond answers itself (ProxyJump); `None` when `host` is not protected (a
+    /// forward through the target, under the forward right). Other ports of protected addresses
+    /// are refused: a forward must never become a way around the audited path.
+    fn jump_target(
+        &self,
+        host: &str,
+        port: u32,
+    ) -> Result<Option<(u16, Arc<russh::server::Config>)>, String> {
         let Ok(target) = policy::resolve_target(&self.ctx.policy(), host, &self.ctx.config_subnets)
         else {
             return Ok(None);
         };
         match u16::try_from(port) {
-            Ok(p) if p == target.port || p == 22 => Ok(Some(p)),
+            Ok(p) if p == target.port || p == 22 => Ok(Some((p, self.ctx.answer_as(host)?))),
             _ => Err(format!(
                 "{host} is protected: only SSH to it is carried (as an audited session), not port {port}"
             )),
@@ -303,21 +307,23 @@ impl SessionActor {
 
     /// Serves an SSH session inside the accepted `direct-tcpip` channel, as `host`: the inner
     /// session signs in, is authorized and recorded like any other.
-    fn jump(&self, down: russh::Channel<russh::server::Msg>, host: String, port: u16) {
-        let ctx = self.ctx.clone();
-        let peer = self.client;
+    fn jump(
+        &self,
+        down: russh::Channel<russh::server::Msg>,
+        host: String,
+        port: u16,
+        config: Arc<russh::server::Config>,
+    ) {
+        let (ctx, peer) = (self.ctx.clone(), self.client);
         tracing::info!(client = %peer, %host, port, "ProxyJump: serving the inner SSH session");
-        tokio::spawn(async move {
-            let config = match ctx.answer_as(&host) {
-                Ok(c) => c,
-                Err(why) => {
-                    tracing::warn!(client = %peer, %host, %why, "ProxyJump refused");
-                    return;
-                }
-            };
-            let arrival = username::Arrival::Jump { host, port };
-            super::listener::serve(ctx, down.into_stream(), peer, arrival, config).await;
-        });
+        let arrival = username::Arrival::Jump { host, port };
+        tokio::spawn(super::listener::serve(
+            ctx,
+            down.into_stream(),
+            peer,
+            arrival,
+            config,
+        ));
     }
 
     /// Routes the connection if needed, checks policy for `kind`, and opens the target side.
