@@ -185,7 +185,10 @@ fn icmp(ip: IpAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<Str
     let deadline = std::time::Instant::now() + timeout;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
     while std::time::Instant::now() < deadline {
-        let (n, from) = s.recv_from(&mut buf)?;
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => std::io::Error::from(std::io::ErrorKind::TimedOut),
+            _ => e,
+        })?;
         // SAFETY: recv_from initialised the first n bytes.
         let bytes: Vec<u8> = buf[..n]
             .iter()

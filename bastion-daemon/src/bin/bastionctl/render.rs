@@ -68,7 +68,7 @@ pub fn flow_line(f: &bastion::enforce::flows::Flow) -> String {
         (Some(a), 0) => a.to_string(),
         (Some(std::net::IpAddr::V6(a)), p) => format!("[{a}]:{p}"),
         (Some(a), p) => format!("{a}:{p}"),
-        (None, _) => "?".into(),
+        (None, _) => "local".into(),
     };
     let who = match (&f.pid, &f.comm) {
         (Some(pid), Some(comm)) => format!("pid {pid} {comm}, "),
@@ -193,6 +193,12 @@ fn status(s: &Status) {
         "connects", e.denied, e.allowed
     );
     println!("{:<14}{}", "pins", e.bpffs_dir.display());
+    if let Some(table) = &e.intercept_table {
+        println!(
+            "{:<14}nftables table inet {table} steers SSH (and granted TCP ports) to bastiond",
+            "intercepting"
+        );
+    }
 }
 
 fn sessions_table(sessions: &[SessionMeta]) {
