@@ -44,8 +44,8 @@ pub fn for_destination(ctx: &SockAddrContext, protected: bool, dest: Destination
     } else {
         aya_log_ebpf::info!(
             ctx,
-            "denied {} to port {} by pid {} (cgroup {})",
-            dest.hook as u8,
+            "{} denied: port {} by pid {} (cgroup {})",
+            dest.hook.name(),
             dest.port,
             (pid_tgid >> 32) as u32,
             cgroup

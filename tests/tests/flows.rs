@@ -195,6 +195,13 @@ fn every_bypass_is_blocked_and_audited_as_a_denied_flow_even_across_kill9() {
         assert_blocked(a, &attempt(&lab, a));
     }
     assert_audited(&b, since);
+    // The programs' own log (aya-log) reaches bastiond's log.
+    let log = std::fs::read_to_string(&lab.info().bastiond.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bastion_ebpf") && l.contains("connect4 denied: port 22")),
+        "{log}"
+    );
 
     // bastiond's own upstream connections are audited as allowed flows.
     b.ctl_ok(&["probe", &format!("{WEB1}:22")]).unwrap();

@@ -31,6 +31,11 @@ use crate::{
     store::{Store, StoreError, StoredAccount},
 };
 
+mod flow_audit;
+mod intercept;
+
+use intercept::{intercept, relay_ports};
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BANNER: usize = 255;
 const MAX_AUDIT_LIST: usize = 10_000;
@@ -143,14 +148,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut ssh_stop = stop_rx.clone();
     let ssh = tokio::spawn(proxy::listener::run(
         ssh_listener,
         proxy.clone(),
         proxy::listener::Mode::Explicit,
-        async move {
-            let _ = ssh_stop.wait_for(|s| *s).await;
-        },
+        stopped(&stop_rx),
     ));
     tracing::info!(listen = %config.ssh.listen, "SSH proxy listening");
     let mut transparent = Vec::new();
@@ -174,7 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let readers = lock(&daemon.enforcer).take_readers();
     let mut background = Vec::new();
     if let Some((flows, kernel_log)) = readers {
-        background.push(tokio::spawn(audit_flows(
+        background.push(tokio::spawn(flow_audit::audit_flows(
             flows,
             daemon.store.clone(),
             daemon.flows_lost.clone(),
@@ -209,134 +211,6 @@ fn stopped(rx: &tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> 
     async move {
         let _ = rx.wait_for(|s| *s).await;
     }
-}
-
-/// Stores each window of flows the kernel reports as audit events (the last window is
-/// written at shutdown).
-async fn audit_flows(
-    source: crate::enforce::flows::FlowSource,
-    store: Arc<Store>,
-    lost_total: Arc<std::sync::atomic::AtomicU64>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let reader = source.run(
-        move |report| {
-            let _ = tx.send(report);
-        },
-        shutdown,
-    );
-    let writer = async {
-        while let Some(report) = rx.recv().await {
-            let crate::enforce::flows::WindowReport {
-                flows,
-                suppressed,
-                lost_new,
-                lost_total: total,
-            } = report;
-            lost_total.store(total, std::sync::atomic::Ordering::Relaxed);
-            let mut kinds: Vec<AuditKind> = flows.into_iter().map(AuditKind::Flow).collect();
-            if suppressed > 0 || lost_new > 0 {
-                tracing::warn!(
-                    suppressed,
-                    lost = lost_new,
-                    "flow events not stored one by one"
-                );
-                kinds.push(AuditKind::FlowsUncounted {
-                    suppressed,
-                    lost: lost_new,
-                    lost_total: total,
-                });
-            }
-            if kinds.is_empty() {
-                continue;
-            }
-            let store = store.clone();
-            let written =
-                tokio::task::spawn_blocking(move || store.append_audits(Actor::Daemon, kinds))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))
-                    .and_then(|r| r);
-            if let Err(e) = written {
-                tracing::error!(error = %e, "cannot store flow events");
-            }
-        }
-    };
-    tokio::join!(reader, writer);
-}
-
-/// Binds the transparent listeners, then steers intercepted traffic to them.
-fn intercept(
-    enforcer: &mut Enforcer,
-    cfg: &crate::config::InterceptConfig,
-    relay_ports: Vec<u16>,
-) -> Result<Intercepted, DaemonError> {
-    let listeners = Intercepted {
-        ssh: bind_transparent(cfg.listen_port)?,
-        relay: bind_transparent(cfg.relay_port)?,
-    };
-    enforcer.steer(
-        crate::enforce::nft::Steering {
-            table: cfg.nft_table.clone(),
-            interfaces: cfg.interfaces.clone(),
-            prefixes: Vec::new(),
-            ssh_ports: cfg.ssh_ports.clone(),
-            ssh_listener: cfg.listen_port,
-            relay_listener: cfg.relay_port,
-            relay_ports,
-            mark: cfg.mark,
-        },
-        crate::enforce::route::LocalDelivery {
-            mark: cfg.mark,
-            table: cfg.route_table,
-            priority: 100,
-        },
-    )?;
-    tracing::info!(
-        ssh = cfg.listen_port,
-        relay = cfg.relay_port,
-        "transparent listeners ready"
-    );
-    Ok(listeners)
-}
-
-/// The transparent listeners: SSH, and the TCP relay.
-struct Intercepted {
-    ssh: Vec<tokio::net::TcpListener>,
-    relay: Vec<tokio::net::TcpListener>,
-}
-
-/// IPv4 and (where the host has it) IPv6 transparent listeners on `port`.
-fn bind_transparent(port: u16) -> Result<Vec<tokio::net::TcpListener>, DaemonError> {
-    let mut listeners = Vec::new();
-    for ip in [
-        std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
-        std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
-    ] {
-        let addr = SocketAddr::new(ip, port);
-        match proxy::listener::bind_transparent(addr) {
-            Ok(l) => listeners.push(l),
-            // A host without IPv6 intercepts IPv4 only.
-            Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                tracing::warn!(port, "IPv6 unavailable: intercepting IPv4 only")
-            }
-            Err(source) => return Err(DaemonError::Listen { addr, source }),
-        }
-    }
-    Ok(listeners)
-}
-
-/// Every port some grant relays as raw TCP.
-fn relay_ports(policy: &Policy) -> Vec<u16> {
-    let mut ports: Vec<u16> = policy
-        .grants
-        .values()
-        .filter(|g| g.rights.contains(policy::Right::Tcp))
-        .flat_map(|g| g.tcp_ports.iter().copied())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
 }
 
 /// Config prefixes plus stored ones, without duplicates.
