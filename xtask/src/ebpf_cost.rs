@@ -19,7 +19,7 @@ const SINK_PORT: &str = "9000";
 const WEB1: &str = "203.0.113.10";
 
 pub fn measure(lab: &Lab, quick: bool) -> anyhow::Result<Value> {
-    let connects = if quick { "2000" } else { "20000" };
+    let connects = if quick { "2000" } else { "5000" };
     let mib = if quick { "512" } else { "4096" };
     let bin = sys::bin("lab-bench")?;
     let mut sink = lab

@@ -9,6 +9,7 @@
 mod bench;
 mod demo;
 mod ebpf_cost;
+mod image;
 mod lab;
 mod setup;
 mod test;
@@ -41,6 +42,8 @@ enum Command {
     },
     /// Measure bastion against the direct path (throughput, echo latency, memory).
     Bench(bench::BenchArgs),
+    /// Build the appliance disk image (raw and qcow2); `--test` boots it under QEMU.
+    Image(image::ImageArgs),
     /// Manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo { keep } => demo::run(keep),
         Command::Lab { command } => lab::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::Image(args) => image::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -65,7 +65,12 @@ fn apt() -> anyhow::Result<()> {
         eprintln!("    apt: all {} packages present", APT_PACKAGES.len());
         return Ok(());
     }
-    eprintln!("    apt: installing {}", missing.join(" "));
+    apt_install(&missing, &[])
+}
+
+/// `apt-get update` then `apt-get install` of `packages` (with `extra` options).
+pub fn apt_install(packages: &[&str], extra: &[&str]) -> anyhow::Result<()> {
+    eprintln!("    apt: installing {}", packages.join(" "));
     let status = Command::new("apt-get")
         .args(["update", "-qq"])
         .status()
@@ -73,17 +78,18 @@ fn apt() -> anyhow::Result<()> {
     if !status.success() {
         bail!(
             "apt-get update failed; packages still missing: {}",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
     let status = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(extra)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get install")?;
     if !status.success() {
-        bail!("apt-get install failed; missing: {}", missing.join(" "));
+        bail!("apt-get install failed; missing: {}", packages.join(" "));
     }
     Ok(())
 }

@@ -52,34 +52,27 @@ fn parse(addr: &str, port: &str) -> Result<SocketAddr, String> {
 
 fn sink(port: u16) -> Result<(), String> {
     let listener = TcpListener::bind(("0.0.0.0", port)).map_err(err)?;
-    serve(listener, Duration::from_secs(SINK_SECS));
-    Ok(())
-}
-
-/// Accepts and drains connections until `life` has passed.
-fn serve(listener: TcpListener, life: Duration) {
-    let deadline = Instant::now() + life;
-    let _ = listener.set_nonblocking(true);
-    while Instant::now() < deadline {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                std::thread::spawn(move || {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut buf = vec![0u8; 1 << 16];
-                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-                });
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
-        }
+    // Bounded life: whoever started the sink may forget it.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(SINK_SECS));
+        std::process::exit(0);
+    });
+    for mut s in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        });
     }
+    Ok(())
 }
 
 fn connect(n: usize, mut addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         let listener = TcpListener::bind(addr).map_err(err)?;
         addr = listener.local_addr().map_err(err)?;
-        std::thread::spawn(move || serve(listener, Duration::from_secs(SINK_SECS)));
+        // Accepts as fast as connections come, so no SYN waits for a full backlog.
+        std::thread::spawn(move || listener.incoming().for_each(drop));
     }
     // Also waits for a sink that is still starting.
     drop(connect_retry(addr)?);
@@ -88,6 +81,8 @@ fn connect(n: usize, mut addr: SocketAddr) -> Result<(), String> {
         let t0 = Instant::now();
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(err)?;
         samples.push(t0.elapsed().as_nanos() as u64);
+        // Reset rather than close: no TIME_WAIT left to slow later connects down.
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         drop(s);
     }
     samples.sort_unstable();

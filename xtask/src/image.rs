@@ -1,0 +1,488 @@
+//! `cargo xtask image [--test]`: the appliance disk image from `appliance-image/`, without loop
+//! devices or mounts: mmdebstrap builds the root tree (overlay, bastiond and bastionctl in it),
+//! mkfs.erofs makes it a read-only image, mkfs.ext4 the empty data partition, objcopy a unified
+//! kernel image (kernel + initramfs + command line) that UEFI boots directly from the ESP
+//! (mkfs.vfat + mtools), and sfdisk + dd lay the three partitions into one GPT disk. qemu-img
+//! converts it to qcow2. `--test` boots it under QEMU (software emulation: no KVM here) and
+//! reads the appliance's boot self-check from the serial console.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::util::{cargo, require_root, step, workspace};
+
+/// Tools the build needs, by the binary that proves each is there.
+const TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.erofs", "erofs-utils"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("sfdisk", "fdisk"),
+    ("objcopy", "binutils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+];
+const EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// Fixed timestamps and filesystem ids, so equal inputs give equal filesystem metadata.
+const SOURCE_DATE_EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
+const ROOT_UUID: &str = "b4570000-0000-4000-8000-000000000001";
+const DATA_UUID: &str = "b4570000-0000-4000-8000-000000000002";
+const DATA_MIB: u64 = 256;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Boot the image under QEMU and run the appliance's self-check.
+    #[arg(long)]
+    test: bool,
+    /// Remove one hardening setting from the image (to see the boot test catch it):
+    /// `nftables-baseline`, `sysctls` or `lockdown`.
+    #[arg(long)]
+    r#break: Option<String>,
+}
+
+pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    require_root("cargo xtask image")?;
+    crate::setup::run()?;
+    tools()?;
+    let t0 = Instant::now();
+    let src = workspace().join("appliance-image");
+    let out = workspace().join("target/image");
+    std::fs::create_dir_all(&out)?;
+    step(
+        "build release bastiond and bastionctl",
+        cargo().args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "bastion-daemon",
+            "--bins",
+        ]),
+    )?;
+    let bins = workspace().join("target/release");
+    let rootfs = out.join("rootfs");
+    rootfs_tree(&src, &rootfs, &bins, args.r#break.as_deref())?;
+    let manifest = manifest(&rootfs, &bins)?;
+    std::fs::write(out.join("manifest.txt"), &manifest)?;
+
+    let root_img = out.join("root.erofs");
+    step(
+        "root filesystem (erofs, read-only)",
+        Command::new("mkfs.erofs")
+            .args([
+                "-zlz4hc",
+                "--all-root",
+                "-T",
+                SOURCE_DATE_EPOCH,
+                "-U",
+                ROOT_UUID,
+            ])
+            .arg(&root_img)
+            .arg(&rootfs)
+            .stdout(Stdio::null()),
+    )?;
+    let data_img = out.join("data.ext4");
+    let _ = std::fs::remove_file(&data_img);
+    step(
+        "data partition (ext4, empty)",
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-L",
+                "bastion-data",
+                "-U",
+                DATA_UUID,
+                "-E",
+                "root_owner=0:0",
+            ])
+            .arg(&data_img)
+            .arg(format!("{DATA_MIB}M"))
+            .env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH),
+    )?;
+    let mut cmdline = std::fs::read_to_string(src.join("cmdline"))?
+        .trim()
+        .to_owned();
+    if args.r#break.as_deref() == Some("lockdown") {
+        cmdline = cmdline.replace(" lockdown=integrity", "");
+    }
+    let esp_img = esp(&out, &rootfs, &cmdline)?;
+    let disk = out.join("bastion-appliance.raw");
+    gpt(
+        &disk,
+        &[
+            (&esp_img, "ESP", ESP_TYPE),
+            (&root_img, "bastion-root", ROOT_TYPE),
+            (&data_img, "bastion-data", LINUX_TYPE),
+        ],
+    )?;
+    let qcow = out.join("bastion-appliance.qcow2");
+    let _ = std::fs::remove_file(&qcow);
+    step(
+        "qcow2",
+        Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&disk)
+            .arg(&qcow),
+    )?;
+    for image in [&disk, &qcow] {
+        println!(
+            "{}  {:.1} MiB  sha256 {}",
+            image.display(),
+            std::fs::metadata(image)?.len() as f64 / (1 << 20) as f64,
+            sha256(image)?
+        );
+    }
+    println!(
+        "{}  (packages and binary hashes)",
+        out.join("manifest.txt").display()
+    );
+    eprintln!("    image built in {:.0}s", t0.elapsed().as_secs_f64());
+    if args.test {
+        boot_test(&disk, &out)?;
+    }
+    Ok(())
+}
+
+/// Installs the image tools that are missing. qemu-img comes from bookworm's qemu-utils: a
+/// newer one from backports may be registered without its files, so the binary decides.
+fn tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .chain(
+            [("", "systemd-boot-efi"), ("", "ovmf")]
+                .into_iter()
+                .filter(|(_, pkg)| {
+                    !Path::new(if *pkg == "ovmf" { OVMF } else { EFI_STUB }).exists()
+                })
+                .map(|(_, p)| p),
+        )
+        .collect();
+    if !missing.is_empty() {
+        crate::setup::apt_install(&missing, &[])?;
+    }
+    if !on_path("qemu-img") {
+        crate::setup::apt_install(&["qemu-utils"], &["-t", "bookworm", "--allow-downgrades"])?;
+    }
+    Ok(())
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// The mirrors this machine uses (deb.debian.org by default).
+fn mirrors() -> (String, String) {
+    let sources =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let uris: Vec<&str> = sources
+        .lines()
+        .filter_map(|l| l.strip_prefix("URIs:"))
+        .map(str::trim)
+        .collect();
+    let main = uris
+        .iter()
+        .find(|u| !u.contains("security"))
+        .unwrap_or(&"http://deb.debian.org/debian");
+    let security = uris
+        .iter()
+        .find(|u| u.contains("security"))
+        .unwrap_or(&"http://deb.debian.org/debian-security");
+    (main.to_string(), security.to_string())
+}
+
+fn rootfs_tree(src: &Path, rootfs: &Path, bins: &Path, broken: Option<&str>) -> anyhow::Result<()> {
+    if rootfs.exists() {
+        std::fs::remove_dir_all(rootfs).context("removing the previous root tree")?;
+    }
+    let packages: Vec<String> = std::fs::read_to_string(src.join("packages"))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let (main, security) = mirrors();
+    let overlay = src.join("overlay");
+    let q = |p: &Path| format!("'{}'", p.display());
+    let mut hooks = vec![
+        format!("sync-in {} /", q(&overlay)),
+        format!("copy-in {} /usr/sbin", q(&bins.join("bastiond"))),
+        format!("copy-in {} /usr/bin", q(&bins.join("bastionctl"))),
+        format!("mkdir -p \"$1/usr/share/doc/bastion\" \"$1/var/lib/bastion\""),
+        format!("copy-in {} /usr/share/doc/bastion", q(&src.join("SECURITY.md"))),
+        "chroot \"$1\" systemctl enable nftables.service bastiond.service bastion-console.service bastion-selfcheck.service".into(),
+        "chroot \"$1\" passwd -l root".into(),
+        "chroot \"$1\" update-initramfs -u -k all".into(),
+        ": > \"$1/etc/machine-id\"".into(),
+        "rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin \"$1\"/var/log/*".into(),
+    ];
+    match broken {
+        None | Some("lockdown") => {}
+        Some("nftables-baseline") => {
+            hooks.push("printf 'flush ruleset\\n' > \"$1/etc/nftables.conf\"".into())
+        }
+        Some("sysctls") => hooks.push("rm \"$1/etc/sysctl.d/90-bastion.conf\"".into()),
+        Some(b) => bail!("--break {b}: expected nftables-baseline, sysctls or lockdown"),
+    }
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        "--quiet",
+    ])
+    .arg("--aptopt=APT::Install-Recommends \"false\"")
+    .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+    .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+    .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+    .arg(format!("--include={}", packages.join(",")))
+    .args(hooks.iter().map(|h| format!("--customize-hook={h}")))
+    .arg("bookworm")
+    .arg(rootfs)
+    .arg(format!("deb {main} bookworm main"))
+    .arg(format!("deb {main} bookworm-updates main"))
+    .arg(format!("deb {security} bookworm-security main"))
+    .arg(format!("deb {main} bookworm-backports main"))
+    .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH);
+    step("root tree (mmdebstrap bookworm + overlay)", &mut cmd)
+}
+
+/// Every installed package with its version, and the hashes of the binaries bastion ships.
+fn manifest(rootfs: &Path, bins: &Path) -> anyhow::Result<String> {
+    let out = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            rootfs.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Package} ${Version}\\n"])
+        .output()?;
+    if !out.status.success() {
+        bail!("listing the image's packages failed");
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for b in ["bastiond", "bastionctl"] {
+        text += &format!("{b} sha256 {}\n", sha256(&bins.join(b))?);
+    }
+    Ok(text)
+}
+
+/// The EFI system partition: the unified kernel image as the default boot path.
+fn esp(out: &Path, rootfs: &Path, cmdline: &str) -> anyhow::Result<PathBuf> {
+    let newest = |prefix: &str| -> anyhow::Result<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(rootfs.join("boot"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .collect();
+        found.sort();
+        found
+            .pop()
+            .with_context(|| format!("no /boot/{prefix}* in the root tree"))
+    };
+    let (kernel, initrd) = (newest("vmlinuz-")?, newest("initrd.img-")?);
+    let cmdline_file = out.join("cmdline.txt");
+    std::fs::write(&cmdline_file, format!("{cmdline}\0"))?;
+    let uki = out.join("bastion.efi");
+    let section = |name: &str, file: &Path, vma: &str| {
+        [
+            "--add-section".to_owned(),
+            format!("{name}={}", file.display()),
+            "--change-section-vma".to_owned(),
+            format!("{name}={vma}"),
+        ]
+    };
+    let mut cmd = Command::new("objcopy");
+    cmd.args(section(
+        ".osrel",
+        &rootfs.join("usr/lib/os-release"),
+        "0x20000",
+    ))
+    .args(section(".cmdline", &cmdline_file, "0x30000"))
+    .args(section(".linux", &kernel, "0x2000000"))
+    .args(section(".initrd", &initrd, "0x3000000"))
+    .arg(EFI_STUB)
+    .arg(&uki);
+    step(
+        "unified kernel image (kernel + initramfs + command line)",
+        &mut cmd,
+    )?;
+    let esp = out.join("esp.vfat");
+    let _ = std::fs::remove_file(&esp);
+    let kib = (std::fs::metadata(&uki)?.len() / 1024 + 8 * 1024).next_multiple_of(1024);
+    step(
+        "EFI system partition",
+        Command::new("mkfs.vfat")
+            .args(["-C", "-n", "ESP", "-i", "b4570001"])
+            .arg(&esp)
+            .arg(kib.to_string())
+            .stdout(Stdio::null()),
+    )?;
+    let esp_s = esp.display().to_string();
+    step(
+        "ESP directories",
+        Command::new("mmd").args(["-i", &esp_s, "::/EFI", "::/EFI/BOOT"]),
+    )?;
+    step(
+        "ESP boot file",
+        Command::new("mcopy")
+            .args(["-i", &esp_s])
+            .arg(&uki)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+    )?;
+    Ok(esp)
+}
+
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// The discoverable-partitions type of an x86-64 root.
+const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// Lays `parts` (image, name, type) into a GPT disk at 1 MiB boundaries, without a loop device.
+fn gpt(disk: &Path, parts: &[(&Path, &str, &str)]) -> anyhow::Result<()> {
+    const MIB: u64 = 1 << 20;
+    let mut layout = String::from("label: gpt\nlabel-id: B4570000-0000-4000-8000-0000000000D1\n");
+    let mut start = MIB;
+    let mut placed = Vec::new();
+    for (i, (img, name, ty)) in parts.iter().enumerate() {
+        let size = std::fs::metadata(img)?.len().next_multiple_of(MIB);
+        layout += &format!(
+            "start={}, size={}, type={ty}, name=\"{name}\", uuid=B4570000-0000-4000-8000-00000000000{}\n",
+            start / 512,
+            size / 512,
+            i + 1
+        );
+        placed.push((*img, start));
+        start += size;
+    }
+    let _ = std::fs::remove_file(disk);
+    let f = std::fs::File::create(disk)?;
+    f.set_len(start + MIB)?; // room for the backup GPT
+    drop(f);
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(disk)
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running sfdisk")?;
+    std::io::Write::write_all(
+        &mut sfdisk.stdin.take().context("sfdisk stdin")?,
+        layout.as_bytes(),
+    )?;
+    if !sfdisk.wait()?.success() {
+        bail!("sfdisk could not write the partition table");
+    }
+    for (img, offset) in placed {
+        step(
+            &format!("write {} at {} MiB", img.display(), offset / MIB),
+            Command::new("dd")
+                .arg(format!("if={}", img.display()))
+                .arg(format!("of={}", disk.display()))
+                .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+                .arg(format!("seek={}", offset / MIB)),
+        )?;
+    }
+    Ok(())
+}
+
+fn sha256(path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Boots `disk` (changes discarded) with two restricted user-mode NICs (admin side, protected
+/// side; nothing routes beyond QEMU) and waits, bounded, for the self-check's verdict.
+fn boot_test(disk: &Path, out: &Path) -> anyhow::Result<()> {
+    let console = out.join("boot-console.log");
+    let _ = std::fs::remove_file(&console);
+    eprintln!("==> boot test (QEMU, software emulation; typically 1-3 minutes)");
+    let t0 = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,accel=tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+        ])
+        .args(["-bios", OVMF, "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,snapshot=on",
+            disk.display()
+        ))
+        .args([
+            "-netdev",
+            "user,id=admin,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=admin",
+        ])
+        .args([
+            "-netdev",
+            "user,id=protected,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=protected",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let verdict = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("BASTION-SELFCHECK done")) {
+            break Some((line.to_owned(), text));
+        }
+        if t0.elapsed() > BOOT_TIMEOUT || qemu.try_wait()?.is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let Some((line, text)) = verdict else {
+        let mut tail = String::new();
+        let _ = std::fs::File::open(&console).and_then(|mut f| f.read_to_string(&mut tail));
+        let tail: Vec<&str> = tail.lines().rev().take(30).collect();
+        bail!(
+            "no self-check verdict within {}s; console tail:\n{}",
+            BOOT_TIMEOUT.as_secs(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    for l in text
+        .lines()
+        .filter(|l| l.contains("BASTION-SELFCHECK") || l.contains("@cert-authority"))
+    {
+        println!("    {}", l.trim());
+    }
+    println!(
+        "    boot to verdict: {:.0}s (console: {})",
+        t0.elapsed().as_secs_f64(),
+        console.display()
+    );
+    if !line.contains("pass") {
+        bail!("the appliance's boot self-check failed");
+    }
+    Ok(())
+}
