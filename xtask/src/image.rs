@@ -47,6 +47,16 @@ pub struct ImageArgs {
     r#break: Option<String>,
 }
 
+impl ImageArgs {
+    /// Build, then boot-test, the image as defined (what `cargo xtask test` runs).
+    pub fn boot_test() -> ImageArgs {
+        ImageArgs {
+            test: true,
+            r#break: None,
+        }
+    }
+}
+
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     require_root("cargo xtask image")?;
     crate::setup::run()?;
@@ -70,7 +80,24 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     let rootfs = out.join("rootfs");
     rootfs_tree(&src, &rootfs, &bins, args.r#break.as_deref())?;
     let manifest = manifest(&rootfs, &bins)?;
-    std::fs::write(out.join("manifest.txt"), &manifest)?;
+    let manifest_path = out.join("manifest.txt");
+    // Same inputs, same package set and binaries: say whether this build kept them.
+    if let Ok(previous) = std::fs::read_to_string(&manifest_path) {
+        if previous == manifest {
+            eprintln!("    manifest: same package set and binary hashes as the previous build");
+        } else {
+            let old: std::collections::BTreeSet<&str> = previous.lines().collect();
+            let new: std::collections::BTreeSet<&str> = manifest.lines().collect();
+            eprintln!("    manifest changed since the previous build:");
+            for l in old.difference(&new) {
+                eprintln!("      - {l}");
+            }
+            for l in new.difference(&old) {
+                eprintln!("      + {l}");
+            }
+        }
+    }
+    std::fs::write(&manifest_path, &manifest)?;
 
     let root_img = out.join("root.erofs");
     step(

@@ -30,6 +30,9 @@ enum Command {
     Setup,
     /// Run every check: fmt, clippy (userspace and eBPF), unit and end-to-end tests.
     Test {
+        /// Skip building and boot-testing the appliance image (it takes a few minutes).
+        #[arg(long)]
+        no_image: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -55,7 +58,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test { args } => test::run(&args),
+        Command::Test { args, no_image } => test::run(&args, !no_image),
         Command::Demo { keep } => demo::run(keep),
         Command::Lab { command } => lab::run(command),
         Command::Bench(args) => bench::run(args),

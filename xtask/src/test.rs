@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::util::{build_bins, cargo, require_root, step};
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     require_root("cargo xtask test")?;
     crate::setup::run()?;
@@ -29,6 +29,10 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .args(["test", "--locked", "--workspace"])
             .args(extra),
     )?;
+    if image {
+        // The appliance image is part of the product: built and boot-tested like the rest.
+        crate::image::run(crate::image::ImageArgs::boot_test())?;
+    }
     println!(
         "==> all checks passed in {:.0}s",
         t0.elapsed().as_secs_f64()

@@ -54,6 +54,8 @@ fn start(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         bastion::enforce::enter_cgroup(dir)?;
     }
     tracing_subscriber::fmt()
+        // Colours only for a terminal: on a console or in a journal they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BASTION_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

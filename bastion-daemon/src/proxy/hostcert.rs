@@ -73,6 +73,13 @@ pub fn known_hosts_line(ca_public: &str, prefixes: &[Cidr], targets: &[&Target])
     }
     let mut seen = std::collections::HashSet::new();
     patterns.retain(|p| seen.insert(p.clone()));
+    if patterns.is_empty() {
+        // Never a catch-all: trust for no host until there is something to protect.
+        return format!(
+            "# no protected subnets or targets yet: add them (bastionctl subnet add), then run `bastionctl ca show` again
+@cert-authority <protected-hosts> {ca_public}"
+        );
+    }
     format!("@cert-authority {} {ca_public}", patterns.join(","))
 }
 
@@ -144,5 +151,8 @@ mod tests {
             line,
             "@cert-authority 203.0.113.*,web1,203.0.113.10 ssh-ed25519 AAAA"
         );
+        let empty = known_hosts_line("ssh-ed25519 AAAA", &[], &[]);
+        assert!(!empty.contains("@cert-authority *"), "{empty}");
+        assert!(empty.starts_with('#'), "{empty}");
     }
 }
