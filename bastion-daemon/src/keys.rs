@@ -33,6 +33,8 @@ pub struct ApplianceKeys {
     /// Signs the host certificates bastiond presents for each target it answers for, so a
     /// client trusting this one CA (`@cert-authority`) never sees a host-key prompt.
     pub host_ca: PrivateKey,
+    /// Seals closed session records (OpenSSH SshSig, verifiable with `ssh-keygen -Y verify`).
+    pub audit_key: PrivateKey,
     /// Encrypts stored target-account keys (ChaCha20-Poly1305), so the store alone never
     /// yields a usable credential.
     seal: ring::aead::LessSafeKey,
@@ -95,6 +97,7 @@ impl ApplianceKeys {
             host_key: load_or_generate(&dir.join("host_ed25519"), "bastion host key")?,
             user_ca: load_or_generate(&dir.join("user_ca_ed25519"), "bastion user CA")?,
             host_ca: load_or_generate(&dir.join("host_ca_ed25519"), "bastion host CA")?,
+            audit_key: load_or_generate(&dir.join("audit_ed25519"), "bastion audit key")?,
             seal: load_or_generate_seal(&dir.join("seal.key"))?,
         })
     }
@@ -141,6 +144,26 @@ impl ApplianceKeys {
 
     pub fn user_ca_public(&self) -> String {
         self.user_ca.public_key().to_openssh().unwrap_or_default()
+    }
+
+    /// Signs `msg` with the audit key under `namespace`: an armored SshSig.
+    pub fn sign_audit(&self, namespace: &str, msg: &[u8]) -> Result<String, KeyError> {
+        let sig = self
+            .audit_key
+            .sign(namespace, ssh_key::HashAlg::Sha256, msg)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        sig.to_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+
+    /// Whether `pem` is the audit key's signature of `msg` under `namespace`.
+    pub fn verify_audit(&self, namespace: &str, msg: &[u8], pem: &str) -> bool {
+        ssh_key::SshSig::from_pem(pem).ok().is_some_and(|sig| {
+            self.audit_key
+                .public_key()
+                .verify(namespace, msg, &sig)
+                .is_ok()
+        })
     }
 
     pub fn host_ca_public(&self) -> String {

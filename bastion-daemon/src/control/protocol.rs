@@ -57,6 +57,10 @@ pub enum Request {
     AuditList {
         limit: usize,
     },
+    /// Checks the integrity of one session (or all, `None`) and of the audit stream.
+    Verify {
+        session: Option<u64>,
+    },
     /// The newest `limit` flow events matching the filter.
     FlowList {
         #[serde(default)]
@@ -123,6 +127,11 @@ pub enum Response {
     Export {
         format: ExportFormat,
         content: String,
+    },
+    /// What `Verify` found, per session and for the audit stream.
+    Verify {
+        sessions: Vec<crate::record::integrity::SessionIntegrity>,
+        audit: crate::store::AuditIntegrity,
     },
     /// Flow audit events (newest last) and how many the kernel lost in all.
     Flows {
@@ -219,6 +228,7 @@ mod tests {
                 kind: EntityKind::User,
                 name: "alice".into(),
             },
+            chain: None,
         };
         round_trip(Response::Changed(event.clone()));
         round_trip(Response::Audit {

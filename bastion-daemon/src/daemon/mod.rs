@@ -294,6 +294,9 @@ impl Handler for Daemon {
                     ),
                 })
             }
+            Request::Verify { session } => self
+                .verify(session)
+                .map(|(sessions, audit)| Response::Verify { sessions, audit }),
             Request::FlowList { filter, limit } => self
                 .store
                 .audit_find(
@@ -480,6 +483,37 @@ impl Daemon {
         self.apply_enforcement(kind, &policy)?;
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
+    }
+
+    fn verify(
+        &self,
+        only: Option<u64>,
+    ) -> Result<
+        (
+            Vec<crate::record::integrity::SessionIntegrity>,
+            crate::store::AuditIntegrity,
+        ),
+        String,
+    > {
+        let metas = match only {
+            Some(id) => vec![self.session(id)?],
+            None => self.store.sessions().map_err(|e| e.to_string())?,
+        };
+        let keys = &self.proxy.keys;
+        let mut out = Vec::with_capacity(metas.len());
+        for meta in metas.iter().rev() {
+            let blocks = self
+                .store
+                .session_blocks(meta.id)
+                .map_err(|e| e.to_string())?;
+            out.push(crate::record::integrity::judge(
+                meta,
+                &blocks,
+                |msg, seal| keys.verify_audit(crate::record::integrity::SEAL_NAMESPACE, msg, seal),
+            ));
+        }
+        let audit = self.store.verify_audit().map_err(|e| e.to_string())?;
+        Ok((out, audit))
     }
 
     /// Brings the kernel in line with a changed policy: protected prefixes (subnets) and the

@@ -221,6 +221,8 @@ async fn start_capture(
         bytes_out: 0,
         stored_bytes: 0,
         arrival: "tcp".into(),
+        chain: None,
+        seal: None,
     };
     let store = ctx.store.clone();
     let m = meta.clone();
@@ -228,7 +230,12 @@ async fn start_capture(
         .await
         .map_err(|e| format!("internal: {e}"))?
         .map_err(|e| format!("internal: cannot record the connection: {e}"))?;
-    let (recorder, writer) = recorder::spawn(ctx.store.clone(), meta, ctx.flush_interval);
+    let (recorder, writer) = recorder::spawn(
+        ctx.store.clone(),
+        ctx.keys.clone(),
+        meta,
+        ctx.flush_interval,
+    );
     recorder
         .record(Kind::Open, 0, Bytes::from(format!("tcp {dest}")))
         .await;

@@ -516,6 +516,8 @@ impl SessionActor {
             bytes_out: 0,
             stored_bytes: 0,
             arrival: self.arrival.label().into(),
+            chain: None,
+            seal: None,
         };
         let store = self.ctx.store.clone();
         let m = meta.clone();
@@ -523,8 +525,12 @@ impl SessionActor {
             .await
             .map_err(|e| format!("internal: {e}"))?
             .map_err(|e| format!("internal: cannot record the session: {e}"))?;
-        let (recorder, writer) =
-            recorder::spawn(self.ctx.store.clone(), meta, self.ctx.flush_interval);
+        let (recorder, writer) = recorder::spawn(
+            self.ctx.store.clone(),
+            self.ctx.keys.clone(),
+            meta,
+            self.ctx.flush_interval,
+        );
         self.audit(AuditKind::SessionStarted {
             session,
             client: self.client.to_string(),

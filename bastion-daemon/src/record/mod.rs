@@ -10,6 +10,7 @@
 pub mod block;
 pub mod export;
 pub mod frame;
+pub mod integrity;
 pub mod recorder;
 pub mod sftp;
 

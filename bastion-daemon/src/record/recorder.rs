@@ -14,8 +14,12 @@ use tokio::sync::mpsc;
 use super::{
     block,
     frame::{Frame, Kind},
+    integrity,
 };
-use crate::store::{SessionMeta, SessionState, Store};
+use crate::{
+    keys::ApplianceKeys,
+    store::{SessionMeta, SessionState, Store},
+};
 
 /// Raw bytes collected before a block is compressed and written.
 const BLOCK_TARGET: usize = 256 * 1024;
@@ -49,8 +53,10 @@ impl Recorder {
 }
 
 /// Starts recording the session described by `meta` (already stored as live).
+/// `keys` seal the record when it closes.
 pub fn spawn(
     store: Arc<Store>,
+    keys: Arc<ApplianceKeys>,
     meta: SessionMeta,
     flush_interval: Duration,
 ) -> (Recorder, tokio::task::JoinHandle<SessionMeta>) {
@@ -59,12 +65,13 @@ pub fn spawn(
         tx,
         start: Instant::now(),
     };
-    let task = tokio::spawn(write_loop(store, meta, rx, flush_interval));
+    let task = tokio::spawn(write_loop(store, keys, meta, rx, flush_interval));
     (recorder, task)
 }
 
 async fn write_loop(
     store: Arc<Store>,
+    keys: Arc<ApplianceKeys>,
     mut meta: SessionMeta,
     mut rx: mpsc::Receiver<Frame>,
     flush_interval: Duration,
@@ -98,6 +105,11 @@ async fn write_loop(
     write_block(&store, &mut meta, &mut buf).await;
     meta.state = SessionState::Closed;
     meta.ended_micros = Some(crate::audit::now_micros());
+    // Sealed over what it says and where its chain ends: later edits of either show.
+    match keys.sign_audit(integrity::SEAL_NAMESPACE, &integrity::seal_message(&meta)) {
+        Ok(seal) => meta.seal = Some(seal),
+        Err(e) => tracing::error!(session = meta.id, error = %e, "cannot seal the session"),
+    }
     let s = store.clone();
     let m = meta.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || s.put_session(&m))
@@ -122,8 +134,16 @@ async fn write_block(store: &Arc<Store>, meta: &mut SessionMeta, buf: &mut Vec<u
         let mut next = next;
         let stored = block::compress(&raw).map_err(|e| e.to_string())?;
         next.stored_bytes += stored.len() as u64;
+        let n = next.blocks - 1;
+        let prev = next
+            .chain
+            .as_deref()
+            .and_then(integrity::parse_hex)
+            .unwrap_or_else(|| integrity::genesis(next.id));
+        let chain = integrity::next(&prev, n, &stored);
+        next.chain = Some(integrity::hex(&chain));
         store
-            .put_block(&next, next.blocks - 1, &stored)
+            .put_block(&next, n, &stored, &chain)
             .map_err(|e| e.to_string())?;
         Ok(next)
     })

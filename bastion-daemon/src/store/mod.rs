@@ -11,6 +11,7 @@ mod policy;
 mod sessions;
 
 pub use accounts::StoredAccount;
+pub use policy::AuditIntegrity;
 pub use sessions::{SessionFilter, SessionMeta, SessionState};
 
 use std::path::{Path, PathBuf};
@@ -46,9 +47,15 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
-    /// The next audit sequence number. Held for the whole write of an event, so numbers are
-    /// contiguous: a gap in the stream means a record was removed.
-    audit_next: std::sync::Mutex<u64>,
+    /// The next audit sequence number and the chain head. Held for the whole write of an
+    /// event, so numbers are contiguous (a gap means a record was removed) and chained in order.
+    audit_tail: std::sync::Mutex<AuditTail>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuditTail {
+    pub next: u64,
+    pub head: [u8; 32],
 }
 
 impl Store {
@@ -70,10 +77,13 @@ impl Store {
         let mut store = Store {
             db,
             path: path.to_owned(),
-            audit_next: std::sync::Mutex::new(1),
+            audit_tail: std::sync::Mutex::new(AuditTail {
+                next: 1,
+                head: crate::audit::audit_genesis(),
+            }),
         };
         store.migrate()?;
-        store.audit_next = std::sync::Mutex::new(store.last_audit_seq()? + 1);
+        store.audit_tail = std::sync::Mutex::new(store.load_audit_tail()?);
         Ok(store)
     }
 

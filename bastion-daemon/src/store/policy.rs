@@ -6,13 +6,24 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{Store, StoreError};
+use super::{AuditTail, Store, StoreError};
 use crate::{
     audit::{Actor, AuditEvent, AuditKind, now_micros},
     policy::{Entity, EntityKind, Policy},
 };
 
 pub(super) const AUDIT_TREE: &str = "audit";
+
+/// What a walk of the audit stream found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditIntegrity {
+    pub events: u64,
+    /// Events stored before integrity (unchained, at the start of the stream).
+    pub legacy: u64,
+    pub chained: u64,
+    /// The first event that breaks the stream, and how.
+    pub broken: Option<(u64, String)>,
+}
 
 /// The tree each kind of policy object lives in.
 pub(super) fn tree_name(kind: EntityKind) -> &'static str {
@@ -121,25 +132,113 @@ impl Store {
     /// (flow events arrive in batches).
     pub fn append_audits(&self, actor: Actor, kinds: Vec<AuditKind>) -> Result<(), StoreError> {
         let audit = self.tree(AUDIT_TREE)?;
-        let mut next = self.audit_next.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tail = self.audit_tail.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
-        let mut seq = *next;
+        let mut next = *tail;
         for kind in kinds {
-            let event = AuditEvent {
-                seq,
-                time_micros: now_micros(),
-                actor: actor.clone(),
-                kind,
-            };
-            let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
-            batch.insert(&seq.to_be_bytes(), record);
-            seq += 1;
+            let (event, record) = self.chained(&mut next, actor.clone(), kind)?;
+            batch.insert(&event.seq.to_be_bytes(), record);
         }
         // Applied atomically: the sequence stays contiguous even if the write fails.
         audit.apply_batch(batch).map_err(|e| self.io(e))?;
         self.flush()?;
-        *next = seq;
+        *tail = next;
         Ok(())
+    }
+
+    /// Numbers and chains the next event after `tail` (advancing it); the record to store.
+    fn chained(
+        &self,
+        tail: &mut AuditTail,
+        actor: Actor,
+        kind: AuditKind,
+    ) -> Result<(AuditEvent, Vec<u8>), StoreError> {
+        let mut event = AuditEvent {
+            seq: tail.next,
+            time_micros: now_micros(),
+            actor,
+            kind,
+            chain: None,
+        };
+        let bad = |e| self.io(corrupt(AUDIT_TREE, e));
+        let head = crate::audit::audit_link(&tail.head, &event).map_err(bad)?;
+        event.chain = Some(crate::record::integrity::hex(&head));
+        let record = serde_json::to_vec(&event).map_err(bad)?;
+        *tail = AuditTail {
+            next: tail.next + 1,
+            head,
+        };
+        Ok((event, record))
+    }
+
+    /// Where the stored stream ends: the next sequence number and the chain head to continue.
+    pub(super) fn load_audit_tail(&self) -> Result<AuditTail, StoreError> {
+        let last = self.tree(AUDIT_TREE)?.last().map_err(|e| self.io(e))?;
+        let Some((k, v)) = last else {
+            return Ok(AuditTail {
+                next: 1,
+                head: crate::audit::audit_genesis(),
+            });
+        };
+        let seq = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
+        let event: AuditEvent =
+            serde_json::from_slice(&v).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+        Ok(AuditTail {
+            next: seq + 1,
+            // A stream from before integrity starts its chain with the next event.
+            head: event
+                .chain
+                .as_deref()
+                .and_then(crate::record::integrity::parse_hex)
+                .unwrap_or_else(crate::audit::audit_genesis),
+        })
+    }
+
+    /// Walks the whole audit stream: contiguous numbers, and the chain rebuilt from each event.
+    pub fn verify_audit(&self) -> Result<AuditIntegrity, StoreError> {
+        let mut report = AuditIntegrity::default();
+        let mut head = crate::audit::audit_genesis();
+        let mut expected = None;
+        for item in self.tree(AUDIT_TREE)?.iter() {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let seq = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
+            report.events += 1;
+            if let Some(want) = expected
+                && seq != want
+            {
+                report.broken = Some((want, "missing (the sequence skips it)".into()));
+                return Ok(report);
+            }
+            expected = Some(seq + 1);
+            let event: AuditEvent = match serde_json::from_slice(&v) {
+                Ok(e) => e,
+                Err(e) => {
+                    report.broken = Some((seq, format!("unreadable: {e}")));
+                    return Ok(report);
+                }
+            };
+            let Some(kept) = event
+                .chain
+                .as_deref()
+                .and_then(crate::record::integrity::parse_hex)
+            else {
+                if report.chained > 0 {
+                    report.broken = Some((seq, "unchained after the chain began".into()));
+                    return Ok(report);
+                }
+                report.legacy += 1;
+                continue;
+            };
+            let link = crate::audit::audit_link(&head, &event)
+                .map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+            if event.seq != seq || link != kept {
+                report.broken = Some((seq, "altered, or out of order".into()));
+                return Ok(report);
+            }
+            head = link;
+            report.chained += 1;
+        }
+        Ok(report)
     }
 
     /// Numbers and writes one event with `write(audit_tree, seq, record)`, then flushes. The
@@ -151,26 +250,13 @@ impl Store {
         write: impl FnOnce(&sled::Tree, u64, &[u8]) -> Result<(), sled::Error>,
     ) -> Result<AuditEvent, StoreError> {
         let audit = self.tree(AUDIT_TREE)?;
-        let mut next = self.audit_next.lock().unwrap_or_else(|p| p.into_inner());
-        let event = AuditEvent {
-            seq: *next,
-            time_micros: now_micros(),
-            actor,
-            kind,
-        };
-        let record = serde_json::to_vec(&event).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
+        let mut tail = self.audit_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = *tail;
+        let (event, record) = self.chained(&mut next, actor, kind)?;
         write(&audit, event.seq, &record).map_err(|e| self.io(e))?;
         self.flush()?;
-        *next += 1;
+        *tail = next;
         Ok(event)
-    }
-
-    /// The highest audit sequence number stored (0 when there is none).
-    pub(super) fn last_audit_seq(&self) -> Result<u64, StoreError> {
-        let last = self.tree(AUDIT_TREE)?.last().map_err(|e| self.io(e))?;
-        Ok(last
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
     }
 
     /// The newest `limit` events (looking at no more than `scan` of the newest) that `keep`
@@ -218,6 +304,48 @@ impl Store {
 mod tests {
     use super::*;
     use crate::policy::{Group, User};
+
+    #[test]
+    fn audit_stream_is_chained_across_reopen_and_edits_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            for pid in 0..3 {
+                store
+                    .append_audit(
+                        Actor::Daemon,
+                        AuditKind::DaemonStarted {
+                            version: "t".into(),
+                            pid,
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        store
+            .append_audits(
+                Actor::Daemon,
+                vec![AuditKind::SessionsInterrupted { sessions: vec![1] }; 2],
+            )
+            .unwrap();
+        let ok = store.verify_audit().unwrap();
+        assert_eq!((ok.events, ok.chained, ok.broken), (5, 5, None));
+
+        let audit = store.tree(AUDIT_TREE).unwrap();
+        let key = 3u64.to_be_bytes();
+        let original = audit.get(key).unwrap().unwrap();
+        let edited = String::from_utf8(original.to_vec())
+            .unwrap()
+            .replace("\"pid\":2", "\"pid\":9");
+        audit.insert(key, edited.as_bytes()).unwrap();
+        assert_eq!(store.verify_audit().unwrap().broken.unwrap().0, 3);
+        audit.insert(key, original).unwrap();
+        audit.remove(4u64.to_be_bytes()).unwrap();
+        let gap = store.verify_audit().unwrap().broken.unwrap();
+        assert_eq!(gap.0, 4, "{gap:?}");
+    }
 
     #[test]
     fn changes_persist_with_their_audit_events() {

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use super::{Store, StoreError};
-use crate::record::{Frame, block};
+use crate::record::{Frame, block, integrity::StoredBlock};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
 pub(super) const BLOCKS_TREE: &str = "record_blocks";
+/// The chain value after each block (same keys as `record_blocks`).
+pub(super) const CHAIN_TREE: &str = "record_chain";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +45,13 @@ pub struct SessionMeta {
     /// How the client reached bastiond: explicit, transparent or jump (empty before v0.2).
     #[serde(default)]
     pub arrival: String,
+    /// Head of the session's block hash chain (hex; `None`: recorded before integrity).
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// The audit key's signature (OpenSSH SshSig) over the closed session, see
+    /// `record::integrity::seal_message`.
+    #[serde(default)]
+    pub seal: Option<String>,
 }
 
 /// Which sessions a listing shows. Every field that is set must match.
@@ -96,16 +105,24 @@ impl Store {
         self.flush()
     }
 
-    /// Stores block `n` of `meta`'s session together with the metadata that counts it, and makes
-    /// both durable.
-    pub fn put_block(&self, meta: &SessionMeta, n: u32, stored: &[u8]) -> Result<(), StoreError> {
+    /// Stores block `n` of `meta`'s session, the chain value after it, and the metadata that
+    /// counts it, in one transaction, and makes them durable.
+    pub fn put_block(
+        &self,
+        meta: &SessionMeta,
+        n: u32,
+        stored: &[u8],
+        chain: &[u8; 32],
+    ) -> Result<(), StoreError> {
         let sessions = self.tree(SESSIONS_TREE)?;
         let blocks = self.tree(BLOCKS_TREE)?;
+        let chains = self.tree(CHAIN_TREE)?;
         let v = serde_json::to_vec(meta)
             .map_err(|e| self.io(sled::Error::Unsupported(e.to_string())))?;
-        (&sessions, &blocks)
-            .transaction(|(s, b)| {
+        (&sessions, &blocks, &chains)
+            .transaction(|(s, b, c)| {
                 b.insert(&block_key(meta.id, n), stored)?;
+                c.insert(&block_key(meta.id, n), &chain[..])?;
                 s.insert(&meta.id.to_be_bytes(), v.as_slice())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
@@ -158,6 +175,29 @@ impl Store {
         Ok(frames)
     }
 
+    /// Session `id`'s blocks as stored (number, bytes, chain value kept after it), in order.
+    pub fn session_blocks(&self, id: u64) -> Result<Vec<StoredBlock>, StoreError> {
+        let chains = self.tree(CHAIN_TREE)?;
+        let mut out = Vec::new();
+        for item in self.tree(BLOCKS_TREE)?.scan_prefix(id.to_be_bytes()) {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let n = k
+                .get(8..12)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(u32::MAX, u32::from_be_bytes);
+            let kept = chains
+                .get(&k)
+                .map_err(|e| self.io(e))?
+                .and_then(|c| <[u8; 32]>::try_from(c.as_ref()).ok());
+            out.push(StoredBlock {
+                n,
+                bytes: v.to_vec(),
+                chain: kept,
+            });
+        }
+        Ok(out)
+    }
+
     /// Marks sessions left live by a bastiond that died as interrupted; returns their ids.
     pub fn mark_interrupted(&self) -> Result<Vec<u64>, StoreError> {
         let mut ids = Vec::new();
@@ -193,6 +233,8 @@ mod tests {
             bytes_out: 0,
             stored_bytes: 0,
             arrival: "explicit".into(),
+            chain: None,
+            seal: None,
         }
     }
 

@@ -81,6 +81,15 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Check that recordings and the audit stream are intact: every session's block chain and
+    /// seal, and the audit chain. Exits 1 when anything was tampered with.
+    Verify {
+        /// One session (default: all).
+        id: Option<u64>,
+        /// All sessions (the default; for scripts that say so).
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
     /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
     /// upstream connections, newest last, with the count of events the kernel lost.
     Flows {
@@ -399,6 +408,7 @@ impl Command {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit } => Ok(Request::AuditList { limit }),
+            Command::Verify { id, .. } => Ok(Request::Verify { session: id }),
             Command::Flows {
                 denied,
                 allowed,

@@ -126,6 +126,14 @@ fn main() -> ExitCode {
             } else {
                 render::response(&response);
             }
+            if let bastion::control::protocol::Response::Verify { sessions, audit } = &response
+                && (audit.broken.is_some()
+                    || sessions
+                        .iter()
+                        .any(|s| s.status == bastion::record::integrity::Status::Tampered))
+            {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -15,6 +15,22 @@ pub fn response(r: &Response) {
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
+        Response::Verify { sessions, audit } => {
+            for s in sessions {
+                let status = serde_json::to_value(s.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default();
+                println!("session {:<8} {status:<9} {}", s.session, s.detail);
+            }
+            match &audit.broken {
+                None => println!(
+                    "audit    {} events, chain intact ({} before integrity)",
+                    audit.events, audit.legacy
+                ),
+                Some((seq, what)) => println!("audit    TAMPERED  event #{seq}: {what}"),
+            }
+        }
         Response::Flows { events, lost_total } => {
             if events.is_empty() {
                 println!("(no flows)");
