@@ -94,6 +94,11 @@ pub enum AuditKind {
     SessionsInterrupted {
         sessions: Vec<u64>,
     },
+    /// An administrator ended a live session.
+    SessionKilled {
+        session: u64,
+        reason: String,
+    },
     /// A flow to a protected prefix, denied or allowed, as an enforcement hook saw it.
     Flow(crate::enforce::flows::Flow),
     /// Flow events not stored one by one: over the per-second cap (suppressed) or lost by the

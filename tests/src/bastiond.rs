@@ -197,11 +197,17 @@ impl Drop for Bastiond {
 
 /// Runs bastionctl against the lab's control socket.
 pub fn ctl(paths: &BastiondPaths, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new(sys::bin("bastionctl")?)
-        .arg("--socket")
-        .arg(&paths.control_socket)
-        .args(args)
-        .stdin(Stdio::null())
+    ctl_command(paths, args)?
         .output()
         .context("running bastionctl")
+}
+
+/// A bastionctl command for `paths`' bastiond, to run in the background (e.g. `session watch`).
+pub fn ctl_command(paths: &BastiondPaths, args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(sys::bin("bastionctl")?);
+    cmd.arg("--socket")
+        .arg(&paths.control_socket)
+        .args(args)
+        .stdin(Stdio::null());
+    Ok(cmd)
 }

@@ -57,6 +57,17 @@ pub enum Request {
     AuditList {
         limit: usize,
     },
+    /// Ends a live session; the user is told `reason`.
+    SessionKill {
+        id: u64,
+        reason: String,
+    },
+    /// Terminal output of a session from frame `from` on (poll to watch it live).
+    SessionWatch {
+        id: u64,
+        #[serde(default)]
+        from: usize,
+    },
     /// Checks the integrity of one session (or all, `None`) and of the audit stream.
     Verify {
         session: Option<u64>,
@@ -127,6 +138,12 @@ pub enum Response {
     Export {
         format: ExportFormat,
         content: String,
+    },
+    /// Output bytes since the frame asked for; `next` is where to continue.
+    Watch {
+        output: Vec<u8>,
+        next: usize,
+        live: bool,
     },
     /// What `Verify` found, per session and for the audit stream.
     Verify {

@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         keys: keys.clone(),
         server_config: Arc::new(proxy::server_config(&keys, Vec::new())),
         host_certs: proxy::hostcert::HostCerts::new(keys.clone()),
+        live: proxy::live::Registry::default(),
         client_config: Arc::new(russh::client::Config {
             nodelay: true,
             ..Default::default()
@@ -294,6 +295,28 @@ impl Handler for Daemon {
                     ),
                 })
             }
+            Request::SessionKill { id, reason } => self
+                .proxy
+                .live
+                .send(
+                    id,
+                    proxy::live::Control::Kill {
+                        reason: reason.clone(),
+                    },
+                )
+                .and_then(|()| {
+                    self.store
+                        .append_audit(
+                            admin(peer),
+                            AuditKind::SessionKilled {
+                                session: id,
+                                reason,
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                })
+                .map(Response::Changed),
+            Request::SessionWatch { id, from } => self.watch(id, from),
             Request::Verify { session } => self
                 .verify(session)
                 .map(|(sessions, audit)| Response::Verify { sessions, audit }),
@@ -483,6 +506,29 @@ impl Daemon {
         self.apply_enforcement(kind, &policy)?;
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
+    }
+
+    /// Terminal output of session `id` from frame `from` on (what the user sees), for a live
+    /// read-only view: what the recorder has flushed, at most `record.flush_interval_ms` behind.
+    fn watch(&self, id: u64, from: usize) -> Result<Response, String> {
+        let meta = self.session(id)?;
+        let frames = self.store.session_frames(id).map_err(|e| e.to_string())?;
+        let output = frames
+            .iter()
+            .skip(from)
+            .filter(|f| {
+                matches!(
+                    f.kind,
+                    crate::record::Kind::Output | crate::record::Kind::Stderr
+                )
+            })
+            .flat_map(|f| f.data.iter().copied())
+            .collect();
+        Ok(Response::Watch {
+            output,
+            next: frames.len().max(from),
+            live: meta.state == crate::store::SessionState::Live,
+        })
     }
 
     fn verify(

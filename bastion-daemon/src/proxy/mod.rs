@@ -13,6 +13,7 @@ pub mod handler;
 pub mod hostcert;
 pub mod identity;
 pub mod listener;
+pub mod live;
 pub mod ratelimit;
 pub mod relay;
 pub mod rights;
@@ -37,6 +38,8 @@ pub struct ProxyContext {
     /// The explicit listener's server config (bastiond's own host key, no certificate).
     pub server_config: Arc<russh::server::Config>,
     pub host_certs: hostcert::HostCerts,
+    /// Sessions in progress, for `session kill`.
+    pub live: live::Registry,
     pub client_config: Arc<russh::client::Config>,
     pub upstream_mark: u32,
     pub connect_timeout: Duration,

@@ -18,7 +18,7 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 use super::{
     ProxyContext, channel,
     events::{Event, OpenKind, Request},
-    identity,
+    identity, live,
     rights::{first_grant, open_label, request_name, right_for},
     upstream::{self, AgentChannel, Upstream},
     username,
@@ -71,6 +71,8 @@ pub struct SessionActor {
     /// Agent channels the target opens; only accepted after an allowed agent request.
     agent_rx: Option<mpsc::Receiver<AgentChannel>>,
     agent_allowed: bool,
+    /// Administrator controls (kill) once the session is routed and registered live.
+    control_rx: Option<mpsc::Receiver<live::Control>>,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
@@ -106,6 +108,7 @@ impl SessionActor {
             client_handle: None,
             agent_rx: None,
             agent_allowed: false,
+            control_rx: None,
             refused_attempts: 0,
             last_username: String::new(),
         }
@@ -121,6 +124,12 @@ impl SessionActor {
                 Some(agent) = recv_opt(&mut self.agent_rx) => {
                     self.target_agent(agent).await;
                     continue;
+                }
+                Some(control) = recv_opt(&mut self.control_rx) => {
+                    match control {
+                        live::Control::Kill { reason } => self.kill(&reason).await,
+                    }
+                    break;
                 }
             };
             match event {
@@ -543,6 +552,7 @@ impl SessionActor {
         .await;
         tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");
         self.agent_rx = Some(agent_rx);
+        self.control_rx = Some(self.ctx.live.register(session));
         Ok(Route {
             session,
             login: dest.login,
@@ -630,6 +640,31 @@ impl SessionActor {
         }
     }
 
+    /// Ends the session on an administrator's order: the client is told why on every channel
+    /// and in the disconnect message, and the record shows it before it closes.
+    async fn kill(&mut self, reason: &str) {
+        let message = format!("bastion: session killed by an administrator: {reason}");
+        if let Some(route) = &self.route {
+            route
+                .recorder
+                .record(Kind::Refused, 0, message.clone().into())
+                .await;
+        }
+        for entry in self.channels.values_mut() {
+            let _ = entry
+                .stderr
+                .write_all(format!("\r\n{message}\r\n").as_bytes())
+                .await;
+            let _ = entry.stderr.flush().await;
+        }
+        if let Some(h) = &self.client_handle {
+            let _ = h
+                .disconnect(russh::Disconnect::ByApplication, message, String::new())
+                .await;
+        }
+        tracing::info!(client = %self.client, %reason, "session killed by an administrator");
+    }
+
     async fn finish(mut self) {
         if self.identity.is_none()
             && self.refused_attempts > 0
@@ -639,6 +674,7 @@ impl SessionActor {
         }
         self.channels.clear();
         if let Some(route) = self.route.take() {
+            self.ctx.live.remove(route.session);
             drop(route.recorder);
             drop(route.upstream);
             match route.writer.await {

@@ -143,6 +143,14 @@ pub enum SessionCmd {
     },
     /// Show one session.
     Show { id: u64 },
+    /// End a live session; the user sees the reason, and the kill is audited.
+    Kill {
+        id: u64,
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
+    },
+    /// Watch a live session's terminal output, read-only, until it ends.
+    Watch { id: u64 },
     /// Export a session: asciicast v2 (plays in asciinema) or JSON with every frame.
     Export {
         id: u64,
@@ -388,6 +396,16 @@ impl Command {
         }
     }
 
+    /// The session `session watch` follows.
+    pub fn watched(&self) -> Option<u64> {
+        match self {
+            Command::Session {
+                cmd: SessionCmd::Watch { id },
+            } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// Which part of `ca show` to print: (known_hosts line only, user CA only).
     pub fn ca_part(&self) -> (bool, bool) {
         match self {
@@ -470,6 +488,8 @@ impl Command {
                     },
                 },
                 SessionCmd::Show { id } => Request::SessionShow { id },
+                SessionCmd::Kill { id, reason } => Request::SessionKill { id, reason },
+                SessionCmd::Watch { id } => Request::SessionWatch { id, from: 0 },
                 SessionCmd::Export { id, format } => Request::SessionExport {
                     id,
                     format: match format {

@@ -59,6 +59,37 @@ fn fetch_and_confirm(
     }
 }
 
+/// Polls the session's output and prints it as it grows, until the session has ended and
+/// everything recorded is shown.
+fn watch(socket: &std::path::Path, id: u64) -> ExitCode {
+    use bastion::control::protocol::{Request, Response};
+    use std::io::Write;
+    let mut from = 0;
+    loop {
+        match client::call(socket, &Request::SessionWatch { id, from }, TIMEOUT) {
+            Ok(Response::Watch { output, next, live }) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&output);
+                let _ = out.flush();
+                if !live && next == from {
+                    eprintln!("\r\nbastionctl: session {id} has ended");
+                    return ExitCode::SUCCESS;
+                }
+                from = next;
+            }
+            Ok(other) => {
+                eprintln!("bastionctl: unexpected answer: {other:?}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("bastionctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -74,6 +105,9 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    if let Some(id) = cli.command.watched() {
+        return watch(&cli.socket, id);
+    }
     let playback = cli.command.playback();
     let ca_part = cli.command.ca_part();
     let fetched = match cli.command.host_key_to_fetch() {

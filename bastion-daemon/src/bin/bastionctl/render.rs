@@ -15,6 +15,12 @@ pub fn response(r: &Response) {
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
+        Response::Watch { output, .. } => {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(output);
+            let _ = out.flush();
+        }
         Response::Verify { sessions, audit } => {
             for s in sessions {
                 let status = serde_json::to_value(s.status)
@@ -424,6 +430,9 @@ fn event_line(e: &AuditEvent) -> String {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
         AuditKind::Flow(f) => format!("flow {}", flow_line(f)),
+        AuditKind::SessionKilled { session, reason } => {
+            format!("session {session} killed: {reason}")
+        }
         AuditKind::FlowsUncounted {
             suppressed,
             lost,
