@@ -153,3 +153,82 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["store"]["schema_version"], 4);
 }
+
+#[test]
+fn audit_exports_as_json_lines_to_a_file_following_and_as_rfc5424_syslog() {
+    let lab = Lab::up().expect("lab");
+    let b = lab.start_bastiond().expect("bastiond");
+    let key = lab.info().admin_key_pub.to_string_lossy().into_owned();
+    b.ctl_ok(&["user", "add", "alice", "--key", &key]).unwrap();
+
+    // JSON lines from the start: one event per line, numbered and chained.
+    let jsonl = b
+        .ctl_ok(&["audit", "--after", "0", "--format", "jsonl"])
+        .unwrap();
+    let events: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 2, "{jsonl}");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1, "{e}");
+        assert_eq!(e["chain"].as_str().map(str::len), Some(64), "{e}");
+    }
+
+    // --follow appends new events to a file as they happen.
+    let file = lab.info().run_dir.join("audit.jsonl");
+    let mut follower = bastion_lab::bastiond::ctl_command(
+        &lab.info().bastiond,
+        &[
+            "audit",
+            "--after",
+            "0",
+            "--format",
+            "jsonl",
+            "--follow",
+            "--output",
+            file.to_str().unwrap(),
+        ],
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
+    b.ctl_ok(&["group", "add", "ops", "--member", "alice"])
+        .unwrap();
+    let mut followed = String::new();
+    for _ in 0..40 {
+        followed = std::fs::read_to_string(&file).unwrap_or_default();
+        if followed.contains("\"name\":\"ops\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed.contains("\"name\":\"ops\""), "{followed}");
+    assert_eq!(followed.lines().count(), events.len() + 1, "{followed}");
+
+    // RFC 5424 datagrams to a syslog socket.
+    let path = lab.info().run_dir.join("syslog.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    b.ctl_ok(&[
+        "audit",
+        "--after",
+        "0",
+        "--format",
+        "syslog",
+        "--syslog",
+        &format!("unix:{}", path.display()),
+    ])
+    .unwrap();
+    let mut buf = [0u8; 8192];
+    let n = sock.recv(&mut buf).unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("<85>1 "), "{first}");
+    assert!(
+        first.contains(" bastiond - daemon_started [bastion@32473 seq=\"1\"] {"),
+        "{first}"
+    );
+}

@@ -57,6 +57,11 @@ pub enum Request {
     AuditList {
         limit: usize,
     },
+    /// Up to `limit` audit events after sequence number `after`, oldest first (export, follow).
+    AuditSince {
+        after: u64,
+        limit: usize,
+    },
     /// Ends a live session; the user is told `reason`.
     SessionKill {
         id: u64,

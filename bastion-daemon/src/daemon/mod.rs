@@ -332,6 +332,11 @@ impl Handler for Daemon {
                     lost_total: self.flows_lost.load(std::sync::atomic::Ordering::Relaxed),
                 })
                 .map_err(|e| e.to_string()),
+            Request::AuditSince { after, limit } => self
+                .store
+                .audit_after(after, limit.min(MAX_AUDIT_LIST))
+                .map(|events| Response::Audit { events })
+                .map_err(|e| e.to_string()),
             Request::AuditList { limit } => self
                 .store
                 .audit_events(limit.min(MAX_AUDIT_LIST))

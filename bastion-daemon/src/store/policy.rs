@@ -283,6 +283,18 @@ impl Store {
         Ok(found)
     }
 
+    /// Up to `limit` events after sequence number `after`, oldest first.
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.tree(AUDIT_TREE)?
+            .range((after.saturating_add(1)).to_be_bytes()..)
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item.map_err(|e| self.io(e))?;
+                serde_json::from_slice(&v).map_err(|e| self.io(corrupt(AUDIT_TREE, e)))
+            })
+            .collect()
+    }
+
     /// The newest `limit` audit events, oldest first.
     pub fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let mut events = self

@@ -80,6 +80,21 @@ pub enum Command {
         /// How many of the newest events to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Export instead: every event after sequence number N (0: from the start), in
+        /// `--format`, to stdout, `--output FILE` or `--syslog`.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Keep exporting new events as they happen (with --after).
+        #[arg(long, requires = "after")]
+        follow: bool,
+        #[arg(long, value_enum, default_value = "text", requires = "after")]
+        format: crate::export::Format,
+        /// Append to this file.
+        #[arg(long, requires = "after")]
+        output: Option<std::path::PathBuf>,
+        /// Send each event as one datagram: unix:PATH (e.g. unix:/dev/log) or udp:HOST:PORT.
+        #[arg(long, requires = "after", conflicts_with = "output")]
+        syslog: Option<String>,
     },
     /// Check that recordings and the audit stream are intact: every session's block chain and
     /// seal, and the audit chain. Exits 1 when anything was tampered with.
@@ -396,6 +411,27 @@ impl Command {
         }
     }
 
+    /// The export `audit --after` asks for.
+    pub fn export(&self) -> Option<crate::export::Export> {
+        match self {
+            Command::Audit {
+                after: Some(after),
+                follow,
+                format,
+                output,
+                syslog,
+                ..
+            } => Some(crate::export::Export {
+                format: *format,
+                after: *after,
+                follow: *follow,
+                output: output.clone(),
+                syslog: syslog.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The session `session watch` follows.
     pub fn watched(&self) -> Option<u64> {
         match self {
@@ -425,7 +461,7 @@ impl Command {
         match self {
             Command::Status => Ok(Request::Status),
             Command::Probe { addr } => Ok(Request::Probe { addr }),
-            Command::Audit { limit } => Ok(Request::AuditList { limit }),
+            Command::Audit { limit, .. } => Ok(Request::AuditList { limit }),
             Command::Verify { id, .. } => Ok(Request::Verify { session: id }),
             Command::Flows {
                 denied,

@@ -5,6 +5,7 @@
 //! - `play`: terminal replay of a recorded session.
 
 mod cli;
+mod export;
 mod play;
 mod render;
 
@@ -105,6 +106,15 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    if let Some(e) = cli.command.export() {
+        return match export::run(&cli.socket, TIMEOUT, e) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("bastionctl: audit export: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(id) = cli.command.watched() {
         return watch(&cli.socket, id);
     }

@@ -349,7 +349,7 @@ fn entity(e: &Entity) {
     }
 }
 
-fn event_line(e: &AuditEvent) -> String {
+pub fn event_line(e: &AuditEvent) -> String {
     let who = match &e.actor {
         Actor::Admin { uid, .. } => format!("uid {uid}"),
         Actor::Daemon => "bastiond".to_owned(),
@@ -442,6 +442,12 @@ fn event_line(e: &AuditEvent) -> String {
         ),
     };
     format!("#{:<6} {} {who}: {what}", e.seq, utc(e.time_micros))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339 with microseconds, as RFC 5424 wants).
+pub fn utc_micros(micros: u64) -> String {
+    let whole = utc(micros);
+    format!("{}.{:06}Z", whole.trim_end_matches('Z'), micros % 1_000_000)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from Unix microseconds (civil-from-days, no time zone database).
