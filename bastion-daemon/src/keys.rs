@@ -324,6 +324,13 @@ fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyErro
 }
 
 /// True if `key` is one of the pinned OpenSSH public key lines.
+/// The SHA256 fingerprint of an OpenSSH public key line (or the line's error).
+pub fn fingerprint(key_line: &str) -> String {
+    PublicKey::from_openssh(key_line.trim())
+        .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+        .unwrap_or_else(|e| format!("unreadable key: {e}"))
+}
+
 pub fn is_pinned(key: &PublicKey, pinned: &[String]) -> bool {
     pinned
         .iter()

@@ -148,4 +148,56 @@ fn verify_names_every_tampered_session_and_position() {
     // One session alone.
     let one = b.ctl(&["verify", &ids[3].to_string()]).unwrap();
     assert!(one.status.success());
+
+    // A sealed session as one file, checked offline against the appliance's audit key.
+    let dir = lab.info().run_dir.join("sealed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("session.bastion");
+    let key = dir.join("audit.pub");
+    std::fs::write(
+        &file,
+        b.ctl_ok(&[
+            "session",
+            "export",
+            &ids[3].to_string(),
+            "--format",
+            "sealed",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&key, b.ctl_ok(&["ca", "show", "--audit-key"]).unwrap()).unwrap();
+    drop(b); // offline: no bastiond
+    let offline = |file: &std::path::Path| {
+        let out = bastion_lab::bastiond::ctl_command(
+            &lab.info().bastiond,
+            &[
+                "verify",
+                "--file",
+                file.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .unwrap()
+        .output()
+        .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = offline(&file);
+    assert!(ok && text.contains("SEALED"), "{text}");
+    // Edited in the file: the metadata (bytes counted) no longer matches its seal.
+    let edited = dir.join("edited.bastion");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    doc["session"]["bytes_out"] = serde_json::json!(1);
+    std::fs::write(&edited, doc.to_string()).unwrap();
+    let (ok, text) = offline(&edited);
+    assert!(
+        !ok && text.contains("TAMPERED") && text.contains("seal"),
+        "{text}"
+    );
 }

@@ -165,6 +165,9 @@ pub enum Response {
         host_ca: String,
         /// The `@cert-authority` line clients add to known_hosts.
         known_hosts: String,
+        /// The key that seals session records (`verify --file --key`).
+        #[serde(default)]
+        audit_key: String,
     },
     Accounts {
         accounts: Vec<AccountInfo>,
@@ -193,6 +196,8 @@ pub struct AccountInfo {
 pub enum ExportFormat {
     Asciicast,
     Json,
+    /// The sealed record as stored, checkable offline (`bastionctl verify --file`).
+    Sealed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -288,6 +288,13 @@ impl Handler for Daemon {
                 Ok(Response::Ca {
                     user_ca: self.proxy.keys.user_ca_public(),
                     host_ca: self.proxy.keys.host_ca_public(),
+                    audit_key: self
+                        .proxy
+                        .keys
+                        .audit_key
+                        .public_key()
+                        .to_openssh()
+                        .unwrap_or_default(),
                     known_hosts: proxy::hostcert::known_hosts_line(
                         &self.proxy.keys.host_ca_public(),
                         &prefixes,
@@ -462,6 +469,20 @@ impl Daemon {
         let content = match format {
             ExportFormat::Asciicast => export::asciicast(&meta, &frames),
             ExportFormat::Json => export::json(&meta, &frames).to_string(),
+            ExportFormat::Sealed => {
+                let blocks = self.store.session_blocks(id).map_err(|e| e.to_string())?;
+                let audit_key = self
+                    .proxy
+                    .keys
+                    .audit_key
+                    .public_key()
+                    .to_openssh()
+                    .unwrap_or_default();
+                serde_json::to_string_pretty(&crate::record::sealed::build(
+                    meta, &blocks, audit_key,
+                ))
+                .map_err(|e| e.to_string())?
+            }
         };
         Ok(Response::Export { format, content })
     }

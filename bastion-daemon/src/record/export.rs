@@ -4,7 +4,10 @@
 
 use serde_json::json;
 
-use super::frame::{Frame, Kind, parse_size};
+use super::{
+    base64::encode as base64,
+    frame::{Frame, Kind, parse_size},
+};
 use crate::store::SessionMeta;
 
 /// The channel a terminal recording shows: the first with a PTY, else the first with output.
@@ -202,27 +205,6 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
         })
         .collect();
     json!({ "session": meta, "frames": frames })
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! - [`sftp`]: SFTP operations (files read and written, with sizes) followed in a channel's bytes;
 //! - [`export`]: asciicast v2 and JSON renderings of a recorded session.
 
+pub mod base64;
 pub mod block;
 pub mod export;
 pub mod frame;
 pub mod integrity;
 pub mod recorder;
+pub mod sealed;
 pub mod sftp;
 
 pub use frame::{Frame, Kind};

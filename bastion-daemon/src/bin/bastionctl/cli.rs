@@ -104,6 +104,12 @@ pub enum Command {
         /// All sessions (the default; for scripts that say so).
         #[arg(long, conflicts_with = "id")]
         all: bool,
+        /// Check a sealed session file offline (no bastiond needed).
+        #[arg(long, conflicts_with_all = ["id", "all"])]
+        file: Option<std::path::PathBuf>,
+        /// The appliance's audit public key (`bastionctl ca show`), to check the file against.
+        #[arg(long, requires = "file")]
+        key: Option<std::path::PathBuf>,
     },
     /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
     /// upstream connections, newest last, with the count of events the kernel lost.
@@ -188,6 +194,8 @@ pub enum SessionCmd {
 pub enum Format {
     Asciicast,
     Json,
+    /// The sealed record, self-contained, for `verify --file`.
+    Sealed,
 }
 
 #[derive(Subcommand)]
@@ -215,8 +223,11 @@ pub enum CaCmd {
         #[arg(long, conflicts_with = "user_ca")]
         known_hosts: bool,
         /// Print only the user-CA public key.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "audit_key")]
         user_ca: bool,
+        /// Print only the audit key that seals session records.
+        #[arg(long, conflicts_with = "known_hosts")]
+        audit_key: bool,
     },
 }
 
@@ -432,6 +443,16 @@ impl Command {
         }
     }
 
+    /// `verify --file F [--key K]`: the file and key to check offline.
+    pub fn offline_verify(&self) -> Option<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+        match self {
+            Command::Verify {
+                file: Some(f), key, ..
+            } => Some((f.clone(), key.clone())),
+            _ => None,
+        }
+    }
+
     /// The session `session watch` follows.
     pub fn watched(&self) -> Option<u64> {
         match self {
@@ -442,17 +463,24 @@ impl Command {
         }
     }
 
-    /// Which part of `ca show` to print: (known_hosts line only, user CA only).
-    pub fn ca_part(&self) -> (bool, bool) {
+    /// Which part of `ca show` to print alone, if one.
+    pub fn ca_part(&self) -> Option<crate::render::CaPart> {
+        use crate::render::CaPart;
         match self {
             Command::Ca {
                 cmd:
                     CaCmd::Show {
                         known_hosts,
                         user_ca,
+                        audit_key,
                     },
-            } => (*known_hosts, *user_ca),
-            _ => (false, false),
+            } => match (known_hosts, user_ca, audit_key) {
+                (true, _, _) => Some(CaPart::KnownHosts),
+                (_, true, _) => Some(CaPart::UserCa),
+                (_, _, true) => Some(CaPart::AuditKey),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -531,6 +559,7 @@ impl Command {
                     format: match format {
                         Format::Asciicast => ExportFormat::Asciicast,
                         Format::Json => ExportFormat::Json,
+                        Format::Sealed => ExportFormat::Sealed,
                     },
                 },
                 SessionCmd::Play { id, .. } => Request::SessionExport {

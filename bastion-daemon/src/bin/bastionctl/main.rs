@@ -60,6 +60,37 @@ fn fetch_and_confirm(
     }
 }
 
+/// `verify --file`: checks a sealed session file without bastiond.
+fn verify_file(file: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let result = read(file).and_then(|text| {
+        let key = key.map(read).transpose()?;
+        bastion::record::sealed::check(&text, key.as_deref())
+    });
+    match result {
+        Ok((verdict, key_line)) => {
+            let fingerprint = bastion::keys::fingerprint(&key_line);
+            println!(
+                "session {:<8} {:<9} {} (audit key {fingerprint})",
+                verdict.session,
+                format!("{:?}", verdict.status).to_uppercase(),
+                verdict.detail
+            );
+            if verdict.status == bastion::record::integrity::Status::Sealed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bastionctl: verify {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Polls the session's output and prints it as it grows, until the session has ended and
 /// everything recorded is shown.
 fn watch(socket: &std::path::Path, id: u64) -> ExitCode {
@@ -106,6 +137,9 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    if let Some((file, key)) = cli.command.offline_verify() {
+        return verify_file(&file, key.as_deref());
+    }
     if let Some(e) = cli.command.export() {
         return match export::run(&cli.socket, TIMEOUT, e) {
             Ok(()) => ExitCode::SUCCESS,
@@ -164,9 +198,10 @@ fn main() -> ExitCode {
                 user_ca,
                 host_ca,
                 known_hosts,
+                audit_key,
             } = &response
             {
-                render::ca(user_ca, host_ca, known_hosts, ca_part);
+                render::ca(user_ca, host_ca, known_hosts, audit_key, ca_part);
             } else {
                 render::response(&response);
             }

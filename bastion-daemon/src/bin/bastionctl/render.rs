@@ -63,7 +63,8 @@ pub fn response(r: &Response) {
             user_ca,
             host_ca,
             known_hosts,
-        } => ca(user_ca, host_ca, known_hosts, (false, false)),
+            audit_key,
+        } => ca(user_ca, host_ca, known_hosts, audit_key, None),
         Response::Accounts { accounts } if accounts.is_empty() => println!("(no stored accounts)"),
         Response::Accounts { accounts } => {
             for a in accounts {
@@ -142,15 +143,26 @@ pub fn flow_line(f: &bastion::enforce::flows::Flow) -> String {
 }
 
 /// `ca show`: both CAs with what to do with them, or (`only`: known_hosts, user CA) one bare line.
-pub fn ca(user_ca: &str, host_ca: &str, known_hosts: &str, only: (bool, bool)) {
+/// One part of `ca show`, printed bare for scripts.
+#[derive(Clone, Copy)]
+pub enum CaPart {
+    KnownHosts,
+    UserCa,
+    AuditKey,
+}
+
+pub fn ca(user_ca: &str, host_ca: &str, known_hosts: &str, audit_key: &str, only: Option<CaPart>) {
     match only {
-        (true, _) => println!("{known_hosts}"),
-        (_, true) => println!("{user_ca}"),
-        _ => {
+        Some(CaPart::KnownHosts) => println!("{known_hosts}"),
+        Some(CaPart::UserCa) => println!("{user_ca}"),
+        Some(CaPart::AuditKey) => println!("{audit_key}"),
+        None => {
             println!("# Admins' clients: add this line to ~/.ssh/known_hosts (host CA {host_ca})");
             println!("{known_hosts}");
             println!("# Targets: put this key in sshd's TrustedUserCAKeys (user CA)");
             println!("{user_ca}");
+            println!("# Auditors: the key that seals session records (verify --file --key)");
+            println!("{audit_key}");
         }
     }
 }

@@ -1,0 +1,75 @@
+//! One sealed session as a self-contained file that anyone can check offline with bastionctl
+//! (`session export ID --format sealed`, `verify --file F [--key audit.pub]`): the metadata with
+//! its seal, every block as stored with the chain value kept after it, and the audit public key.
+//! The key in the file only names which key sealed it; trust comes from comparing it (or
+//! `--key`) with the appliance's own (`bastionctl ca show`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    base64,
+    integrity::{self, SessionIntegrity, StoredBlock},
+};
+use crate::store::SessionMeta;
+
+pub const FORMAT: &str = "bastion-sealed-session-v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealedFile {
+    pub format: String,
+    pub session: SessionMeta,
+    pub blocks: Vec<FileBlock>,
+    /// OpenSSH public key line of the audit key that sealed it.
+    pub audit_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileBlock {
+    pub n: u32,
+    pub data_base64: String,
+    pub chain: Option<String>,
+}
+
+pub fn build(session: SessionMeta, blocks: &[StoredBlock], audit_key: String) -> SealedFile {
+    SealedFile {
+        format: FORMAT.into(),
+        session,
+        blocks: blocks
+            .iter()
+            .map(|b| FileBlock {
+                n: b.n,
+                data_base64: base64::encode(&b.bytes),
+                chain: b.chain.as_ref().map(integrity::hex),
+            })
+            .collect(),
+        audit_key,
+    }
+}
+
+/// Checks `text` (a sealed file) against `key` (the appliance's audit public key line), or the
+/// key the file names when none is given. Returns the verdict and the key used.
+pub fn check(text: &str, key: Option<&str>) -> Result<(SessionIntegrity, String), String> {
+    let file: SealedFile =
+        serde_json::from_str(text).map_err(|e| format!("not a sealed session file: {e}"))?;
+    if file.format != FORMAT {
+        return Err(format!("format `{}`, expected `{FORMAT}`", file.format));
+    }
+    let key_line = key.unwrap_or(&file.audit_key).trim().to_owned();
+    let public =
+        ssh_key::PublicKey::from_openssh(&key_line).map_err(|e| format!("audit key: {e}"))?;
+    let mut blocks = Vec::with_capacity(file.blocks.len());
+    for b in &file.blocks {
+        blocks.push(StoredBlock {
+            n: b.n,
+            bytes: base64::decode(&b.data_base64)
+                .ok_or_else(|| format!("block {}: not base64", b.n))?,
+            chain: b.chain.as_deref().and_then(integrity::parse_hex),
+        });
+    }
+    let verdict = integrity::judge(&file.session, &blocks, |msg, seal| {
+        ssh_key::SshSig::from_pem(seal)
+            .ok()
+            .is_some_and(|sig| public.verify(integrity::SEAL_NAMESPACE, msg, &sig).is_ok())
+    });
+    Ok((verdict, key_line))
+}
