@@ -94,6 +94,15 @@ pub enum AuditKind {
     SessionsInterrupted {
         sessions: Vec<u64>,
     },
+    /// An exec request matched a command rule of its grant (`action`: deny, alert, terminate).
+    CommandRule {
+        session: u64,
+        channel: u32,
+        command: String,
+        rule: String,
+        action: String,
+        grant: String,
+    },
     /// An administrator ended a live session.
     SessionKilled {
         session: u64,

@@ -1062,3 +1062,82 @@ fn window_changes_reach_the_target_and_the_record() {
         "resize missing:\n{cast}"
     );
 }
+
+#[test]
+fn exec_command_rules_deny_alert_and_terminate_before_the_target_runs_anything() {
+    let (lab, b) = setup();
+    // alice's only grant on web1 becomes a guarded one.
+    ok(&b, &["grant", "remove", "alice-web1"]);
+    ok(
+        &b,
+        &[
+            "grant",
+            "add",
+            "alice-web1-guarded",
+            "--user",
+            "alice",
+            "--target",
+            "web1",
+            "--login",
+            "root",
+            "--rights",
+            "exec",
+            "--deny-command",
+            "rm *",
+            "--terminate-command",
+            "wipe-everything*",
+            "--alert-command",
+            "cat *",
+        ],
+    );
+    let exec = |command: &str| {
+        let out = run(
+            &lab,
+            "root@web1",
+            &["-o", "LogLevel=INFO"],
+            Some(command),
+            b"",
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let victim = lab.info().run_dir.join("victim");
+    let victim = victim.display();
+    let (_, stderr) = exec(&format!("touch {victim}"));
+    assert!(
+        std::path::Path::new(&victim.to_string()).exists(),
+        "{stderr}"
+    );
+
+    let (_, stderr) = exec(&format!("rm -f {victim}"));
+    assert!(
+        stderr.contains("command denied by rule `rm *` of grant alice-web1-guarded"),
+        "{stderr}"
+    );
+    assert!(
+        std::path::Path::new(&victim.to_string()).exists(),
+        "the target never ran the denied command"
+    );
+
+    let (stdout, _) = exec("cat /proc/sys/kernel/ostype");
+    assert_eq!(stdout, "Linux\n", "an alert rule lets the command run");
+
+    let (_, stderr) = exec(&format!("wipe-everything --now; rm -f {victim}"));
+    assert!(
+        stderr.contains("command `wipe-everything --now;")
+            && stderr.contains("matches rule `wipe-everything*`"),
+        "{stderr}"
+    );
+    assert!(std::path::Path::new(&victim.to_string()).exists());
+
+    let audit = ok(&b, &["audit"]);
+    for want in [
+        format!("command `rm -f {victim}` matched deny rule `rm *`"),
+        "command `cat /proc/sys/kernel/ostype` matched alert rule `cat *`".to_owned(),
+        "matched terminate rule `wipe-everything*`".to_owned(),
+    ] {
+        assert!(audit.contains(&want), "{want}: {audit}");
+    }
+}

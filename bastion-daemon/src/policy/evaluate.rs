@@ -326,6 +326,7 @@ mod tests {
             tcp_ports: vec![],
             sources: vec![],
             capture: false,
+            command_rules: vec![],
         };
         let mut g1 = grant(
             "g-alice-web1",

@@ -9,6 +9,7 @@
 //! Invariant: nothing in this module does IO or touches tokio. The session actor loads a
 //! [`model::Policy`] snapshot and asks; tests call the same function with tables of cases.
 
+pub mod commands;
 pub mod evaluate;
 pub mod model;
 pub mod validate;

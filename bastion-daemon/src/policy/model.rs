@@ -140,6 +140,9 @@ pub struct Grant {
     /// Record relayed payload (zstd, like sessions), not only the flow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub capture: bool,
+    /// Rules for exec requests under this grant; the first that matches decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_rules: Vec<super::commands::CommandRule>,
 }
 
 /// A snapshot of the whole policy, as the evaluator sees it.

@@ -148,6 +148,17 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
                     g.id
                 )));
             }
+            if let Some(r) = g
+                .command_rules
+                .iter()
+                .find(|r| r.pattern.is_empty() || r.pattern.len() > 1024)
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: command pattern `{}` must be 1 to 1024 characters",
+                    g.id,
+                    r.pattern.chars().take(40).collect::<String>()
+                )));
+            }
             if g.tcp_ports.contains(&0) {
                 return Err(PolicyError::Invalid(format!(
                     "grant `{}`: port 0 is not a port",

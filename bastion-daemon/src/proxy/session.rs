@@ -73,6 +73,8 @@ pub struct SessionActor {
     agent_allowed: bool,
     /// Administrator controls (kill) once the session is routed and registered live.
     control_rx: Option<mpsc::Receiver<live::Control>>,
+    /// Set when the session must end after the current event (a terminate rule).
+    ending: bool,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
@@ -109,6 +111,7 @@ impl SessionActor {
             agent_rx: None,
             agent_allowed: false,
             control_rx: None,
+            ending: false,
             refused_attempts: 0,
             last_username: String::new(),
         }
@@ -127,7 +130,10 @@ impl SessionActor {
                 }
                 Some(control) = recv_opt(&mut self.control_rx) => {
                     match control {
-                        live::Control::Kill { reason } => self.kill(&reason).await,
+                        live::Control::Kill { reason } => {
+                            self.kill(&format!("session killed by an administrator: {reason}"))
+                                .await
+                        }
                     }
                     break;
                 }
@@ -207,6 +213,9 @@ impl SessionActor {
                     request,
                     reply,
                 } => self.request(channel, request, reply).await,
+            }
+            if self.ending {
+                break;
             }
         }
         self.finish().await;
@@ -393,7 +402,7 @@ impl SessionActor {
 
     /// Ok if any of `rights` is granted to the signed-in user on the routed target, else the
     /// reason (of the first right) it is not.
-    fn allowed(&self, rights: &[Right]) -> Result<(), String> {
+    fn allowed(&self, rights: &[Right]) -> Result<String, String> {
         let (Some(route), Some(identity)) = (&self.route, &self.identity) else {
             return Err("not signed in".into());
         };
@@ -405,7 +414,6 @@ impl SessionActor {
             rights,
             now_secs(),
         )
-        .map(drop)
     }
 
     /// The stored account key for `login` on the named target, unsealed, if there is one.
@@ -571,9 +579,21 @@ impl SessionActor {
     ) {
         let verdict = match right_for(&request) {
             Err(reason) => Err(reason),
-            Ok(None) => Ok(()),
-            Ok(Some(rights)) => self.allowed(rights),
+            Ok(None) => Ok(None),
+            Ok(Some(rights)) => self.allowed(rights).map(Some),
         };
+        if let Ok(Some(grant)) = &verdict
+            && let Err((reason, terminate)) = self.command_rules(grant, channel, &request).await
+        {
+            self.end_exec(channel, reply, &reason).await;
+            self.refuse(u32::from(channel), request_name(&request), reason.clone())
+                .await;
+            if terminate {
+                self.kill(&format!("session ended: {reason}")).await;
+                self.ending = true;
+            }
+            return;
+        }
         if let Err(reason) = verdict {
             if let Some(entry) = self.channels.get_mut(&channel) {
                 let _ = entry
@@ -610,6 +630,73 @@ impl SessionActor {
         }
     }
 
+    /// Applies `grant`'s command rules to an exec request (exactly as the client sent it):
+    /// `Err((why, terminate))` stops it, and a terminate rule ends the session; an alert is
+    /// audited and lets it run.
+    async fn command_rules(
+        &mut self,
+        grant: &str,
+        channel: ChannelId,
+        request: &Request,
+    ) -> Result<(), (String, bool)> {
+        let Request::Exec { command } = request else {
+            return Ok(());
+        };
+        let command = String::from_utf8_lossy(command).into_owned();
+        let policy = self.ctx.policy();
+        let Some(rule) = policy
+            .grants
+            .get(grant)
+            .and_then(|g| policy::commands::first_match(&g.command_rules, &command))
+        else {
+            return Ok(());
+        };
+        let Some(session) = self.route.as_ref().map(|r| r.session) else {
+            return Ok(());
+        };
+        self.audit(AuditKind::CommandRule {
+            session,
+            channel: u32::from(channel),
+            command: command.chars().take(1024).collect(),
+            rule: rule.pattern.clone(),
+            action: rule.action.as_str().into(),
+            grant: grant.to_owned(),
+        })
+        .await;
+        match rule.action {
+            policy::commands::RuleAction::Alert => Ok(()),
+            policy::commands::RuleAction::Deny => Err((
+                format!("command denied by rule `{}` of grant {grant}", rule.pattern),
+                false,
+            )),
+            policy::commands::RuleAction::Terminate => Err((
+                format!(
+                    "command `{command}` matches rule `{}` of grant {grant}",
+                    rule.pattern
+                ),
+                true,
+            )),
+        }
+    }
+
+    /// Answers an exec request the target never sees: accepted toward the client so it reads
+    /// the reason (a refused request can overtake it), then exit status 126 and close.
+    async fn end_exec(
+        &mut self,
+        channel: ChannelId,
+        reply: tokio::sync::oneshot::Sender<bool>,
+        reason: &str,
+    ) {
+        let _ = reply.send(true);
+        let Some(h) = &self.client_handle else { return };
+        let _ = h
+            .extended_data(channel, 1, format!("bastion: {reason}\r\n").into_bytes())
+            .await;
+        let _ = h.exit_status_request(channel, 126).await;
+        let _ = h.eof(channel).await;
+        let _ = h.close(channel).await;
+    }
+
     /// The target opened an agent channel: carry it to the client's agent if forwarding was
     /// requested and allowed, else refuse it.
     async fn target_agent(&mut self, agent: AgentChannel) {
@@ -640,10 +727,10 @@ impl SessionActor {
         }
     }
 
-    /// Ends the session on an administrator's order: the client is told why on every channel
-    /// and in the disconnect message, and the record shows it before it closes.
-    async fn kill(&mut self, reason: &str) {
-        let message = format!("bastion: session killed by an administrator: {reason}");
+    /// Ends the session (an administrator's kill, a terminate rule): the client is told `why` on
+    /// every channel and in the disconnect message, and the record shows it before it closes.
+    async fn kill(&mut self, why: &str) {
+        let message = format!("bastion: {why}");
         if let Some(route) = &self.route {
             route
                 .recorder
@@ -662,7 +749,7 @@ impl SessionActor {
                 .disconnect(russh::Disconnect::ByApplication, message, String::new())
                 .await;
         }
-        tracing::info!(client = %self.client, %reason, "session killed by an administrator");
+        tracing::info!(client = %self.client, %why, "session ended by bastion");
     }
 
     async fn finish(mut self) {

@@ -10,6 +10,7 @@ use bastion::{
     keys::Secret,
     policy::{
         Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
+        commands::{CommandRule, RuleAction},
         window::Window,
     },
     store::{SessionFilter, SessionState},
@@ -311,6 +312,16 @@ pub struct GrantAdd {
     /// With the tcp right: record the relayed payload too.
     #[arg(long)]
     capture: bool,
+    /// Exec commands matching this pattern (`*`, `?`) are refused (repeatable). Rules apply in
+    /// the order deny, terminate, alert; exec is checked exactly, PTY input is not filtered.
+    #[arg(long = "deny-command")]
+    deny_commands: Vec<String>,
+    /// Exec commands matching this pattern end the session (repeatable).
+    #[arg(long = "terminate-command")]
+    terminate_commands: Vec<String>,
+    /// Exec commands matching this pattern run and raise an audit alert (repeatable).
+    #[arg(long = "alert-command")]
+    alert_commands: Vec<String>,
     /// Comma-separated rights: shell, exec, sftp, forward, agent, tcp.
     #[arg(long, value_delimiter = ',', required = true, value_parser = parse_right)]
     rights: Vec<Right>,
@@ -617,6 +628,18 @@ impl Command {
                     tcp_ports: a.tcp_ports,
                     sources: a.sources,
                     capture: a.capture,
+                    command_rules: [
+                        (a.deny_commands, RuleAction::Deny),
+                        (a.terminate_commands, RuleAction::Terminate),
+                        (a.alert_commands, RuleAction::Alert),
+                    ]
+                    .into_iter()
+                    .flat_map(|(patterns, action)| {
+                        patterns
+                            .into_iter()
+                            .map(move |pattern| CommandRule { pattern, action })
+                    })
+                    .collect(),
                 }))
             }),
         }

@@ -336,6 +336,9 @@ fn entity(e: &Entity) {
             if let Some(w) = g.window {
                 when.push(format!("during {w} UTC"));
             }
+            for r in &g.command_rules {
+                when.push(format!("{} command `{}`", r.action.as_str(), r.pattern));
+            }
             if !g.tcp_ports.is_empty() {
                 let ports: Vec<String> = g.tcp_ports.iter().map(u16::to_string).collect();
                 let from: Vec<String> = g.sources.iter().map(|c| c.to_string()).collect();
@@ -442,6 +445,16 @@ pub fn event_line(e: &AuditEvent) -> String {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
         AuditKind::Flow(f) => format!("flow {}", flow_line(f)),
+        AuditKind::CommandRule {
+            session,
+            channel,
+            command,
+            rule,
+            action,
+            grant,
+        } => format!(
+            "session {session} ch{channel}: command `{command}` matched {action} rule `{rule}` (grant {grant})"
+        ),
         AuditKind::SessionKilled { session, reason } => {
             format!("session {session} killed: {reason}")
         }
