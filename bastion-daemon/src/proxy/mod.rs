@@ -89,6 +89,32 @@ impl ProxyContext {
         Ok(Arc::new(server_config(&self.keys, vec![cert])))
     }
 
+    /// Stores `meta` as a live session, then starts its recorder: nothing is carried that is
+    /// not on record.
+    pub async fn start_recording(
+        &self,
+        meta: crate::store::SessionMeta,
+    ) -> Result<
+        (
+            crate::record::Recorder,
+            tokio::task::JoinHandle<crate::store::SessionMeta>,
+        ),
+        String,
+    > {
+        let store = self.store.clone();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || store.put_session(&m))
+            .await
+            .map_err(|e| format!("internal: {e}"))?
+            .map_err(|e| format!("internal: cannot record the session: {e}"))?;
+        Ok(crate::record::recorder::spawn(
+            self.store.clone(),
+            self.keys.clone(),
+            meta,
+            self.flush_interval,
+        ))
+    }
+
     pub fn policy(&self) -> Policy {
         self.policy
             .lock()

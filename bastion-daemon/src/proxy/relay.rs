@@ -23,7 +23,7 @@ use crate::{
     audit::{Actor, AuditKind},
     enforce::flows::{Flow, Relayed},
     policy::{self, GrantSubject, TcpRequest},
-    record::{Kind, Recorder, recorder},
+    record::{Kind, Recorder},
     store::{SessionMeta, SessionState},
 };
 
@@ -224,18 +224,7 @@ async fn start_capture(
         chain: None,
         seal: None,
     };
-    let store = ctx.store.clone();
-    let m = meta.clone();
-    tokio::task::spawn_blocking(move || store.put_session(&m))
-        .await
-        .map_err(|e| format!("internal: {e}"))?
-        .map_err(|e| format!("internal: cannot record the connection: {e}"))?;
-    let (recorder, writer) = recorder::spawn(
-        ctx.store.clone(),
-        ctx.keys.clone(),
-        meta,
-        ctx.flush_interval,
-    );
+    let (recorder, writer) = ctx.start_recording(meta).await?;
     recorder
         .record(Kind::Open, 0, Bytes::from(format!("tcp {dest}")))
         .await;

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     audit::{Actor, AuditKind},
     policy::{self, ResolvedTarget, Right},
-    record::{Kind, Recorder, recorder},
+    record::{Kind, Recorder},
     store::{SessionMeta, SessionState},
 };
 
@@ -536,18 +536,7 @@ impl SessionActor {
             chain: None,
             seal: None,
         };
-        let store = self.ctx.store.clone();
-        let m = meta.clone();
-        tokio::task::spawn_blocking(move || store.put_session(&m))
-            .await
-            .map_err(|e| format!("internal: {e}"))?
-            .map_err(|e| format!("internal: cannot record the session: {e}"))?;
-        let (recorder, writer) = recorder::spawn(
-            self.ctx.store.clone(),
-            self.ctx.keys.clone(),
-            meta,
-            self.ctx.flush_interval,
-        );
+        let (recorder, writer) = self.ctx.start_recording(meta).await?;
         self.audit(AuditKind::SessionStarted {
             session,
             client: self.client.to_string(),
