@@ -75,6 +75,13 @@ fn verify_names_every_tampered_session_and_position() {
     assert!(clean.status.success(), "{text}");
     assert_eq!(text.matches("SEALED").count(), 4, "{text}");
     assert!(text.contains("chain intact"), "{text}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&b.ctl_ok(&["--json", "store", "stats"]).unwrap()).unwrap();
+    assert_eq!(stats["response"], "store_stats");
+    assert_eq!(stats["sessions"], 4, "{stats}");
+    assert!(stats["carried_bytes"].as_u64().unwrap() > 1000, "{stats}");
+    assert!(stats["recorded_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["oldest_micros"].as_u64() <= stats["newest_micros"].as_u64());
 
     // A session cut short by kill -9 is reported, not passed over.
     let mut live = lab

@@ -73,6 +73,8 @@ pub enum Request {
         #[serde(default)]
         from: usize,
     },
+    /// What the store holds: sizes, compression, oldest and newest records.
+    StoreStats,
     /// Checks the integrity of one session (or all, `None`) and of the audit stream.
     Verify {
         session: Option<u64>,
@@ -150,6 +152,7 @@ pub enum Response {
         next: usize,
         live: bool,
     },
+    StoreStats(StoreStats),
     /// What `Verify` found, per session and for the audit stream.
     Verify {
         sessions: Vec<crate::record::integrity::SessionIntegrity>,
@@ -198,6 +201,20 @@ pub enum ExportFormat {
     Json,
     /// The sealed record as stored, checkable offline (`bastionctl verify --file`).
     Sealed,
+}
+
+/// `bastionctl store stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub path: String,
+    pub size_bytes: u64,
+    pub sessions: u64,
+    /// Bytes the sessions carried (both directions) and what their recordings take (compressed).
+    pub carried_bytes: u64,
+    pub recorded_bytes: u64,
+    pub oldest_micros: Option<u64>,
+    pub newest_micros: Option<u64>,
+    pub audit_events: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

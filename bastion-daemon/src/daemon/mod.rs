@@ -324,6 +324,7 @@ impl Handler for Daemon {
                 })
                 .map(Response::Changed),
             Request::SessionWatch { id, from } => self.watch(id, from),
+            Request::StoreStats => self.store_stats().map(Response::StoreStats),
             Request::Verify { session } => self
                 .verify(session)
                 .map(|(sessions, audit)| Response::Verify { sessions, audit }),
@@ -554,6 +555,21 @@ impl Daemon {
             output,
             next: frames.len().max(from),
             live: meta.state == crate::store::SessionState::Live,
+        })
+    }
+
+    fn store_stats(&self) -> Result<crate::control::protocol::StoreStats, String> {
+        let e = |e: StoreError| e.to_string();
+        let sessions = self.store.sessions().map_err(e)?;
+        Ok(crate::control::protocol::StoreStats {
+            path: self.store.path().display().to_string(),
+            size_bytes: self.store.size_on_disk().map_err(e)?,
+            sessions: sessions.len() as u64,
+            carried_bytes: sessions.iter().map(|s| s.bytes_in + s.bytes_out).sum(),
+            recorded_bytes: sessions.iter().map(|s| s.stored_bytes).sum(),
+            oldest_micros: sessions.iter().map(|s| s.started_micros).min(),
+            newest_micros: sessions.iter().map(|s| s.started_micros).max(),
+            audit_events: self.store.audit_count().map_err(e)?,
         })
     }
 

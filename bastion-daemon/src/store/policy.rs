@@ -283,6 +283,11 @@ impl Store {
         Ok(found)
     }
 
+    /// How many audit events are stored.
+    pub fn audit_count(&self) -> Result<u64, StoreError> {
+        Ok(self.tree(AUDIT_TREE)?.len() as u64)
+    }
+
     /// Up to `limit` events after sequence number `after`, oldest first.
     pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         self.tree(AUDIT_TREE)?

@@ -99,6 +99,11 @@ pub enum Command {
         #[arg(long, requires = "after", conflicts_with = "output")]
         syslog: Option<String>,
     },
+    /// The store: sizes, compression, oldest and newest records.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Check that recordings and the audit stream are intact: every session's block chain and
     /// seal, and the audit chain. Exits 1 when anything was tampered with.
     Verify {
@@ -215,6 +220,12 @@ pub enum AccountCmd {
     List,
     /// Remove a stored account key.
     Remove { target: String, login: String },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Sizes, compression ratio, oldest and newest session, audit events.
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -504,6 +515,9 @@ impl Command {
             Command::Probe { addr } => Ok(Request::Probe { addr }),
             Command::Audit { limit, .. } => Ok(Request::AuditList { limit }),
             Command::Verify { id, .. } => Ok(Request::Verify { session: id }),
+            Command::Store {
+                cmd: StoreCmd::Stats,
+            } => Ok(Request::StoreStats),
             Command::Flows {
                 denied,
                 allowed,

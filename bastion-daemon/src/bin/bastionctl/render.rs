@@ -21,6 +21,31 @@ pub fn response(r: &Response) {
             let _ = out.write_all(output);
             let _ = out.flush();
         }
+        Response::StoreStats(s) => {
+            println!(
+                "store          {} ({:.1} MiB on disk)",
+                s.path,
+                s.size_bytes as f64 / (1 << 20) as f64
+            );
+            println!(
+                "sessions       {} carrying {:.1} MiB, recorded in {:.1} MiB{}",
+                s.sessions,
+                s.carried_bytes as f64 / (1 << 20) as f64,
+                s.recorded_bytes as f64 / (1 << 20) as f64,
+                if s.recorded_bytes > 0 {
+                    format!(
+                        " ({:.1}x smaller)",
+                        s.carried_bytes as f64 / s.recorded_bytes as f64
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if let (Some(o), Some(n)) = (s.oldest_micros, s.newest_micros) {
+                println!("oldest/newest  {} / {}", utc(o), utc(n));
+            }
+            println!("audit events   {}", s.audit_events);
+        }
         Response::Verify { sessions, audit } => {
             for s in sessions {
                 let status = serde_json::to_value(s.status)
