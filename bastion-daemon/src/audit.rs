@@ -103,6 +103,11 @@ pub enum AuditKind {
         action: String,
         grant: String,
     },
+    /// The store's filesystem fell below `store.min_free_mb`: new sessions are refused.
+    StoreFloorReached {
+        free_mb: u64,
+        floor_mb: u64,
+    },
     /// An administrator ended a live session.
     SessionKilled {
         session: u64,

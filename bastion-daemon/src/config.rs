@@ -187,6 +187,14 @@ pub struct StoreConfig {
     /// The sled database directory.
     #[serde(default = "default_store")]
     pub path: PathBuf,
+    /// Free space (MiB) on the store's filesystem below which new sessions are refused (with a
+    /// message and an audit alert) so that recordings in progress can still be written.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+fn default_min_free_mb() -> u64 {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +242,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }

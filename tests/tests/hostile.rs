@@ -242,3 +242,39 @@ fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
         "{audit}"
     );
 }
+
+#[test]
+fn at_the_store_floor_new_sessions_are_refused_and_recordings_kept() {
+    let (lab, mut b) = setup();
+    let out = ssh(&lab, "root@web1", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(b.stop().unwrap());
+    // A floor above any real disk: the store is "full" (the check is the same at any size).
+    let config = &lab.info().bastiond.config;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen("[store]\n", "[store]\nmin_free_mb = 1099511627776\n", 1),
+    )
+    .unwrap();
+    let b = lab.start_bastiond().unwrap();
+    let out = ssh(&lab, "root@web1", &["-o", "LogLevel=INFO"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the audit store is nearly full")
+            && stderr.contains("new sessions are refused"),
+        "{stderr}"
+    );
+    let audit = b.ctl_ok(&["audit"]).unwrap();
+    assert!(audit.contains("ALERT audit store at its floor"), "{audit}");
+    let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
+    assert!(
+        verdict.contains("SEALED"),
+        "what was recorded is kept: {verdict}"
+    );
+}

@@ -121,6 +121,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         server_config: Arc::new(proxy::server_config(&keys, Vec::new())),
         host_certs: proxy::hostcert::HostCerts::new(keys.clone()),
         live: proxy::live::Registry::default(),
+        store_floor: config.store.min_free_mb.saturating_mul(1 << 20),
+        below_floor: std::sync::atomic::AtomicBool::new(false),
         client_config: Arc::new(russh::client::Config {
             nodelay: true,
             ..Default::default()

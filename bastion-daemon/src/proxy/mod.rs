@@ -40,6 +40,10 @@ pub struct ProxyContext {
     pub host_certs: hostcert::HostCerts,
     /// Sessions in progress, for `session kill`.
     pub live: live::Registry,
+    /// Free bytes on the store's filesystem below which new sessions are refused.
+    pub store_floor: u64,
+    /// Whether the floor was reached at the last check (audited when it changes).
+    pub below_floor: std::sync::atomic::AtomicBool,
     pub client_config: Arc<russh::client::Config>,
     pub upstream_mark: u32,
     pub connect_timeout: Duration,
@@ -101,6 +105,7 @@ impl ProxyContext {
         ),
         String,
     > {
+        self.check_floor().await?;
         let store = self.store.clone();
         let m = meta.clone();
         tokio::task::spawn_blocking(move || store.put_session(&m))
@@ -113,6 +118,39 @@ impl ProxyContext {
             meta,
             self.flush_interval,
         ))
+    }
+
+    /// Refuses a new recording when the store's filesystem is below the configured floor:
+    /// what is recorded already keeps its room. Reaching the floor is an audit alert.
+    async fn check_floor(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let free = crate::store::free_bytes(self.store.path())
+            .map_err(|e| format!("internal: cannot tell the store's free space: {e}"))?;
+        let below = free < self.store_floor;
+        if below != self.below_floor.swap(below, Ordering::SeqCst) && below {
+            let (free_mb, floor_mb) = (free >> 20, self.store_floor >> 20);
+            tracing::error!(
+                free_mb,
+                floor_mb,
+                "audit store at its floor: new sessions refused"
+            );
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.append_audit(
+                    crate::audit::Actor::Daemon,
+                    crate::audit::AuditKind::StoreFloorReached { free_mb, floor_mb },
+                )
+            })
+            .await;
+        }
+        if below {
+            return Err(format!(
+                "the audit store is nearly full ({} MiB free, floor {} MiB): new sessions are refused until space is freed",
+                free >> 20,
+                self.store_floor >> 20
+            ));
+        }
+        Ok(())
     }
 
     pub fn policy(&self) -> Policy {

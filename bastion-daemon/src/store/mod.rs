@@ -58,6 +58,20 @@ pub(crate) struct AuditTail {
     pub head: [u8; 32],
 }
 
+/// Free bytes (for unprivileged use) on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain integers, for which all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated; st is a valid statvfs to write.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::open(path).map_err(|source| match &source {

@@ -130,6 +130,7 @@ pub fn rfc5424(ev: &AuditEvent, host: &str) -> String {
             | AuditKind::RequestRefused { .. }
             | AuditKind::SignInThrottled { .. }
             | AuditKind::SessionKilled { .. }
+            | AuditKind::StoreFloorReached { .. }
             | AuditKind::FlowsUncounted { .. }
             | AuditKind::SessionsInterrupted { .. }
     ) || matches!(&ev.kind, AuditKind::Flow(f) if !f.allowed)
