@@ -103,6 +103,12 @@ pub enum AuditKind {
         action: String,
         grant: String,
     },
+    /// Recordings deleted by the retention policy.
+    SessionsExpired {
+        sessions: Vec<u64>,
+        /// The retention in force, in seconds.
+        retention_secs: u64,
+    },
     /// The store's filesystem fell below `store.min_free_mb`: new sessions are refused.
     StoreFloorReached {
         free_mb: u64,

@@ -191,6 +191,10 @@ pub struct StoreConfig {
     /// message and an audit alert) so that recordings in progress can still be written.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
+    /// Sessions that ended longer ago than this many days are deleted (each deletion audited).
+    /// Absent: recordings are kept until removed by hand.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 fn default_min_free_mb() -> u64 {
@@ -243,6 +247,7 @@ impl Default for StoreConfig {
         Self {
             path: default_store(),
             min_free_mb: default_min_free_mb(),
+            retention_days: None,
         }
     }
 }
@@ -333,6 +338,13 @@ impl Config {
                 "enforce.daemon_cgroup `{}` must lie strictly below enforce.cgroup_root `{}`",
                 daemon.display(),
                 self.enforce.cgroup_root.display()
+            )));
+        }
+        if let Some(days) = self.store.retention_days
+            && !(days > 0.0 && days.is_finite())
+        {
+            return Err(invalid(format!(
+                "store.retention_days must be a positive number of days, got {days}"
             )));
         }
         if !(10..=60_000).contains(&self.record.flush_interval_ms) {

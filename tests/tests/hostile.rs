@@ -278,3 +278,35 @@ fn at_the_store_floor_new_sessions_are_refused_and_recordings_kept() {
         "what was recorded is kept: {verdict}"
     );
 }
+
+#[test]
+fn retention_deletes_old_recordings_and_audits_it() {
+    let (lab, mut b) = setup();
+    let out = ssh(&lab, "root@web1", &[]);
+    assert!(out.status.success());
+    assert!(b.stop().unwrap());
+    // Two seconds of retention, then a restart: the session that ended before is deleted.
+    let config = &lab.info().bastiond.config;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen("[store]\n", "[store]\nretention_days = 0.0000231\n", 1),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let b = lab.start_bastiond().unwrap();
+    let mut list = String::new();
+    for _ in 0..40 {
+        list = b.ctl_ok(&["session", "list"]).unwrap();
+        if list.contains("(no sessions)") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(list.contains("(no sessions)"), "{list}");
+    let audit = b.ctl_ok(&["audit"]).unwrap();
+    assert!(audit.contains("sessions deleted after"), "{audit}");
+    // The deletion is itself in the (intact) audit chain.
+    let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
+    assert!(verdict.contains("chain intact"), "{verdict}");
+}

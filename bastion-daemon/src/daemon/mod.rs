@@ -151,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = Vec::new();
     let ssh = tokio::spawn(proxy::listener::run(
         ssh_listener,
         proxy.clone(),
@@ -176,8 +177,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )));
         }
     }
+    if let Some(days) = config.store.retention_days {
+        background.push(tokio::spawn(retention(
+            daemon.store.clone(),
+            days,
+            stopped(&stop_rx),
+        )));
+    }
     let readers = lock(&daemon.enforcer).take_readers();
-    let mut background = Vec::new();
     if let Some((flows, kernel_log)) = readers {
         background.push(tokio::spawn(flow_audit::audit_flows(
             flows,
@@ -206,6 +213,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     daemon.store.flush()?;
     tracing::info!("bastiond stopped; enforcement stays pinned");
     Ok(())
+}
+
+/// Enforces `store.retention_days`: at start, then hourly, finished sessions older than the
+/// retention are deleted, and each deletion is an audit event.
+async fn retention(store: Arc<Store>, days: f64, shutdown: impl Future<Output = ()>) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    tokio::pin!(shutdown);
+    loop {
+        let keep = Duration::from_secs_f64(days * 86_400.0).as_micros() as u64;
+        let cutoff = crate::audit::now_micros().saturating_sub(keep);
+        let s = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let gone = s.expire_sessions(cutoff)?;
+            if !gone.is_empty() {
+                s.append_audit(
+                    Actor::Daemon,
+                    AuditKind::SessionsExpired {
+                        sessions: gone.clone(),
+                        retention_secs: keep / 1_000_000,
+                    },
+                )?;
+            }
+            Ok::<_, StoreError>(gone)
+        })
+        .await;
+        match result {
+            Ok(Ok(gone)) if !gone.is_empty() => {
+                tracing::info!(sessions = ?gone, "recordings past retention deleted")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention: cannot delete expired sessions"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
 }
 
 /// Resolves once the shutdown signal is raised.

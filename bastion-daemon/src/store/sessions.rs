@@ -198,6 +198,39 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes the finished sessions that ended (or, interrupted, started) before `cutoff`
+    /// (µs since the epoch); returns their ids. Metadata goes first: a crash part-way leaves
+    /// unreferenced blocks, never a session with blocks missing.
+    pub fn expire_sessions(&self, cutoff: u64) -> Result<Vec<u64>, StoreError> {
+        let (blocks, chains) = (self.tree(BLOCKS_TREE)?, self.tree(CHAIN_TREE)?);
+        let sessions = self.tree(SESSIONS_TREE)?;
+        let mut gone = Vec::new();
+        for s in self.sessions()? {
+            let ended = match s.state {
+                SessionState::Live => continue,
+                SessionState::Closed => s.ended_micros.unwrap_or(s.started_micros),
+                SessionState::Interrupted => s.started_micros,
+            };
+            if ended >= cutoff {
+                continue;
+            }
+            sessions
+                .remove(s.id.to_be_bytes())
+                .map_err(|e| self.io(e))?;
+            for tree in [&blocks, &chains] {
+                for key in tree.scan_prefix(s.id.to_be_bytes()).keys() {
+                    tree.remove(key.map_err(|e| self.io(e))?)
+                        .map_err(|e| self.io(e))?;
+                }
+            }
+            gone.push(s.id);
+        }
+        if !gone.is_empty() {
+            self.flush()?;
+        }
+        Ok(gone)
+    }
+
     /// Marks sessions left live by a bastiond that died as interrupted; returns their ids.
     pub fn mark_interrupted(&self) -> Result<Vec<u64>, StoreError> {
         let mut ids = Vec::new();

@@ -480,6 +480,13 @@ pub fn event_line(e: &AuditEvent) -> String {
         } => format!(
             "session {session} ch{channel}: command `{command}` matched {action} rule `{rule}` (grant {grant})"
         ),
+        AuditKind::SessionsExpired {
+            sessions,
+            retention_secs,
+        } => format!(
+            "sessions deleted after {} of retention: {sessions:?}",
+            duration(*retention_secs)
+        ),
         AuditKind::StoreFloorReached { free_mb, floor_mb } => format!(
             "ALERT audit store at its floor ({free_mb} MiB free, floor {floor_mb} MiB): new sessions refused"
         ),
