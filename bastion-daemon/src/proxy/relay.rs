@@ -106,7 +106,6 @@ async fn relay(ctx: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr, dest
         Ok(Err(e)) => return failed(&ctx, flow, format!("target {dest}: {e}")).await,
         Err(_) => return failed(&ctx, flow, format!("target {dest}: connect timed out")).await,
     };
-    flow.allowed = true;
     let capture = if allowed.capture {
         match start_capture(&ctx, &allowed, peer, dest).await {
             Ok(c) => Some(c),
@@ -116,6 +115,7 @@ async fn relay(ctx: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr, dest
     } else {
         None
     };
+    flow.allowed = true;
     let _ = client.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
