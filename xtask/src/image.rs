@@ -29,6 +29,8 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 const EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// Files the build needs, by the package that provides each.
+const FILES: &[(&str, &str)] = &[(EFI_STUB, "systemd-boot-efi"), (OVMF, "ovmf")];
 /// Fixed timestamps and filesystem ids, so equal inputs give equal filesystem metadata.
 const SOURCE_DATE_EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
 const ROOT_UUID: &str = "b4570000-0000-4000-8000-000000000001";
@@ -185,12 +187,10 @@ fn tools() -> anyhow::Result<()> {
         .filter(|(bin, _)| !on_path(bin))
         .map(|(_, pkg)| *pkg)
         .chain(
-            [("", "systemd-boot-efi"), ("", "ovmf")]
-                .into_iter()
-                .filter(|(_, pkg)| {
-                    !Path::new(if *pkg == "ovmf" { OVMF } else { EFI_STUB }).exists()
-                })
-                .map(|(_, p)| p),
+            FILES
+                .iter()
+                .filter(|(file, _)| !Path::new(file).exists())
+                .map(|(_, pkg)| *pkg),
         )
         .collect();
     if !missing.is_empty() {
