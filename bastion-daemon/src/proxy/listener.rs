@@ -17,7 +17,7 @@ use std::{
 use russh::Disconnect;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::mpsc,
 };
 
@@ -39,32 +39,47 @@ pub async fn run(
     mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) {
+    accept_each(listener, shutdown, move |stream, peer| {
+        let ctx = ctx.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            let (arrival, config) = match (mode, stream.local_addr()) {
+                (Mode::Explicit, _) => (Arrival::Explicit, ctx.server_config.clone()),
+                (Mode::Transparent, Ok(dest)) => match ctx.answer_as(&dest.ip().to_string()) {
+                    Ok(config) => (Arrival::Transparent { dest }, config),
+                    Err(why) => {
+                        tracing::warn!(%peer, %dest, %why, "intercepted connection dropped");
+                        return;
+                    }
+                },
+                (Mode::Transparent, Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "intercepted connection without a destination");
+                    return;
+                }
+            };
+            serve(ctx, stream, peer, arrival, config).await;
+        }
+    })
+    .await
+}
+
+/// Accepts until `shutdown`, handling each connection on its own task, so a slow or hostile
+/// client delays nobody else. A failed accept (out of descriptors) is retried after a pause.
+pub async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let ctx = ctx.clone();
-                    let local = stream.local_addr();
-                    tokio::spawn(async move {
-                        let (arrival, config) = match (mode, local) {
-                            (Mode::Explicit, _) => (Arrival::Explicit, ctx.server_config.clone()),
-                            (Mode::Transparent, Ok(dest)) => match ctx.answer_as(&dest.ip().to_string()) {
-                                Ok(config) => (Arrival::Transparent { dest }, config),
-                                Err(why) => {
-                                    tracing::warn!(%peer, %dest, %why, "intercepted connection dropped");
-                                    return;
-                                }
-                            },
-                            (Mode::Transparent, Err(e)) => {
-                                tracing::warn!(%peer, error = %e, "intercepted connection without a destination");
-                                return;
-                            }
-                        };
-                        serve(ctx, stream, peer, arrival, config).await;
-                    });
+                    tokio::spawn(handle(stream, peer));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

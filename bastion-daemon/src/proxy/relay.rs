@@ -5,12 +5,7 @@
 //! address, bytes each way and duration; a grant with `capture` also records the payload, as a
 //! session whose frames are the two byte streams.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use tokio::{
@@ -24,7 +19,7 @@ use crate::{
     enforce::flows::{Flow, Relayed},
     policy::{self, GrantSubject, TcpRequest},
     record::{Kind, Recorder},
-    store::{SessionMeta, SessionState},
+    store::SessionMeta,
 };
 
 /// Bytes read at once in each direction.
@@ -35,27 +30,18 @@ pub async fn run(
     ctx: Arc<ProxyContext>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        match client.local_addr() {
-                            Ok(dest) => relay(ctx, client, peer, dest).await,
-                            Err(e) => tracing::warn!(%peer, error = %e, "relayed connection without a destination"),
-                        }
-                    });
-                }
+    super::listener::accept_each(listener, shutdown, move |client, peer| {
+        let ctx = ctx.clone();
+        async move {
+            match client.local_addr() {
+                Ok(dest) => relay(ctx, client, peer, dest).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tracing::warn!(%peer, error = %e, "relayed connection without a destination")
                 }
-            },
+            }
         }
-    }
+    })
+    .await
 }
 
 /// What was decided for one connection.
@@ -206,23 +192,13 @@ async fn start_capture(
         .map_err(|e| format!("internal: {e}"))?
         .map_err(|e| format!("internal: {e}"))?;
     let meta = SessionMeta {
-        id,
         user: allowed.subject.clone(),
         login: format!("tcp/{}", dest.port()),
         target: allowed.target.to_string(),
-        target_addr: dest,
         client_addr: Some(peer),
         grant: allowed.grant.clone(),
-        started_micros: crate::audit::now_micros(),
-        ended_micros: None,
-        state: SessionState::Live,
-        blocks: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        stored_bytes: 0,
         arrival: "tcp".into(),
-        chain: None,
-        seal: None,
+        ..SessionMeta::starting(id, dest)
     };
     let (recorder, writer) = ctx.start_recording(meta).await?;
     recorder

@@ -27,7 +27,7 @@ use crate::{
     audit::{Actor, AuditKind},
     policy::{self, ResolvedTarget, Right},
     record::{Kind, Recorder},
-    store::{SessionMeta, SessionState},
+    store::SessionMeta,
 };
 
 /// The signed-in identity of the connection.
@@ -518,23 +518,13 @@ impl SessionActor {
         .await
         .map_err(|e| e.to_string())?;
         let meta = SessionMeta {
-            id: session,
             user: identity.user.clone(),
             login: dest.login.clone(),
             target: target.to_string(),
-            target_addr: SocketAddr::new(target.addr, target.port),
             client_addr: Some(self.client),
             grant: grant.clone(),
-            started_micros: crate::audit::now_micros(),
-            ended_micros: None,
-            state: SessionState::Live,
-            blocks: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            stored_bytes: 0,
             arrival: self.arrival.label().into(),
-            chain: None,
-            seal: None,
+            ..SessionMeta::starting(session, SocketAddr::new(target.addr, target.port))
         };
         let (recorder, writer) = self.ctx.start_recording(meta).await?;
         self.audit(AuditKind::SessionStarted {

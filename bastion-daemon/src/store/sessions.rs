@@ -54,6 +54,32 @@ pub struct SessionMeta {
     pub seal: Option<String>,
 }
 
+impl SessionMeta {
+    /// A session starting now toward `target_addr`: live, nothing recorded yet. Callers set who
+    /// and how with struct update syntax.
+    pub fn starting(id: u64, target_addr: SocketAddr) -> SessionMeta {
+        SessionMeta {
+            id,
+            user: String::new(),
+            login: String::new(),
+            target: String::new(),
+            target_addr,
+            client_addr: None,
+            grant: String::new(),
+            started_micros: crate::audit::now_micros(),
+            ended_micros: None,
+            state: SessionState::Live,
+            blocks: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            stored_bytes: 0,
+            arrival: String::new(),
+            chain: None,
+            seal: None,
+        }
+    }
+}
+
 /// Which sessions a listing shows. Every field that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionFilter {
