@@ -90,6 +90,12 @@ pub enum Request {
         #[serde(default)]
         filter: SessionFilter,
     },
+    /// Commands (or, with `output`, terminal output lines) matching the query, newest first.
+    Search {
+        query: crate::store::CommandQuery,
+        #[serde(default)]
+        output: bool,
+    },
     /// One session's metadata.
     SessionShow {
         id: u64,
@@ -153,6 +159,14 @@ pub enum Response {
         live: bool,
     },
     StoreStats(StoreStats),
+    /// Search results, newest first; `searched` commands (or output lines) were looked at in
+    /// `micros`; `complete` is false when an output search stopped at its budget.
+    Search {
+        hits: Vec<crate::store::CommandHit>,
+        searched: u64,
+        complete: bool,
+        micros: u64,
+    },
     /// What `Verify` found, per session and for the audit stream.
     Verify {
         sessions: Vec<crate::record::integrity::SessionIntegrity>,

@@ -33,6 +33,7 @@ use crate::{
 
 mod flow_audit;
 mod intercept;
+mod search;
 
 use intercept::{intercept, relay_ports};
 
@@ -301,6 +302,7 @@ impl Handler for Daemon {
                 })
                 .map_err(|e| e.to_string()),
             Request::SessionShow { id } => self.show(id),
+            Request::Search { query, output } => search::search(&self.store, query, output),
             Request::SessionExport { id, format } => self.export(id, format),
             Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
             Request::AccountAdd {

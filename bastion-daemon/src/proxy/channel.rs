@@ -15,11 +15,18 @@ use bytes::Bytes;
 use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::Request;
-use crate::record::{
-    Kind, Recorder,
-    frame::size_payload,
-    sftp::{SftpEvent, SftpTracker},
+use super::{
+    events::Request,
+    shell::{Keys, RuleHit, Shell},
+};
+use crate::{
+    policy::commands::{CommandRule, RuleAction},
+    record::{
+        Kind, Recorder,
+        commands::CommandLine,
+        frame::size_payload,
+        sftp::{SftpEvent, SftpTracker},
+    },
 };
 
 pub enum Ctl {
@@ -27,6 +34,11 @@ pub enum Ctl {
     Request {
         request: Request,
         reply: oneshot::Sender<bool>,
+    },
+    /// The command rules that apply to a shell started on this channel, and their grant.
+    CommandRules {
+        grant: String,
+        rules: Vec<CommandRule>,
     },
 }
 
@@ -43,6 +55,9 @@ struct Shared {
     sftp: Sftp,
     bytes_in: BytesIn,
     rec: Recorder,
+    shell: Shell,
+    /// Lines that matched a command rule, to the session actor.
+    hits: mpsc::Sender<RuleHit>,
 }
 
 /// SFTP operations of the channel, once it runs the `sftp` subsystem. The flag keeps other
@@ -85,6 +100,14 @@ impl Sftp {
     }
 }
 
+async fn record_lines(rec: &Recorder, id: u32, lines: Vec<CommandLine>) {
+    for line in lines {
+        if let Ok(json) = serde_json::to_vec(&line) {
+            rec.record(Kind::Command, id, json.into()).await;
+        }
+    }
+}
+
 async fn record_sftp(rec: &Recorder, id: u32, events: Vec<SftpEvent>) {
     for e in events {
         if let Ok(json) = serde_json::to_vec(&e) {
@@ -98,6 +121,7 @@ pub fn spawn(
     down: Channel<server::Msg>,
     up: Channel<client::Msg>,
     recorder: Recorder,
+    hits: mpsc::Sender<RuleHit>,
 ) -> mpsc::Sender<Ctl> {
     let id = u32::from(down.id());
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
@@ -109,8 +133,17 @@ pub fn spawn(
         sftp: Sftp::default(),
         bytes_in: BytesIn::default(),
         rec: recorder,
+        shell: Shell::default(),
+        hits,
     };
-    tokio::spawn(client_to_target(down_r, up_w, ctl_rx, shared.clone()));
+    let notice = Box::new(down_w.make_writer());
+    tokio::spawn(client_to_target(
+        down_r,
+        up_w,
+        ctl_rx,
+        notice,
+        shared.clone(),
+    ));
     tokio::spawn(target_to_client(up_r, down_w, shared));
     ctl_tx
 }
@@ -119,6 +152,7 @@ async fn client_to_target(
     mut down: russh::ChannelReadHalf,
     up: russh::ChannelWriteHalf<client::Msg>,
     mut ctl: mpsc::Receiver<Ctl>,
+    mut notice: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     shared: Shared,
 ) {
     let Shared {
@@ -127,15 +161,21 @@ async fn client_to_target(
         sftp,
         bytes_in,
         rec,
+        shell,
+        hits,
     } = shared;
     let mut ctl_open = true;
     loop {
         tokio::select! {
             c = ctl.recv(), if ctl_open => match c {
+                Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::Request { request, reply }) => {
                     record_request(&rec, id, &request).await;
-                    if matches!(&request, Request::Subsystem { name } if name == "sftp") {
-                        sftp.start();
+                    match &request {
+                        Request::Subsystem { name } if name == "sftp" => sftp.start(),
+                        Request::Pty { cols, rows, .. } => shell.pty(*cols, *rows),
+                        Request::Shell => shell.start(),
+                        _ => {}
                     }
                     if let Ok(mut p) = pending.lock() {
                         p.push_back(reply);
@@ -157,7 +197,7 @@ async fn client_to_target(
                         bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         rec.record(Kind::Input, id, data.clone()).await;
                         sftp.feed(&rec, id, &data, true).await;
-                        up.data_bytes(data).await
+                        keys(&up, &mut notice, &shell, &rec, &hits, id, data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
                         rec.record(Kind::Input, id, data.clone()).await;
@@ -168,6 +208,7 @@ async fn client_to_target(
                         up.eof().await
                     }
                     ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        shell.resize(col_width, row_height);
                         rec.record(Kind::WindowChange, id, size_payload(col_width, row_height, b"")).await;
                         up.window_change(col_width, row_height, pix_width, pix_height).await
                     }
@@ -188,6 +229,52 @@ async fn client_to_target(
     let _ = up.close().await;
 }
 
+/// Forwards the client's keys; on a shell, a line a rule stops never gets its Enter: the shell
+/// is sent Ctrl-C to drop it, the client is told why, and the actor audits it.
+async fn keys(
+    up: &russh::ChannelWriteHalf<client::Msg>,
+    notice: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    shell: &Shell,
+    rec: &Recorder,
+    hits: &mpsc::Sender<RuleHit>,
+    id: u32,
+    data: Bytes,
+) -> Result<(), russh::Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut alerts = Vec::new();
+    for run in shell.keys(id, data, &mut alerts) {
+        match run {
+            Keys::Forward(bytes) if bytes.is_empty() => {}
+            Keys::Forward(bytes) => up.data_bytes(bytes).await?,
+            Keys::Withhold(hit) => {
+                up.data_bytes(Bytes::from_static(b"\x03")).await?;
+                let verb = if hit.rule.action == RuleAction::Terminate {
+                    "ends the session"
+                } else {
+                    "denied"
+                };
+                let why = format!(
+                    "bastion: command {verb} by rule `{}` of grant {}",
+                    hit.rule.pattern, hit.grant
+                );
+                let _ = notice.write_all(format!("\r\n{why}\r\n").as_bytes()).await;
+                let _ = notice.flush().await;
+                let line = CommandLine {
+                    line: hit.line.clone(),
+                    doubts: Vec::new(),
+                    refused: Some(format!("{} {}", hit.rule.action.as_str(), hit.rule.pattern)),
+                };
+                record_lines(rec, id, vec![line]).await;
+                let _ = hits.send(hit).await;
+            }
+        }
+    }
+    for hit in alerts {
+        let _ = hits.send(hit).await;
+    }
+    Ok(())
+}
+
 async fn target_to_client(
     mut up: russh::ChannelReadHalf,
     down: russh::ChannelWriteHalf<server::Msg>,
@@ -199,6 +286,8 @@ async fn target_to_client(
         sftp,
         bytes_in,
         rec,
+        shell,
+        ..
     } = shared;
     let mut bytes_out = 0u64;
     while let Some(msg) = up.wait().await {
@@ -207,6 +296,7 @@ async fn target_to_client(
                 bytes_out += data.len() as u64;
                 rec.record(Kind::Output, id, data.clone()).await;
                 sftp.feed(&rec, id, &data, false).await;
+                record_lines(&rec, id, shell.output(&data)).await;
                 down.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -251,6 +341,7 @@ async fn target_to_client(
         }
     }
     sftp.finish(&rec, id).await;
+    record_lines(&rec, id, shell.finish()).await;
     // The channel's totals, so a forward's open and close frames bracket its traffic.
     let totals = format!(
         r#"{{"bytes_in":{},"bytes_out":{bytes_out}}}"#,

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod rights;
 pub mod session;
+pub mod shell;
 pub mod upstream;
 pub mod username;
 

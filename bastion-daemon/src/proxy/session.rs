@@ -20,6 +20,7 @@ use super::{
     events::{Event, OpenKind, Request},
     identity, live,
     rights::{first_grant, open_label, request_name, right_for},
+    shell::RuleHit,
     upstream::{self, AgentChannel, Upstream},
     username,
 };
@@ -75,6 +76,9 @@ pub struct SessionActor {
     control_rx: Option<mpsc::Receiver<live::Control>>,
     /// Set when the session must end after the current event (a terminate rule).
     ending: bool,
+    /// Shell lines that matched a command rule, from the channel pumps.
+    hits_tx: mpsc::Sender<RuleHit>,
+    hits_rx: mpsc::Receiver<RuleHit>,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
@@ -96,7 +100,10 @@ impl SessionActor {
         events: mpsc::Receiver<Event>,
         signed_in: Arc<AtomicBool>,
     ) -> Self {
+        let (hits_tx, hits_rx) = mpsc::channel(16);
         SessionActor {
+            hits_tx,
+            hits_rx,
             ctx,
             client,
             arrival,
@@ -126,6 +133,13 @@ impl SessionActor {
                 },
                 Some(agent) = recv_opt(&mut self.agent_rx) => {
                     self.target_agent(agent).await;
+                    continue;
+                }
+                Some(hit) = self.hits_rx.recv() => {
+                    self.rule_hit(hit).await;
+                    if self.ending {
+                        break;
+                    }
                     continue;
                 }
                 Some(control) = recv_opt(&mut self.control_rx) => {
@@ -294,7 +308,7 @@ impl SessionActor {
                     .record(Kind::Open, u32::from(channel_id), open_label(&kind).into())
                     .await;
                 let stderr = Box::new(down.make_writer_ext(Some(1)));
-                let ctl = channel::spawn(down, up, route.recorder.clone());
+                let ctl = channel::spawn(down, up, route.recorder.clone(), self.hits_tx.clone());
                 self.channels
                     .insert(channel_id, ChannelEntry { ctl, stderr });
                 Ok(())
@@ -591,6 +605,23 @@ impl SessionActor {
         }
         match self.channels.get(&channel) {
             Some(entry) => {
+                // A shell's lines are checked in the pump (best effort), under the same grant.
+                if let (Request::Shell, Ok(Some(grant))) = (&request, &verdict) {
+                    let rules = self
+                        .ctx
+                        .policy()
+                        .grants
+                        .get(grant)
+                        .map(|g| g.command_rules.clone())
+                        .unwrap_or_default();
+                    let _ = entry
+                        .ctl
+                        .send(channel::Ctl::CommandRules {
+                            grant: grant.clone(),
+                            rules,
+                        })
+                        .await;
+                }
                 if entry
                     .ctl
                     .send(channel::Ctl::Request { request, reply })
@@ -658,6 +689,31 @@ impl SessionActor {
         }
     }
 
+    /// A shell line matched a command rule in a channel pump (which already withheld a denied
+    /// line): audit it, and end the session for a terminate rule.
+    async fn rule_hit(&mut self, hit: RuleHit) {
+        let Some(session) = self.route.as_ref().map(|r| r.session) else {
+            return;
+        };
+        self.audit(AuditKind::CommandRule {
+            session,
+            channel: hit.channel,
+            command: hit.line.chars().take(1024).collect(),
+            rule: hit.rule.pattern.clone(),
+            action: hit.rule.action.as_str().into(),
+            grant: hit.grant.clone(),
+        })
+        .await;
+        if hit.rule.action == policy::commands::RuleAction::Terminate {
+            self.kill(&format!(
+                "session ended: command `{}` matches rule `{}` of grant {}",
+                hit.line, hit.rule.pattern, hit.grant
+            ))
+            .await;
+            self.ending = true;
+        }
+    }
+
     /// Answers an exec request the target never sees: accepted toward the client so it reads
     /// the reason (a refused request can overtake it), then exit status 126 and close.
     async fn end_exec(
@@ -697,7 +753,12 @@ impl SessionActor {
                     .recorder
                     .record(Kind::Open, id, "auth-agent".into())
                     .await;
-                let _ctl = channel::spawn(down, agent.channel, route.recorder.clone());
+                let _ctl = channel::spawn(
+                    down,
+                    agent.channel,
+                    route.recorder.clone(),
+                    self.hits_tx.clone(),
+                );
             }
             Err(e) => {
                 tracing::info!(client = %self.client, error = %e, "client refused the agent channel");

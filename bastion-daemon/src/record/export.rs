@@ -130,6 +130,7 @@ pub fn activity(frames: &[Frame]) -> Vec<Activity> {
                 Kind::Exec => format!("exec {}", text(f)),
                 Kind::Subsystem => format!("subsystem {}", text(f)),
                 Kind::SftpOp => format!("sftp {}", sftp_line(&f.data)),
+                Kind::Command => command_line(&f.data),
                 Kind::Refused => format!("refused: {}", text(f)),
                 Kind::Signal => format!("signal {}", text(f)),
                 Kind::ExitStatus => match <[u8; 4]>::try_from(f.data.as_ref()) {
@@ -159,6 +160,22 @@ pub fn activity(frames: &[Frame]) -> Vec<Activity> {
             })
         })
         .collect()
+}
+
+/// `$ line` with its doubts and, when a rule kept it from the shell, the rule.
+fn command_line(data: &[u8]) -> String {
+    let Ok(c) = serde_json::from_slice::<crate::record::commands::CommandLine>(data) else {
+        return format!("$ {}", String::from_utf8_lossy(data));
+    };
+    let mut s = format!("$ {}", c.line);
+    if !c.doubts.is_empty() {
+        let d: Vec<&str> = c.doubts.iter().map(|d| d.as_str()).collect();
+        s.push_str(&format!("  [uncertain: {}]", d.join(", ")));
+    }
+    if let Some(r) = c.refused {
+        s.push_str(&format!("  [refused: {r}]"));
+    }
+    s
 }
 
 fn sftp_line(data: &[u8]) -> String {
@@ -193,7 +210,7 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
             });
             // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
             match f.kind {
-                Kind::SftpOp | Kind::Close => {
+                Kind::SftpOp | Kind::Close | Kind::Command => {
                     v["json"] = serde_json::from_slice(&f.data).unwrap_or_default()
                 }
                 Kind::Exec | Kind::Subsystem | Kind::Open | Kind::Refused | Kind::Signal => {

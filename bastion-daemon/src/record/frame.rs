@@ -47,6 +47,9 @@ pub enum Kind {
     Refused = 15,
     /// An SFTP operation (JSON: op, path, sizes), derived from the channel's bytes.
     SftpOp = 16,
+    /// A line entered at an interactive shell (JSON: line, doubts, refused), read off the
+    /// terminal when the shell took it.
+    Command = 17,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             Open,
             Refused,
             SftpOp,
+            Command,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     keys::ApplianceKeys,
-    store::{SessionMeta, SessionState, Store},
+    store::{NewCommand, SessionMeta, SessionState, Store},
 };
 
 /// Raw bytes collected before a block is compressed and written.
@@ -77,6 +77,7 @@ async fn write_loop(
     flush_interval: Duration,
 ) -> SessionMeta {
     let mut buf = Vec::with_capacity(BLOCK_TARGET);
+    let mut commands = Commands::default();
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,23 +87,24 @@ async fn write_loop(
                     match frame.kind {
                         Kind::Input => meta.bytes_in += frame.data.len() as u64,
                         Kind::Output | Kind::Stderr => meta.bytes_out += frame.data.len() as u64,
+                        Kind::Exec | Kind::Command => commands.pending.extend(NewCommand::from_frame(&frame)),
                         _ => {}
                     }
                     frame.encode(&mut buf);
                     if buf.len() >= BLOCK_TARGET {
-                        write_block(&store, &mut meta, &mut buf).await;
+                        write_block(&store, &mut meta, &mut buf, &mut commands).await;
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
                 if !buf.is_empty() {
-                    write_block(&store, &mut meta, &mut buf).await;
+                    write_block(&store, &mut meta, &mut buf, &mut commands).await;
                 }
             }
         }
     }
-    write_block(&store, &mut meta, &mut buf).await;
+    write_block(&store, &mut meta, &mut buf, &mut commands).await;
     meta.state = SessionState::Closed;
     meta.ended_micros = Some(crate::audit::now_micros());
     // Sealed over what it says and where its chain ends: later edits of either show.
@@ -121,12 +123,28 @@ async fn write_loop(
     meta
 }
 
-/// Compresses and stores `buf` as the session's next block (with updated metadata), then clears it.
-async fn write_block(store: &Arc<Store>, meta: &mut SessionMeta, buf: &mut Vec<u8>) {
+/// The commands recorded since the last block, and how many the session stored before them.
+#[derive(Default)]
+struct Commands {
+    pending: Vec<NewCommand>,
+    stored: u32,
+}
+
+/// Compresses and stores `buf` as the session's next block (with updated metadata and the
+/// commands it holds), then clears it.
+async fn write_block(
+    store: &Arc<Store>,
+    meta: &mut SessionMeta,
+    buf: &mut Vec<u8>,
+    commands: &mut Commands,
+) {
     if buf.is_empty() {
         return;
     }
     let raw = std::mem::replace(buf, Vec::with_capacity(BLOCK_TARGET));
+    let pending = std::mem::take(&mut commands.pending);
+    let first_seq = commands.stored;
+    commands.stored += pending.len() as u32;
     let store = store.clone();
     let mut next = meta.clone();
     next.blocks += 1;
@@ -143,7 +161,7 @@ async fn write_block(store: &Arc<Store>, meta: &mut SessionMeta, buf: &mut Vec<u
         let chain = integrity::next(&prev, n, &stored);
         next.chain = Some(integrity::hex(&chain));
         store
-            .put_block(&next, n, &stored, &chain)
+            .put_block(&next, n, &stored, &chain, first_seq, &pending)
             .map_err(|e| e.to_string())?;
         Ok(next)
     })

@@ -2,7 +2,7 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Migrates `db` from `to - 1` to `to`.
 pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
@@ -24,6 +24,8 @@ pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
         }
         // 4: sealed target-account keys.
         4 => db.open_tree(super::accounts::ACCOUNTS_TREE).map(drop),
+        // 5: the command index, filled from the exec requests already recorded.
+        5 => super::commands::backfill(db),
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),
     }

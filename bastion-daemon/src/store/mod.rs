@@ -6,11 +6,13 @@
 //! resumes where it stopped. A store newer than this binary is refused rather than misread.
 
 mod accounts;
+mod commands;
 mod migrate;
 mod policy;
 mod sessions;
 
 pub use accounts::StoredAccount;
+pub use commands::{CommandHit, CommandIndex, CommandQuery, NewCommand, Source as CommandSource};
 pub use policy::AuditIntegrity;
 pub use sessions::{SessionFilter, SessionMeta, SessionState};
 
@@ -50,6 +52,8 @@ pub struct Store {
     /// The next audit sequence number and the chain head. Held for the whole write of an
     /// event, so numbers are contiguous (a gap means a record was removed) and chained in order.
     audit_tail: std::sync::Mutex<AuditTail>,
+    /// The in-memory copy of the `commands` tree, for search.
+    commands: std::sync::RwLock<CommandIndex>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,9 +99,11 @@ impl Store {
                 next: 1,
                 head: crate::audit::audit_genesis(),
             }),
+            commands: Default::default(),
         };
         store.migrate()?;
         store.audit_tail = std::sync::Mutex::new(store.load_audit_tail()?);
+        store.commands = std::sync::RwLock::new(store.load_commands()?);
         Ok(store)
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
-use super::{Store, StoreError};
+use super::{NewCommand, Store, StoreError};
 use crate::record::{Frame, block, integrity::StoredBlock};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
@@ -84,6 +84,8 @@ impl SessionMeta {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionFilter {
     pub user: Option<String>,
+    #[serde(default)]
+    pub login: Option<String>,
     /// Matches the target name or address as recorded.
     pub target: Option<String>,
     /// Sessions started at or after this instant (µs since the epoch).
@@ -96,6 +98,7 @@ pub struct SessionFilter {
 impl SessionFilter {
     pub fn matches(&self, s: &SessionMeta) -> bool {
         self.user.as_ref().is_none_or(|u| *u == s.user)
+            && self.login.as_ref().is_none_or(|l| *l == s.login)
             && self
                 .target
                 .as_ref()
@@ -131,25 +134,30 @@ impl Store {
         self.flush()
     }
 
-    /// Stores block `n` of `meta`'s session, the chain value after it, and the metadata that
-    /// counts it, in one transaction, and makes them durable.
+    /// Stores block `n` of `meta`'s session, the chain value after it, the metadata that
+    /// counts it and the commands it recorded (numbered from `first_seq`), in one transaction,
+    /// and makes them durable.
     pub fn put_block(
         &self,
         meta: &SessionMeta,
         n: u32,
         stored: &[u8],
         chain: &[u8; 32],
+        first_seq: u32,
+        commands: &[NewCommand],
     ) -> Result<(), StoreError> {
         let sessions = self.tree(SESSIONS_TREE)?;
         let blocks = self.tree(BLOCKS_TREE)?;
         let chains = self.tree(CHAIN_TREE)?;
+        let index = self.tree(super::commands::COMMANDS_TREE)?;
         let v = serde_json::to_vec(meta)
             .map_err(|e| self.io(sled::Error::Unsupported(e.to_string())))?;
-        (&sessions, &blocks, &chains)
-            .transaction(|(s, b, c)| {
+        (&sessions, &blocks, &chains, &index)
+            .transaction(|(s, b, c, i)| {
                 b.insert(&block_key(meta.id, n), stored)?;
                 c.insert(&block_key(meta.id, n), &chain[..])?;
                 s.insert(&meta.id.to_be_bytes(), v.as_slice())?;
+                super::commands::insert(i, meta, first_seq, commands)?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -158,7 +166,9 @@ impl Store {
                     self.io(sled::Error::Unsupported("aborted".into()))
                 }
             })?;
-        self.flush()
+        self.flush()?;
+        self.index_commands(meta, first_seq, commands);
+        Ok(())
     }
 
     /// Every session, newest first.
@@ -229,6 +239,7 @@ impl Store {
     /// unreferenced blocks, never a session with blocks missing.
     pub fn expire_sessions(&self, cutoff: u64) -> Result<Vec<u64>, StoreError> {
         let (blocks, chains) = (self.tree(BLOCKS_TREE)?, self.tree(CHAIN_TREE)?);
+        let commands = self.tree(super::commands::COMMANDS_TREE)?;
         let sessions = self.tree(SESSIONS_TREE)?;
         let mut gone = Vec::new();
         for s in self.sessions()? {
@@ -243,7 +254,7 @@ impl Store {
             sessions
                 .remove(s.id.to_be_bytes())
                 .map_err(|e| self.io(e))?;
-            for tree in [&blocks, &chains] {
+            for tree in [&blocks, &chains, &commands] {
                 for key in tree.scan_prefix(s.id.to_be_bytes()).keys() {
                     tree.remove(key.map_err(|e| self.io(e))?)
                         .map_err(|e| self.io(e))?;
@@ -253,6 +264,7 @@ impl Store {
         }
         if !gone.is_empty() {
             self.flush()?;
+            self.unindex_sessions(&gone);
         }
         Ok(gone)
     }

@@ -119,6 +119,34 @@ pub enum Command {
         #[arg(long, requires = "file")]
         key: Option<std::path::PathBuf>,
     },
+    /// Find commands (shell lines and exec requests) or, with --output, terminal output text,
+    /// newest first, with the session and offset to replay from (`session play ID --from T`).
+    Search {
+        /// Text to find (case-insensitive substring; empty: everything).
+        #[arg(default_value = "")]
+        text: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Target name or address.
+        #[arg(long)]
+        target: Option<String>,
+        /// The login on the target.
+        #[arg(long)]
+        login: Option<String>,
+        #[arg(long)]
+        session: Option<u64>,
+        /// At or after: Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Before (same formats).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
+        /// Search what the sessions printed instead of the commands.
+        #[arg(long)]
+        output: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
     /// upstream connections, newest last, with the count of events the kernel lost.
     Flows {
@@ -163,6 +191,9 @@ pub enum SessionCmd {
         /// Started before (same formats).
         #[arg(long, value_parser = parse_time)]
         until: Option<u64>,
+        /// The login on the target.
+        #[arg(long)]
+        login: Option<String>,
         /// Only sessions in progress.
         #[arg(long, conflicts_with = "closed")]
         live: bool,
@@ -195,6 +226,10 @@ pub enum SessionCmd {
         /// Print everything at once.
         #[arg(long)]
         no_wait: bool,
+        /// Start at this offset into the session (seconds, or [HH:]MM:SS as `search` shows
+        /// it): what came before is drawn at once, then playback is timed.
+        #[arg(long, value_parser = parse_offset, default_value = "0")]
+        from: f64,
     },
 }
 
@@ -350,6 +385,19 @@ pub struct GrantAdd {
 }
 
 /// Unix seconds from `1795737600`, `2026-11-27` or `2026-11-27T10:00:00Z` (UTC).
+/// A session offset: seconds (`93.5`) or `[HH:]MM:SS[.fff]`.
+pub fn parse_offset(s: &str) -> Result<f64, String> {
+    let bad = || format!("`{s}`: expected seconds or [HH:]MM:SS");
+    let parts: Vec<f64> = s
+        .split(':')
+        .map(|p| p.parse::<f64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    if parts.len() > 3 || parts.iter().any(|p| !p.is_finite() || *p < 0.0) {
+        return Err(bad());
+    }
+    Ok(parts.iter().fold(0.0, |acc, p| acc * 60.0 + p))
+}
+
 fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(secs);
@@ -436,12 +484,18 @@ impl Command {
         }
     }
 
-    /// For `session play`: (speed, no_wait).
-    pub fn playback(&self) -> Option<(f64, bool)> {
+    /// For `session play`: (speed, no_wait, from seconds).
+    pub fn playback(&self) -> Option<(f64, bool, f64)> {
         match self {
             Command::Session {
-                cmd: SessionCmd::Play { speed, no_wait, .. },
-            } => Some((*speed, *no_wait)),
+                cmd:
+                    SessionCmd::Play {
+                        speed,
+                        no_wait,
+                        from,
+                        ..
+                    },
+            } => Some((*speed, *no_wait, *from)),
             _ => None,
         }
     }
@@ -518,6 +572,32 @@ impl Command {
             Command::Store {
                 cmd: StoreCmd::Stats,
             } => Ok(Request::StoreStats),
+            Command::Search {
+                text,
+                user,
+                target,
+                login,
+                session,
+                since,
+                until,
+                output,
+                limit,
+            } => Ok(Request::Search {
+                query: bastion::store::CommandQuery {
+                    text: Some(text),
+                    session,
+                    filter: SessionFilter {
+                        user,
+                        login,
+                        target,
+                        since_micros: since.map(|s| s * 1_000_000),
+                        until_micros: until.map(|s| s * 1_000_000),
+                        state: None,
+                    },
+                    limit,
+                },
+                output,
+            }),
             Command::Flows {
                 denied,
                 allowed,
@@ -563,11 +643,13 @@ impl Command {
                     target,
                     since,
                     until,
+                    login,
                     live,
                     closed,
                 } => Request::SessionList {
                     filter: SessionFilter {
                         user,
+                        login,
                         target,
                         since_micros: since.map(|s| s * 1_000_000),
                         until_micros: until.map(|s| s * 1_000_000),

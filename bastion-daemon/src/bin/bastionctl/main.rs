@@ -174,11 +174,11 @@ fn main() -> ExitCode {
     match client::call(&cli.socket, &request, TIMEOUT) {
         Ok(response) => {
             if let (
-                Some((speed, no_wait)),
+                Some((speed, no_wait, from)),
                 bastion::control::protocol::Response::Export { content, .. },
             ) = (playback, &response)
             {
-                return match play::play(content, speed, no_wait) {
+                return match play::play(content, speed, no_wait, from) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("bastionctl: replay: {e}");

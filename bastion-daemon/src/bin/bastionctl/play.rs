@@ -1,12 +1,13 @@
 //! `session play`: writes an asciicast v2 recording's output events to the terminal with their
-//! original timing (scaled by `speed`).
+//! original timing (scaled by `speed`), from `from` seconds in: what came before is written at
+//! once, so the screen is as it was at that moment.
 
 use std::{
     io::Write,
     time::{Duration, Instant},
 };
 
-pub fn play(asciicast: &str, speed: f64, no_wait: bool) -> Result<(), String> {
+pub fn play(asciicast: &str, speed: f64, no_wait: bool, from: f64) -> Result<(), String> {
     let speed = if speed > 0.0 { speed } else { 1.0 };
     let mut out = std::io::stdout().lock();
     let start = Instant::now();
@@ -21,8 +22,8 @@ pub fn play(asciicast: &str, speed: f64, no_wait: bool) -> Result<(), String> {
         if kind != "o" {
             continue;
         }
-        if !no_wait {
-            let due = Duration::from_secs_f64((t / speed).max(0.0));
+        if !no_wait && t >= from {
+            let due = Duration::from_secs_f64(((t - from) / speed).max(0.0));
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }

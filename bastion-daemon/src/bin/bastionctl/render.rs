@@ -62,6 +62,12 @@ pub fn response(r: &Response) {
                 Some((seq, what)) => println!("audit    TAMPERED  event #{seq}: {what}"),
             }
         }
+        Response::Search {
+            hits,
+            searched,
+            complete,
+            micros,
+        } => search(hits, *searched, *complete, *micros),
         Response::Flows { events, lost_total } => {
             if events.is_empty() {
                 println!("(no flows)");
@@ -565,5 +571,57 @@ mod tests {
             "2026-11-27T01:02:03Z"
         );
         assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
+    }
+}
+
+/// `[HH:]MM:SS.mmm`, what `session play --from` takes.
+fn offset(micros: u64) -> String {
+    let (s, ms) = (micros / 1_000_000, (micros / 1000) % 1000);
+    match s / 3600 {
+        0 => format!("{:02}:{:02}.{ms:03}", s / 60, s % 60),
+        h => format!("{h}:{:02}:{:02}.{ms:03}", (s / 60) % 60, s % 60),
+    }
+}
+
+fn search(hits: &[bastion::store::CommandHit], searched: u64, complete: bool, micros: u64) {
+    use bastion::store::CommandSource;
+    for h in hits {
+        let mark = match h.source {
+            CommandSource::Shell => "$",
+            CommandSource::Exec => "exec",
+            CommandSource::Refused => "refused $",
+            CommandSource::Output => "out",
+        };
+        let mut line = h.line.replace('\n', "\\n ");
+        if !h.doubts.is_empty() {
+            let d: Vec<&str> = h.doubts.iter().map(|d| d.as_str()).collect();
+            line.push_str(&format!("  [uncertain: {}]", d.join(", ")));
+        }
+        println!(
+            "{}  session {:<6} +{:<12} {}@{} ({})  {mark} {line}",
+            utc(h.at_micros),
+            h.session,
+            offset(h.offset_micros),
+            h.login,
+            h.target,
+            h.user,
+        );
+    }
+    println!(
+        "{} found, {searched} searched in {:.1} ms{}",
+        hits.len(),
+        micros as f64 / 1000.0,
+        if complete {
+            ""
+        } else {
+            " (stopped at the output budget: narrow the search)"
+        }
+    );
+    if let Some(h) = hits.first() {
+        println!(
+            "replay: bastionctl session play {} --from {}",
+            h.session,
+            offset(h.offset_micros)
+        );
     }
 }
