@@ -561,19 +561,6 @@ fn bytes(n: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            super::utc(1_795_737_600_000_000 + 3_723_000_000),
-            "2026-11-27T01:02:03Z"
-        );
-        assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
-    }
-}
-
 /// `[HH:]MM:SS.mmm`, what `session play --from` takes.
 fn offset(micros: u64) -> String {
     let (s, ms) = (micros / 1_000_000, (micros / 1000) % 1000);
@@ -623,5 +610,18 @@ fn search(hits: &[bastion::store::CommandHit], searched: u64, complete: bool, mi
             h.session,
             offset(h.offset_micros)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::utc(1_795_737_600_000_000 + 3_723_000_000),
+            "2026-11-27T01:02:03Z"
+        );
+        assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
     }
 }
