@@ -67,8 +67,11 @@ impl OwnerState {
 /// Removes everything a lab made: its processes, pins, cgroups, namespaces and files. Every step
 /// runs even if an earlier one failed; the first error is returned.
 pub fn teardown(name: &LabName) -> anyhow::Result<()> {
-    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 4] = [
+    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 5] = [
         ("stopping lab processes", &|| kill_cgroup(&name.cgroup())),
+        ("unmounting lab filesystems", &|| {
+            unmount_below(&name.run_dir())
+        }),
         ("removing bpffs pins", &|| remove_tree(&name.bpffs_dir())),
         ("removing cgroups", &|| remove_cgroups(&name.cgroup())),
         ("removing namespaces", &|| topology::destroy(name)),
@@ -84,6 +87,13 @@ pub fn teardown(name: &LabName) -> anyhow::Result<()> {
     }
     unregister(name);
     first.map_or(Ok(()), Err)
+}
+
+fn unmount_below(dir: &Path) -> anyhow::Result<()> {
+    for m in crate::sys::mounts_below(dir) {
+        crate::sys::run("umount", &["-l", &m.display().to_string()])?;
+    }
+    Ok(())
 }
 
 fn kill_cgroup(cg: &Path) -> anyhow::Result<()> {

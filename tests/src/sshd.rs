@@ -89,6 +89,7 @@ pub fn start_in(
              AllowTcpForwarding yes\n\
              AllowAgentForwarding yes\n\
              Subsystem sftp /usr/lib/openssh/sftp-server\n\
+             MaxStartups 200\n\
              LogLevel VERBOSE\n",
             key = key.display(),
             auth = authorized_keys.display(),

@@ -113,3 +113,34 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Mounts a tmpfs of `size_mb` MiB at `dir` (a small filesystem for disk-full tests; the lab's
+/// teardown unmounts whatever is mounted below its run directory).
+pub fn mount_small_fs(dir: &Path, size_mb: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size_mb}m,mode=0700"),
+            "bastion-lab",
+            &dir.display().to_string(),
+        ],
+    )
+    .map(drop)
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}

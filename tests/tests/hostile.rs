@@ -244,39 +244,80 @@ fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
 }
 
 #[test]
-fn at_the_store_floor_new_sessions_are_refused_and_recordings_kept() {
-    let (lab, mut b) = setup();
-    let out = ssh(&lab, "root@web1", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(b.stop().unwrap());
-    // A floor above any real disk: the store is "full" (the check is the same at any size).
+fn on_a_small_filesystem_the_floor_refuses_new_sessions_and_keeps_every_recording() {
+    let lab = Lab::up().expect("lab");
+    // A 64 MiB filesystem made for the test, with the floor at 24 MiB free.
+    let small = lab.info().run_dir.join("small-fs");
+    sys::mount_small_fs(&small, 64).unwrap();
     let config = &lab.info().bastiond.config;
     let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(
-        config,
-        text.replacen("[store]\n", "[store]\nmin_free_mb = 1099511627776\n", 1),
-    )
-    .unwrap();
+    let old_store = format!("path = \"{}\"", lab.info().bastiond.store.display());
+    let new_store = format!(
+        "path = \"{}\"\nmin_free_mb = 24",
+        small.join("store").display()
+    );
+    assert!(text.contains(&old_store));
+    std::fs::write(config, text.replacen(&old_store, &new_store, 1)).unwrap();
     let b = lab.start_bastiond().unwrap();
-    let out = ssh(&lab, "root@web1", &["-o", "LogLevel=INFO"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    lab.enroll_alice(&b).unwrap();
+
+    // Incompressible uploads of 4 MiB until the floor refuses one (bounded).
+    const UPLOAD: usize = 4 << 20;
+    let mut recorded = 0;
+    let mut refusal = None;
+    for _ in 0..12 {
+        let mut data = vec![0u8; UPLOAD];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+            .unwrap();
+        let mut child = lab
+            .ssh_via_bastion("root@web1", &["-o", "LogLevel=INFO"])
+            .unwrap()
+            .arg("cat > /dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        if out.status.success() {
+            recorded += 1;
+            continue;
+        }
+        refusal = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+        break;
+    }
+    let refusal = refusal.expect("the floor refused a session before 12 uploads");
     assert!(
-        stderr.contains("the audit store is nearly full")
-            && stderr.contains("new sessions are refused"),
-        "{stderr}"
+        recorded >= 1,
+        "some sessions were recorded before the floor"
+    );
+    assert!(
+        refusal.contains("the audit store is nearly full")
+            && refusal.contains("new sessions are refused"),
+        "{refusal}"
     );
     let audit = b.ctl_ok(&["audit"]).unwrap();
     assert!(audit.contains("ALERT audit store at its floor"), "{audit}");
+    // Every recorded session is whole: sealed, and every byte uploaded is counted.
     let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
-    assert!(
-        verdict.contains("SEALED"),
+    assert_eq!(
+        verdict.matches("SEALED").count(),
+        recorded,
         "what was recorded is kept: {verdict}"
     );
+    let list: serde_json::Value =
+        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), recorded);
+    for s in sessions {
+        assert_eq!(s["bytes_in"].as_u64(), Some(UPLOAD as u64), "{s}");
+    }
 }
 
 #[test]

@@ -124,10 +124,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         live: proxy::live::Registry::default(),
         store_floor: config.store.min_free_mb.saturating_mul(1 << 20),
         below_floor: std::sync::atomic::AtomicBool::new(false),
-        client_config: Arc::new(russh::client::Config {
-            nodelay: true,
-            ..Default::default()
-        }),
+        client_config: Arc::new(proxy::client_config()),
         upstream_mark: config.ssh.upstream_mark,
         connect_timeout: Duration::from_secs(config.ssh.connect_timeout_secs),
         flush_interval: Duration::from_millis(config.record.flush_interval_ms),
