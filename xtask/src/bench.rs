@@ -34,7 +34,16 @@ pub struct BenchArgs {
     /// Keystroke echo samples.
     #[arg(long)]
     samples: Option<usize>,
+    /// Idle interactive sessions held open for the memory figure.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Commands in the store for the search figure.
+    #[arg(long)]
+    commands: Option<usize>,
 }
+
+/// The AES-GCM cipher setting the bulk figures are also taken with.
+const GCM: &[&str] = &["-c", "aes256-gcm@openssh.com"];
 
 struct Path<'a> {
     name: &'static str,
@@ -55,7 +64,11 @@ impl Path<'_> {
                 Ok(c)
             }
             "jump" => {
-                let opts = self.lab.ssh_options().join(" ");
+                let mut opts = self.lab.ssh_options().join(" ");
+                // The cipher asked for applies to both legs of the jump.
+                if let Some(i) = extra.iter().position(|a| *a == "-c") {
+                    opts.push_str(&format!(" -c {}", extra.get(i + 1).unwrap_or(&"")));
+                }
                 let proxy = format!("ProxyCommand=ssh {opts} -W %h:%p root@198.51.100.1");
                 let mut c = self.lab.command("admin", "ssh")?;
                 c.args(extra)
@@ -87,6 +100,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let up = args.up_mib.unwrap_or(if args.quick { 32 } else { 256 });
     let samples = args.samples.unwrap_or(if args.quick { 50 } else { 200 });
     let setups = if args.quick { 10 } else { 50 };
+    let idle = args.idle.unwrap_or(if args.quick { 100 } else { 1000 });
+    let commands = args
+        .commands
+        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let transfers = if args.quick { 20 } else { 100 };
 
     let mut lab = Lab::up()?;
     lab.start_jump_host()?;
@@ -103,10 +121,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     eprintln!("==> eBPF cost without the programs");
     let ebpf_without = crate::ebpf_cost::measure(&lab, args.quick)?;
-    let b = lab.start_bastiond()?;
+    let mut b = lab.start_bastiond()?;
     lab.enroll_alice(&b)?;
     eprintln!("==> eBPF cost with the programs");
-    let ebpf_with = crate::ebpf_cost::measure(&lab, args.quick)?;
+    let (ebpf_with, program_stats) =
+        crate::ebpf_cost::with_program_stats(|| crate::ebpf_cost::measure(&lab, args.quick))?;
     paths[3].client_config = Some(lab.transparent_client_config(&b)?);
     for p in &paths[2..] {
         results.insert(
@@ -138,6 +157,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("echo_p50_us", "echo p50 µs"),
         ("echo_p99_us", "echo p99 µs"),
         ("sessions_per_s", "sessions/s"),
+        ("down_gcm_mb_s", "down GCM MB/s"),
+        ("up_gcm_mb_s", "up GCM MB/s"),
+        ("cpu_s_per_gb", "CPU s/GB"),
     ] {
         println!(
             "{label:<16}{:>10.1}{:>10.1}{:>10.1}{:>13.1}{:>16.2}{:>14.2}{:>12.2}",
@@ -168,6 +190,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN);
         println!("{label:<28}{a:>10.0}{w:>12.0}{:>10.3}", w / a);
     }
+    for (name, v) in program_stats.as_object().into_iter().flatten() {
+        println!(
+            "  {name:<10} {:>10} runs, {:>6.0} ns per run (kernel's own accounting)",
+            v["runs"],
+            v["ns_per_run"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "bastiond RSS: {} KiB before its path, {} KiB after, peak {} KiB (through {down} MiB down + {up} MiB up)",
         x["bastiond_rss_kib_before"], x["bastiond_rss_kib_after"], x["bastiond_peak_rss_kib"]
@@ -183,12 +212,51 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "recorded bytes per byte carried: {:.3} incompressible, {:.3} file-listing text (sled store grew {:.3} and {:.3} per byte)",
         random.0, text.0, random.1, text.1
     );
+    let hangs = crate::bench_scale::bulk_hangs(|| paths[2].ssh(&[]), transfers, 8)?;
+    println!(
+        "recorded bulk downloads: {} of {} whole, {} hung, {} short",
+        hangs["whole"], hangs["transfers"], hangs["hung"], hangs["short"]
+    );
+    let mut idle_figures = Vec::new();
+    for n in [idle / 10, idle].into_iter().filter(|n| *n > 0) {
+        let v = crate::bench_scale::idle_sessions(&lab, &b, n)?;
+        println!(
+            "{n} idle interactive sessions: bastiond RSS {} -> {} KiB, {:.0} KiB per session (opened in {:.1} s)",
+            v["rss_kib_before"],
+            v["rss_kib_with"],
+            v["kib_per_session"].as_f64().unwrap_or(f64::NAN),
+            v["open_secs"].as_f64().unwrap_or(f64::NAN)
+        );
+        idle_figures.push(v);
+    }
+    let store =
+        crate::bench_scale::store(&lab, &mut b, if args.quick { 64 } else { 512 }, commands)?;
+    println!(
+        "store: recorder ingest {:.0} MB/s ({} MiB, half incompressible); {} commands indexed in {:.1} s; bastiond start {:.2} s",
+        store["ingest"]["mb_s"].as_f64().unwrap_or(f64::NAN),
+        if args.quick { 64 } else { 512 },
+        store["populate"]["commands"],
+        store["populate"]["secs"].as_f64().unwrap_or(f64::NAN),
+        store["bastiond_start_secs"].as_f64().unwrap_or(f64::NAN)
+    );
+    for k in ["rare_match", "no_match", "by_user"] {
+        println!(
+            "search {k:<10} p50 {:.1} ms (bastionctl, end to end), {:.2} ms in bastiond, max {:.1} ms, {} hits",
+            store[k]["p50_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
+            store[k]["p50_ms_in_bastiond"].as_f64().unwrap_or(f64::NAN),
+            store[k]["max_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
+            store[k]["hits"]
+        );
+    }
     let summary = json!({
+        "bulk_hangs": hangs,
+        "idle_sessions": idle_figures,
+        "store": store,
         "sizes_mib": {"down": down, "up": up},
         "samples": samples,
         "setups": setups,
         "results": results,
-        "ebpf": {"without": ebpf_without, "with": ebpf_with},
+        "ebpf": {"without": ebpf_without, "with": ebpf_with, "program_stats": program_stats},
         "recorded_bytes_per_byte": {"incompressible": random.0, "text": text.0},
         "store_growth_per_byte": {"incompressible": random.1, "text": text.1},
     });
@@ -213,10 +281,19 @@ fn measure(
         p.name
     );
     let rss_before = b.map(rss_kib);
+    let cpu_before = b.map(crate::bench_scale::cpu_secs);
     let mut v = json!({
-        "down_mb_s": throughput(p, down, true)?,
-        "up_mb_s": throughput(p, up, false)?,
+        "down_mb_s": throughput(p, down, true, &[])?,
+        "up_mb_s": throughput(p, up, false, &[])?,
     });
+    if let (Some(b), Some(before)) = (b, cpu_before) {
+        let gb = (down + up) as f64 * 1_048_576.0 / 1e9;
+        v["cpu_s_per_gb"] = ((crate::bench_scale::cpu_secs(b) - before) / gb).into();
+    }
+    if p.name != "transparent" {
+        v["down_gcm_mb_s"] = throughput(p, down, true, GCM)?.into();
+        v["up_gcm_mb_s"] = throughput(p, up, false, GCM)?.into();
+    }
     let (p50, p99) = echo_latency(p, samples)?;
     v["echo_p50_us"] = p50.into();
     v["echo_p99_us"] = p99.into();
@@ -293,7 +370,7 @@ fn disk_per_byte(
 }
 
 /// MB/s (10^6 bytes) of one transfer of `mib` MiB, down (target → client) or up.
-fn throughput(p: &Path, mib: u64, down: bool) -> anyhow::Result<f64> {
+fn throughput(p: &Path, mib: u64, down: bool, extra: &[&str]) -> anyhow::Result<f64> {
     let bytes = mib << 20;
     let remote = if down {
         format!("head -c {bytes} /dev/zero")
@@ -301,7 +378,7 @@ fn throughput(p: &Path, mib: u64, down: bool) -> anyhow::Result<f64> {
         "cat > /dev/null".to_owned()
     };
     let mut child = p
-        .ssh(&[])?
+        .ssh(extra)?
         .arg(remote)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

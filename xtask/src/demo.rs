@@ -110,7 +110,9 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         println!("    web1 sshd: {}", line.trim());
     }
 
-    say("An interactive shell (PTY) is recorded with timing, then replayed:");
+    say(
+        "An interactive shell (PTY) is recorded with timing, each line entered as an event, then replayed:",
+    );
     let mut child = lab
         .ssh_via_bastion("root@web1", &["-tt"])?
         .stdin(std::process::Stdio::piped())
@@ -119,7 +121,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         .spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
-        stdin.write_all(b"printf 'hello from an audited shell\\n'; ls / | head -3; exit\n")?;
+        // Typed as a person would: after the prompt, one line at a time, with a correction.
+        for keys in [
+            &b"printf 'hello from an audited shell\\n'\r"[..],
+            b"ls / | hed\x7fad -3\r",
+            b"exit\r",
+        ] {
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            stdin.write_all(keys)?;
+            stdin.flush()?;
+        }
     }
     child.wait()?;
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -133,9 +144,13 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         show(&bastiond.ctl(&["session", "show", &id.to_string()])?);
     }
     if let Some(id) = json["sessions"][0]["id"].as_u64() {
+        println!("    $ bastionctl session show {id}");
+        show(&bastiond.ctl(&["session", "show", &id.to_string()])?);
         println!("    $ bastionctl session play {id} --no-wait");
         show(&bastiond.ctl(&["session", "play", &id.to_string(), "--no-wait"])?);
     }
+    println!("    $ bastionctl search head");
+    show(&bastiond.ctl(&["search", "head"])?);
 
     say(
         "Transparent mode: plain `ssh root@203.0.113.10` from the admin host is intercepted (nftables TPROXY) and audited.",

@@ -57,3 +57,52 @@ fn run(mut cmd: std::process::Command, args: &[&str]) -> anyhow::Result<Value> {
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+/// Runs `f` with the kernel's BPF run-time accounting on (`kernel.bpf_stats_enabled`, restored
+/// after), and returns what `f` returned plus the kernel's own figure for each of bastion's
+/// programs: runs and nanoseconds per run. Unlike the before/after latencies, this is not
+/// blurred by the scheduler: it is the programs' cost itself (the profile of the hooks).
+pub fn with_program_stats(
+    f: impl FnOnce() -> anyhow::Result<Value>,
+) -> anyhow::Result<(Value, Value)> {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
+    std::fs::write(KNOB, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let before = program_stats();
+    let result = f();
+    let after = program_stats();
+    let _ = std::fs::write(KNOB, was.trim());
+    let mut stats = serde_json::Map::new();
+    for (name, (runs, ns)) in after {
+        let (runs0, ns0) = before.get(&name).copied().unwrap_or((0, 0));
+        let runs = runs.saturating_sub(runs0);
+        if runs > 0 {
+            stats.insert(
+                name,
+                json!({ "runs": runs, "ns_per_run": ns.saturating_sub(ns0) as f64 / runs as f64 }),
+            );
+        }
+    }
+    Ok((result?, Value::Object(stats)))
+}
+
+/// (runs, total ns) per bastion program name, summed over every loaded instance.
+fn program_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(o) = std::process::Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+    else {
+        return out;
+    };
+    let progs: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        if ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"].contains(&name) {
+            let e = out.entry(name.to_owned()).or_insert((0, 0));
+            e.0 += p["run_cnt"].as_u64().unwrap_or(0);
+            e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
+        }
+    }
+    out
+}

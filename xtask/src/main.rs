@@ -7,6 +7,7 @@
 //! - `lab up|down|status`: the network-namespace lab by hand.
 
 mod bench;
+mod bench_scale;
 mod demo;
 mod ebpf_cost;
 mod image;

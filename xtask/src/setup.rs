@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "rsync",
     // sysctl, for the lab's router namespace.
     "procps",
+    // The bench reads the kernel's per-program run time of the eBPF hooks.
+    "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

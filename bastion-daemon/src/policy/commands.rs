@@ -1,5 +1,6 @@
 //! Command rules on grants (pure): shell-style patterns matched against the exact command of an
-//! exec request, before it reaches the target. The first rule that matches decides.
+//! exec request before it reaches the target, and against each line entered at an interactive
+//! shell before its Enter does (`proxy::shell`). The first rule that matches decides.
 //!
 //! Exec-level control is exact: bastiond sees the whole command the client sends. Inside an
 //! interactive PTY, filtering can only be best effort (what is typed is not what runs).
