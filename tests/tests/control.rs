@@ -89,7 +89,11 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
         "bastiond 0.1.0",
-        &format!("{} (schema v4", paths.store.display()),
+        &format!(
+            "{} (schema v{}",
+            paths.store.display(),
+            bastion::store::SCHEMA_VERSION
+        ),
         "enforcing on",
         "203.0.113.0/24",
     ] {

@@ -236,7 +236,7 @@ impl ShellTracker {
 
     /// The line as the screen shows it now, before the Enter reaches the shell (for command
     /// rules: best effort, the shell may still change it).
-    pub fn line_now(&mut self) -> Option<CommandLine> {
+    pub fn line_now(&self) -> Option<CommandLine> {
         let line = self.current.clone().unwrap_or_default();
         let mut read = self.read_line(&line)?;
         if read.doubts.contains(&Doubt::PromptUnknown)
