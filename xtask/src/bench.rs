@@ -190,6 +190,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN);
         println!("{label:<28}{a:>10.0}{w:>12.0}{:>10.3}", w / a);
     }
+    for (label, get) in [
+        ("local", "/connect_local/connect4_ns_per_run"),
+        ("protected", "/connect_protected/connect4_ns_per_run"),
+    ] {
+        println!(
+            "  connect4 on a {label} destination: {:.0} ns per run (kernel's own accounting)",
+            ebpf_with
+                .pointer(get)
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        );
+    }
     for (name, v) in program_stats.as_object().into_iter().flatten() {
         println!(
             "  {name:<10} {:>10} runs, {:>6.0} ns per run (kernel's own accounting)",

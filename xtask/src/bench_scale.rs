@@ -64,7 +64,13 @@ pub fn idle_sessions(lab: &Lab, b: &Bastiond, n: usize) -> anyhow::Result<Value>
     let mut line = String::new();
     let t0 = Instant::now();
     BufReader::new(stdout).read_line(&mut line)?;
-    let ready = line.trim() == format!("ready {n}");
+    let ready = line.starts_with(&format!("ready {n} "));
+    let retried: u64 = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     let secs = t0.elapsed().as_secs_f64();
     // Let allocations settle before reading memory.
     std::thread::sleep(Duration::from_secs(2));
@@ -76,6 +82,7 @@ pub fn idle_sessions(lab: &Lab, b: &Bastiond, n: usize) -> anyhow::Result<Value>
     }
     Ok(json!({
         "sessions": n,
+        "retried": retried,
         "open_secs": secs,
         "rss_kib_before": before,
         "rss_kib_with": with,

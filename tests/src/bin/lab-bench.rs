@@ -1,7 +1,7 @@
 //! lab-bench: the micro-measurements behind `cargo xtask bench`'s eBPF cost figures, run inside
 //! a lab namespace and cgroup so the hooks under test see them like any other process.
 //!
-//! - `lab-bench sink PORT`: accepts TCP connections and discards what they send (60 s).
+//! - `lab-bench sink PORT`: accepts TCP connections and discards what they send (300 s at most).
 //! - `lab-bench connect N ADDR PORT`: N × (socket, connect, close), timing connect() alone;
 //!   prints `{"p50_ns": .., "p99_ns": ..}`. `ADDR PORT` = `127.0.0.1 0` uses its own listener.
 //! - `lab-bench send MIB ADDR PORT`: one connection carrying MIB MiB; prints `{"mb_s": ..}`.
@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const SINK_SECS: u64 = 60;
+const SINK_SECS: u64 = 300;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,7 +1,8 @@
 //! lab-load: the load behind `cargo xtask bench`'s scale and store figures.
 //!
 //! - `lab-load idle N ADDR USER KEY`: opens N SSH sessions (PTY + shell) to bastiond at ADDR as
-//!   USER (`login@target`) with the private key file KEY, 32 at a time, prints `ready N` and
+//!   USER (`login@target`) with the private key file KEY, 8 at a time (a session refused because
+//!   the loaded target was slow is tried again, at most twice), prints `ready N retried R` and
 //!   holds them until stdin closes.
 //! - `lab-load ingest STORE MIB`: records MIB MiB (half incompressible, half terminal text) as
 //!   one session through bastion's recorder into a fresh store at STORE; prints
@@ -102,20 +103,33 @@ async fn idle(n: &str, addr: &str, user: &str, key: &Path) -> Result<(), String>
     raise_fd_limit();
     let mut held = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
-    let mut started = 0;
+    let (mut started, mut retried) = (0, 0);
     while held.len() < n {
-        while started < n && pending.len() < 32 {
-            pending.spawn(session(addr, user.to_owned(), key.clone()));
+        while started < n && pending.len() < 8 {
+            let (user, key) = (user.to_owned(), key.clone());
+            pending.spawn(async move {
+                let mut last = String::new();
+                for attempt in 0..3 {
+                    match session(addr, user.clone(), key.clone()).await {
+                        Ok(s) => return Ok((s, attempt)),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            });
             started += 1;
         }
         match pending.join_next().await {
-            Some(Ok(Ok(s))) => held.push(s),
+            Some(Ok(Ok((s, attempts)))) => {
+                held.push(s);
+                retried += attempts;
+            }
             Some(Ok(Err(e))) => return Err(format!("session {}: {e}", held.len() + 1)),
             Some(Err(e)) => return Err(err(e)),
             None => break,
         }
     }
-    println!("ready {}", held.len());
+    println!("ready {} retried {retried}", held.len());
     // Held until whoever started us closes stdin (bounded by them).
     let mut line = String::new();
     let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
