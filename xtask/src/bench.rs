@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Commands in the store for the search figure.
     #[arg(long)]
     commands: Option<usize>,
+    /// Only the store figures (recorder ingest, search over `--commands`).
+    #[arg(long)]
+    store_only: bool,
 }
 
 /// The AES-GCM cipher setting the bulk figures are also taken with.
@@ -106,6 +109,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
     let transfers = if args.quick { 20 } else { 100 };
 
+    if args.store_only {
+        let lab = Lab::up()?;
+        let mut b = lab.start_bastiond()?;
+        let store =
+            crate::bench_scale::store(&lab, &mut b, if args.quick { 64 } else { 512 }, commands)?;
+        print_store(&store, if args.quick { 64 } else { 512 });
+        let out = workspace().join("target/bench/store.json");
+        std::fs::create_dir_all(out.parent().context("path")?)?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&store)?)?;
+        println!("results: {}", out.display());
+        return Ok(());
+    }
     let mut lab = Lab::up()?;
     lab.start_jump_host()?;
     let mut paths = ["direct", "jump", "bastion", "transparent"].map(|name| Path {
@@ -243,23 +258,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let store =
         crate::bench_scale::store(&lab, &mut b, if args.quick { 64 } else { 512 }, commands)?;
-    println!(
-        "store: recorder ingest {:.0} MB/s ({} MiB, half incompressible); {} commands indexed in {:.1} s; bastiond start {:.2} s",
-        store["ingest"]["mb_s"].as_f64().unwrap_or(f64::NAN),
-        if args.quick { 64 } else { 512 },
-        store["populate"]["commands"],
-        store["populate"]["secs"].as_f64().unwrap_or(f64::NAN),
-        store["bastiond_start_secs"].as_f64().unwrap_or(f64::NAN)
-    );
-    for k in ["rare_match", "no_match", "by_user"] {
-        println!(
-            "search {k:<10} p50 {:.1} ms (bastionctl, end to end), {:.2} ms in bastiond, max {:.1} ms, {} hits",
-            store[k]["p50_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
-            store[k]["p50_ms_in_bastiond"].as_f64().unwrap_or(f64::NAN),
-            store[k]["max_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
-            store[k]["hits"]
-        );
-    }
+    print_store(&store, if args.quick { 64 } else { 512 });
     let summary = json!({
         "bulk_hangs": hangs,
         "idle_sessions": idle_figures,
@@ -277,6 +276,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_vec_pretty(&summary)?)?;
     println!("results: {}", out.display());
     Ok(())
+}
+
+fn print_store(store: &serde_json::Value, ingest_mib: u64) {
+    println!(
+        "store: recorder ingest {:.0} MB/s ({ingest_mib} MiB, half incompressible); {} commands indexed in {:.1} s; bastiond start {:.2} s",
+        store["ingest"]["mb_s"].as_f64().unwrap_or(f64::NAN),
+        store["populate"]["commands"],
+        store["populate"]["secs"].as_f64().unwrap_or(f64::NAN),
+        store["bastiond_start_secs"].as_f64().unwrap_or(f64::NAN)
+    );
+    for k in ["rare_match", "no_match", "by_user"] {
+        println!(
+            "search {k:<10} p50 {:.1} ms (bastionctl, end to end), {:.2} ms in bastiond, max {:.1} ms, {} hits",
+            store[k]["p50_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
+            store[k]["p50_ms_in_bastiond"].as_f64().unwrap_or(f64::NAN),
+            store[k]["max_ms_bastionctl"].as_f64().unwrap_or(f64::NAN),
+            store[k]["hits"]
+        );
+    }
 }
 
 /// Every per-path figure; bastiond's memory when it is on the path.

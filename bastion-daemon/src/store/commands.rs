@@ -161,10 +161,30 @@ impl CommandIndex {
     }
 
     fn add(&mut self, session: &SessionMeta, seq: u32, c: &NewCommand) {
+        let entry = self.entry(session, seq, c);
+        // Live sessions' blocks arrive out of order by a few seconds at most: insert near the end.
+        let at = self
+            .entries
+            .partition_point(|e| e.at_micros <= entry.at_micros);
+        self.entries.insert(at, entry);
+    }
+
+    /// Adds without keeping the order; [`CommandIndex::sort`] restores it (loading a whole
+    /// tree, whose key order is by session, not by time).
+    fn push(&mut self, session: &SessionMeta, seq: u32, c: &NewCommand) {
+        let entry = self.entry(session, seq, c);
+        self.entries.push(entry);
+    }
+
+    fn sort(&mut self) {
+        self.entries.sort_by_key(|e| e.at_micros);
+    }
+
+    fn entry(&mut self, session: &SessionMeta, seq: u32, c: &NewCommand) -> Entry {
         self.session(session);
         let text_at = self.lower.len();
         self.lower.extend(c.line.to_lowercase().bytes());
-        let entry = Entry {
+        Entry {
             session: session.id,
             at_micros: session.started_micros + c.t_micros,
             offset_micros: c.t_micros,
@@ -174,13 +194,7 @@ impl CommandIndex {
             text_len: (self.lower.len() - text_at) as u32,
             source: c.source,
             doubts: Doubt::to_bits(&c.doubts),
-        };
-        // Blocks of different sessions arrive out of order by a few seconds at most: insert
-        // near the end.
-        let at = self
-            .entries
-            .partition_point(|e| e.at_micros <= entry.at_micros);
-        self.entries.insert(at, entry);
+        }
     }
 
     fn remove_sessions(&mut self, ids: &[u64]) {
@@ -322,9 +336,10 @@ impl Store {
                 continue;
             };
             if let Some(meta) = metas.get(&session) {
-                index.add(meta, seq, &c);
+                index.push(meta, seq, &c);
             }
         }
+        index.sort();
         Ok(index)
     }
 
@@ -447,6 +462,14 @@ mod tests {
         assert_eq!(found(&index, session), vec![(2, 10)]);
         index.remove_sessions(&[1]);
         assert_eq!(found(&index, q("")), vec![(2, 10)]);
+
+        // Loading pushes in key order (by session) and sorts once.
+        let mut loaded = CommandIndex::default();
+        loaded.push(&a, 0, &cmd(10, "ls /etc"));
+        loaded.push(&a, 1, &cmd(5_000, "rm -rf /tmp/x"));
+        loaded.push(&b, 0, &cmd(10, "cat /etc/Passwd"));
+        loaded.sort();
+        assert_eq!(found(&loaded, q("")), vec![(1, 5_000), (2, 10), (1, 10)]);
     }
 
     #[test]

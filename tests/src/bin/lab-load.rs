@@ -243,8 +243,13 @@ fn populate(dir: &Path, n: &str) -> Result<(), String> {
     let store = Store::open(dir).map_err(err)?;
     let t0 = Instant::now();
     let mut done = 0;
+    // Sessions one after another over the past (2 s per command), as an appliance accumulates
+    // them; the newest ends now.
+    let span = 2_000_000 * n as u64;
+    let first = bastion::audit::now_micros().saturating_sub(span);
     while done < n {
         let mut meta = meta(&store, if done % 2000 == 0 { "alice" } else { "bob" })?;
+        meta.started_micros = first + 2_000_000 * done as u64;
         let count = (n - done).min(1000);
         let commands: Vec<NewCommand> = (0..count)
             .map(|k| NewCommand {
