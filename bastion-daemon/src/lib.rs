@@ -7,6 +7,7 @@
 //! - [`store`]: the sled database, its schema version and migrations;
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`keys`]: the appliance host key and user CA, and per-session upstream certificates;
+//! - [`limits`]: process limits raised at start (open files);
 //! - [`policy`]: the access model and its pure evaluation;
 //! - [`proxy`]: the SSH proxy (listener, handler, session actor, channel pumps, upstream);
 //! - [`record`]: session recording (frames, zstd blocks, the writer task, exports);
@@ -20,6 +21,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod keys;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod record;

@@ -62,7 +62,9 @@ fn start(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    raise_fd_limit();
+    if let Err(e) = bastion::limits::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,24 +73,6 @@ fn start(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         bastion::daemon::run(config, shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// Two sockets per session (client and target) plus recordings: the default soft limit of
-/// 1024 descriptors would cap bastiond near 500 sessions. Raise it to the hard limit.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
-            }
-        }
-    }
 }
 
 fn enter_netns(ns: &str) -> anyhow::Result<()> {

@@ -241,6 +241,10 @@ async fn keys(
     data: Bytes,
 ) -> Result<(), russh::Error> {
     use tokio::io::AsyncWriteExt;
+    // Every channel's input passes here: no shell, no work.
+    if !shell.active() {
+        return up.data_bytes(data).await;
+    }
     let mut alerts = Vec::new();
     for run in shell.keys(id, data, &mut alerts) {
         match run {

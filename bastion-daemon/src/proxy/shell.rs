@@ -85,6 +85,11 @@ impl Shell {
         }
     }
 
+    /// Whether a shell with a PTY is being followed on this channel (the pumps skip it otherwise).
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     /// Splits the client's keys at Enters that a rule stops; `alerts` gets the lines that match
     /// an alert rule (they go on).
     pub fn keys(&self, channel: u32, data: Bytes, alerts: &mut Vec<RuleHit>) -> Vec<Keys> {

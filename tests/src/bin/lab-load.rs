@@ -100,7 +100,7 @@ async fn idle(n: &str, addr: &str, user: &str, key: &Path) -> Result<(), String>
     let n: usize = n.parse().map_err(err)?;
     let addr: SocketAddr = addr.parse().map_err(err)?;
     let key = Arc::new(russh::keys::load_secret_key(key, None).map_err(err)?);
-    raise_fd_limit();
+    bastion::limits::raise_fd_limit().map_err(err)?;
     let mut held = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
     let (mut started, mut retried) = (0, 0);
@@ -135,20 +135,6 @@ async fn idle(n: &str, addr: &str, user: &str, key: &Path) -> Result<(), String>
     let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
     drop(held);
     Ok(())
-}
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 fn meta(store: &Store, user: &str) -> Result<SessionMeta, String> {
