@@ -1,8 +1,15 @@
-//! Builds the eBPF programs (bastion-ebpf) for bpfel-unknown-none with the nightly toolchain and
-//! bpf-linker, so that a plain `cargo build` of the daemon embeds them (see `enforce::programs`).
-//! `cargo xtask setup` installs what this needs.
+//! Builds the eBPF programs (bastion-ebpf) for bpfel-unknown-none with the pinned nightly
+//! (bastion-ebpf/rust-toolchain.toml) and bpf-linker, so that a plain `cargo build` of the daemon
+//! embeds them (see `enforce::programs`). `cargo xtask setup` installs what this needs; when
+//! something is missing or mismatched this stops with one line that says what and how to fix it,
+//! before aya-build would fail deep inside the nested build (e.g. LLVM's "Invalid record").
 
 use std::path::Path;
+
+use anyhow::bail;
+
+#[path = "../bastion-ebpf/toolchain.rs"]
+mod toolchain;
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
@@ -12,6 +19,14 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = workspace.join("bastion-ebpf");
     let common_dir = workspace.join("bastion-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join(toolchain::PIN_FILE).display()
+    );
+    let pin = toolchain::Pin::read(workspace).map_err(anyhow::Error::msg)?;
+    if std::env::var_os("AYA_BUILD_SKIP").is_none() {
+        check(&pin)?;
+    }
     let root_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
@@ -21,6 +36,29 @@ fn main() -> anyhow::Result<()> {
             root_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&pin.channel),
     )
+}
+
+/// The pinned toolchain is installed with rust-src, and its LLVM is bpf-linker's.
+fn check(pin: &toolchain::Pin) -> anyhow::Result<()> {
+    let channel = &pin.channel;
+    let Some(rustc_llvm) = pin.llvm_major() else {
+        bail!(
+            "the eBPF toolchain {channel} ({}) is not installed: run `cargo xtask setup`",
+            toolchain::PIN_FILE
+        );
+    };
+    if !pin.has_rust_src() {
+        bail!("the eBPF toolchain {channel} has no rust-src: run `cargo xtask setup`");
+    }
+    let Some(linker_llvm) = toolchain::bpf_linker_llvm_major() else {
+        bail!("bpf-linker is not installed (or not on PATH): run `cargo xtask setup`");
+    };
+    if linker_llvm != rustc_llvm {
+        bail!(
+            "LLVM mismatch: {channel} uses LLVM {rustc_llvm} but bpf-linker is built against LLVM {linker_llvm}; run `cargo xtask setup` to rebuild bpf-linker against LLVM {rustc_llvm}"
+        );
+    }
+    Ok(())
 }

@@ -202,14 +202,14 @@ fn tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn on_path(bin: &str) -> bool {
+pub fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
         .unwrap_or(false)
 }
 
 /// The mirrors this machine uses (deb.debian.org by default).
-fn mirrors() -> (String, String) {
+pub fn mirrors() -> (String, String) {
     let sources =
         std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     let uris: Vec<&str> = sources

@@ -1,19 +1,24 @@
 //! `cargo xtask`: the project's own automation.
 //!
-//! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently;
+//! - `setup`: installs what a fresh machine lacks (Debian packages, the pinned eBPF nightly with
+//!   rust-src, bpf-linker against its LLVM), idempotently;
 //! - `test`: every check CI runs (fmt, clippy, unit and end-to-end tests), after setup;
 //! - `demo`: the lab, bastiond, and enforcement shown end to end;
 //! - `bench`: bastion against the direct path, ratios from one run;
+//! - `fresh-check`: the two commands above on a clean root with stable Rust only (not in CI);
 //! - `lab up|down|status`: the network-namespace lab by hand.
 
 mod bench;
 mod bench_scale;
 mod demo;
 mod ebpf_cost;
+mod fresh_check;
 mod image;
 mod lab;
 mod setup;
 mod test;
+#[path = "../../bastion-ebpf/toolchain.rs"]
+mod toolchain;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +53,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build the appliance disk image (raw and qcow2); `--test` boots it under QEMU.
     Image(image::ImageArgs),
+    /// Prove the README's two commands on a fresh machine: a clean Debian root with stable Rust
+    /// only, `cargo xtask demo` and `cargo xtask test --no-image` inside it, each timed.
+    FreshCheck(fresh_check::FreshCheckArgs),
     /// Manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -64,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab { command } => lab::run(command),
         Command::Bench(args) => bench::run(args),
         Command::Image(args) => image::run(args),
+        Command::FreshCheck(args) => fresh_check::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,15 +1,22 @@
 //! `cargo xtask setup`: makes a fresh machine of this kind able to build and test bastion.
 //! Every step checks first and only acts when something is missing, so a second run takes seconds.
+//!
+//! Order matters: the pinned eBPF toolchain comes first because its LLVM major decides which
+//! LLVM packages to install and which LLVM bpf-linker is built against.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, netfilter libraries for nftnl, the lab's tools
-/// (iproute2, OpenSSH server and client), and what later features use (nftables, rsync).
+use crate::toolchain::{self, Pin};
+
+/// Debian packages besides LLVM: netfilter libraries for nftnl, LLVM's own link dependencies for
+/// bpf-linker, the lab's tools (iproute2, OpenSSH server and client), and what features use
+/// (nftables, rsync).
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "libxml2-dev",
@@ -27,13 +34,14 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {
     eprintln!("==> setup");
-    apt()?;
-    rust_components()?;
-    bpf_linker()?;
+    let pin = Pin::read(&crate::util::workspace()).map_err(anyhow::Error::msg)?;
+    let llvm = ebpf_toolchain(&pin)?;
+    apt(llvm)?;
+    default_components()?;
+    bpf_linker(llvm)?;
     eprintln!("    setup: done");
     Ok(())
 }
@@ -57,14 +65,17 @@ fn installed(pkg: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt(llvm: u32) -> anyhow::Result<()> {
+    // LLVM's development files for bpf-linker, of the eBPF toolchain's LLVM major.
+    let llvm_packages = [format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
+    let wanted: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !installed(p))
+        .chain(llvm_packages.iter().map(String::as_str))
         .collect();
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        eprintln!("    apt: all {} packages present", APT_PACKAGES.len());
+        eprintln!("    apt: all {} packages present", wanted.len());
         return Ok(());
     }
     apt_install(&missing, &[])
@@ -96,47 +107,122 @@ pub fn apt_install(packages: &[&str], extra: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rust_components() -> anyhow::Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
-        .context("rustup is required (it provides the nightly toolchain that builds eBPF)")?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("    rustup: installing the nightly toolchain (builds the eBPF programs)");
-        let ok = Command::new("rustup")
-            .args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            bail!("cannot install the nightly toolchain with rustup; the eBPF build needs it");
+/// Installs the pinned eBPF toolchain with rust-src and returns its LLVM major.
+fn ebpf_toolchain(pin: &Pin) -> anyhow::Result<u32> {
+    let channel = &pin.channel;
+    output(Command::new("rustup").arg("--version"))
+        .context("rustup is required (it provides the pinned nightly that builds eBPF)")?;
+    drop_stale_adoption(pin)?;
+    if pin.llvm_major().is_none() {
+        if adopt_local_nightly(pin)? {
+            eprintln!("    rustup: the installed nightly is {channel}; using it under that name");
+        } else {
+            eprintln!(
+                "    rustup: installing {channel} (pinned in {})",
+                toolchain::PIN_FILE
+            );
+            let ok = Command::new("rustup")
+                .args(["toolchain", "install", channel, "--profile", "minimal"])
+                .args(["--component", "rust-src"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                bail!("cannot install {channel} with rustup; the eBPF build needs it");
+            }
         }
     }
-    let have = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .unwrap_or_default();
-    if have.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("    rustup: nightly with rust-src present");
-    } else {
-        eprintln!("    rustup: adding rust-src to nightly (eBPF builds core from source)");
-        let ok = Command::new("rustup")
-            .args(["component", "add", "rust-src", "--toolchain", "nightly"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            bail!("cannot add rust-src to the nightly toolchain");
+    if !pin.has_rust_src() {
+        eprintln!("    rustup: adding rust-src to {channel} (eBPF builds core from source)");
+        if !quiet(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            channel,
+        ])) {
+            bail!("cannot add rust-src to {channel}");
         }
     }
+    let llvm = pin
+        .llvm_major()
+        .with_context(|| format!("{channel} is installed but `rustc -vV` names no LLVM version"))?;
+    eprintln!("    rustup: {channel} with rust-src present (LLVM {llvm})");
+    Ok(llvm)
+}
+
+/// Machines of this kind come with a `nightly` toolchain of the pinned date but not under the
+/// pinned name: rustup keys toolchains by name and would download the same build again. Such a
+/// toolchain is given the pinned name by a symlink in rustup's toolchains directory. Returns
+/// whether it did so.
+fn adopt_local_nightly(pin: &Pin) -> anyhow::Result<bool> {
+    let Some(sysroot) =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+    else {
+        return Ok(false);
+    };
+    let sysroot = Path::new(sysroot.trim());
+    if manifest_date(sysroot).as_deref() != pin.date() {
+        return Ok(false);
+    }
+    let (Some(dir), Some(toolchains)) = (
+        sysroot.file_name().and_then(|n| n.to_str()),
+        sysroot.parent(),
+    ) else {
+        return Ok(false);
+    };
+    let Some(host) = dir.strip_prefix("nightly-") else {
+        return Ok(false);
+    };
+    let link = toolchains.join(format!("{}-{host}", pin.channel));
+    std::os::unix::fs::symlink(dir, &link)
+        .with_context(|| format!("linking {} to {dir}", link.display()))?;
+    Ok(true)
+}
+
+/// An adopted `nightly` that has since been updated (or removed) no longer is the pinned build:
+/// the link goes, so the pinned toolchain is installed properly.
+fn drop_stale_adoption(pin: &Pin) -> anyhow::Result<()> {
+    let Some(home) = rustup_home() else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(home.join("toolchains")) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_pin = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&format!("{}-", pin.channel)));
+        if is_pin && path.is_symlink() && manifest_date(&path).as_deref() != pin.date() {
+            eprintln!(
+                "    rustup: {} no longer points at the pinned build; removing the link",
+                path.display()
+            );
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn rustup_home() -> Option<std::path::PathBuf> {
+    std::env::var_os("RUSTUP_HOME")
+        .map(Into::into)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")))
+}
+
+/// The `date` of rustup's channel manifest in a toolchain directory.
+fn manifest_date(toolchain_dir: &Path) -> Option<String> {
+    let text =
+        std::fs::read_to_string(toolchain_dir.join("lib/rustlib/multirust-channel-manifest.toml"))
+            .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("date = "))
+        .map(|d| d.trim().trim_matches('"').to_owned())
+}
+
+/// clippy and rustfmt for the default (stable) toolchain, which builds everything but eBPF.
+fn default_components() -> anyhow::Result<()> {
     for (tool, component) in [("clippy", "clippy"), ("fmt", "rustfmt")] {
         if !quiet(crate::util::cargo().args([tool, "--version"])) {
             eprintln!("    rustup: adding {component}");
@@ -148,32 +234,49 @@ fn rust_components() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bpf_linker() -> anyhow::Result<()> {
-    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
-        eprintln!("    bpf-linker: present ({})", v.trim());
-        return Ok(());
+/// bpf-linker built against `llvm`, the eBPF toolchain's LLVM major (a different major fails
+/// the link with LLVM's "Invalid record"): rebuilt when the installed one differs.
+fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    match toolchain::bpf_linker_llvm_major() {
+        Some(have) if have == llvm => {
+            eprintln!("    bpf-linker: present (LLVM {have})");
+            return Ok(());
+        }
+        Some(have) => eprintln!(
+            "    bpf-linker: built against LLVM {have}, the eBPF toolchain has LLVM {llvm}: rebuilding"
+        ),
+        None => eprintln!(
+            "    bpf-linker: building {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute)"
+        ),
     }
-    eprintln!("    bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    // llvm-sys finds LLVM through llvm-config, and the link needs libLLVM from the same place.
+    let path = format!(
+        "/usr/lib/llvm-{llvm}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     let status = crate::util::cargo()
         .args([
             "install",
             "bpf-linker",
             "--locked",
+            "--force",
             "--version",
             BPF_LINKER_VERSION,
+        ])
+        .args([
             "--no-default-features",
             "--features",
-            "llvm-22",
+            &format!("llvm-{llvm}"),
         ])
         .env("PATH", path)
         .status()
         .context("running cargo install bpf-linker")?;
     if !status.success() {
-        bail!("building bpf-linker failed (it needs llvm-22-dev and libpolly-22-dev)");
+        bail!("building bpf-linker failed (it needs llvm-{llvm}-dev and libpolly-{llvm}-dev)");
     }
-    if !quiet(Command::new("bpf-linker").arg("--version")) {
-        bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    match toolchain::bpf_linker_llvm_major() {
+        Some(have) if have == llvm => Ok(()),
+        Some(have) => bail!("bpf-linker was rebuilt but reports LLVM {have}, not {llvm}"),
+        None => bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH"),
     }
-    Ok(())
 }

@@ -27,7 +27,7 @@ pub enum ClientError {
 
 /// Sends one request and returns bastiond's answer (its error responses become `Refused`).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+    let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ClientError::NotRunning {
             path: socket.into(),
         },
@@ -54,15 +54,65 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     })
     .map_err(|e| ClientError::Malformed(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_err)?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io_err)?;
+    let answer = exchange(stream, &line).map_err(io_err)?;
     let envelope: Envelope<Response> =
         serde_json::from_str(&answer).map_err(|e| ClientError::Malformed(e.to_string()))?;
     match envelope.body {
         Response::Error { message } => Err(ClientError::Refused(message)),
         other => Ok(other),
+    }
+}
+
+/// Writes `request` and reads the one-line answer. bastiond may answer (a refusal) and close
+/// before the request is written: the answer is then still waiting in the socket, and it is what
+/// the user must read, not the EPIPE of the write.
+fn exchange(mut stream: UnixStream, request: &[u8]) -> io::Result<String> {
+    let written = stream.write_all(request);
+    let mut answer = String::new();
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => Ok(answer),
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "bastiond closed the connection without answering",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_sent_before_the_request_is_read_even_when_the_write_fails() {
+        let (client, mut server) = UnixStream::pair().expect("socketpair");
+        server
+            .write_all(b"{\"v\":1,\"body\":\"refused\"}\n")
+            .expect("server writes");
+        drop(server);
+        // The server is gone: the write fails with EPIPE, the answer is still there.
+        let answer = exchange(client, &vec![b'x'; 1 << 20]).expect("the answer");
+        assert_eq!(answer, "{\"v\":1,\"body\":\"refused\"}\n");
+    }
+
+    #[test]
+    fn no_answer_is_an_error() {
+        let (client, server) = UnixStream::pair().expect("socketpair");
+        drop(server);
+        let err = exchange(client, b"{}\n").expect_err("nothing to read");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+
+        let (client, server) = UnixStream::pair().expect("socketpair");
+        let server = std::thread::spawn(move || {
+            let mut request = String::new();
+            BufReader::new(server)
+                .read_line(&mut request)
+                .map(|_| request)
+        });
+        let err = exchange(client, b"{}\n").expect_err("closed without answering");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(server.join().expect("server thread").expect("read"), "{}\n");
     }
 }

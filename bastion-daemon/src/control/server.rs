@@ -120,7 +120,11 @@ async fn serve_one<H: Handler>(
     admins: &Admins,
 ) -> io::Result<()> {
     let cred = stream.peer_cred()?;
+    // The request is read (bounded in size and time) before any answer, a refusal included: a
+    // client still writing when the server closes would see EPIPE instead of the reason.
+    let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut stream)).await;
     let response = if !admins.allows(cred.uid()) {
+        // A non-admin's bytes are read only to be discarded, never parsed.
         tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control API refused to a non-admin uid");
         Response::Error {
             message: format!(
@@ -129,7 +133,7 @@ async fn serve_one<H: Handler>(
             ),
         }
     } else {
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
+        match line.map(|l| l.and_then(|l| parse_request(&l))) {
             Err(_) => Response::Error {
                 message: "timed out waiting for the request".into(),
             },
@@ -162,7 +166,8 @@ fn encode(response: Response) -> io::Result<Vec<u8>> {
     .map_err(io::Error::other)
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+/// One request line, at most `MAX_REQUEST_BYTES` long.
+async fn read_line(stream: &mut UnixStream) -> Result<Vec<u8>, String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream).take(MAX_REQUEST_BYTES as u64 + 1);
     reader
@@ -172,8 +177,12 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     if line.len() > MAX_REQUEST_BYTES {
         return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
     }
+    Ok(line)
+}
+
+fn parse_request(line: &[u8]) -> Result<Request, String> {
     let envelope: Envelope<serde_json::Value> =
-        serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))?;
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
     if envelope.v != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} is not supported (bastiond speaks {PROTOCOL_VERSION}); use the bastionctl of the same release",
