@@ -44,6 +44,11 @@ impl BastiondPaths {
 
 /// Writes the lab's bastiond config: enforcement on the lab's `enforced` cgroup, pins under the
 /// lab's bpffs directory, the protected subnet of the lab.
+///
+/// No limit in it may depend on how fast the machine is: a loaded machine (CI beside other jobs,
+/// labs running in parallel) takes seconds to sign in, so the login grace and connect timeout
+/// leave room for that, and failure windows and penalties outlast any test (a penalty that
+/// expired while a flood was still running let the throttled name through).
 pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()> {
     if let Some(dir) = paths.config.parent() {
         std::fs::create_dir_all(dir)?;
@@ -56,7 +61,7 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [store]\npath = \"{store}\"\n\n\
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
              daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\nprotected_interfaces = [\"{BASTION_PROTECTED_IF}\"]\n\n\
-             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 3\nlogin_grace_secs = 3\nmax_failures_per_user = 50\n\n\
+             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 10\nlogin_grace_secs = 15\nmax_failures_per_user = 50\nfailure_window_secs = 3600\nfailure_penalty_secs = 3600\n\n\
              [record]\nflush_interval_ms = 100\n\n\
              [intercept]\ninterfaces = [\"{BASTION_ADMIN_IF}\"]\nlisten_port = {INTERCEPT_PORT}\n",
             socket = paths.control_socket.display(),

@@ -7,7 +7,8 @@
 //! - [`sshd`]: a real OpenSSH server on each protected host;
 //! - [`bastiond`]: writing a bastiond config for the lab, starting it, calling bastionctl;
 //! - [`cleanup`]: teardown by name, the registry used on Ctrl-C, and the sweep of stale runs;
-//! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop.
+//! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop;
+//! - [`wait`]: bounded waits for what a test cannot be told about directly.
 //!
 //! Network rules (shared/notes/lab-network.md): only 198.51.100.0/24 (admin side) and
 //! 203.0.113.0/24 (protected side), inside namespaces the lab creates, with no route out; nothing
@@ -20,5 +21,6 @@ pub mod names;
 pub mod sshd;
 pub mod sys;
 pub mod topology;
+pub mod wait;
 
 pub use lab::{Lab, LabInfo};

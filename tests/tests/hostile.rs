@@ -4,9 +4,20 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Output, Stdio};
+use std::{
+    process::{Output, Stdio},
+    time::Duration,
+};
 
-use bastion_lab::{Lab, bastiond::Bastiond, sshd, sys};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    sshd, sys,
+    wait::{Collected, eventually},
+};
+
+/// Bound of every wait (a hang guard, not a timing assertion).
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn setup() -> (Lab, Bastiond) {
     let lab = Lab::up().expect("lab");
@@ -201,27 +212,26 @@ fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
         .unwrap()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = client.stdin.take().unwrap();
+    let output = Collected::spawn(client.stdout.take().unwrap());
+    let errors = Collected::spawn(client.stderr.take().unwrap());
     std::io::Write::write_all(&mut stdin, b"echo before-the-crash-$((6*7))\n").unwrap();
-
-    // Wait (bounded) until the output is durable in the store, as the flush interval promises.
-    let mut id = None;
-    for _ in 0..100 {
-        let list: serde_json::Value =
-            serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
-        if let Some(sid) = list["sessions"][0]["id"].as_u64() {
-            let cast = b.ctl_ok(&["session", "export", &sid.to_string()]).unwrap();
-            if cast.contains("before-the-crash-42") {
-                id = Some(sid);
-                break;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // The shell ran it and its output went through bastiond to the client ...
+    if let Err(e) = output.wait_for("before-the-crash-42", LIMIT) {
+        panic!("{e}; ssh: {}; bastiond: {}", errors.text(), b.log_tail());
     }
-    let id = id.expect("session output recorded").to_string();
+    // ... so it is durable in the store within the flush interval.
+    let id = eventually("the session's output in the store", LIMIT, || {
+        let list: serde_json::Value =
+            serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).ok()?).ok()?;
+        let sid = list["sessions"][0]["id"].as_u64()?;
+        let cast = b.ctl_ok(&["session", "export", &sid.to_string()]).ok()?;
+        cast.contains("before-the-crash-42").then_some(sid)
+    });
+    let id = id.unwrap().to_string();
     b.kill9().unwrap();
     drop(stdin);
     let _ = client.kill();
