@@ -23,6 +23,15 @@ use crate::util::{require_root, step, workspace};
 /// What a fresh machine of this kind has besides rustup's stable toolchain: no LLVM, no
 /// netfilter libraries, no OpenSSH server, no iproute2 (all of that is setup's to install).
 const BASE_PACKAGES: &[&str] = &["ca-certificates", "git", "gcc", "libc6-dev"];
+/// Certificate authorities this machine adds to Debian's.
+const LOCAL_CAS: &str = "/usr/local/share/ca-certificates";
+/// The machine's environment that says where those are (cargo, rustup and git read it).
+const CA_ENV: &[&str] = &[
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
 /// The lab's cgroup v2 mount, as on this machine.
 const CGROUP2: &str = "sys/fs/cgroup/unified";
 
@@ -120,8 +129,11 @@ fn base_root(root: &Path) -> anyhow::Result<()> {
             ])
             .arg("--aptopt=APT::Install-Recommends \"false\"")
             .arg(format!("--include={}", BASE_PACKAGES.join(",")))
-            // Name resolution for apt, rustup and cargo inside, as the machine has it.
+            // Name resolution and the CAs this machine trusts (its registries are reached
+            // through them), as a fresh machine of this kind has them.
             .arg("--customize-hook=copy-in /etc/resolv.conf /etc")
+            .arg(format!("--customize-hook=sync-in {LOCAL_CAS} {LOCAL_CAS}"))
+            .arg("--customize-hook=chroot \"$1\" update-ca-certificates --fresh >/dev/null")
             .arg("bookworm")
             .arg(root)
             .arg(format!("deb {main} bookworm main"))
@@ -205,17 +217,23 @@ mount -t bpf bpf "$R/sys/fs/bpf"
 mount --rbind /dev "$R/dev"
 mount -t tmpfs tmpfs "$R/run"
 rc=0
-chroot "$R" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb \
+chroot "$R" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb RUSTUP_AUTO_INSTALL=0 {ca_env} \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     sh -c 'cd {clone} && exec cargo xtask {args}' </dev/null || rc=$?
 ns=$(chroot "$R" ip netns list 2>/dev/null || true)
 if [ -n "$ns" ]; then echo "fresh-check: network namespaces left: $ns" >&2; [ $rc -ne 0 ] || rc=90; fi
-pins=$(find "$R/sys/fs/bpf" -mindepth 1 -maxdepth 2)
+# maps.debug and progs.debug are the kernel's own, in every new bpffs.
+pins=$(find "$R/sys/fs/bpf" -mindepth 1 -maxdepth 2 ! -name maps.debug ! -name progs.debug)
 if [ -n "$pins" ]; then echo "fresh-check: bpffs pins left: $pins" >&2; [ $rc -ne 0 ] || rc=91; fi
 exit $rc
 "#,
         clone = clone.display(),
         args = args.join(" "),
+        ca_env = CA_ENV
+            .iter()
+            .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)))
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let status = Command::new("unshare")
         .args([
