@@ -10,6 +10,9 @@ use std::{
 
 use anyhow::bail;
 
+/// The bound for waits in tests: far above what any machine needs for one step.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(100);
 

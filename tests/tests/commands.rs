@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
 
 const PROMPT: &str = "corpus$ ";
 
@@ -77,11 +77,7 @@ impl Term {
     fn wait_for(&self, pat: &str, n: usize) {
         let t0 = Instant::now();
         while self.text().matches(pat).count() < n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "no `{pat}` x{n} in:\n{}",
-                self.text()
-            );
+            assert!(t0.elapsed() < LIMIT, "no `{pat}` x{n} in:\n{}", self.text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -117,7 +113,7 @@ impl Term {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            if t0.elapsed() > Duration::from_secs(15) {
+            if t0.elapsed() > LIMIT {
                 let _ = self.child.kill();
                 panic!("ssh did not exit; it showed:\n{}", self.text());
             }
@@ -167,7 +163,8 @@ fn session_id(b: &Bastiond) -> String {
 }
 
 fn wait_closed(b: &Bastiond, id: &str) {
-    for _ in 0..200 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         let v: serde_json::Value =
             serde_json::from_str(&b.ctl_ok(&["--json", "session", "show", id]).unwrap()).unwrap();
         if v["session"]["state"] == "closed" {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
 
 const ROUNDS: usize = 20;
 const SESSIONS: usize = 50;
@@ -43,7 +43,7 @@ fn wait_live(b: &Bastiond, n: usize) -> usize {
         let live = json(b, &["session", "list", "--live"])["sessions"]
             .as_array()
             .map_or(0, Vec::len);
-        if live >= n || t0.elapsed() > Duration::from_secs(30) {
+        if live >= n || t0.elapsed() > LIMIT {
             return live;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -9,7 +9,7 @@
 use std::process::Stdio;
 
 use bastion::record::{block, frame::Frame};
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
 
 fn sessions(b: &Bastiond) -> Vec<serde_json::Value> {
     let v: serde_json::Value =
@@ -59,7 +59,8 @@ fn verify_names_every_tampered_session_and_position() {
             .unwrap();
         assert!(out.status.success());
     }
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         if sessions(&b)
             .iter()
             .filter(|s| s["state"] == "closed")
@@ -91,7 +92,8 @@ fn verify_names_every_tampered_session_and_position() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         if sessions(&b).iter().any(|s| s["state"] == "live") {
             break;
         }

@@ -6,7 +6,11 @@
 
 use std::{io::Write, process::Stdio};
 
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    wait::{Collected, LIMIT},
+};
 
 fn live_session(b: &Bastiond) -> Option<u64> {
     let v: serde_json::Value =
@@ -32,7 +36,8 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
         .write_all(b"echo watch-me-$((40+2)); sleep 60\n")
         .unwrap();
     let mut id = None;
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         id = live_session(&b);
         if id.is_some() {
             break;
@@ -47,15 +52,16 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
         "killing what is not live says so"
     );
 
-    let watcher =
+    let mut watcher =
         bastion_lab::bastiond::ctl_command(&lab.info().bastiond, &["session", "watch", &id])
             .unwrap()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-    // The watcher sees what the user sees (bounded wait for the echo to be recorded).
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The watcher sees what the user sees, live (before the session ends).
+    let watched = Collected::spawn(watcher.stdout.take().unwrap());
+    watched.wait_for("watch-me-42", LIMIT).unwrap();
     b.ctl_ok(&["session", "kill", &id, "--reason", "maintenance window"])
         .unwrap();
 
@@ -70,10 +76,9 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
         said.contains("bastion: session killed by an administrator: maintenance window"),
         "{said}"
     );
-    let watched = watcher.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&watched.stdout);
-    assert!(seen.contains("watch-me-42"), "watch output: {seen}");
-    assert!(watched.status.success());
+    // The watch ends with the session.
+    let status = watcher.wait_with_output().unwrap().status;
+    assert!(status.success(), "watch output: {}", watched.text());
 
     let audit = b.ctl_ok(&["audit"]).unwrap();
     assert!(
@@ -81,7 +86,8 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
         "{audit}"
     );
     let mut verdict = String::new();
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         verdict = b.ctl_ok(&["verify", &id]).unwrap();
         if verdict.contains("SEALED") {
             break;

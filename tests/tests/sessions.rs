@@ -9,7 +9,12 @@ use std::{
     process::{Output, Stdio},
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond, lab::grant};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    lab::grant,
+    wait::{LIMIT, eventually},
+};
 
 fn ok(b: &Bastiond, args: &[&str]) -> String {
     b.ctl_ok(args).expect("bastionctl succeeds")
@@ -26,15 +31,12 @@ fn setup() -> (Lab, Bastiond) {
 /// Waits (bounded) until `n` sessions exist and all are closed; returns the session list.
 fn wait_all_closed(b: &Bastiond, n: usize) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
-    for _ in 0..100 {
+    eventually(&format!("{n} sessions, all closed"), LIMIT, || {
         last = serde_json::from_str(&ok(b, &["--json", "session", "list"])).expect("JSON");
-        let list = last["sessions"].as_array().cloned().unwrap_or_default();
-        if list.len() == n && list.iter().all(|s| s["state"] == "closed") {
-            return last;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("sessions did not all close: {last}");
+        let list = last["sessions"].as_array()?;
+        (list.len() == n && list.iter().all(|s| s["state"] == "closed")).then(|| last.clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}"))
 }
 
 fn run(lab: &Lab, dest: &str, extra: &[&str], command: Option<&str>, stdin: &[u8]) -> Output {
@@ -374,19 +376,18 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
 /// returns what lab-connect printed.
 fn connect_local(lab: &Lab, port: u16) -> String {
     let lab_connect = bastion_lab::sys::bin("lab-connect").unwrap();
-    for _ in 0..100 {
+    eventually(&format!("the local forward on port {port}"), LIMIT, || {
         let out = lab
             .command("admin", &lab_connect)
             .unwrap()
             .args(["127.0.0.1", &port.to_string()])
             .output()
             .unwrap();
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("local forward on port {port} never came up");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .unwrap()
 }
 
 #[test]
@@ -698,12 +699,7 @@ fn agent_forwarding_follows_the_agent_right() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..50 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    eventually("the agent's socket", LIMIT, || sock.exists().then_some(())).unwrap();
     let key = dir.join("agent_ed25519");
     bastion_lab::sshd::keygen(&key, "in-the-agent").unwrap();
     let added = std::process::Command::new("ssh-add")
@@ -756,12 +752,10 @@ fn several_channels_share_one_connection_and_one_session_record() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if ctl.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    eventually("the master's control socket", LIMIT, || {
+        ctl.exists().then_some(())
+    })
+    .unwrap();
     let over_master = |cmd: &str| {
         lab.ssh_via_bastion("root@web1", &["-o", &ctl_opt])
             .unwrap()
@@ -989,7 +983,8 @@ fn read_until(master: &mut std::fs::File, want: &str) -> String {
     let fd = std::os::fd::AsRawFd::as_raw_fd(master);
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,

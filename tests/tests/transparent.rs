@@ -8,7 +8,7 @@
 
 use std::{path::Path, process::Output};
 
-use bastion_lab::{Lab, bastiond::Bastiond};
+use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
 
 const WEB1: &str = "203.0.113.10";
 
@@ -45,7 +45,8 @@ fn sessions(b: &Bastiond) -> Vec<serde_json::Value> {
 
 /// Waits (bounded) until the session is closed, and returns its `session show` text.
 fn closed_session_text(b: &Bastiond, id: u64) -> String {
-    for _ in 0..100 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         if sessions(b)
             .iter()
             .any(|s| s["id"] == id && s["state"] == "closed")
@@ -271,7 +272,8 @@ fn raw_tcp_is_relayed_only_as_granted_and_every_connection_is_a_flow() {
     assert!(!refused.contains("lab-echo"), "{refused}");
 
     let mut flows = serde_json::Value::Null;
-    for _ in 0..40 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LIMIT {
         flows = serde_json::from_str(&b.ctl_ok(&["--json", "flows", "--hook", "relay"]).unwrap())
             .unwrap();
         if flows["events"].as_array().is_some_and(|e| e.len() == 2) {
