@@ -58,9 +58,18 @@ pub fn run(args: FreshCheckArgs) -> anyhow::Result<()> {
         crate::setup::apt_install(&["mmdebstrap"], &[])?;
     }
     let before = Leftovers::now(&dir)?;
-    let result = check(&dir);
+    let cgroup = Path::new("/")
+        .join(CGROUP2)
+        .join(format!("bastion-fresh-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let result = check(&dir, &cgroup);
+    // Empty once its last process is gone; a cgroup left below it is reported by the command.
+    let cgroup_left = std::fs::remove_dir(&cgroup)
+        .err()
+        .map(|e| format!("cgroup {} ({e})", cgroup.display()));
     let after = Leftovers::now(&dir)?;
-    let left = after.since(&before);
+    let mut left = after.since(&before);
+    left.extend(cgroup_left);
     let mounted = mounts_under(&dir)?;
     if !args.keep && mounted.is_empty() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -87,7 +96,7 @@ pub fn run(args: FreshCheckArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the root, then runs the two commands; returns each one's wall time.
-fn check(dir: &Path) -> anyhow::Result<Vec<(String, f64)>> {
+fn check(dir: &Path, cgroup: &Path) -> anyhow::Result<Vec<(String, f64)>> {
     let root = dir.join("root");
     let mut times = Vec::new();
     let t = Instant::now();
@@ -105,7 +114,7 @@ fn check(dir: &Path) -> anyhow::Result<Vec<(String, f64)>> {
     for command in [&["demo"][..], &["test", "--no-image"]] {
         let what = format!("cargo xtask {}", command.join(" "));
         let t = Instant::now();
-        let run = inside(&root, clone, command);
+        let run = inside(&root, cgroup, clone, command);
         let secs = t.elapsed().as_secs_f64();
         eprintln!("    {what}: {secs:.0}s");
         times.push((what.clone(), secs));
@@ -201,13 +210,16 @@ fn which(bin: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{bin} is not on PATH"))
 }
 
-/// Runs `cargo xtask ARGS` in `clone` inside `root`, in a mount namespace of its own holding
-/// /proc, /sys, the cgroup2 and bpffs mounts, /dev and an empty /run (for /run/netns), with a
-/// fresh machine's environment. Fails if the command fails or leaves network namespaces or pins.
-fn inside(root: &Path, clone: &Path, args: &[&str]) -> anyhow::Result<()> {
+/// Runs `cargo xtask ARGS` in `clone` inside `root`, in mount and cgroup namespaces of its own
+/// holding /proc, /sys, the cgroup2 (rooted at `cgroup`) and bpffs mounts, /dev and an empty /run
+/// (for /run/netns), with a fresh machine's environment. Fails if the command fails or leaves
+/// network namespaces, cgroups or pins.
+fn inside(root: &Path, cgroup: &Path, clone: &Path, args: &[&str]) -> anyhow::Result<()> {
     let script = format!(
         r#"set -eu
 R="$1"
+# The root a mount point of its own: `ip -n` makes / a slave mount, which needs one.
+mount --bind "$R" "$R"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
 mount -t tmpfs tmpfs "$R/sys/fs/cgroup"
@@ -222,6 +234,8 @@ chroot "$R" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb RUSTUP_A
     sh -c 'cd {clone} && exec cargo xtask {args}' </dev/null || rc=$?
 ns=$(chroot "$R" ip netns list 2>/dev/null || true)
 if [ -n "$ns" ]; then echo "fresh-check: network namespaces left: $ns" >&2; [ $rc -ne 0 ] || rc=90; fi
+cgroups=$(find "$R/{CGROUP2}" -mindepth 1 -type d)
+if [ -n "$cgroups" ]; then echo "fresh-check: cgroups left: $cgroups" >&2; [ $rc -ne 0 ] || rc=92; fi
 # maps.debug and progs.debug are the kernel's own, in every new bpffs.
 pins=$(find "$R/sys/fs/bpf" -mindepth 1 -maxdepth 2 ! -name maps.debug ! -name progs.debug)
 if [ -n "$pins" ]; then echo "fresh-check: bpffs pins left: $pins" >&2; [ $rc -ne 0 ] || rc=91; fi
@@ -235,17 +249,24 @@ exit $rc
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let status = Command::new("unshare")
+    // Into `cgroup` first, then a cgroup namespace rooted there: the root's labs see only their
+    // own cgroups (no sweep of this machine's labs, and this machine's sweeps do not see theirs).
+    let status = Command::new("sh")
         .args([
+            "-c",
+            r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+            "fresh-check",
+        ])
+        .arg(cgroup)
+        .args([
+            "unshare",
             "--mount",
+            "--cgroup",
             "--propagation",
             "private",
             "--",
-            "sh",
-            "-c",
-            &script,
-            "fresh-check",
         ])
+        .args(["sh", "-c", &script, "fresh-check"])
         .arg(root)
         .status()
         .context("running unshare (util-linux)")?;
