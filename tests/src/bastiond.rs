@@ -14,7 +14,8 @@ use crate::{
     sys,
 };
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A hang guard for start and stop (a loaded machine can take many seconds), not a timing check.
+const READY_TIMEOUT: Duration = crate::wait::LIMIT;
 /// bastiond's explicit SSH listener in the lab (on every address of the bastion namespace).
 pub const SSH_PORT: u16 = 2222;
 /// The transparent listener intercepted SSH is steered to.

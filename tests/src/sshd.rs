@@ -98,8 +98,12 @@ pub fn start_in(
     )?;
     let netns = name.netns(role);
     let logfile = std::fs::File::create(&log)?;
-    let child = sys::command_in(SSHD, Some(&netns), &name.hosts_cgroup())
-        .with_context(|| format!("preparing sshd for {host}"))?
+    let home = dir.join("root-home");
+    std::fs::create_dir_all(&home)?;
+    let mut cmd = sys::command_in(SSHD, Some(&netns), &name.hosts_cgroup())
+        .with_context(|| format!("preparing sshd for {host}"))?;
+    sys::with_root_home(&mut cmd, &home)?;
+    let child = cmd
         .args(["-D", "-e", "-f"])
         .arg(&config)
         .stdin(Stdio::null())

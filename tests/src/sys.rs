@@ -66,6 +66,45 @@ pub fn command_in(
     Ok(cmd)
 }
 
+/// Makes `cmd` see `home` at /root, in a mount namespace of its own: each lab host is a machine
+/// of its own, not a login into this machine's root account. Without it, every shell on a lab
+/// host ran this machine's /root/.bashrc (on machines of this kind, pyenv's init and a prompt hook
+/// that spawns processes at every prompt: under load, a shell took over a minute to show its
+/// first prompt).
+pub fn with_root_home(cmd: &mut Command, home: &Path) -> io::Result<()> {
+    let home = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the home path"))?;
+    // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec, on C strings
+    // made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let root = c"/root";
+            let slash = c"/";
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                // Nothing mounted here may reach this machine's namespace.
+                || libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    home.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Makes [`bin_dir`] return `dir` for the rest of the process (e.g. release binaries for benches).

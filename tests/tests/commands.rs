@@ -30,6 +30,9 @@ impl Term {
         let mut child = lab
             .ssh_via_bastion("root@web1", &["-tt"])
             .unwrap()
+            // The ground truth is an xterm's, whatever terminal runs the tests: under the
+            // TERM=dumb of a CI runner, readline scrolls long lines sideways instead of wrapping.
+            .env("TERM", "xterm")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
