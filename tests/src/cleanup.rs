@@ -167,8 +167,40 @@ pub fn all_labs() -> anyhow::Result<Vec<LabName>> {
     Ok(names)
 }
 
+/// Held while labs are swept and while a new lab claims its name (until its owner state is
+/// written): two sweepers (parallel tests, or a test beside `cargo xtask lab`) would otherwise
+/// tear down the same stale lab at once and trip over each other's half-done steps, and a sweep
+/// could take a lab that another process is just creating for an orphan.
+pub struct SweepLock {
+    _file: std::fs::File,
+}
+
+/// Waits for the sweep lock (an flock on a file in the lab's run root, released on drop).
+pub fn lock() -> anyhow::Result<SweepLock> {
+    std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("creating {RUN_ROOT}"))?;
+    let path = Path::new(RUN_ROOT).join(".sweep.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(SweepLock { _file: file })
+}
+
 /// Tears down labs left by owners that died without cleaning up (never kept ones, never live ones).
 pub fn sweep_stale() -> anyhow::Result<Vec<LabName>> {
+    let _lock = lock()?;
+    sweep_stale_locked()
+}
+
+/// [`sweep_stale`] for a caller that holds the [`lock`].
+pub fn sweep_stale_locked() -> anyhow::Result<Vec<LabName>> {
     let mut swept = Vec::new();
     for name in all_labs()? {
         match OwnerState::read(&name) {

@@ -83,13 +83,16 @@ impl Lab {
     }
 
     fn build(keep: bool) -> anyhow::Result<Lab> {
-        cleanup::sweep_stale().context("sweeping stale labs")?;
+        let lock = cleanup::lock()?;
+        cleanup::sweep_stale_locked().context("sweeping stale labs")?;
         let name = LabName::fresh();
         cleanup::register(&name);
         let run_dir = name.run_dir();
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         OwnerState::mine(keep).write(&name)?;
+        // Owned and named: from here on no sweep takes it for an orphan.
+        drop(lock);
         let info = LabInfo {
             name: name.to_string(),
             run_dir: run_dir.clone(),
