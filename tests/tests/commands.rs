@@ -23,6 +23,9 @@ struct Term {
     child: Child,
     stdin: ChildStdin,
     out: Arc<Mutex<Vec<u8>>>,
+    /// The thread copying ssh's output into `out`; joined once ssh exits, so what ssh printed
+    /// last (a refusal before it hangs up) is in `out` before anyone reads it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Term {
@@ -42,7 +45,7 @@ impl Term {
         let mut stdout = child.stdout.take().unwrap();
         let out = Arc::new(Mutex::new(Vec::new()));
         let sink = out.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0 {
@@ -51,7 +54,12 @@ impl Term {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let mut t = Term { child, stdin, out };
+        let mut t = Term {
+            child,
+            stdin,
+            out,
+            reader: Some(reader),
+        };
         // root's login shell prompts with `# ` (typing earlier would be typing ahead).
         t.wait_for("# ", 1);
         t.settle();
@@ -109,11 +117,17 @@ impl Term {
         self.wait_for(PROMPT, prompts + 1);
     }
 
-    /// Waits (bounded) for ssh to exit.
+    /// Waits (bounded) for ssh to exit and for its output to be read to the end.
     fn exited(&mut self) -> std::process::ExitStatus {
         let t0 = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                let reader = self.reader.take().unwrap();
+                while !reader.is_finished() {
+                    assert!(t0.elapsed() < LIMIT, "ssh's output never ended");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                reader.join().unwrap();
                 return status;
             }
             if t0.elapsed() > LIMIT {

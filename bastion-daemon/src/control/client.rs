@@ -23,6 +23,8 @@ pub enum ClientError {
     Malformed(String),
     #[error("bastiond: {0}")]
     Refused(String),
+    #[error("bastiond did not answer on {} within {}s (busy or hung; `bastionctl status` and its log tell which)", path.display(), timeout.as_secs())]
+    Timeout { path: PathBuf, timeout: Duration },
 }
 
 /// Sends one request and returns bastiond's answer (its error responses become `Refused`).
@@ -54,7 +56,14 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     })
     .map_err(|e| ClientError::Malformed(e.to_string()))?;
     line.push(b'\n');
-    let answer = exchange(stream, &line).map_err(io_err)?;
+    let answer = exchange(stream, &line).map_err(|source| match source.kind() {
+        // A read or write timeout on a socket reads as EAGAIN.
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+            path: socket.into(),
+            timeout,
+        },
+        _ => io_err(source),
+    })?;
     let envelope: Envelope<Response> =
         serde_json::from_str(&answer).map_err(|e| ClientError::Malformed(e.to_string()))?;
     match envelope.body {
@@ -95,6 +104,17 @@ mod tests {
         // The server is gone: the write fails with EPIPE, the answer is still there.
         let answer = exchange(client, &vec![b'x'; 1 << 20]).expect("the answer");
         assert_eq!(answer, "{\"v\":1,\"body\":\"refused\"}\n");
+    }
+
+    #[test]
+    fn a_silent_bastiond_is_a_timeout_not_eagain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        // Accepts (the kernel does, from the backlog) and never answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let err = call(&path, &Request::Status, Duration::from_millis(200)).expect_err("silence");
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        assert!(err.to_string().contains("did not answer"), "{err}");
     }
 
     #[test]
