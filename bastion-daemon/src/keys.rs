@@ -323,6 +323,12 @@ fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyErro
     Ok(ring::aead::LessSafeKey::new(key))
 }
 
+/// What a stored account key is sealed to: it opens only for the same target and login (the
+/// daemon seals with it when an account key is stored, the session opens with it).
+pub fn account_context(target: &str, login: &str) -> String {
+    format!("bastion-account:{target}:{login}")
+}
+
 /// True if `key` is one of the pinned OpenSSH public key lines.
 /// The SHA256 fingerprint of an OpenSSH public key line (or the line's error).
 pub fn fingerprint(key_line: &str) -> String {

@@ -445,7 +445,7 @@ impl Daemon {
             .proxy
             .keys
             .seal(
-                &account_context(target, login),
+                &crate::keys::account_context(target, login),
                 private_key.expose().trim().as_bytes(),
             )
             .map_err(|e| e.to_string())?;
@@ -661,11 +661,6 @@ impl Daemon {
         }
         .map_err(|e| format!("updating enforcement: {e}"))
     }
-}
-
-/// What a stored account key is sealed to: it opens only for the same target and login.
-pub fn account_context(target: &str, login: &str) -> String {
-    format!("bastion-account:{target}:{login}")
 }
 
 fn admin(peer: Peer) -> Actor {

@@ -452,7 +452,7 @@ impl SessionActor {
             .ctx
             .keys
             .open(
-                &crate::daemon::account_context(target, login),
+                &crate::keys::account_context(target, login),
                 &account.sealed,
             )
             .map_err(|e| format!("internal: {e}"))?;
