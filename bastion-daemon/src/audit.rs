@@ -120,7 +120,7 @@ pub enum AuditKind {
         reason: String,
     },
     /// A flow to a protected prefix, denied or allowed, as an enforcement hook saw it.
-    Flow(crate::enforce::flows::Flow),
+    Flow(crate::flow::Flow),
     /// Flow events not stored one by one: over the per-second cap (suppressed) or lost by the
     /// kernel to a full ring buffer. Never silent.
     FlowsUncounted {

@@ -6,6 +6,7 @@
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
 //! - [`store`]: the sled database, its schema version and migrations;
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
+//! - [`flow`]: flows to protected prefixes as audited (decoded, folded per window, filtered);
 //! - [`keys`]: the appliance host key and user CA, and per-session upstream certificates;
 //! - [`limits`]: process limits raised at start (open files);
 //! - [`policy`]: the access model and its pure evaluation;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enforce;
+pub mod flow;
 pub mod keys;
 pub mod limits;
 pub mod policy;

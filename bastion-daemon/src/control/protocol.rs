@@ -82,7 +82,7 @@ pub enum Request {
     /// The newest `limit` flow events matching the filter.
     FlowList {
         #[serde(default)]
-        filter: crate::enforce::flows::FlowFilter,
+        filter: crate::flow::FlowFilter,
         limit: usize,
     },
     /// Recorded sessions matching the filter, newest first.

@@ -16,7 +16,7 @@ use tokio::{
 use super::{ProxyContext, upstream};
 use crate::{
     audit::{Actor, AuditKind},
-    enforce::flows::{Flow, Relayed},
+    flow::{Flow, Relayed},
     policy::{self, GrantSubject, TcpRequest},
     record::{Kind, Recorder},
     store::SessionMeta,

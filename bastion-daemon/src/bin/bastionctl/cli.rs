@@ -608,7 +608,7 @@ impl Command {
                 since,
                 limit,
             } => Ok(Request::FlowList {
-                filter: bastion::enforce::flows::FlowFilter {
+                filter: bastion::flow::FlowFilter {
                     allowed: (denied || allowed).then_some(allowed),
                     hook,
                     proto,

@@ -117,7 +117,7 @@ pub fn response(r: &Response) {
 }
 
 /// `VERDICT PROTO SRC -> DST (HOOK, pid P comm, cgroup C) xN`
-pub fn flow_line(f: &bastion::enforce::flows::Flow) -> String {
+pub fn flow_line(f: &bastion::flow::Flow) -> String {
     let end = |a: Option<std::net::IpAddr>, port: u16| match (a, port) {
         (Some(a), 0) => a.to_string(),
         (Some(std::net::IpAddr::V6(a)), p) => format!("[{a}]:{p}"),
