@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::AuditEvent,
-    enforce::EnforceStatus,
+    cidr::Cidr,
     keys::Secret,
     policy::{Entity, EntityKind},
     record::export::Activity,
@@ -253,6 +253,41 @@ pub struct ProbeResult {
     /// The first line the peer sent, without its line ending.
     pub banner: String,
     pub connect_micros: u64,
+}
+
+/// How a hook's link came to be enforcing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkOrigin {
+    /// A link pinned by an earlier bastiond now runs this bastiond's program.
+    Adopted,
+    /// No link was pinned; this bastiond attached and pinned one.
+    Attached,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookStatus {
+    pub program: String,
+    pub link: LinkOrigin,
+    pub pin: PathBuf,
+}
+
+/// What `bastionctl status` shows about enforcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnforceStatus {
+    pub bpffs_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub daemon_cgroup: PathBuf,
+    pub daemon_cgroup_id: u64,
+    pub hooks: Vec<HookStatus>,
+    pub protected_subnets: Vec<Cidr>,
+    /// Connects/sends to protected prefixes refused since the counters were created.
+    pub denied: u64,
+    /// Connects/sends to protected prefixes allowed (bastiond's own) since then.
+    pub allowed: u64,
+    /// The nftables table steering intercepted traffic, when interception is on.
+    #[serde(default)]
+    pub intercept_table: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,8 +22,6 @@ mod sys;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 pub use cgroup::{CgroupError, cgroup_id, cgroup_of, cgroup2_mount, enter as enter_cgroup};
 
 use crate::{
@@ -86,40 +84,7 @@ pub enum EnforceError {
     Route(#[from] route::RouteError),
 }
 
-/// How a hook's link came to be enforcing.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkOrigin {
-    /// A link pinned by an earlier bastiond now runs this bastiond's program.
-    Adopted,
-    /// No link was pinned; this bastiond attached and pinned one.
-    Attached,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HookStatus {
-    pub program: String,
-    pub link: LinkOrigin,
-    pub pin: PathBuf,
-}
-
-/// What `bastionctl status` shows about enforcement.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnforceStatus {
-    pub bpffs_dir: PathBuf,
-    pub cgroup_root: PathBuf,
-    pub daemon_cgroup: PathBuf,
-    pub daemon_cgroup_id: u64,
-    pub hooks: Vec<HookStatus>,
-    pub protected_subnets: Vec<Cidr>,
-    /// Connects/sends to protected prefixes refused since the counters were created.
-    pub denied: u64,
-    /// Connects/sends to protected prefixes allowed (bastiond's own) since then.
-    pub allowed: u64,
-    /// The nftables table steering intercepted traffic, when interception is on.
-    #[serde(default)]
-    pub intercept_table: Option<String>,
-}
+pub use crate::control::protocol::{EnforceStatus, HookStatus, LinkOrigin};
 
 /// Running enforcement: owns the maps so bastiond can read counters and (later) update prefixes.
 pub struct Enforcer {
