@@ -4,6 +4,7 @@
 //! - [`audit`]: the typed audit event stream (product output, not logs);
 //! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
+//! - [`session`]: session metadata, filters and command types (pure; `store` persists them);
 //! - [`store`]: the sled database, its schema version and migrations;
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`flow`]: flows to protected prefixes as audited (decoded, folded per window, filtered);
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod record;
+pub mod session;
 pub mod store;
 
 /// The version every component reports (`bastionctl status`, `bastiond --version`).

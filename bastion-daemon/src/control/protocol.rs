@@ -10,7 +10,7 @@ use crate::{
     keys::Secret,
     policy::{Entity, EntityKind},
     record::export::Activity,
-    store::{SessionFilter, SessionMeta},
+    session::{CommandHit, CommandQuery, SessionFilter, SessionMeta},
 };
 
 /// Bumped on any incompatible change; a mismatch is answered with a clear error.
@@ -92,7 +92,7 @@ pub enum Request {
     },
     /// Commands (or, with `output`, terminal output lines) matching the query, newest first.
     Search {
-        query: crate::store::CommandQuery,
+        query: CommandQuery,
         #[serde(default)]
         output: bool,
     },
@@ -162,7 +162,7 @@ pub enum Response {
     /// Search results, newest first; `searched` commands (or output lines) were looked at in
     /// `micros`; `complete` is false when an output search stopped at its budget.
     Search {
-        hits: Vec<crate::store::CommandHit>,
+        hits: Vec<CommandHit>,
         searched: u64,
         complete: bool,
         micros: u64,

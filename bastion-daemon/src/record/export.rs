@@ -8,7 +8,7 @@ use super::{
     base64::encode as base64,
     frame::{Frame, Kind, parse_size},
 };
-use crate::store::SessionMeta;
+use crate::session::SessionMeta;
 
 /// The channel a terminal recording shows: the first with a PTY, else the first with output.
 fn screen_channel(frames: &[Frame]) -> Option<u32> {

@@ -7,7 +7,7 @@
 
 use ring::digest::{Context, SHA256};
 
-use crate::store::SessionMeta;
+use crate::session::SessionMeta;
 
 /// The SshSig namespace of session seals (`ssh-keygen -Y verify -n bastion-session`).
 pub const SEAL_NAMESPACE: &str = "bastion-session";

@@ -10,7 +10,7 @@ use super::{
     base64,
     integrity::{self, SessionIntegrity, StoredBlock},
 };
-use crate::store::SessionMeta;
+use crate::session::SessionMeta;
 
 pub const FORMAT: &str = "bastion-sealed-session-v1";
 

@@ -16,107 +16,15 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SessionFilter, SessionMeta, Store, StoreError};
+use super::{CommandHit, CommandQuery, NewCommand, SessionFilter, SessionMeta, Store, StoreError};
 use crate::record::{
     Frame, Kind, block,
     commands::{CommandLine, Doubt},
 };
+use crate::session::Source;
 
 pub(super) const COMMANDS_TREE: &str = "commands";
 const VALUE_VERSION: u8 = 1;
-
-/// Where a command came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[repr(u8)]
-pub enum Source {
-    /// A line entered at an interactive shell, read off the terminal.
-    Shell = 0,
-    /// An exec request: exactly what the client sent.
-    Exec = 1,
-    /// A shell line a command rule kept from the target.
-    Refused = 2,
-    /// A line of terminal output (output searches only; never stored in the index).
-    Output = 3,
-}
-
-impl Source {
-    fn from_u8(b: u8) -> Source {
-        match b {
-            1 => Source::Exec,
-            2 => Source::Refused,
-            _ => Source::Shell,
-        }
-    }
-}
-
-/// One command as the recorder hands it over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewCommand {
-    pub t_micros: u64,
-    pub channel: u32,
-    pub source: Source,
-    pub doubts: Vec<Doubt>,
-    pub line: String,
-}
-
-impl NewCommand {
-    /// The command a recorded frame carries: an exec request, or a shell line.
-    pub fn from_frame(f: &Frame) -> Option<NewCommand> {
-        let (source, doubts, line) = match f.kind {
-            Kind::Exec => (
-                Source::Exec,
-                Vec::new(),
-                String::from_utf8_lossy(&f.data).into_owned(),
-            ),
-            Kind::Command => {
-                let c: CommandLine = serde_json::from_slice(&f.data).ok()?;
-                let source = match c.refused {
-                    Some(_) => Source::Refused,
-                    None => Source::Shell,
-                };
-                (source, c.doubts, c.line)
-            }
-            _ => return None,
-        };
-        Some(NewCommand {
-            t_micros: f.t_micros,
-            channel: f.channel,
-            source,
-            doubts,
-            line,
-        })
-    }
-}
-
-/// What to look for. Every field that is set must match; `text` is a case-insensitive
-/// substring of the line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandQuery {
-    pub text: Option<String>,
-    pub session: Option<u64>,
-    /// User, target, login, and the time range (of the command itself).
-    pub filter: SessionFilter,
-    pub limit: usize,
-}
-
-/// A command found, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandHit {
-    pub session: u64,
-    /// When it was entered (µs since the epoch).
-    pub at_micros: u64,
-    /// Offset in the session's recording (for `session play --from`).
-    pub offset_micros: u64,
-    pub channel: u32,
-    pub user: String,
-    pub login: String,
-    pub target: String,
-    pub source: Source,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub doubts: Vec<Doubt>,
-    pub line: String,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

@@ -11,10 +11,13 @@ mod migrate;
 mod policy;
 mod sessions;
 
+pub use crate::session::{
+    CommandHit, CommandQuery, NewCommand, SessionFilter, SessionMeta, SessionState,
+    Source as CommandSource,
+};
 pub use accounts::StoredAccount;
-pub use commands::{CommandHit, CommandIndex, CommandQuery, NewCommand, Source as CommandSource};
+pub use commands::CommandIndex;
 pub use policy::AuditIntegrity;
-pub use sessions::{SessionFilter, SessionMeta, SessionState};
 
 use std::path::{Path, PathBuf};
 

@@ -7,107 +7,13 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
-use super::{NewCommand, Store, StoreError};
+use super::{NewCommand, SessionFilter, SessionMeta, SessionState, Store, StoreError};
 use crate::record::{Frame, block, integrity::StoredBlock};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
 pub(super) const BLOCKS_TREE: &str = "record_blocks";
 /// The chain value after each block (same keys as `record_blocks`).
 pub(super) const CHAIN_TREE: &str = "record_chain";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionState {
-    Live,
-    Closed,
-    /// bastiond stopped (crash, kill) while the session was live; everything flushed is kept.
-    Interrupted,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionMeta {
-    pub id: u64,
-    pub user: String,
-    pub login: String,
-    pub target: String,
-    pub target_addr: SocketAddr,
-    pub client_addr: Option<SocketAddr>,
-    pub grant: String,
-    pub started_micros: u64,
-    pub ended_micros: Option<u64>,
-    pub state: SessionState,
-    pub blocks: u32,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Bytes of recorded blocks (compressed) stored for the session.
-    #[serde(default)]
-    pub stored_bytes: u64,
-    /// How the client reached bastiond: explicit, transparent or jump (empty before v0.2).
-    #[serde(default)]
-    pub arrival: String,
-    /// Head of the session's block hash chain (hex; `None`: recorded before integrity).
-    #[serde(default)]
-    pub chain: Option<String>,
-    /// The audit key's signature (OpenSSH SshSig) over the closed session, see
-    /// `record::integrity::seal_message`.
-    #[serde(default)]
-    pub seal: Option<String>,
-}
-
-impl SessionMeta {
-    /// A session starting now toward `target_addr`: live, nothing recorded yet. Callers set who
-    /// and how with struct update syntax.
-    pub fn starting(id: u64, target_addr: SocketAddr) -> SessionMeta {
-        SessionMeta {
-            id,
-            user: String::new(),
-            login: String::new(),
-            target: String::new(),
-            target_addr,
-            client_addr: None,
-            grant: String::new(),
-            started_micros: crate::audit::now_micros(),
-            ended_micros: None,
-            state: SessionState::Live,
-            blocks: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            stored_bytes: 0,
-            arrival: String::new(),
-            chain: None,
-            seal: None,
-        }
-    }
-}
-
-/// Which sessions a listing shows. Every field that is set must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionFilter {
-    pub user: Option<String>,
-    #[serde(default)]
-    pub login: Option<String>,
-    /// Matches the target name or address as recorded.
-    pub target: Option<String>,
-    /// Sessions started at or after this instant (µs since the epoch).
-    pub since_micros: Option<u64>,
-    /// Sessions started before this instant.
-    pub until_micros: Option<u64>,
-    pub state: Option<SessionState>,
-}
-
-impl SessionFilter {
-    pub fn matches(&self, s: &SessionMeta) -> bool {
-        self.user.as_ref().is_none_or(|u| *u == s.user)
-            && self.login.as_ref().is_none_or(|l| *l == s.login)
-            && self
-                .target
-                .as_ref()
-                .is_none_or(|t| *t == s.target || *t == s.target_addr.ip().to_string())
-            && self.since_micros.is_none_or(|t| s.started_micros >= t)
-            && self.until_micros.is_none_or(|t| s.started_micros < t)
-            && self.state.is_none_or(|st| st == s.state)
-    }
-}
 
 fn block_key(id: u64, n: u32) -> [u8; 12] {
     let mut k = [0u8; 12];
