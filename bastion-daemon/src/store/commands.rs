@@ -14,13 +14,8 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::{CommandHit, CommandQuery, NewCommand, SessionFilter, SessionMeta, Store, StoreError};
-use crate::record::{
-    Frame, Kind, block,
-    commands::{CommandLine, Doubt},
-};
+use crate::record::{block, commands::Doubt};
 use crate::session::Source;
 
 pub(super) const COMMANDS_TREE: &str = "commands";

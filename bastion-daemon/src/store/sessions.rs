@@ -2,12 +2,9 @@
 //! `record_blocks` (keyed by id and block number, both big endian, so a prefix scan reads a
 //! session's blocks in order).
 
-use std::net::SocketAddr;
-
-use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
-use super::{NewCommand, SessionFilter, SessionMeta, SessionState, Store, StoreError};
+use super::{NewCommand, SessionMeta, SessionState, Store, StoreError};
 use crate::record::{Frame, block, integrity::StoredBlock};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
