@@ -198,3 +198,78 @@ pub struct CommandHit {
     pub doubts: Vec<Doubt>,
     pub line: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64, user: &str, target: &str, started: u64, state: SessionState) -> SessionMeta {
+        SessionMeta {
+            id,
+            user: user.into(),
+            login: "root".into(),
+            target: target.into(),
+            target_addr: "203.0.113.10:22".parse().unwrap(),
+            client_addr: None,
+            grant: "g".into(),
+            started_micros: started,
+            ended_micros: None,
+            state,
+            blocks: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            stored_bytes: 0,
+            arrival: "explicit".into(),
+            chain: None,
+            seal: None,
+        }
+    }
+
+    #[test]
+    fn filter_table() {
+        let s = meta(1, "alice", "web1", 1_000, SessionState::Closed);
+        let f = |f: SessionFilter| f.matches(&s);
+        assert!(f(SessionFilter::default()));
+        assert!(f(SessionFilter {
+            user: Some("alice".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            user: Some("bob".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("web1".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("203.0.113.10".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            target: Some("web2".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            since_micros: Some(1_000),
+            until_micros: Some(1_001),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            since_micros: Some(1_001),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            until_micros: Some(1_000),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            state: Some(SessionState::Closed),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            state: Some(SessionState::Live),
+            ..Default::default()
+        }));
+    }
+}
