@@ -129,7 +129,8 @@ fn major(version: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn stdout_of(cmd: &mut Command) -> Option<String> {
+/// A command's stdout when it succeeds (its stderr discarded).
+pub fn stdout_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(std::process::Stdio::null()).output().ok()?;
     out.status
         .success()

@@ -53,15 +53,8 @@ fn quiet(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn installed(pkg: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+    toolchain::stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
@@ -110,7 +103,7 @@ pub fn apt_install(packages: &[&str], extra: &[&str]) -> anyhow::Result<()> {
 /// Installs the pinned eBPF toolchain with rust-src and returns its LLVM major.
 fn ebpf_toolchain(pin: &Pin) -> anyhow::Result<u32> {
     let channel = &pin.channel;
-    output(Command::new("rustup").arg("--version"))
+    toolchain::stdout_of(Command::new("rustup").arg("--version"))
         .context("rustup is required (it provides the pinned nightly that builds eBPF)")?;
     drop_stale_adoption(pin)?;
     if pin.llvm_major().is_none() {
@@ -155,9 +148,9 @@ fn ebpf_toolchain(pin: &Pin) -> anyhow::Result<u32> {
 /// toolchain is given the pinned name by a symlink in rustup's toolchains directory. Returns
 /// whether it did so.
 fn adopt_local_nightly(pin: &Pin) -> anyhow::Result<bool> {
-    let Some(sysroot) =
-        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
-    else {
+    let Some(sysroot) = toolchain::stdout_of(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    ) else {
         return Ok(false);
     };
     let sysroot = Path::new(sysroot.trim());
