@@ -9,7 +9,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey, PublicKey, certificate};
+use bastion_core::keys::{Sealed, Secret};
+use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey, certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -38,41 +39,6 @@ pub struct ApplianceKeys {
     /// Encrypts stored target-account keys (ChaCha20-Poly1305), so the store alone never
     /// yields a usable credential.
     seal: ring::aead::LessSafeKey,
-}
-
-/// Secret bytes: never printed, wiped on drop.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // SAFETY: overwriting with zero bytes keeps the string valid UTF-8.
-        unsafe { self.0.as_bytes_mut().fill(0) };
-    }
-}
-
-/// A sealed secret as stored: nonce and ciphertext (with tag), base64-free raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Sealed {
-    pub nonce: [u8; 12],
-    pub ciphertext: Vec<u8>,
 }
 
 impl std::fmt::Debug for ApplianceKeys {
@@ -144,26 +110,6 @@ impl ApplianceKeys {
 
     pub fn user_ca_public(&self) -> String {
         self.user_ca.public_key().to_openssh().unwrap_or_default()
-    }
-
-    /// Signs `msg` with the audit key under `namespace`: an armored SshSig.
-    pub fn sign_audit(&self, namespace: &str, msg: &[u8]) -> Result<String, KeyError> {
-        let sig = self
-            .audit_key
-            .sign(namespace, ssh_key::HashAlg::Sha256, msg)
-            .map_err(|e| KeyError::Sign(e.to_string()))?;
-        sig.to_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Sign(e.to_string()))
-    }
-
-    /// Whether `pem` is the audit key's signature of `msg` under `namespace`.
-    pub fn verify_audit(&self, namespace: &str, msg: &[u8], pem: &str) -> bool {
-        ssh_key::SshSig::from_pem(pem).ok().is_some_and(|sig| {
-            self.audit_key
-                .public_key()
-                .verify(namespace, msg, &sig)
-                .is_ok()
-        })
     }
 
     pub fn host_ca_public(&self) -> String {
@@ -323,27 +269,6 @@ fn load_or_generate_seal(path: &Path) -> Result<ring::aead::LessSafeKey, KeyErro
     Ok(ring::aead::LessSafeKey::new(key))
 }
 
-/// What a stored account key is sealed to: it opens only for the same target and login (the
-/// daemon seals with it when an account key is stored, the session opens with it).
-pub fn account_context(target: &str, login: &str) -> String {
-    format!("bastion-account:{target}:{login}")
-}
-
-/// True if `key` is one of the pinned OpenSSH public key lines.
-/// The SHA256 fingerprint of an OpenSSH public key line (or the line's error).
-pub fn fingerprint(key_line: &str) -> String {
-    PublicKey::from_openssh(key_line.trim())
-        .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
-        .unwrap_or_else(|e| format!("unreadable key: {e}"))
-}
-
-pub fn is_pinned(key: &PublicKey, pinned: &[String]) -> bool {
-    pinned
-        .iter()
-        .filter_map(|line| PublicKey::from_openssh(line).ok())
-        .any(|p| p.key_data() == key.key_data())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,7 +343,6 @@ mod tests {
             again.open("web1/root", &sealed).unwrap().expose(),
             "private key text"
         );
-        assert_eq!(format!("{:?}", Secret::new("x".into())), "<secret>");
     }
 
     #[test]

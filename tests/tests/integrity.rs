@@ -8,7 +8,7 @@
 
 use std::process::Stdio;
 
-use bastion::record::{block, frame::Frame};
+use bastion_core::record::{block, frame::Frame};
 use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
 
 fn sessions(b: &Bastiond) -> Vec<serde_json::Value> {

@@ -75,6 +75,8 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
             "--release",
             "-p",
             "bastion-daemon",
+            "-p",
+            "bastionctl",
             "--bins",
         ]),
     )?;

@@ -3,7 +3,7 @@
 use std::{os::fd::AsRawFd, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use bastion::config::{Config, DEFAULT_CONFIG};
+use bastion_core::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -14,7 +14,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::protocol::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response};
+use bastion_core::protocol::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! The task that turns the kernel's flow reports into audit events: one batch per window,
 //! with what was suppressed or lost counted in the same batch.
 
+use bastion_core::audit::{Actor, AuditKind};
 use std::{
     future::Future,
     sync::{
@@ -10,7 +11,6 @@ use std::{
 };
 
 use crate::{
-    audit::{Actor, AuditKind},
     enforce::flows::{FlowSource, WindowReport},
     store::{Store, StoreError},
 };

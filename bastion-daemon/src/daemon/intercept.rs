@@ -2,13 +2,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use bastion_core::{
+    config::InterceptConfig,
+    policy::{Policy, Right},
+};
 use tokio::net::TcpListener;
 
 use super::DaemonError;
 use crate::{
-    config::InterceptConfig,
     enforce::{Enforcer, nft::Steering, route::LocalDelivery},
-    policy::{Policy, Right},
     proxy,
 };
 

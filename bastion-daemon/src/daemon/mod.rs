@@ -12,22 +12,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::AsyncBufReadExt;
-
-use crate::{
+use bastion_core::{
     audit::{Actor, AuditEvent, AuditKind},
     cidr::Cidr,
     config::Config,
-    control::{
-        protocol::{AccountInfo, ExportFormat},
-        protocol::{ProbeResult, Request, Response, Status, StoreStatus},
-        server::{self, Admins, ControlError, Handler, Peer},
-    },
-    enforce::{EnforceError, Enforcer},
-    keys::{ApplianceKeys, Secret},
+    keys::Secret,
     policy::{self, Entity, EntityKind, Policy},
-    proxy::{self, ProxyContext},
+    protocol::{AccountInfo, ExportFormat},
+    protocol::{ProbeResult, Request, Response, Status, StoreStatus},
     record::export,
+};
+use tokio::io::AsyncBufReadExt;
+
+use crate::{
+    control::server::{self, Admins, ControlError, Handler, Peer},
+    enforce::{EnforceError, Enforcer},
+    keys::ApplianceKeys,
+    proxy::{self, ProxyContext},
     store::{Store, StoreError, StoredAccount},
 };
 
@@ -220,7 +221,7 @@ async fn retention(store: Arc<Store>, days: f64, shutdown: impl Future<Output = 
     tokio::pin!(shutdown);
     loop {
         let keep = Duration::from_secs_f64(days * 86_400.0).as_micros() as u64;
-        let cutoff = crate::audit::now_micros().saturating_sub(keep);
+        let cutoff = bastion_core::audit::now_micros().saturating_sub(keep);
         let s = store.clone();
         let result = tokio::task::spawn_blocking(move || {
             let gone = s.expire_sessions(cutoff)?;
@@ -445,7 +446,7 @@ impl Daemon {
             .proxy
             .keys
             .seal(
-                &crate::keys::account_context(target, login),
+                &bastion_core::keys::account_context(target, login),
                 private_key.expose().trim().as_bytes(),
             )
             .map_err(|e| e.to_string())?;
@@ -494,7 +495,7 @@ impl Daemon {
         })
     }
 
-    fn session(&self, id: u64) -> Result<crate::store::SessionMeta, String> {
+    fn session(&self, id: u64) -> Result<bastion_core::session::SessionMeta, String> {
         self.store
             .session(id)
             .map_err(|e| e.to_string())?
@@ -525,7 +526,7 @@ impl Daemon {
                     .public_key()
                     .to_openssh()
                     .unwrap_or_default();
-                serde_json::to_string_pretty(&crate::record::sealed::build(
+                serde_json::to_string_pretty(&bastion_core::record::sealed::build(
                     meta, &blocks, audit_key,
                 ))
                 .map_err(|e| e.to_string())?
@@ -592,7 +593,7 @@ impl Daemon {
             .filter(|f| {
                 matches!(
                     f.kind,
-                    crate::record::Kind::Output | crate::record::Kind::Stderr
+                    bastion_core::record::Kind::Output | bastion_core::record::Kind::Stderr
                 )
             })
             .flat_map(|f| f.data.iter().copied())
@@ -600,14 +601,14 @@ impl Daemon {
         Ok(Response::Watch {
             output,
             next: frames.len().max(from),
-            live: meta.state == crate::store::SessionState::Live,
+            live: meta.state == bastion_core::session::SessionState::Live,
         })
     }
 
-    fn store_stats(&self) -> Result<crate::control::protocol::StoreStats, String> {
+    fn store_stats(&self) -> Result<bastion_core::protocol::StoreStats, String> {
         let e = |e: StoreError| e.to_string();
         let sessions = self.store.sessions().map_err(e)?;
-        Ok(crate::control::protocol::StoreStats {
+        Ok(bastion_core::protocol::StoreStats {
             path: self.store.path().display().to_string(),
             size_bytes: self.store.size_on_disk().map_err(e)?,
             sessions: sessions.len() as u64,
@@ -624,8 +625,8 @@ impl Daemon {
         only: Option<u64>,
     ) -> Result<
         (
-            Vec<crate::record::integrity::SessionIntegrity>,
-            crate::store::AuditIntegrity,
+            Vec<bastion_core::integrity::SessionIntegrity>,
+            bastion_core::integrity::AuditIntegrity,
         ),
         String,
     > {
@@ -633,17 +634,17 @@ impl Daemon {
             Some(id) => vec![self.session(id)?],
             None => self.store.sessions().map_err(|e| e.to_string())?,
         };
-        let keys = &self.proxy.keys;
+        let audit_key = self.proxy.keys.audit_key.public_key();
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas.iter().rev() {
             let blocks = self
                 .store
                 .session_blocks(meta.id)
                 .map_err(|e| e.to_string())?;
-            out.push(crate::record::integrity::judge(
+            out.push(bastion_core::integrity::judge(
                 meta,
                 &blocks,
-                |msg, seal| keys.verify_audit(crate::record::integrity::SEAL_NAMESPACE, msg, seal),
+                |msg, seal| bastion_core::integrity::seal_valid(audit_key, msg, seal),
             ));
         }
         let audit = self.store.verify_audit().map_err(|e| e.to_string())?;

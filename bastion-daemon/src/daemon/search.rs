@@ -3,11 +3,10 @@
 
 use std::time::Instant;
 
-use crate::{
-    control::protocol::Response,
-    record::text,
-    store::{CommandHit, CommandQuery, CommandSource, Store},
-};
+use bastion_core::session::{CommandHit, CommandQuery, CommandSource};
+use bastion_core::{protocol::Response, record::text};
+
+use crate::store::Store;
 
 /// Largest result a search returns.
 pub const MAX_HITS: usize = 1000;

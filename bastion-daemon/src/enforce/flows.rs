@@ -10,11 +10,10 @@ use std::{os::fd::AsRawFd, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use bastion_common::{FlowEvent, map_names};
+use bastion_core::flow::{Flow, Window};
 use tokio::io::unix::AsyncFd;
 
 use super::EnforceError;
-
-use crate::flow::{Flow, Window};
 
 const WINDOW: Duration = Duration::from_secs(1);
 /// The kernel side of flow audit: the ring buffer and the lost-event counter.

@@ -5,9 +5,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use bastion_common::{ALLOWED, PROTECTED, Stat, map_names};
+use bastion_core::cidr::Cidr;
 
 use super::EnforceError;
-use crate::cidr::Cidr;
 
 pub(super) struct Maps {
     v4: LpmTrie<MapData, [u8; 4], u32>,

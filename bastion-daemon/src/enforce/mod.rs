@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use cgroup::{CgroupError, cgroup_id, cgroup_of, cgroup2_mount, enter as enter_cgroup};
 
-use crate::{
+use bastion_core::{
     cidr::Cidr,
     config::{EnforceConfig, strictly_below},
 };
@@ -84,7 +84,7 @@ pub enum EnforceError {
     Route(#[from] route::RouteError),
 }
 
-pub use crate::control::protocol::{EnforceStatus, HookStatus, LinkOrigin};
+pub use bastion_core::protocol::{EnforceStatus, HookStatus, LinkOrigin};
 
 /// Running enforcement: owns the maps so bastiond can read counters and (later) update prefixes.
 pub struct Enforcer {

@@ -20,7 +20,7 @@ use nftnl::{
     nftnl_sys::{self as sys, libc},
 };
 
-use crate::cidr::Cidr;
+use bastion_core::cidr::Cidr;
 
 /// The mangle priority: before routing decides to forward the packet.
 const PRIORITY_MANGLE: i32 = -150;

@@ -11,6 +11,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use bastion_core::{
+    policy::commands::{CommandRule, RuleAction},
+    record::Kind,
+    record::commands::CommandLine,
+    record::frame::size_payload,
+    record::sftp::{SftpEvent, SftpTracker},
+};
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
@@ -19,15 +26,7 @@ use super::{
     events::Request,
     shell::{Keys, RuleHit, Shell},
 };
-use crate::{
-    policy::commands::{CommandRule, RuleAction},
-    record::{
-        Kind, Recorder,
-        commands::CommandLine,
-        frame::size_payload,
-        sftp::{SftpEvent, SftpTracker},
-    },
-};
+use crate::record::Recorder;
 
 pub enum Ctl {
     /// Forward an allowed request; answer `reply` with the target's verdict.

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ssh_key::Certificate;
-
-use crate::{
+use bastion_core::{
     cidr::Cidr,
-    keys::{ApplianceKeys, KeyError},
     policy::{ResolvedTarget, Target},
 };
+use ssh_key::Certificate;
+
+use crate::{keys::ApplianceKeys, keys::KeyError};
 
 /// How long a host certificate is valid; it is re-signed well before it expires.
 const VALIDITY: Duration = Duration::from_secs(3600);

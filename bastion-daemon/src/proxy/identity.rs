@@ -3,14 +3,14 @@
 
 use russh::keys::{Certificate, HashAlg, PublicKey};
 
-use crate::policy::Policy;
+use bastion_core::policy::Policy;
 
 /// The bastion user owning `key`.
 pub fn key_owner(policy: &Policy, key: &PublicKey) -> Option<String> {
     policy
         .users
         .values()
-        .find(|u| crate::keys::is_pinned(key, &u.keys))
+        .find(|u| bastion_core::keys::is_pinned(key, &u.keys))
         .map(|u| u.name.clone())
 }
 
@@ -43,7 +43,7 @@ pub fn cert_owner(policy: &Policy, cert: &Certificate, now: u64) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::User;
+    use bastion_core::policy::User;
     use ssh_key::{Algorithm, PrivateKey, certificate};
 
     fn cert(

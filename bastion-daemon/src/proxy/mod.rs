@@ -22,12 +22,13 @@ pub mod shell;
 pub mod upstream;
 pub mod username;
 
+use bastion_core::{cidr::Cidr, policy::Policy};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use crate::{cidr::Cidr, keys::ApplianceKeys, policy::Policy, store::Store};
+use crate::{keys::ApplianceKeys, store::Store};
 
 /// What every session needs, shared read-mostly across connections.
 pub struct ProxyContext {
@@ -85,8 +86,9 @@ impl ProxyContext {
     /// The server config for answering as `target` (an address or name): bastiond's host key
     /// with a host certificate for that target. Refused when it is not a protected target.
     pub fn answer_as(&self, target: &str) -> Result<Arc<russh::server::Config>, String> {
-        let resolved = crate::policy::resolve_target(&self.policy(), target, &self.config_subnets)
-            .map_err(|e| e.to_string())?;
+        let resolved =
+            bastion_core::policy::resolve_target(&self.policy(), target, &self.config_subnets)
+                .map_err(|e| e.to_string())?;
         let cert = self
             .host_certs
             .for_target(&resolved)
@@ -98,11 +100,11 @@ impl ProxyContext {
     /// not on record.
     pub async fn start_recording(
         &self,
-        meta: crate::store::SessionMeta,
+        meta: bastion_core::session::SessionMeta,
     ) -> Result<
         (
             crate::record::Recorder,
-            tokio::task::JoinHandle<crate::store::SessionMeta>,
+            tokio::task::JoinHandle<bastion_core::session::SessionMeta>,
         ),
         String,
     > {
@@ -138,8 +140,8 @@ impl ProxyContext {
             let store = self.store.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 store.append_audit(
-                    crate::audit::Actor::Daemon,
-                    crate::audit::AuditKind::StoreFloorReached { free_mb, floor_mb },
+                    bastion_core::audit::Actor::Daemon,
+                    bastion_core::audit::AuditKind::StoreFloorReached { free_mb, floor_mb },
                 )
             })
             .await;

@@ -7,6 +7,13 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
+use bastion_core::{
+    audit::{Actor, AuditKind},
+    flow::{Flow, Relayed},
+    policy::{self, GrantSubject, TcpRequest},
+    record::Kind,
+    session::SessionMeta,
+};
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -14,13 +21,8 @@ use tokio::{
 };
 
 use super::{ProxyContext, upstream};
-use crate::{
-    audit::{Actor, AuditKind},
-    flow::{Flow, Relayed},
-    policy::{self, GrantSubject, TcpRequest},
-    record::{Kind, Recorder},
-    store::SessionMeta,
-};
+
+use crate::record::Recorder;
 
 /// Bytes read at once in each direction.
 const CHUNK: usize = 64 * 1024;
@@ -55,7 +57,7 @@ struct Allowed {
 async fn relay(ctx: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr, dest: SocketAddr) {
     let started = Instant::now();
     let mut flow = Flow {
-        first_micros: crate::audit::now_micros(),
+        first_micros: bastion_core::audit::now_micros(),
         hook: "relay".into(),
         allowed: false,
         proto: "tcp".into(),
@@ -138,7 +140,7 @@ fn decide(ctx: &ProxyContext, peer: SocketAddr, dest: SocketAddr) -> Result<Allo
             source: peer.ip(),
             target: &target,
             port: dest.port(),
-            now: crate::audit::now_micros() / 1_000_000,
+            now: bastion_core::audit::now_micros() / 1_000_000,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -1,8 +1,8 @@
 //! Which rights a channel request needs, the first grant that gives them, and the names
 //! requests and channels carry in records and audit events. Pure.
+use bastion_core::policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right};
 
 use super::events::{OpenKind, Request};
-use crate::policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right};
 
 /// The first grant allowing any of `rights`, or the closest refusal among them.
 pub fn first_grant(

@@ -12,6 +12,12 @@ use std::{
     time::SystemTime,
 };
 
+use bastion_core::{
+    audit::{Actor, AuditKind},
+    policy::{self, ResolvedTarget, Right},
+    record::Kind,
+    session::SessionMeta,
+};
 use russh::{ChannelId, ChannelOpenFailure, keys::HashAlg};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
@@ -24,12 +30,8 @@ use super::{
     upstream::{self, AgentChannel, Upstream},
     username,
 };
-use crate::{
-    audit::{Actor, AuditKind},
-    policy::{self, ResolvedTarget, Right},
-    record::{Kind, Recorder},
-    store::SessionMeta,
-};
+
+use crate::record::Recorder;
 
 /// The signed-in identity of the connection.
 struct Identity {
@@ -452,7 +454,7 @@ impl SessionActor {
             .ctx
             .keys
             .open(
-                &crate::keys::account_context(target, login),
+                &bastion_core::keys::account_context(target, login),
                 &account.sealed,
             )
             .map_err(|e| format!("internal: {e}"))?;

@@ -13,7 +13,7 @@ use std::sync::{
 
 use bytes::Bytes;
 
-use crate::{
+use bastion_core::{
     policy::commands::{self, CommandRule, RuleAction},
     record::commands::{CommandLine, ShellTracker},
 };

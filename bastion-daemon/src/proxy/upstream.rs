@@ -73,7 +73,7 @@ impl client::Handler for PinnedHostKey {
             // Host certificates are not trusted yet; judge the key inside.
             PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
         };
-        let ok = keys::is_pinned(&key, &self.pinned);
+        let ok = bastion_core::keys::is_pinned(&key, &self.pinned);
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some(key);
         }

@@ -11,15 +11,16 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{
-    block,
-    frame::{Frame, Kind},
+use bastion_core::{
     integrity,
+    record::{
+        block,
+        frame::{Frame, Kind},
+    },
+    session::{NewCommand, SessionMeta, SessionState},
 };
-use crate::{
-    keys::ApplianceKeys,
-    store::{NewCommand, SessionMeta, SessionState, Store},
-};
+
+use crate::{keys::ApplianceKeys, store::Store};
 
 /// Raw bytes collected before a block is compressed and written.
 const BLOCK_TARGET: usize = 256 * 1024;
@@ -106,9 +107,9 @@ async fn write_loop(
     }
     write_block(&store, &mut meta, &mut buf, &mut commands).await;
     meta.state = SessionState::Closed;
-    meta.ended_micros = Some(crate::audit::now_micros());
+    meta.ended_micros = Some(bastion_core::audit::now_micros());
     // Sealed over what it says and where its chain ends: later edits of either show.
-    match keys.sign_audit(integrity::SEAL_NAMESPACE, &integrity::seal_message(&meta)) {
+    match integrity::seal(&keys.audit_key, &meta) {
         Ok(seal) => meta.seal = Some(seal),
         Err(e) => tracing::error!(session = meta.id, error = %e, "cannot seal the session"),
     }

@@ -2,13 +2,13 @@
 //! targets that cannot trust the user CA. Keyed `target \0 login`; the value holds only the
 //! public half in clear.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Store, StoreError};
-use crate::{
+use bastion_core::{
     audit::{Actor, AuditEvent, AuditKind},
     keys::Sealed,
 };
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
 
 pub(super) const ACCOUNTS_TREE: &str = "accounts";
 

@@ -14,9 +14,12 @@
 
 use std::collections::HashMap;
 
-use super::{CommandHit, CommandQuery, NewCommand, SessionFilter, SessionMeta, Store, StoreError};
-use crate::record::{block, commands::Doubt};
-use crate::session::Source;
+use bastion_core::{
+    record::{block, commands::Doubt},
+    session::{CommandHit, CommandQuery, CommandSource, NewCommand, SessionFilter, SessionMeta},
+};
+
+use super::{Store, StoreError};
 
 pub(super) const COMMANDS_TREE: &str = "commands";
 const VALUE_VERSION: u8 = 1;
@@ -30,7 +33,7 @@ struct Entry {
     seq: u32,
     text_at: usize,
     text_len: u32,
-    source: Source,
+    source: CommandSource,
     doubts: u8,
 }
 
@@ -184,7 +187,7 @@ fn decode(k: &[u8], v: &[u8]) -> Option<(u64, u32, NewCommand)> {
         NewCommand {
             t_micros: u64::from_be_bytes(k[8..16].try_into().ok()?),
             channel: u32::from_be_bytes(k[16..20].try_into().ok()?),
-            source: Source::from_u8(v[1]),
+            source: CommandSource::from_u8(v[1]),
             doubts: Doubt::from_bits(v[2]),
             line: String::from_utf8_lossy(&v[3..]).into_owned(),
         },
@@ -326,7 +329,7 @@ mod tests {
         NewCommand {
             t_micros: t,
             channel: 0,
-            source: Source::Shell,
+            source: CommandSource::Shell,
             doubts: vec![],
             line: line.into(),
         }
@@ -379,7 +382,7 @@ mod tests {
     fn stored_form_round_trips() {
         let c = NewCommand {
             doubts: vec![Doubt::NoEcho],
-            source: Source::Exec,
+            source: CommandSource::Exec,
             ..cmd(7, "uptime")
         };
         let k = key(3, 7, 0, 1);

@@ -12,7 +12,7 @@ pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
         // 2: the policy trees (one per kind, JSON values keyed by name) and the audit stream
         //    (JSON events keyed by big-endian sequence number). New trees only: nothing to convert.
         2 => {
-            for kind in crate::policy::EntityKind::ALL {
+            for kind in bastion_core::policy::EntityKind::ALL {
                 db.open_tree(super::policy::tree_name(kind))?;
             }
             db.open_tree(super::policy::AUDIT_TREE).map(drop)

@@ -11,13 +11,8 @@ mod migrate;
 mod policy;
 mod sessions;
 
-pub use crate::session::{
-    CommandHit, CommandQuery, NewCommand, SessionFilter, SessionMeta, SessionState,
-    Source as CommandSource,
-};
 pub use accounts::StoredAccount;
 pub use commands::CommandIndex;
-pub use policy::AuditIntegrity;
 
 use std::path::{Path, PathBuf};
 
@@ -100,7 +95,7 @@ impl Store {
             path: path.to_owned(),
             audit_tail: std::sync::Mutex::new(AuditTail {
                 next: 1,
-                head: crate::audit::audit_genesis(),
+                head: bastion_core::integrity::audit_genesis(),
             }),
             commands: Default::default(),
         };

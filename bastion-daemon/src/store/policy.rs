@@ -6,24 +6,15 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{AuditTail, Store, StoreError};
-use crate::{
+use bastion_core::{
     audit::{Actor, AuditEvent, AuditKind, now_micros},
+    integrity::AuditIntegrity,
     policy::{Entity, EntityKind, Policy},
 };
 
-pub(super) const AUDIT_TREE: &str = "audit";
+use super::{AuditTail, Store, StoreError};
 
-/// What a walk of the audit stream found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AuditIntegrity {
-    pub events: u64,
-    /// Events stored before integrity (unchained, at the start of the stream).
-    pub legacy: u64,
-    pub chained: u64,
-    /// The first event that breaks the stream, and how.
-    pub broken: Option<(u64, String)>,
-}
+pub(super) const AUDIT_TREE: &str = "audit";
 
 /// The tree each kind of policy object lives in.
 pub(super) fn tree_name(kind: EntityKind) -> &'static str {
@@ -161,8 +152,8 @@ impl Store {
             chain: None,
         };
         let bad = |e| self.io(corrupt(AUDIT_TREE, e));
-        let head = crate::audit::audit_link(&tail.head, &event).map_err(bad)?;
-        event.chain = Some(crate::record::integrity::hex(&head));
+        let head = bastion_core::integrity::audit_link(&tail.head, &event).map_err(bad)?;
+        event.chain = Some(bastion_core::integrity::hex(&head));
         let record = serde_json::to_vec(&event).map_err(bad)?;
         *tail = AuditTail {
             next: tail.next + 1,
@@ -177,7 +168,7 @@ impl Store {
         let Some((k, v)) = last else {
             return Ok(AuditTail {
                 next: 1,
-                head: crate::audit::audit_genesis(),
+                head: bastion_core::integrity::audit_genesis(),
             });
         };
         let seq = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
@@ -189,15 +180,15 @@ impl Store {
             head: event
                 .chain
                 .as_deref()
-                .and_then(crate::record::integrity::parse_hex)
-                .unwrap_or_else(crate::audit::audit_genesis),
+                .and_then(bastion_core::integrity::parse_hex)
+                .unwrap_or_else(bastion_core::integrity::audit_genesis),
         })
     }
 
     /// Walks the whole audit stream: contiguous numbers, and the chain rebuilt from each event.
     pub fn verify_audit(&self) -> Result<AuditIntegrity, StoreError> {
         let mut report = AuditIntegrity::default();
-        let mut head = crate::audit::audit_genesis();
+        let mut head = bastion_core::integrity::audit_genesis();
         let mut expected = None;
         for item in self.tree(AUDIT_TREE)?.iter() {
             let (k, v) = item.map_err(|e| self.io(e))?;
@@ -220,7 +211,7 @@ impl Store {
             let Some(kept) = event
                 .chain
                 .as_deref()
-                .and_then(crate::record::integrity::parse_hex)
+                .and_then(bastion_core::integrity::parse_hex)
             else {
                 if report.chained > 0 {
                     report.broken = Some((seq, "unchained after the chain began".into()));
@@ -229,7 +220,7 @@ impl Store {
                 report.legacy += 1;
                 continue;
             };
-            let link = crate::audit::audit_link(&head, &event)
+            let link = bastion_core::integrity::audit_link(&head, &event)
                 .map_err(|e| self.io(corrupt(AUDIT_TREE, e)))?;
             if event.seq != seq || link != kept {
                 report.broken = Some((seq, "altered, or out of order".into()));
@@ -320,7 +311,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Group, User};
+    use bastion_core::policy::{Group, User};
 
     #[test]
     fn audit_stream_is_chained_across_reopen_and_edits_are_located() {

@@ -4,8 +4,13 @@
 
 use sled::Transactional;
 
-use super::{NewCommand, SessionMeta, SessionState, Store, StoreError};
-use crate::record::{Frame, block, integrity::StoredBlock};
+use bastion_core::{
+    integrity::StoredBlock,
+    record::{Frame, block},
+    session::{NewCommand, SessionMeta, SessionState},
+};
+
+use super::{Store, StoreError};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
 pub(super) const BLOCKS_TREE: &str = "record_blocks";

@@ -12,10 +12,11 @@
 
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Instant};
 
-use bastion::{
-    keys::ApplianceKeys,
-    record::{Kind, block, frame::Frame, integrity, recorder},
-    store::{CommandSource, NewCommand, SessionMeta, SessionState, Store},
+use bastion::{keys::ApplianceKeys, record::recorder, store::Store};
+use bastion_core::{
+    integrity,
+    record::{Kind, block, frame::Frame},
+    session::{CommandSource, NewCommand, SessionMeta, SessionState},
 };
 
 fn main() -> ExitCode {
@@ -232,7 +233,7 @@ fn populate(dir: &Path, n: &str) -> Result<(), String> {
     // Sessions one after another over the past (2 s per command), as an appliance accumulates
     // them; the newest ends now.
     let span = 2_000_000 * n as u64;
-    let first = bastion::audit::now_micros().saturating_sub(span);
+    let first = bastion_core::audit::now_micros().saturating_sub(span);
     while done < n {
         let mut meta = meta(&store, if done % 2000 == 0 { "alice" } else { "bob" })?;
         meta.started_micros = first + 2_000_000 * done as u64;

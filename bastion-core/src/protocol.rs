@@ -169,8 +169,8 @@ pub enum Response {
     },
     /// What `Verify` found, per session and for the audit stream.
     Verify {
-        sessions: Vec<crate::record::integrity::SessionIntegrity>,
-        audit: crate::store::AuditIntegrity,
+        sessions: Vec<crate::integrity::SessionIntegrity>,
+        audit: crate::integrity::AuditIntegrity,
     },
     /// Flow audit events (newest last) and how many the kernel lost in all.
     Flows {

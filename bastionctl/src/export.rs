@@ -1,6 +1,10 @@
 //! `bastionctl audit --format jsonl|syslog [--follow]`: the audit stream as a SIEM ingests it,
 //! JSON lines or RFC 5424 syslog messages, to stdout, a file, or a syslog socket.
 
+use bastion_core::{
+    audit::{AuditEvent, AuditKind},
+    protocol::{Request, Response},
+};
 use std::{
     io::Write,
     net::UdpSocket,
@@ -9,13 +13,7 @@ use std::{
     time::Duration,
 };
 
-use bastion::{
-    audit::{AuditEvent, AuditKind},
-    control::{
-        client,
-        protocol::{Request, Response},
-    },
-};
+use crate::client;
 
 const BATCH: usize = 1000;
 const POLL: Duration = Duration::from_millis(500);
@@ -154,7 +152,7 @@ pub fn rfc5424(ev: &AuditEvent, host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bastion::audit::Actor;
+    use bastion_core::audit::Actor;
 
     #[test]
     fn syslog_lines_follow_rfc5424() {

@@ -4,13 +4,13 @@
 //! The key in the file only names which key sealed it; trust comes from comparing it (or
 //! `--key`) with the appliance's own (`bastionctl ca show`).
 
+use base64ct::{Base64, Encoding as _};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    base64,
+use crate::{
     integrity::{self, SessionIntegrity, StoredBlock},
+    session::SessionMeta,
 };
-use crate::session::SessionMeta;
 
 pub const FORMAT: &str = "bastion-sealed-session-v1";
 
@@ -38,7 +38,7 @@ pub fn build(session: SessionMeta, blocks: &[StoredBlock], audit_key: String) ->
             .iter()
             .map(|b| FileBlock {
                 n: b.n,
-                data_base64: base64::encode(&b.bytes),
+                data_base64: Base64::encode_string(&b.bytes),
                 chain: b.chain.as_ref().map(integrity::hex),
             })
             .collect(),
@@ -61,15 +61,13 @@ pub fn check(text: &str, key: Option<&str>) -> Result<(SessionIntegrity, String)
     for b in &file.blocks {
         blocks.push(StoredBlock {
             n: b.n,
-            bytes: base64::decode(&b.data_base64)
-                .ok_or_else(|| format!("block {}: not base64", b.n))?,
+            bytes: Base64::decode_vec(&b.data_base64)
+                .map_err(|_| format!("block {}: not base64", b.n))?,
             chain: b.chain.as_deref().and_then(integrity::parse_hex),
         });
     }
     let verdict = integrity::judge(&file.session, &blocks, |msg, seal| {
-        ssh_key::SshSig::from_pem(seal)
-            .ok()
-            .is_some_and(|sig| public.verify(integrity::SEAL_NAMESPACE, msg, &sig).is_ok())
+        integrity::seal_valid(&public, msg, seal)
     });
     Ok((verdict, key_line))
 }

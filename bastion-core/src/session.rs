@@ -46,7 +46,7 @@ pub struct SessionMeta {
     #[serde(default)]
     pub chain: Option<String>,
     /// The audit key's signature (OpenSSH SshSig) over the closed session, see
-    /// `record::integrity::seal_message`.
+    /// `integrity::seal_message`.
     #[serde(default)]
     pub seal: Option<String>,
 }
@@ -110,7 +110,7 @@ impl SessionFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
-pub enum Source {
+pub enum CommandSource {
     /// A line entered at an interactive shell, read off the terminal.
     Shell = 0,
     /// An exec request: exactly what the client sent.
@@ -121,12 +121,12 @@ pub enum Source {
     Output = 3,
 }
 
-impl Source {
-    pub fn from_u8(b: u8) -> Source {
+impl CommandSource {
+    pub fn from_u8(b: u8) -> CommandSource {
         match b {
-            1 => Source::Exec,
-            2 => Source::Refused,
-            _ => Source::Shell,
+            1 => CommandSource::Exec,
+            2 => CommandSource::Refused,
+            _ => CommandSource::Shell,
         }
     }
 }
@@ -136,7 +136,7 @@ impl Source {
 pub struct NewCommand {
     pub t_micros: u64,
     pub channel: u32,
-    pub source: Source,
+    pub source: CommandSource,
     pub doubts: Vec<Doubt>,
     pub line: String,
 }
@@ -146,15 +146,15 @@ impl NewCommand {
     pub fn from_frame(f: &Frame) -> Option<NewCommand> {
         let (source, doubts, line) = match f.kind {
             Kind::Exec => (
-                Source::Exec,
+                CommandSource::Exec,
                 Vec::new(),
                 String::from_utf8_lossy(&f.data).into_owned(),
             ),
             Kind::Command => {
                 let c: CommandLine = serde_json::from_slice(&f.data).ok()?;
                 let source = match c.refused {
-                    Some(_) => Source::Refused,
-                    None => Source::Shell,
+                    Some(_) => CommandSource::Refused,
+                    None => CommandSource::Shell,
                 };
                 (source, c.doubts, c.line)
             }
@@ -193,7 +193,7 @@ pub struct CommandHit {
     pub user: String,
     pub login: String,
     pub target: String,
-    pub source: Source,
+    pub source: CommandSource,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub doubts: Vec<Doubt>,
     pub line: String,

@@ -1,10 +1,10 @@
 //! Human-readable output.
 
-use bastion::{
+use bastion_core::{
     audit::{Actor, AuditEvent, AuditKind},
-    control::protocol::{ProbeResult, Response, Status},
     policy::{Entity, GrantObject, GrantSubject},
-    store::SessionMeta,
+    protocol::{ProbeResult, Response, Status},
+    session::SessionMeta,
 };
 
 pub fn response(r: &Response) {
@@ -117,7 +117,7 @@ pub fn response(r: &Response) {
 }
 
 /// `VERDICT PROTO SRC -> DST (HOOK, pid P comm, cgroup C) xN`
-pub fn flow_line(f: &bastion::flow::Flow) -> String {
+pub fn flow_line(f: &bastion_core::flow::Flow) -> String {
     let end = |a: Option<std::net::IpAddr>, port: u16| match (a, port) {
         (Some(a), 0) => a.to_string(),
         (Some(std::net::IpAddr::V6(a)), p) => format!("[{a}]:{p}"),
@@ -570,8 +570,8 @@ fn offset(micros: u64) -> String {
     }
 }
 
-fn search(hits: &[bastion::store::CommandHit], searched: u64, complete: bool, micros: u64) {
-    use bastion::store::CommandSource;
+fn search(hits: &[bastion_core::session::CommandHit], searched: u64, complete: bool, micros: u64) {
+    use bastion_core::session::CommandSource;
     for h in hits {
         let mark = match h.source {
             CommandSource::Shell => "$",

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
+use bastion_core::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -3,17 +3,17 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use bastion::{
+use bastion_core::{
     cidr::Cidr,
     config::DEFAULT_SOCKET,
-    control::protocol::{ExportFormat, Request},
     keys::Secret,
     policy::{
         Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
         commands::{CommandRule, RuleAction},
         window::Window,
     },
-    store::{SessionFilter, SessionState},
+    protocol::{ExportFormat, Request},
+    session::{SessionFilter, SessionState},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -583,7 +583,7 @@ impl Command {
                 output,
                 limit,
             } => Ok(Request::Search {
-                query: bastion::store::CommandQuery {
+                query: bastion_core::session::CommandQuery {
                     text: Some(text),
                     session,
                     filter: SessionFilter {
@@ -608,7 +608,7 @@ impl Command {
                 since,
                 limit,
             } => Ok(Request::FlowList {
-                filter: bastion::flow::FlowFilter {
+                filter: bastion_core::flow::FlowFilter {
                     allowed: (denied || allowed).then_some(allowed),
                     hook,
                     proto,

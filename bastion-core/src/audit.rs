@@ -146,29 +146,6 @@ pub struct AuditEvent {
     pub chain: Option<String>,
 }
 
-/// Where the audit chain starts.
-pub fn audit_genesis() -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, b"bastion-audit-v1");
-    let mut h = [0u8; 32];
-    h.copy_from_slice(d.as_ref());
-    h
-}
-
-/// The chain value of `event` (its own `chain` ignored) after `prev`.
-pub fn audit_link(prev: &[u8; 32], event: &AuditEvent) -> Result<[u8; 32], serde_json::Error> {
-    let mut value = serde_json::to_value(event)?;
-    if let Some(map) = value.as_object_mut() {
-        map.remove("chain");
-    }
-    let mut c = ring::digest::Context::new(&ring::digest::SHA256);
-    c.update(prev);
-    c.update(&event.seq.to_be_bytes());
-    c.update(&serde_json::to_vec(&value)?);
-    let mut h = [0u8; 32];
-    h.copy_from_slice(c.finish().as_ref());
-    Ok(h)
-}
-
 pub fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

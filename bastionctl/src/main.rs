@@ -5,16 +5,14 @@
 //! - `play`: terminal replay of a recorded session.
 
 mod cli;
+mod client;
 mod export;
 mod play;
 mod render;
 
 use std::{process::ExitCode, time::Duration};
 
-use bastion::control::{
-    client,
-    protocol::{Request, Response},
-};
+use bastion_core::protocol::{Request, Response};
 use clap::Parser as _;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,18 +65,18 @@ fn verify_file(file: &std::path::Path, key: Option<&std::path::Path>) -> ExitCod
     };
     let result = read(file).and_then(|text| {
         let key = key.map(read).transpose()?;
-        bastion::record::sealed::check(&text, key.as_deref())
+        bastion_core::record::sealed::check(&text, key.as_deref())
     });
     match result {
         Ok((verdict, key_line)) => {
-            let fingerprint = bastion::keys::fingerprint(&key_line);
+            let fingerprint = bastion_core::keys::fingerprint(&key_line);
             println!(
                 "session {:<8} {:<9} {} (audit key {fingerprint})",
                 verdict.session,
                 format!("{:?}", verdict.status).to_uppercase(),
                 verdict.detail
             );
-            if verdict.status == bastion::record::integrity::Status::Sealed {
+            if verdict.status == bastion_core::integrity::Status::Sealed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -94,7 +92,7 @@ fn verify_file(file: &std::path::Path, key: Option<&std::path::Path>) -> ExitCod
 /// Polls the session's output and prints it as it grows, until the session has ended and
 /// everything recorded is shown.
 fn watch(socket: &std::path::Path, id: u64) -> ExitCode {
-    use bastion::control::protocol::{Request, Response};
+    use bastion_core::protocol::{Request, Response};
     use std::io::Write;
     let mut from = 0;
     loop {
@@ -175,7 +173,7 @@ fn main() -> ExitCode {
         Ok(response) => {
             if let (
                 Some((speed, no_wait, from)),
-                bastion::control::protocol::Response::Export { content, .. },
+                bastion_core::protocol::Response::Export { content, .. },
             ) = (playback, &response)
             {
                 return match play::play(content, speed, no_wait, from) {
@@ -194,7 +192,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
-            } else if let bastion::control::protocol::Response::Ca {
+            } else if let bastion_core::protocol::Response::Ca {
                 user_ca,
                 host_ca,
                 known_hosts,
@@ -205,11 +203,11 @@ fn main() -> ExitCode {
             } else {
                 render::response(&response);
             }
-            if let bastion::control::protocol::Response::Verify { sessions, audit } = &response
+            if let bastion_core::protocol::Response::Verify { sessions, audit } = &response
                 && (audit.broken.is_some()
                     || sessions
                         .iter()
-                        .any(|s| s.status == bastion::record::integrity::Status::Tampered))
+                        .any(|s| s.status == bastion_core::integrity::Status::Tampered))
             {
                 return ExitCode::FAILURE;
             }

@@ -2,12 +2,10 @@
 //! events concatenate to exactly the bytes the client received, when those are UTF-8) and a JSON
 //! document with every frame.
 
+use base64ct::{Base64, Encoding as _};
 use serde_json::json;
 
-use super::{
-    base64::encode as base64,
-    frame::{Frame, Kind, parse_size},
-};
+use super::frame::{Frame, Kind, parse_size};
 use crate::session::SessionMeta;
 
 /// The channel a terminal recording shows: the first with a PTY, else the first with output.
@@ -206,7 +204,7 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
                 "t_micros": f.t_micros,
                 "channel": f.channel,
                 "kind": f.kind,
-                "data_base64": base64(&f.data),
+                "data_base64": Base64::encode_string(&f.data),
             });
             // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
             match f.kind {

@@ -298,9 +298,19 @@ impl Config {
 
     /// Parses `text` as if read from `path` (the path only appears in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            ConfigError::Parse(locate(path, text, offset, e.message()))
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Parse(locate(path, text, &e, &[])))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The key path serde was in when it failed: the table and key the error is about.
+            let keys: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
+            ConfigError::Parse(locate(path, text, e.inner(), &keys))
         })?;
         config.validate(path)?;
         Ok(config)
@@ -404,30 +414,30 @@ pub fn strictly_below(path: &Path, root: &Path) -> bool {
     path != root && path.starts_with(root)
 }
 
-/// Turns a byte offset into line/column and the enclosing `[table]` header, if any.
-fn locate(path: &Path, text: &str, offset: usize, message: &str) -> Located {
-    let offset = offset.min(text.len());
+/// Pins `error` to its line and column, with the `[table]` and key it is about (`keys`: the
+/// path serde was deserializing, outermost first; empty for syntax errors).
+fn locate(path: &Path, text: &str, error: &toml::de::Error, keys: &[String]) -> Located {
+    let offset = error.span().map_or(0, |s| s.start).min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
-    let table = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .and_then(|l| l.strip_prefix('['))
-        .and_then(|l| l.split(']').next())
-        .map(|t| t.trim().to_owned());
     // toml's messages can span lines; keep the error on one line.
-    let mut message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Value errors ("invalid type: integer `5`") do not say which key; the line does.
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    if let Some((key, _)) = line_text.split_once('=') {
-        let key = key.trim();
-        if !key.is_empty() && !message.contains(key) {
-            message = format!("key `{key}`: {message}");
-        }
+    let mut message = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (table, key) = match keys {
+        [] => (None, None),
+        [key] => (None, Some(key)),
+        [tables @ .., key] => (Some(tables.join(".")), Some(key)),
+    };
+    // Value errors ("invalid type: integer `5`") do not say which key; the path does.
+    if let Some(key) = key
+        && !message.contains(key.as_str())
+    {
+        message = format!("key `{key}`: {message}");
     }
     Located {
         path: path.to_owned(),
@@ -491,6 +501,11 @@ protected_subnets = ["203.0.113.0/24"]
                 &[":2:", "cgroup_root", "in [enforce]"],
             ),
             ("[enforce\n", &[":1:"]),
+            (
+                // An inline table: no `[enforce]` header above the line, the key path names it.
+                "enforce = { cgroup_root = 5 }\n",
+                &[":1:", "in [enforce]", "key `cgroup_root`"],
+            ),
             (
                 "[enforce]\ncgroup_root = \"/a\"\ndaemon_cgroup = \"/b\"\n",
                 &["daemon_cgroup", "strictly below"],

@@ -1,0 +1,31 @@
+//! bastion-core: everything about bastion that is a value or a pure function. No tokio, sled,
+//! aya or sockets: the daemon's IO parts, bastionctl and the offline verifier all build on it,
+//! and nothing here can reach back into them.
+//!
+//! Layout (see ARCHITECTURE.md for the bird's-eye view):
+//! - [`audit`]: the typed audit event stream (product output, not logs);
+//! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
+//! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
+//! - [`flow`]: flows to protected prefixes as audited (decoded, folded per window, filtered);
+//! - [`integrity`]: the one owner of hash chains, seals and the canonical bytes they cover;
+//! - [`keys`]: secrets that never print, sealed secrets, OpenSSH public-key helpers;
+//! - [`policy`]: the access model and its evaluation;
+//! - [`protocol`]: the control API's wire types (versioned apart from the stored formats);
+//! - [`record`]: the record formats (frames, zstd blocks, commands, SFTP, text, exports, sealed files);
+//! - [`session`]: session metadata, filters and command types.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cidr;
+pub mod config;
+pub mod flow;
+pub mod integrity;
+pub mod keys;
+pub mod policy;
+pub mod protocol;
+pub mod record;
+pub mod session;
+
+/// The version every component reports (`bastionctl status`, `bastiond --version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
