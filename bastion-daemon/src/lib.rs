@@ -1,24 +1,15 @@
-//! bastion: the IO side of the appliance — the daemon (`bastiond`) and the admin CLI
-//! (`bastionctl`). Values and pure functions (policy, record formats, integrity, audit types,
-//! config, the control protocol) live in `bastion-core`.
+//! bastion: the daemon side of the appliance, wiring the crates below it together. Values and
+//! pure functions live in `bastion-core`; the store, the recorder and the SSH proxy are the
+//! crates `bastion-store`, `bastion-record` and `bastion-proxy` (see ARCHITECTURE.md).
 //!
-//! Layout (see ARCHITECTURE.md for the bird's-eye view):
-//! - [`store`]: the sled database, its schema version and migrations;
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
-//! - [`keys`]: the appliance's own keys (loaded or generated 0600), certificates it signs;
 //! - [`limits`]: process limits raised at start (open files);
-//! - [`proxy`]: the SSH proxy (listener, handler, session actor, channel pumps, upstream);
-//! - [`record`]: the per-session recorder task (the formats it writes are in `bastion-core`);
-//! - [`control`]: the Unix-socket control API (server side in bastiond, client side in bastionctl);
+//! - [`control`]: the Unix-socket control API, bastiond's side;
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 
 pub mod control;
 pub mod daemon;
 pub mod enforce;
-pub mod keys;
 pub mod limits;
-pub mod proxy;
-pub mod record;
-pub mod store;
 
 pub use bastion_core::VERSION;

@@ -4,6 +4,8 @@
 //! - `render`: the human-readable tables;
 //! - `play`: terminal replay of a recorded session.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod client;
 mod export;

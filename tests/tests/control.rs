@@ -92,7 +92,7 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
         &format!(
             "{} (schema v{}",
             paths.store.display(),
-            bastion::store::SCHEMA_VERSION
+            bastion_store::SCHEMA_VERSION
         ),
         "enforcing on",
         "203.0.113.0/24",
@@ -155,7 +155,7 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let again = lab.start_bastiond().expect("restart after clean stop");
     let out = again.ctl(&["status", "--json"]).unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["store"]["schema_version"], bastion::store::SCHEMA_VERSION);
+    assert_eq!(s["store"]["schema_version"], bastion_store::SCHEMA_VERSION);
 }
 
 #[test]

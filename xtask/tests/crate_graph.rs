@@ -1,9 +1,9 @@
 //! The crate graph runs one way, and that is checked here rather than hoped for:
 //!
-//! - our own crates depend on each other only as [`LAYERS`] allows (`bastion-common` ←
-//!   `bastion-core` ← `bastion-daemon`; `bastionctl` on the core alone; the lab and xtask on no
-//!   product crate), so a back-edge fails here with the edge named, and Cargo itself refuses the
-//!   cycle it would make;
+//! - our own crates depend on each other only as [`LAYERS`] allows (`bastion-core` ←
+//!   `bastion-store` ← `bastion-record` ← `bastion-proxy` ← `bastion-daemon`; `bastionctl` on the
+//!   core alone; the lab and xtask on no product crate), so a back-edge fails here with the edge
+//!   named (and Cargo itself refuses the cycle it would make);
 //! - the pure crates (`bastion-core`, `bastionctl`) reach no async runtime, database, eBPF or
 //!   socket crate ([`IO_STACK`]);
 //! - `cargo xtask` builds with stable Rust and nothing else, because `setup` is compiled into it:
@@ -28,10 +28,34 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("bastion-common", &[]),
     ("bastion-ebpf", &["bastion-common"]),
     ("bastion-core", &["bastion-common"]),
-    ("bastion-daemon", &["bastion-common", "bastion-core"]),
+    ("bastion-store", &["bastion-core"]),
+    ("bastion-record", &["bastion-core", "bastion-store"]),
+    (
+        "bastion-proxy",
+        &["bastion-core", "bastion-store", "bastion-record"],
+    ),
+    (
+        "bastion-daemon",
+        &[
+            "bastion-common",
+            "bastion-core",
+            "bastion-store",
+            "bastion-record",
+            "bastion-proxy",
+        ],
+    ),
     ("bastionctl", &["bastion-core"]),
     ("bastion-lab", &[]),
-    ("bastion-lab-load", &["bastion-core", "bastion-daemon"]),
+    (
+        "bastion-lab-load",
+        &[
+            "bastion-core",
+            "bastion-store",
+            "bastion-record",
+            "bastion-proxy",
+            "bastion-daemon",
+        ],
+    ),
     ("xtask", &["bastion-lab"]),
 ];
 

@@ -10,10 +10,8 @@ use std::{
     },
 };
 
-use crate::{
-    enforce::flows::{FlowSource, WindowReport},
-    store::{Store, StoreError},
-};
+use crate::enforce::flows::{FlowSource, WindowReport};
+use bastion_store::{Store, StoreError};
 
 /// Stores each window of flows the kernel reports as audit events (the last window is
 /// written at shutdown).

@@ -9,10 +9,7 @@ use bastion_core::{
 use tokio::net::TcpListener;
 
 use super::DaemonError;
-use crate::{
-    enforce::{Enforcer, nft::Steering, route::LocalDelivery},
-    proxy,
-};
+use crate::enforce::{Enforcer, nft::Steering, route::LocalDelivery};
 
 /// Binds the transparent listeners, then steers intercepted traffic to them.
 pub(super) fn intercept(
@@ -63,7 +60,7 @@ fn bind_transparent(port: u16) -> Result<Vec<TcpListener>, DaemonError> {
         IpAddr::from(Ipv6Addr::UNSPECIFIED),
     ] {
         let addr = SocketAddr::new(ip, port);
-        match proxy::listener::bind_transparent(addr) {
+        match bastion_proxy::listener::bind_transparent(addr) {
             Ok(l) => listeners.push(l),
             // A host without IPv6 intercepts IPv4 only.
             Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {

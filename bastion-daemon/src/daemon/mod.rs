@@ -27,10 +27,9 @@ use tokio::io::AsyncBufReadExt;
 use crate::{
     control::server::{self, Admins, ControlError, Handler, Peer},
     enforce::{EnforceError, Enforcer},
-    keys::ApplianceKeys,
-    proxy::{self, ProxyContext},
-    store::{Store, StoreError, StoredAccount},
 };
+use bastion_proxy::{ProxyContext, keys::ApplianceKeys};
+use bastion_store::{Store, StoreError, StoredAccount};
 
 mod flow_audit;
 mod intercept;
@@ -53,7 +52,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
-    Keys(#[from] crate::keys::KeyError),
+    Keys(#[from] bastion_proxy::keys::KeyError),
     #[error("SSH listener {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -110,7 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
     let policy = Arc::new(Mutex::new(policy));
-    let limits = |max_failures: u32| proxy::ratelimit::Limits {
+    let limits = |max_failures: u32| bastion_proxy::ratelimit::Limits {
         max_failures: max_failures.max(1),
         window: Duration::from_secs(config.ssh.failure_window_secs),
         penalty: Duration::from_secs(config.ssh.failure_penalty_secs),
@@ -120,21 +119,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policy: policy.clone(),
         config_subnets: config_subnets.clone(),
         keys: keys.clone(),
-        server_config: Arc::new(proxy::server_config(&keys, Vec::new())),
-        host_certs: proxy::hostcert::HostCerts::new(keys.clone()),
-        live: proxy::live::Registry::default(),
+        server_config: Arc::new(bastion_proxy::server_config(&keys, Vec::new())),
+        host_certs: bastion_proxy::hostcert::HostCerts::new(keys.clone()),
+        live: bastion_proxy::live::Registry::default(),
         store_floor: config.store.min_free_mb.saturating_mul(1 << 20),
         below_floor: std::sync::atomic::AtomicBool::new(false),
-        client_config: Arc::new(proxy::client_config()),
+        client_config: Arc::new(bastion_proxy::client_config()),
         upstream_mark: config.ssh.upstream_mark,
         connect_timeout: Duration::from_secs(config.ssh.connect_timeout_secs),
         flush_interval: Duration::from_millis(config.record.flush_interval_ms),
         login_grace: Duration::from_secs(config.ssh.login_grace_secs),
-        limiter: Mutex::new(proxy::ratelimit::Limiter::new(limits(
+        limiter: Mutex::new(bastion_proxy::ratelimit::Limiter::new(limits(
             config.ssh.max_failures,
         ))),
         user_limiter: (config.ssh.max_failures_per_user > 0).then(|| {
-            Mutex::new(proxy::ratelimit::Limiter::new(limits(
+            Mutex::new(bastion_proxy::ratelimit::Limiter::new(limits(
                 config.ssh.max_failures_per_user,
             )))
         }),
@@ -151,25 +150,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = Vec::new();
-    let ssh = tokio::spawn(proxy::listener::run(
+    let ssh = tokio::spawn(bastion_proxy::listener::run(
         ssh_listener,
         proxy.clone(),
-        proxy::listener::Mode::Explicit,
+        bastion_proxy::listener::Mode::Explicit,
         stopped(&stop_rx),
     ));
     tracing::info!(listen = %config.ssh.listen, "SSH proxy listening");
     let mut transparent = Vec::new();
     if let Some(listeners) = intercept_listeners {
         for listener in listeners.ssh {
-            transparent.push(tokio::spawn(proxy::listener::run(
+            transparent.push(tokio::spawn(bastion_proxy::listener::run(
                 listener,
                 proxy.clone(),
-                proxy::listener::Mode::Transparent,
+                bastion_proxy::listener::Mode::Transparent,
                 stopped(&stop_rx),
             )));
         }
         for listener in listeners.relay {
-            transparent.push(tokio::spawn(proxy::relay::run(
+            transparent.push(tokio::spawn(bastion_proxy::relay::run(
                 listener,
                 proxy.clone(),
                 stopped(&stop_rx),
@@ -342,7 +341,7 @@ impl Handler for Daemon {
                         .public_key()
                         .to_openssh()
                         .unwrap_or_default(),
-                    known_hosts: proxy::hostcert::known_hosts_line(
+                    known_hosts: bastion_proxy::hostcert::known_hosts_line(
                         &self.proxy.keys.host_ca_public(),
                         &prefixes,
                         &targets,
@@ -354,7 +353,7 @@ impl Handler for Daemon {
                 .live
                 .send(
                     id,
-                    proxy::live::Control::Kill {
+                    bastion_proxy::live::Control::Kill {
                         reason: reason.clone(),
                     },
                 )
@@ -477,7 +476,7 @@ impl Daemon {
     }
 
     async fn fetch_host_key(&self, addr: SocketAddr) -> Result<Response, String> {
-        let key = proxy::upstream::fetch_host_key(
+        let key = bastion_proxy::upstream::fetch_host_key(
             self.proxy.client_config.clone(),
             addr,
             self.proxy.upstream_mark,

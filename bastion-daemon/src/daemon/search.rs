@@ -6,7 +6,7 @@ use std::time::Instant;
 use bastion_core::session::{CommandHit, CommandQuery, CommandSource};
 use bastion_core::{protocol::Response, record::text};
 
-use crate::store::Store;
+use bastion_store::Store;
 
 /// Largest result a search returns.
 pub const MAX_HITS: usize = 1000;

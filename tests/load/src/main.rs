@@ -12,12 +12,13 @@
 
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Instant};
 
-use bastion::{keys::ApplianceKeys, record::recorder, store::Store};
 use bastion_core::{
     integrity,
     record::{Kind, block, frame::Frame},
     session::{CommandSource, NewCommand, SessionMeta, SessionState},
 };
+use bastion_proxy::keys::ApplianceKeys;
+use bastion_store::Store;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -172,9 +173,9 @@ async fn ingest(dir: &Path, mib: &str) -> Result<(), String> {
     let mut urandom = std::fs::File::open("/dev/urandom").map_err(err)?;
     let total = mib << 20;
     let t0 = Instant::now();
-    let (rec, writer) = recorder::spawn(
+    let (rec, writer) = bastion_record::spawn(
         store.clone(),
-        keys,
+        keys.audit_key.clone(),
         meta,
         std::time::Duration::from_millis(100),
     );

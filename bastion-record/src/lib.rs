@@ -3,6 +3,8 @@
 //! writes a block when it reaches [`BLOCK_TARGET`] bytes or when the flush interval passes,
 //! whichever is first. That interval is the durability bound stated in the config.
 
+#![forbid(unsafe_code)]
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -20,7 +22,7 @@ use bastion_core::{
     session::{NewCommand, SessionMeta, SessionState},
 };
 
-use crate::{keys::ApplianceKeys, store::Store};
+use bastion_store::Store;
 
 /// Raw bytes collected before a block is compressed and written.
 const BLOCK_TARGET: usize = 256 * 1024;
@@ -54,10 +56,10 @@ impl Recorder {
 }
 
 /// Starts recording the session described by `meta` (already stored as live).
-/// `keys` seal the record when it closes.
+/// `audit_key` seals the record when it closes.
 pub fn spawn(
     store: Arc<Store>,
-    keys: Arc<ApplianceKeys>,
+    audit_key: Arc<ssh_key::PrivateKey>,
     meta: SessionMeta,
     flush_interval: Duration,
 ) -> (Recorder, tokio::task::JoinHandle<SessionMeta>) {
@@ -66,13 +68,13 @@ pub fn spawn(
         tx,
         start: Instant::now(),
     };
-    let task = tokio::spawn(write_loop(store, keys, meta, rx, flush_interval));
+    let task = tokio::spawn(write_loop(store, audit_key, meta, rx, flush_interval));
     (recorder, task)
 }
 
 async fn write_loop(
     store: Arc<Store>,
-    keys: Arc<ApplianceKeys>,
+    audit_key: Arc<ssh_key::PrivateKey>,
     mut meta: SessionMeta,
     mut rx: mpsc::Receiver<Frame>,
     flush_interval: Duration,
@@ -109,7 +111,7 @@ async fn write_loop(
     meta.state = SessionState::Closed;
     meta.ended_micros = Some(bastion_core::audit::now_micros());
     // Sealed over what it says and where its chain ends: later edits of either show.
-    match integrity::seal(&keys.audit_key, &meta) {
+    match integrity::seal(&audit_key, &meta) {
         Ok(seal) => meta.seal = Some(seal),
         Err(e) => tracing::error!(session = meta.id, error = %e, "cannot seal the session"),
     }
@@ -117,7 +119,7 @@ async fn write_loop(
     let m = meta.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || s.put_session(&m))
         .await
-        .unwrap_or_else(|e| Err(crate::store::StoreError::Task(e.to_string())))
+        .unwrap_or_else(|e| Err(bastion_store::StoreError::Task(e.to_string())))
     {
         tracing::error!(session = meta.id, error = %e, "cannot mark session closed");
     }

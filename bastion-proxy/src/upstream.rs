@@ -3,7 +3,6 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -239,24 +238,14 @@ pub(crate) async fn connect_marked(
     addr: SocketAddr,
     mark: u32,
 ) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // SAFETY: setsockopt on a socket we own, with a u32 option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_mark(mark)?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }

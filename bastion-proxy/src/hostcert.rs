@@ -17,7 +17,7 @@ use bastion_core::{
 };
 use ssh_key::Certificate;
 
-use crate::{keys::ApplianceKeys, keys::KeyError};
+use crate::keys::{ApplianceKeys, KeyError};
 
 /// How long a host certificate is valid; it is re-signed well before it expires.
 const VALIDITY: Duration = Duration::from_secs(3600);

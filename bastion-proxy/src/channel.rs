@@ -26,7 +26,7 @@ use super::{
     events::Request,
     shell::{Keys, RuleHit, Shell},
 };
-use crate::record::Recorder;
+use bastion_record::Recorder;
 
 pub enum Ctl {
     /// Forward an allowed request; answer `reply` with the target's verdict.

@@ -22,7 +22,7 @@ use tokio::{
 
 use super::{ProxyContext, upstream};
 
-use crate::record::Recorder;
+use bastion_record::Recorder;
 
 /// Bytes read at once in each direction.
 const CHUNK: usize = 64 * 1024;

@@ -5,6 +5,8 @@
 //! committing its new version number, so an appliance upgrades in place and an interrupted upgrade
 //! resumes where it stopped. A store newer than this binary is refused rather than misread.
 
+#![forbid(unsafe_code)]
+
 mod accounts;
 mod commands;
 mod migrate;
@@ -62,16 +64,8 @@ pub(crate) struct AuditTail {
 
 /// Free bytes (for unprivileged use) on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs is plain integers, for which all-zero is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is NUL-terminated; st is a valid statvfs to write.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 impl Store {

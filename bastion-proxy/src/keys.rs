@@ -6,6 +6,7 @@
 use std::{
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,7 +36,7 @@ pub struct ApplianceKeys {
     /// client trusting this one CA (`@cert-authority`) never sees a host-key prompt.
     pub host_ca: PrivateKey,
     /// Seals closed session records (OpenSSH SshSig, verifiable with `ssh-keygen -Y verify`).
-    pub audit_key: PrivateKey,
+    pub audit_key: Arc<PrivateKey>,
     /// Encrypts stored target-account keys (ChaCha20-Poly1305), so the store alone never
     /// yields a usable credential.
     seal: ring::aead::LessSafeKey,
@@ -63,7 +64,10 @@ impl ApplianceKeys {
             host_key: load_or_generate(&dir.join("host_ed25519"), "bastion host key")?,
             user_ca: load_or_generate(&dir.join("user_ca_ed25519"), "bastion user CA")?,
             host_ca: load_or_generate(&dir.join("host_ca_ed25519"), "bastion host CA")?,
-            audit_key: load_or_generate(&dir.join("audit_ed25519"), "bastion audit key")?,
+            audit_key: Arc::new(load_or_generate(
+                &dir.join("audit_ed25519"),
+                "bastion audit key",
+            )?),
             seal: load_or_generate_seal(&dir.join("seal.key"))?,
         })
     }
@@ -89,23 +93,23 @@ impl ApplianceKeys {
 
     /// Decrypts what [`seal`](Self::seal) made for the same `context`.
     pub fn open(&self, context: &str, sealed: &Sealed) -> Result<Secret, KeyError> {
-        let mut buf = sealed.ciphertext.clone();
+        // Wiped on every way out, the failed ones included.
+        let mut buf = zeroize::Zeroizing::new(sealed.ciphertext.clone());
         let plain = self
             .seal
             .open_in_place(
                 ring::aead::Nonce::assume_unique_for_key(sealed.nonce),
                 ring::aead::Aad::from(context.as_bytes()),
-                &mut buf,
+                &mut buf[..],
             )
             .map_err(|_| {
                 KeyError::Sign(format!(
                     "sealed secret for {context} does not open (wrong key or altered)"
                 ))
             })?;
-        let text = String::from_utf8(plain.to_vec())
+        let text = std::str::from_utf8(plain)
             .map_err(|_| KeyError::Sign("sealed secret is not text".into()))?;
-        buf.fill(0);
-        Ok(Secret::new(text))
+        Ok(Secret::new(text.to_owned()))
     }
 
     pub fn user_ca_public(&self) -> String {

@@ -5,13 +5,17 @@
 //! actor per connection: identity, policy, upstream, audit) → `channel` (per-channel pumps, one
 //! task per direction, recording as they forward) → `upstream` (russh client to the target).
 //!
-//! Nothing imports back from the upstream side to the handler side.
+//! Nothing imports back from the upstream side to the handler side. [`keys`] holds the
+//! appliance's own key material (host key, host and user CAs, audit and seal keys).
+
+#![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod events;
 pub mod handler;
 pub mod hostcert;
 pub mod identity;
+pub mod keys;
 pub mod listener;
 pub mod live;
 pub mod ratelimit;
@@ -28,7 +32,8 @@ use std::{
     time::Duration,
 };
 
-use crate::{keys::ApplianceKeys, store::Store};
+use crate::keys::ApplianceKeys;
+use bastion_store::Store;
 
 /// What every session needs, shared read-mostly across connections.
 pub struct ProxyContext {
@@ -103,7 +108,7 @@ impl ProxyContext {
         meta: bastion_core::session::SessionMeta,
     ) -> Result<
         (
-            crate::record::Recorder,
+            bastion_record::Recorder,
             tokio::task::JoinHandle<bastion_core::session::SessionMeta>,
         ),
         String,
@@ -115,9 +120,9 @@ impl ProxyContext {
             .await
             .map_err(|e| format!("internal: {e}"))?
             .map_err(|e| format!("internal: cannot record the session: {e}"))?;
-        Ok(crate::record::recorder::spawn(
+        Ok(bastion_record::spawn(
             self.store.clone(),
-            self.keys.clone(),
+            self.keys.audit_key.clone(),
             meta,
             self.flush_interval,
         ))
@@ -127,7 +132,7 @@ impl ProxyContext {
     /// what is recorded already keeps its room. Reaching the floor is an audit alert.
     async fn check_floor(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering;
-        let free = crate::store::free_bytes(self.store.path())
+        let free = bastion_store::free_bytes(self.store.path())
             .map_err(|e| format!("internal: cannot tell the store's free space: {e}"))?;
         let below = free < self.store_floor;
         if below != self.below_floor.swap(below, Ordering::SeqCst) && below {

@@ -31,7 +31,7 @@ use super::{
     username,
 };
 
-use crate::record::Recorder;
+use bastion_record::Recorder;
 
 /// The signed-in identity of the connection.
 struct Identity {
