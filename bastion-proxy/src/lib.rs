@@ -26,7 +26,10 @@ pub mod shell;
 pub mod upstream;
 pub mod username;
 
-use bastion_core::{cidr::Cidr, policy::Policy};
+use bastion_core::{
+    cidr::Cidr,
+    policy::{self, Policy},
+};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -38,7 +41,8 @@ use bastion_store::Store;
 /// What every session needs, shared read-mostly across connections.
 pub struct ProxyContext {
     pub store: Arc<Store>,
-    pub policy: Arc<Mutex<Policy>>,
+    /// The policy in force (the daemon swaps it on change; sessions read snapshots).
+    pub policy: Arc<policy::Live>,
     /// Protected prefixes from the config (the store's are in `policy`).
     pub config_subnets: Vec<Cidr>,
     pub keys: Arc<ApplianceKeys>,
@@ -161,11 +165,9 @@ impl ProxyContext {
         Ok(())
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The policy in force now: a pointer copy of the current snapshot.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.snapshot()
     }
 }
 

@@ -4,13 +4,15 @@
 //!   through the control API);
 //! - [`validate`]: checks a change against the current policy before it is stored;
 //! - [`window`]: validity windows (days of week, time of day, UTC);
-//! - [`evaluate`]: the decision, a pure function of the policy, the request and the time.
+//! - [`evaluate`]: the decision, a pure function of the policy, the request and the time;
+//! - [`live`]: the policy in force, an `Arc` snapshot swapped whole on change.
 //!
-//! Invariant: nothing in this module does IO or touches tokio. The session actor loads a
-//! [`model::Policy`] snapshot and asks; tests call the same function with tables of cases.
+//! Invariant: nothing in this module does IO or touches tokio. The session actor takes a
+//! [`live::Live`] snapshot and asks; tests call the same function with tables of cases.
 
 pub mod commands;
 pub mod evaluate;
+pub mod live;
 pub mod model;
 pub mod validate;
 pub mod window;
@@ -19,6 +21,7 @@ pub use evaluate::{
     AccessRequest, Decision, Denied, ResolvedTarget, TcpRequest, evaluate, evaluate_tcp,
     resolve_target,
 };
+pub use live::Live;
 pub use model::{
     Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target,
     User,

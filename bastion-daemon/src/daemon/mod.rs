@@ -67,7 +67,7 @@ struct Daemon {
     /// Protected prefixes from the config file; the store's are added to them.
     config_subnets: Vec<Cidr>,
     /// The policy as stored. Changes take this lock for check-store-apply, so they serialise.
-    policy: Arc<Mutex<Policy>>,
+    policy: Arc<policy::Live>,
     enforcer: Mutex<Enforcer>,
     /// Flow events the kernel lost to a full ring buffer, in all (from the pinned counter).
     flows_lost: Arc<std::sync::atomic::AtomicU64>,
@@ -108,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
-    let policy = Arc::new(Mutex::new(policy));
+    let policy = Arc::new(policy::Live::new(policy));
     let limits = |max_failures: u32| bastion_proxy::ratelimit::Limits {
         max_failures: max_failures.max(1),
         window: Duration::from_secs(config.ssh.failure_window_secs),
@@ -283,9 +283,11 @@ impl Handler for Daemon {
                 self.remove(peer, kind, &name).map(Response::Changed)
             }
             Request::PolicyList { kind } => Ok(Response::Entities {
-                entities: lock(&self.policy).entities(kind),
+                entities: self.policy.snapshot().entities(kind),
             }),
-            Request::PolicyShow { kind, name } => lock(&self.policy)
+            Request::PolicyShow { kind, name } => self
+                .policy
+                .snapshot()
                 .entities(kind)
                 .into_iter()
                 .find(|e| e.key() == name)
@@ -328,7 +330,7 @@ impl Handler for Daemon {
                 })
                 .map_err(|e| e.to_string()),
             Request::CaShow => {
-                let policy = lock(&self.policy);
+                let policy = self.policy.snapshot();
                 let prefixes = protected(&self.config_subnets, &policy);
                 let targets: Vec<_> = policy.targets.values().collect();
                 Ok(Response::Ca {
@@ -424,7 +426,7 @@ impl Daemon {
         login: &str,
         private_key: &Secret,
     ) -> Result<AuditEvent, String> {
-        if !lock(&self.policy).targets.contains_key(target) {
+        if !self.policy.snapshot().targets.contains_key(target) {
             return Err(format!("target `{target}` does not exist"));
         }
         if login.is_empty()
@@ -535,9 +537,10 @@ impl Daemon {
     }
 
     fn add(&self, peer: Peer, entity: Entity) -> Result<AuditEvent, String> {
-        let mut policy = lock(&self.policy);
+        let _changing = self.policy.begin_change();
+        let policy = self.policy.snapshot();
         let entity = policy::check_add(&policy, entity).map_err(|e| e.to_string())?;
-        let mut next = policy.clone();
+        let mut next = (*policy).clone();
         next.insert(entity.clone());
         // A new protected prefix reaches the kernel before it is recorded: if storing fails, the
         // kernel is stricter than the record, never looser. (A relay port steered early only
@@ -547,13 +550,14 @@ impl Daemon {
             .store
             .put_entity(&entity, admin(peer))
             .map_err(|e| e.to_string())?;
-        *policy = next;
+        self.policy.replace(next);
         tracing::info!(uid = peer.uid, kind = entity.kind().as_str(), name = %entity.key(), "policy added");
         Ok(event)
     }
 
     fn remove(&self, peer: Peer, kind: EntityKind, name: &str) -> Result<AuditEvent, String> {
-        let mut policy = lock(&self.policy);
+        let _changing = self.policy.begin_change();
+        let policy = self.policy.snapshot();
         if kind == EntityKind::Target {
             let logins: Vec<String> = (self.store.accounts().map_err(|e| e.to_string())?)
                 .into_iter()
@@ -568,15 +572,15 @@ impl Daemon {
             }
         }
         policy::check_remove(&policy, kind, name).map_err(|e| e.to_string())?;
-        let mut next = policy.clone();
+        let mut next = (*policy).clone();
         next.remove(kind, name);
         // Removal is recorded before the kernel loosens, for the same reason.
         let event = self
             .store
             .remove_entity(kind, name, admin(peer))
             .map_err(|e| e.to_string())?;
-        *policy = next;
-        self.apply_enforcement(kind, &policy)?;
+        self.apply_enforcement(kind, &next)?;
+        self.policy.replace(next);
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
     }
