@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Bumped on any incompatible change; a mismatch is answered with a clear error.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest request line the server reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -67,11 +67,12 @@ pub enum Request {
         id: u64,
         reason: String,
     },
-    /// Terminal output of a session from frame `from` on (poll to watch it live).
+    /// Terminal output of a session from block `from` on (poll to watch it live, passing the
+    /// `next` of the previous answer: each block is read once).
     SessionWatch {
         id: u64,
         #[serde(default)]
-        from: usize,
+        from: u32,
     },
     /// What the store holds: sizes, compression, oldest and newest records.
     StoreStats,
@@ -152,10 +153,10 @@ pub enum Response {
         format: ExportFormat,
         content: String,
     },
-    /// Output bytes since the frame asked for; `next` is where to continue.
+    /// Output bytes of the blocks from the one asked for; `next` is the block to continue at.
     Watch {
         output: Vec<u8>,
-        next: usize,
+        next: u32,
         live: bool,
     },
     StoreStats(StoreStats),
@@ -195,8 +196,56 @@ pub enum Response {
         fingerprint: String,
     },
     Error {
-        message: String,
+        error: ApiError,
     },
+}
+
+/// Why a request failed, as it crosses the wire: `kind` is stable for scripts to match on,
+/// `message` is one line for people (`{"kind":"not_found","message":"session 9 does not exist"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum ApiError {
+    /// The caller may not use the API (neither root nor a configured admin uid).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request cannot be read, or asks for something invalid (a policy change that does
+    /// not validate, a malformed key, a bad argument).
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what exists (e.g. a target that still has account keys).
+    #[error("{0}")]
+    Conflict(String),
+    /// The target side failed: unreachable, no banner, an unexpected host key.
+    #[error("{0}")]
+    Target(String),
+    /// bastiond itself failed: the store, the kernel, its keys.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::policy::PolicyError> for ApiError {
+    fn from(e: crate::policy::PolicyError) -> ApiError {
+        use crate::policy::PolicyError as P;
+        let message = e.to_string();
+        match e {
+            P::Missing { .. } => ApiError::NotFound(message),
+            P::Exists { .. } | P::InUse { .. } => ApiError::Conflict(message),
+            P::BadName(_) | P::BadKey { .. } | P::Invalid(_) => ApiError::Invalid(message),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+
+    pub fn invalid(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Invalid(e.to_string())
+    }
 }
 
 /// A stored account as listed: never the private key.
@@ -343,7 +392,7 @@ mod tests {
         });
         round_trip(Response::Entities { entities: vec![] });
         round_trip(Response::Error {
-            message: "x".into(),
+            error: ApiError::NotFound("x".into()),
         });
     }
 
@@ -375,5 +424,24 @@ mod tests {
             let back: Envelope<Request> = serde_json::from_str(&line).expect("decodes");
             assert_eq!(back.body, r);
         }
+    }
+
+    #[test]
+    fn errors_have_a_stable_wire_form() {
+        let wire = serde_json::to_value(Response::Error {
+            error: ApiError::NotFound("session 9 does not exist".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({
+                "response": "error",
+                "error": {"kind": "not_found", "message": "session 9 does not exist"},
+            })
+        );
+        assert_eq!(
+            ApiError::internal("store full").to_string(),
+            "internal error: store full"
+        );
     }
 }

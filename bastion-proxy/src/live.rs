@@ -27,17 +27,24 @@ impl Registry {
     }
 
     /// Hands `control` to live session `session`.
-    pub fn send(&self, session: u64, control: Control) -> Result<(), String> {
+    pub fn send(&self, session: u64, control: Control) -> Result<(), LiveError> {
         let tx = self
             .lock()
             .get(&session)
             .cloned()
-            .ok_or_else(|| format!("session {session} is not live"))?;
-        tx.try_send(control)
-            .map_err(|_| format!("session {session} is ending already"))
+            .ok_or(LiveError::NotLive(session))?;
+        tx.try_send(control).map_err(|_| LiveError::Ending(session))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Control>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("session {0} is not live")]
+    NotLive(u64),
+    #[error("session {0} is ending already")]
+    Ending(u64),
 }

@@ -24,6 +24,13 @@ fn block_key(id: u64, n: u32) -> [u8; 12] {
     k
 }
 
+/// The block number in a [`block_key`].
+fn block_number(key: &[u8]) -> u32 {
+    key.get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(u32::MAX, u32::from_be_bytes)
+}
+
 impl Store {
     /// A fresh session id (unique across restarts).
     pub fn new_session_id(&self) -> Result<u64, StoreError> {
@@ -108,15 +115,34 @@ impl Store {
 
     /// Every frame of session `id`, in order.
     pub fn session_frames(&self, id: u64) -> Result<Vec<Frame>, StoreError> {
+        Ok(self.session_frames_from(id, 0, u32::MAX)?.0)
+    }
+
+    /// The frames of session `id`'s blocks from block `first` on, at most `max_blocks` of them,
+    /// and the number of the block after the last one read (where to continue). Blocks are
+    /// written whole and never change, so a reader that keeps that number reads each once.
+    pub fn session_frames_from(
+        &self,
+        id: u64,
+        first: u32,
+        max_blocks: u32,
+    ) -> Result<(Vec<Frame>, u32), StoreError> {
         let mut frames = Vec::new();
-        for item in self.tree(BLOCKS_TREE)?.scan_prefix(id.to_be_bytes()) {
-            let (_, v) = item.map_err(|e| self.io(e))?;
+        let mut next = first;
+        let range = block_key(id, first)..=block_key(id, u32::MAX);
+        for item in self
+            .tree(BLOCKS_TREE)?
+            .range(range)
+            .take(max_blocks as usize)
+        {
+            let (k, v) = item.map_err(|e| self.io(e))?;
             frames
                 .extend(block::decompress(&v).map_err(|e| {
                     self.io(sled::Error::Unsupported(format!("session {id}: {e}")))
                 })?);
+            next = block_number(&k).saturating_add(1);
         }
-        Ok(frames)
+        Ok((frames, next))
     }
 
     /// Session `id`'s blocks as stored (number, bytes, chain value kept after it), in order.
@@ -125,10 +151,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(BLOCKS_TREE)?.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item.map_err(|e| self.io(e))?;
-            let n = k
-                .get(8..12)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(u32::MAX, u32::from_be_bytes);
+            let n = block_number(&k);
             let kept = chains
                 .get(&k)
                 .map_err(|e| self.io(e))?
@@ -188,5 +211,58 @@ impl Store {
             }
         }
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bastion_core::record::Kind;
+
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        Frame {
+            kind: Kind::Output,
+            channel: 0,
+            t_micros: 0,
+            data: bytes::Bytes::copy_from_slice(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_watcher_reads_each_block_once_from_where_it_left_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let mut meta = SessionMeta::starting(7, "203.0.113.10:22".parse().unwrap());
+        // Another session's blocks sort right after this one's: they must not leak in.
+        let mut other = SessionMeta::starting(8, "203.0.113.10:22".parse().unwrap());
+        for (m, texts) in [(&mut meta, ["a", "b", "c"]), (&mut other, ["x", "y", "z"])] {
+            for (n, text) in texts.iter().enumerate() {
+                let mut raw = Vec::new();
+                frame(text).encode(&mut raw);
+                m.blocks = n as u32 + 1;
+                let stored = block::compress(&raw).unwrap();
+                store
+                    .put_block(m, n as u32, &stored, &[0; 32], 0, &[])
+                    .unwrap();
+            }
+        }
+        let text = |frames: Vec<Frame>| -> String {
+            frames
+                .iter()
+                .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+                .collect()
+        };
+        let (frames, next) = store.session_frames_from(7, 0, 2).unwrap();
+        assert_eq!((text(frames), next), ("ab".to_owned(), 2));
+        let (frames, next) = store.session_frames_from(7, next, 2).unwrap();
+        assert_eq!((text(frames), next), ("c".to_owned(), 3));
+        let (frames, next) = store.session_frames_from(7, next, 2).unwrap();
+        assert_eq!(
+            (text(frames), next),
+            (String::new(), 3),
+            "nothing new: same place"
+        );
+        assert_eq!(text(store.session_frames(8).unwrap()), "xyz");
     }
 }

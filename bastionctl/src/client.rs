@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use bastion_core::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
+use bastion_core::protocol::{ApiError, Envelope, PROTOCOL_VERSION, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,12 +22,16 @@ pub enum ClientError {
     #[error("bastiond sent a malformed response: {0}")]
     Malformed(String),
     #[error("bastiond: {0}")]
-    Refused(String),
+    Api(ApiError),
+    #[error(
+        "bastiond speaks control protocol v{theirs}, this bastionctl v{PROTOCOL_VERSION}: use the bastionctl installed with that bastiond"
+    )]
+    Version { theirs: u32 },
     #[error("bastiond did not answer on {} within {}s (busy or hung; `bastionctl status` and its log tell which)", path.display(), timeout.as_secs())]
     Timeout { path: PathBuf, timeout: Duration },
 }
 
-/// Sends one request and returns bastiond's answer (its error responses become `Refused`).
+/// Sends one request and returns bastiond's answer (its error responses become `Api`).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ClientError::NotRunning {
@@ -64,10 +68,16 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         },
         _ => io_err(source),
     })?;
-    let envelope: Envelope<Response> =
+    // The version first: a newer or older bastiond's answer may not parse as ours at all.
+    let envelope: Envelope<serde_json::Value> =
         serde_json::from_str(&answer).map_err(|e| ClientError::Malformed(e.to_string()))?;
-    match envelope.body {
-        Response::Error { message } => Err(ClientError::Refused(message)),
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(ClientError::Version { theirs: envelope.v });
+    }
+    match serde_json::from_value(envelope.body)
+        .map_err(|e| ClientError::Malformed(e.to_string()))?
+    {
+        Response::Error { error } => Err(ClientError::Api(error)),
         other => Ok(other),
     }
 }

@@ -81,7 +81,7 @@ pub fn run(socket: &Path, timeout: Duration, e: Export) -> Result<(), String> {
             timeout,
         ) {
             Ok(Response::Audit { events }) => events,
-            Ok(Response::Error { message }) => return Err(message),
+            Ok(Response::Error { error }) => return Err(error.to_string()),
             Ok(other) => return Err(format!("unexpected answer: {other:?}")),
             Err(err) => return Err(err.to_string()),
         };

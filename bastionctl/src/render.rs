@@ -112,7 +112,7 @@ pub fn response(r: &Response) {
                 key.split_whitespace().next().unwrap_or("?")
             )
         }
-        Response::Error { message } => eprintln!("bastionctl: bastiond: {message}"),
+        Response::Error { error } => eprintln!("bastionctl: bastiond: {error}"),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::{os::unix::fs::PermissionsExt, os::unix::process::CommandExt, process::Command};
 
+use bastion_core::protocol::{ApiError, Envelope, PROTOCOL_VERSION, Response};
 use bastion_lab::{Lab, sys, wait::LIMIT};
 
 fn one_line(s: &[u8]) -> String {
@@ -156,6 +157,32 @@ fn status_reports_version_store_and_enforcement_and_socket_is_guarded() {
     let out = again.ctl(&["status", "--json"]).unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["store"]["schema_version"], bastion_store::SCHEMA_VERSION);
+
+    // Errors cross the wire typed: a stable kind for scripts, a one-line message for people.
+    let missing = raw_request(
+        &paths.control_socket,
+        &format!(r#"{{"v":{PROTOCOL_VERSION},"request":"session_show","id":999999}}"#),
+    );
+    assert!(
+        matches!(&missing.body, Response::Error { error: ApiError::NotFound(m) } if m == "session 999999 does not exist"),
+        "{missing:?}"
+    );
+    let old = raw_request(&paths.control_socket, r#"{"v":1,"request":"status"}"#);
+    assert!(
+        matches!(&old.body, Response::Error { error: ApiError::Invalid(m) } if m.contains("protocol version 1")),
+        "{old:?}"
+    );
+}
+
+/// One request line written to the control socket as any client could, and the answer.
+fn raw_request(socket: &std::path::Path, line: &str) -> Envelope<Response> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 #[test]

@@ -14,7 +14,9 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use bastion_core::protocol::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response};
+use bastion_core::protocol::{
+    ApiError, Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response,
+};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +31,11 @@ pub enum ControlError {
 
 /// Answers requests. bastiond implements it; tests may drive `run` with their own.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, peer: Peer, request: Request) -> impl Future<Output = Response> + Send;
+    fn handle(
+        self: Arc<Self>,
+        peer: Peer,
+        request: Request,
+    ) -> impl Future<Output = Response> + Send;
 }
 
 /// The caller, as the kernel reports it (SO_PEERCRED): audit events name it.
@@ -99,7 +105,7 @@ pub async fn run<H: Handler>(
                     let handler = handler.clone();
                     let admins = admins.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_one(stream, &*handler, &admins).await {
+                        if let Err(e) = serve_one(stream, handler, &admins).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -116,7 +122,7 @@ pub async fn run<H: Handler>(
 
 async fn serve_one<H: Handler>(
     mut stream: UnixStream,
-    handler: &H,
+    handler: Arc<H>,
     admins: &Admins,
 ) -> io::Result<()> {
     let cred = stream.peer_cred()?;
@@ -127,17 +133,19 @@ async fn serve_one<H: Handler>(
         // A non-admin's bytes are read only to be discarded, never parsed.
         tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control API refused to a non-admin uid");
         Response::Error {
-            message: format!(
+            error: ApiError::Forbidden(format!(
                 "uid {} is not allowed to use the bastiond control API",
                 cred.uid()
-            ),
+            )),
         }
     } else {
         match line.map(|l| l.and_then(|l| parse_request(&l))) {
             Err(_) => Response::Error {
-                message: "timed out waiting for the request".into(),
+                error: ApiError::Invalid("timed out waiting for the request".into()),
             },
-            Ok(Err(message)) => Response::Error { message },
+            Ok(Err(message)) => Response::Error {
+                error: ApiError::Invalid(message),
+            },
             Ok(Ok(request)) => {
                 let peer = Peer {
                     uid: cred.uid(),
@@ -150,7 +158,7 @@ async fn serve_one<H: Handler>(
     let mut line = encode(response).or_else(|e| {
         tracing::error!(error = %e, "cannot encode a control response");
         encode(Response::Error {
-            message: format!("internal: cannot encode the response: {e}"),
+            error: ApiError::Internal(format!("cannot encode the response: {e}")),
         })
     })?;
     line.push(b'\n');

@@ -3,23 +3,26 @@
 
 use std::time::Instant;
 
-use bastion_core::session::{CommandHit, CommandQuery, CommandSource};
-use bastion_core::{protocol::Response, record::text};
+use bastion_core::{
+    protocol::Response,
+    record::text,
+    session::{CommandHit, CommandQuery, CommandSource},
+};
 
-use bastion_store::Store;
+use bastion_store::{Store, StoreError};
 
 /// Largest result a search returns.
 pub const MAX_HITS: usize = 1000;
 /// Recorded output an output search reads at most (decompressed) before it stops.
 const OUTPUT_BUDGET: u64 = 512 << 20;
 
-pub fn search(store: &Store, mut q: CommandQuery, output: bool) -> Result<Response, String> {
+pub fn search(store: &Store, mut q: CommandQuery, output: bool) -> Result<Response, StoreError> {
     q.limit = q.limit.clamp(1, MAX_HITS);
     let t0 = Instant::now();
     let (hits, searched, complete) = if output {
         search_output(store, &q)?
     } else {
-        let hits = store.search_commands(&q).map_err(|e| e.to_string())?;
+        let hits = store.search_commands(&q)?;
         (hits, store.command_count() as u64, true)
     };
     Ok(Response::Search {
@@ -32,9 +35,12 @@ pub fn search(store: &Store, mut q: CommandQuery, output: bool) -> Result<Respon
 
 /// Output lines containing `q.text`, newest session first; `searched` counts lines read, and
 /// `complete` is false when the budget ran out first.
-fn search_output(store: &Store, q: &CommandQuery) -> Result<(Vec<CommandHit>, u64, bool), String> {
+fn search_output(
+    store: &Store,
+    q: &CommandQuery,
+) -> Result<(Vec<CommandHit>, u64, bool), StoreError> {
     let needle = q.text.as_deref().unwrap_or("").to_lowercase();
-    let sessions = store.sessions().map_err(|e| e.to_string())?;
+    let sessions = store.sessions()?;
     let (mut hits, mut searched, mut budget) = (Vec::new(), 0u64, OUTPUT_BUDGET);
     for meta in sessions
         .into_iter()
@@ -43,7 +49,7 @@ fn search_output(store: &Store, q: &CommandQuery) -> Result<(Vec<CommandHit>, u6
         if budget == 0 {
             return Ok((hits, searched, false));
         }
-        let frames = store.session_frames(meta.id).map_err(|e| e.to_string())?;
+        let frames = store.session_frames(meta.id)?;
         budget = budget.saturating_sub(frames.iter().map(|f| f.data.len() as u64).sum());
         let lines = text::output_lines(&frames);
         searched += lines.len() as u64;
