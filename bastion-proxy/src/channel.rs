@@ -212,7 +212,7 @@ async fn client_to_target(
                         up.window_change(col_width, row_height, pix_width, pix_height).await
                     }
                     ChannelMsg::Signal { signal } => {
-                        rec.record(Kind::Signal, id, Bytes::from(format!("{signal:?}"))).await;
+                        rec.record(Kind::Signal, id, Bytes::from(signal_name(&signal).to_owned())).await;
                         up.signal(signal).await
                     }
                     ChannelMsg::Close => break,
@@ -324,7 +324,7 @@ async fn target_to_client(
                 rec.record(
                     Kind::Signal,
                     id,
-                    Bytes::from(format!("exit {signal_name:?}")),
+                    Bytes::from(format!("exit {}", self::signal_name(&signal_name))),
                 )
                 .await;
                 Ok(())
@@ -388,5 +388,37 @@ async fn send_request(
         Request::Subsystem { name } => up.request_subsystem(true, name).await,
         Request::Env { name, value } => up.set_env(true, name, value).await,
         Request::Agent => up.agent_forward(true).await,
+    }
+}
+
+/// A signal as RFC 4254 names it (`TERM`, or a custom name as sent), for the record: russh's
+/// `Debug` would store `Custom("X")`, and its own `name` is private.
+fn signal_name(sig: &russh::Sig) -> &str {
+    use russh::Sig;
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_recorded_by_their_protocol_name() {
+        assert_eq!(signal_name(&russh::Sig::TERM), "TERM");
+        assert_eq!(signal_name(&russh::Sig::Custom("WINCH".into())), "WINCH");
     }
 }
