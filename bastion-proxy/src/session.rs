@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    ops::ControlFlow,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -39,7 +40,8 @@ struct Identity {
     username: String,
 }
 
-/// What the first channel established: where the session goes and under which grant.
+/// What the first channel established: where the session goes and under which grant, and the
+/// mailboxes that exist only for a routed session.
 struct Route {
     session: u64,
     login: String,
@@ -47,6 +49,29 @@ struct Route {
     upstream: Upstream,
     recorder: Recorder,
     writer: tokio::task::JoinHandle<SessionMeta>,
+    /// Agent channels the target opens; only accepted after an allowed agent request.
+    agent_rx: mpsc::Receiver<AgentChannel>,
+    agent_allowed: bool,
+    /// Administrator controls (kill), registered live under the session id.
+    control_rx: mpsc::Receiver<live::Control>,
+}
+
+/// Where the connection is in its life. Each phase holds exactly what it has established, so a
+/// route without a signed-in user, or a recording without a route, cannot be written. Ending is
+/// not a phase: the event loop stops and [`SessionActor::finish`] consumes the last phase.
+enum Phase {
+    /// Connected; keys and certificates are being tried.
+    Connecting,
+    /// Signed in as a bastion user; no channel has asked for the target yet.
+    SignedIn(Identity),
+    /// The first channel routed the session: the target is dialled and recorded.
+    Routed {
+        identity: Identity,
+        // Boxed: by far the largest phase, and the phase moves at every transition.
+        route: Box<Route>,
+    },
+    /// Routing was refused; every later channel is refused with the same reason.
+    Refused { reason: String },
 }
 
 struct ChannelEntry {
@@ -60,10 +85,7 @@ pub struct SessionActor {
     client: SocketAddr,
     arrival: username::Arrival,
     events: mpsc::Receiver<Event>,
-    identity: Option<Identity>,
-    route: Option<Route>,
-    /// Why this connection cannot proceed (set at the first refused channel; later ones get it too).
-    refused: Option<String>,
+    phase: Phase,
     channels: HashMap<ChannelId, ChannelEntry>,
     /// Set once signed in (the listener's login-grace watchdog reads it).
     signed_in: Arc<AtomicBool>,
@@ -71,13 +93,6 @@ pub struct SessionActor {
     limited_logged: bool,
     /// Opens channels toward the client (agent forwarding).
     client_handle: Option<russh::server::Handle>,
-    /// Agent channels the target opens; only accepted after an allowed agent request.
-    agent_rx: Option<mpsc::Receiver<AgentChannel>>,
-    agent_allowed: bool,
-    /// Administrator controls (kill) once the session is routed and registered live.
-    control_rx: Option<mpsc::Receiver<live::Control>>,
-    /// Set when the session must end after the current event (a terminate rule).
-    ending: bool,
     /// Shell lines that matched a command rule, from the channel pumps.
     hits_tx: mpsc::Sender<RuleHit>,
     hits_rx: mpsc::Receiver<RuleHit>,
@@ -110,17 +125,11 @@ impl SessionActor {
             client,
             arrival,
             events,
-            identity: None,
-            route: None,
-            refused: None,
+            phase: Phase::Connecting,
             channels: HashMap::new(),
             signed_in,
             limited_logged: false,
             client_handle: None,
-            agent_rx: None,
-            agent_allowed: false,
-            control_rx: None,
-            ending: false,
             refused_attempts: 0,
             last_username: String::new(),
         }
@@ -128,23 +137,29 @@ impl SessionActor {
 
     pub async fn run(mut self) {
         loop {
+            // A routed session's own mailboxes; before routing these branches never fire.
+            let (agents, controls) = match &mut self.phase {
+                Phase::Routed { route, .. } => {
+                    (Some(&mut route.agent_rx), Some(&mut route.control_rx))
+                }
+                _ => (None, None),
+            };
             let event = tokio::select! {
                 e = self.events.recv() => match e {
                     Some(e) => e,
                     None => break,
                 },
-                Some(agent) = recv_opt(&mut self.agent_rx) => {
+                Some(agent) = recv_opt(agents) => {
                     self.target_agent(agent).await;
                     continue;
                 }
                 Some(hit) = self.hits_rx.recv() => {
-                    self.rule_hit(hit).await;
-                    if self.ending {
-                        break;
+                    match self.rule_hit(hit).await {
+                        ControlFlow::Continue(()) => continue,
+                        ControlFlow::Break(()) => break,
                     }
-                    continue;
                 }
-                Some(control) = recv_opt(&mut self.control_rx) => {
+                Some(control) = recv_opt(controls) => {
                     match control {
                         live::Control::Kill { reason } => {
                             self.kill(&format!("session killed by an administrator: {reason}"))
@@ -154,87 +169,92 @@ impl SessionActor {
                     break;
                 }
             };
-            match event {
-                Event::ClientHandle(h) => self.client_handle = Some(h),
-                Event::KeyOffered { user, key, reply } => {
-                    if self.rate_limited(&user).await {
-                        let _ = reply.send(false);
-                        continue;
-                    }
-                    // A certificate is offered by its inner key, which nobody registers: when a
-                    // user trusts a CA, let the client prove possession and judge the certificate.
-                    let ok = identity::key_owner(&self.ctx.policy(), &key).is_some()
-                        || self
-                            .ctx
-                            .policy()
-                            .users
-                            .values()
-                            .any(|u| !u.trusted_cas.is_empty());
-                    if !ok {
-                        self.failed(&user, &key, None).await;
-                    }
-                    let _ = reply.send(ok);
-                }
-                Event::KeyVerified { user, key, reply } => {
-                    if self.rate_limited(&user).await {
-                        let _ = reply.send(false);
-                        continue;
-                    }
-                    let owner = identity::key_owner(&self.ctx.policy(), &key);
-                    match owner {
-                        Some(owner) => {
-                            self.audit_login(&user, &key, Some(owner.clone()), true, None)
-                                .await;
-                            self.signed_in(owner, user);
-                        }
-                        None => self.failed(&user, &key, None).await,
-                    }
-                    let _ = reply.send(self.identity.is_some());
-                }
-                Event::CertVerified { user, cert, reply } => {
-                    if self.rate_limited(&user).await {
-                        let _ = reply.send(false);
-                        continue;
-                    }
-                    let key = russh::keys::PublicKey::from(cert.public_key().clone());
-                    match identity::cert_owner(&self.ctx.policy(), &cert, now_secs()) {
-                        Ok(owner) => {
-                            self.audit_login(&user, &key, Some(owner.clone()), true, None)
-                                .await;
-                            self.signed_in(owner, user);
-                        }
-                        Err(why) => {
-                            tracing::info!(client = %self.client, %why, "certificate refused");
-                            self.failed(&user, &key, Some(why)).await;
-                        }
-                    }
-                    let _ = reply.send(self.identity.is_some());
-                }
-                Event::Open {
-                    kind,
-                    channel,
-                    reply,
-                } => {
-                    if let Err((reason, reply)) = self.open(kind, channel, reply).await {
-                        reply
-                            .reject(ChannelOpenFailure::Other {
-                                code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
-                                reason: format!("bastion: {reason}"),
-                            })
-                            .await
-                    }
-                }
-                Event::Request {
-                    channel,
-                    request,
-                    reply,
-                } => self.request(channel, request, reply).await,
-            }
-            if self.ending {
+            if self.event(event).await.is_break() {
                 break;
             }
         }
         self.finish().await;
+    }
+
+    /// Handles one event from the russh handler; `Break` ends the session.
+    async fn event(&mut self, event: Event) -> ControlFlow<()> {
+        match event {
+            Event::ClientHandle(h) => self.client_handle = Some(h),
+            Event::KeyOffered { user, key, reply } => {
+                if self.rate_limited(&user).await {
+                    let _ = reply.send(false);
+                    return ControlFlow::Continue(());
+                }
+                // A certificate is offered by its inner key, which nobody registers: when a
+                // user trusts a CA, let the client prove possession and judge the certificate.
+                let policy = self.ctx.policy();
+                let ok = identity::key_owner(&policy, &key).is_some()
+                    || policy.users.values().any(|u| !u.trusted_cas.is_empty());
+                if !ok {
+                    self.failed(&user, &key, None).await;
+                }
+                let _ = reply.send(ok);
+            }
+            Event::KeyVerified { user, key, reply } => {
+                if self.rate_limited(&user).await {
+                    let _ = reply.send(false);
+                    return ControlFlow::Continue(());
+                }
+                let owner = identity::key_owner(&self.ctx.policy(), &key);
+                let accepted = match owner {
+                    Some(owner) => {
+                        self.audit_login(&user, &key, Some(owner.clone()), true, None)
+                            .await;
+                        self.sign_in(owner, user)
+                    }
+                    None => {
+                        self.failed(&user, &key, None).await;
+                        false
+                    }
+                };
+                let _ = reply.send(accepted);
+            }
+            Event::CertVerified { user, cert, reply } => {
+                if self.rate_limited(&user).await {
+                    let _ = reply.send(false);
+                    return ControlFlow::Continue(());
+                }
+                let key = russh::keys::PublicKey::from(cert.public_key().clone());
+                let accepted = match identity::cert_owner(&self.ctx.policy(), &cert, now_secs()) {
+                    Ok(owner) => {
+                        self.audit_login(&user, &key, Some(owner.clone()), true, None)
+                            .await;
+                        self.sign_in(owner, user)
+                    }
+                    Err(why) => {
+                        tracing::info!(client = %self.client, %why, "certificate refused");
+                        self.failed(&user, &key, Some(why)).await;
+                        false
+                    }
+                };
+                let _ = reply.send(accepted);
+            }
+            Event::Open {
+                kind,
+                channel,
+                reply,
+            } => {
+                if let Err((reason, reply)) = self.open(kind, channel, reply).await {
+                    reply
+                        .reject(ChannelOpenFailure::Other {
+                            code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                            reason: format!("bastion: {reason}"),
+                        })
+                        .await
+                }
+            }
+            Event::Request {
+                channel,
+                request,
+                reply,
+            } => return self.request(channel, request, reply).await,
+        }
+        ControlFlow::Continue(())
     }
 
     /// True (and audited once per connection) while the client's source or user name is refused.
@@ -257,12 +277,15 @@ impl SessionActor {
         true
     }
 
-    fn signed_in(&mut self, user: String, username: String) {
-        self.identity = Some(Identity { user, username });
-        self.signed_in.store(true, Ordering::SeqCst);
+    /// Connecting → signed in. SSH signs a connection in once; a later success changes nothing.
+    fn sign_in(&mut self, user: String, username: String) -> bool {
+        if matches!(self.phase, Phase::Connecting) {
+            self.phase = Phase::SignedIn(Identity { user, username });
+            self.signed_in.store(true, Ordering::SeqCst);
+        }
+        !matches!(self.phase, Phase::Connecting)
     }
 
-    /// Audits a refused key or certificate and counts it against the source.
     /// Audits a refused key or certificate. The source is charged once, when the connection ends
     /// without signing in: a client offering its plain key before its certificate is not failing.
     async fn failed(&mut self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
@@ -299,18 +322,14 @@ impl SessionActor {
         }
         match self.open_target(&kind, u32::from(down.id())).await {
             Err(reason) => Err((reason, reply)),
-            Ok(up) => {
+            Ok((up, recorder)) => {
                 reply.accept().await;
-                let Some(route) = &self.route else {
-                    return Ok(());
-                };
                 let channel_id = down.id();
-                route
-                    .recorder
+                recorder
                     .record(Kind::Open, u32::from(channel_id), open_label(&kind).into())
                     .await;
                 let stderr = Box::new(down.make_writer_ext(Some(1)));
-                let ctl = channel::spawn(down, up, route.recorder.clone(), self.hits_tx.clone());
+                let ctl = channel::spawn(down, up, recorder, self.hits_tx.clone());
                 self.channels
                     .insert(channel_id, ChannelEntry { ctl, stderr });
                 Ok(())
@@ -360,32 +379,14 @@ impl SessionActor {
         ));
     }
 
-    /// Routes the connection if needed, checks policy for `kind`, and opens the target side.
+    /// Routes the connection if needed, checks policy for `kind`, and opens the target side;
+    /// returns it with the session's recorder.
     async fn open_target(
         &mut self,
         kind: &OpenKind,
         id: u32,
-    ) -> Result<russh::Channel<russh::client::Msg>, String> {
-        if let Some(reason) = &self.refused {
-            return Err(reason.clone());
-        }
-        if self.route.is_none() {
-            match self.route().await {
-                Ok(route) => self.route = Some(route),
-                Err(reason) => {
-                    let identity = self.identity.as_ref();
-                    self.audit(AuditKind::SessionRefused {
-                        client: self.client.to_string(),
-                        user: identity.map(|i| i.user.clone()).unwrap_or_default(),
-                        username: identity.map(|i| i.username.clone()).unwrap_or_default(),
-                        reason: reason.clone(),
-                    })
-                    .await;
-                    self.refused = Some(reason.clone());
-                    return Err(reason);
-                }
-            }
-        }
+    ) -> Result<(russh::Channel<russh::client::Msg>, Recorder), String> {
+        self.ensure_routed().await?;
         if let OpenKind::DirectTcpip { host, port, .. } = kind
             && let Err(reason) = self.allowed(&[Right::Forward])
         {
@@ -393,9 +394,11 @@ impl SessionActor {
                 .await;
             return Err(reason);
         }
-        let route = self.route.as_ref().ok_or("internal: no route")?;
+        let Phase::Routed { route, .. } = &self.phase else {
+            return Err("not routed".into());
+        };
         let handle = &route.upstream.handle;
-        match kind {
+        let channel = match kind {
             OpenKind::Session => handle.channel_open_session().await,
             OpenKind::DirectTcpip {
                 host,
@@ -413,13 +416,51 @@ impl SessionActor {
                     .await
             }
         }
-        .map_err(|e| format!("target {}: cannot open the channel: {e}", route.target))
+        .map_err(|e| format!("target {}: cannot open the channel: {e}", route.target))?;
+        Ok((channel, route.recorder.clone()))
+    }
+
+    /// Signed in → routed (or refused, for good) at the first channel; routed stays routed.
+    async fn ensure_routed(&mut self) -> Result<(), String> {
+        match std::mem::replace(&mut self.phase, Phase::Connecting) {
+            Phase::SignedIn(identity) => match self.route(&identity).await {
+                Ok(route) => {
+                    self.phase = Phase::Routed {
+                        identity,
+                        route: Box::new(route),
+                    };
+                    Ok(())
+                }
+                Err(reason) => {
+                    self.audit(AuditKind::SessionRefused {
+                        client: self.client.to_string(),
+                        user: identity.user,
+                        username: identity.username,
+                        reason: reason.clone(),
+                    })
+                    .await;
+                    self.phase = Phase::Refused {
+                        reason: reason.clone(),
+                    };
+                    Err(reason)
+                }
+            },
+            phase => {
+                let result = match &phase {
+                    Phase::Routed { .. } => Ok(()),
+                    Phase::Refused { reason } => Err(reason.clone()),
+                    Phase::Connecting | Phase::SignedIn(_) => Err("not signed in".into()),
+                };
+                self.phase = phase;
+                result
+            }
+        }
     }
 
     /// Ok if any of `rights` is granted to the signed-in user on the routed target, else the
     /// reason (of the first right) it is not.
     fn allowed(&self, rights: &[Right]) -> Result<String, String> {
-        let (Some(route), Some(identity)) = (&self.route, &self.identity) else {
+        let Phase::Routed { identity, route } = &self.phase else {
             return Err("not signed in".into());
         };
         first_grant(
@@ -465,7 +506,9 @@ impl SessionActor {
 
     /// Records and audits a refused request or channel (the caller tells the client).
     async fn refuse(&self, channel: u32, what: String, reason: String) {
-        let Some(route) = &self.route else { return };
+        let Phase::Routed { route, .. } = &self.phase else {
+            return;
+        };
         route
             .recorder
             .record(Kind::Refused, channel, format!("{what}: {reason}").into())
@@ -480,8 +523,7 @@ impl SessionActor {
     }
 
     /// Resolves, authorizes and dials the destination of this connection.
-    async fn route(&mut self) -> Result<Route, String> {
-        let identity = self.identity.as_ref().ok_or("not signed in")?;
+    async fn route(&self, identity: &Identity) -> Result<Route, String> {
         let (dest, port) = self
             .arrival
             .destination(&identity.username)
@@ -554,8 +596,6 @@ impl SessionActor {
         })
         .await;
         tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");
-        self.agent_rx = Some(agent_rx);
-        self.control_rx = Some(self.ctx.live.register(session));
         Ok(Route {
             session,
             login: dest.login,
@@ -563,15 +603,20 @@ impl SessionActor {
             upstream,
             recorder,
             writer,
+            agent_rx,
+            agent_allowed: false,
+            control_rx: self.ctx.live.register(session),
         })
     }
 
+    /// Checks a channel request against the grant and forwards it; `Break` when a terminate
+    /// rule ends the session.
     async fn request(
         &mut self,
         channel: ChannelId,
         request: Request,
         reply: tokio::sync::oneshot::Sender<bool>,
-    ) {
+    ) -> ControlFlow<()> {
         let verdict = match right_for(&request) {
             Err(reason) => Err(reason),
             Ok(None) => Ok(None),
@@ -585,9 +630,9 @@ impl SessionActor {
                 .await;
             if terminate {
                 self.kill(&format!("session ended: {reason}")).await;
-                self.ending = true;
+                return ControlFlow::Break(());
             }
-            return;
+            return ControlFlow::Continue(());
         }
         if let Err(reason) = verdict {
             if let Some(entry) = self.channels.get_mut(&channel) {
@@ -600,10 +645,10 @@ impl SessionActor {
             let _ = reply.send(false);
             self.refuse(u32::from(channel), request_name(&request), reason)
                 .await;
-            return;
+            return ControlFlow::Continue(());
         }
-        if matches!(request, Request::Agent) {
-            self.agent_allowed = true;
+        if let (Request::Agent, Phase::Routed { route, .. }) = (&request, &mut self.phase) {
+            route.agent_allowed = true;
         }
         match self.channels.get(&channel) {
             Some(entry) => {
@@ -640,6 +685,7 @@ impl SessionActor {
                 let _ = reply.send(false);
             }
         }
+        ControlFlow::Continue(())
     }
 
     /// Applies `grant`'s command rules to an exec request (exactly as the client sent it):
@@ -663,9 +709,10 @@ impl SessionActor {
         else {
             return Ok(());
         };
-        let Some(session) = self.route.as_ref().map(|r| r.session) else {
+        let Phase::Routed { route, .. } = &self.phase else {
             return Ok(());
         };
+        let session = route.session;
         self.audit(AuditKind::CommandRule {
             session,
             channel: u32::from(channel),
@@ -693,10 +740,11 @@ impl SessionActor {
 
     /// A shell line matched a command rule in a channel pump (which already withheld a denied
     /// line): audit it, and end the session for a terminate rule.
-    async fn rule_hit(&mut self, hit: RuleHit) {
-        let Some(session) = self.route.as_ref().map(|r| r.session) else {
-            return;
+    async fn rule_hit(&mut self, hit: RuleHit) -> ControlFlow<()> {
+        let Phase::Routed { route, .. } = &self.phase else {
+            return ControlFlow::Continue(());
         };
+        let session = route.session;
         self.audit(AuditKind::CommandRule {
             session,
             channel: hit.channel,
@@ -712,8 +760,9 @@ impl SessionActor {
                 hit.line, hit.rule.pattern, hit.grant
             ))
             .await;
-            self.ending = true;
+            return ControlFlow::Break(());
         }
+        ControlFlow::Continue(())
     }
 
     /// Answers an exec request the target never sees: accepted toward the client so it reads
@@ -737,9 +786,13 @@ impl SessionActor {
     /// The target opened an agent channel: carry it to the client's agent if forwarding was
     /// requested and allowed, else refuse it.
     async fn target_agent(&mut self, agent: AgentChannel) {
-        let (Some(route), Some(handle), true) =
-            (&self.route, &self.client_handle, self.agent_allowed)
-        else {
+        let carried = match (&self.phase, &self.client_handle) {
+            (Phase::Routed { route, .. }, Some(handle)) if route.agent_allowed => {
+                Some((route, handle))
+            }
+            _ => None,
+        };
+        let Some((route, handle)) = carried else {
             tracing::warn!(client = %self.client, "target opened an agent channel that was not allowed");
             agent
                 .reply
@@ -773,7 +826,7 @@ impl SessionActor {
     /// every channel and in the disconnect message, and the record shows it before it closes.
     async fn kill(&mut self, why: &str) {
         let message = format!("bastion: {why}");
-        if let Some(route) = &self.route {
+        if let Phase::Routed { route, .. } = &self.phase {
             route
                 .recorder
                 .record(Kind::Refused, 0, message.clone().into())
@@ -794,15 +847,17 @@ impl SessionActor {
         tracing::info!(client = %self.client, %why, "session ended by bastion");
     }
 
+    /// Consumes the last phase: a connection that never signed in is charged against its
+    /// source; a routed session's recording is closed (sealed) and its end audited.
     async fn finish(mut self) {
-        if self.identity.is_none()
+        if matches!(self.phase, Phase::Connecting)
             && self.refused_attempts > 0
             && self.ctx.failed_login(self.client.ip(), &self.last_username)
         {
             tracing::warn!(client = %self.client.ip(), username = %self.last_username, "too many failed sign-ins: source or user name refused for a while");
         }
         self.channels.clear();
-        if let Some(route) = self.route.take() {
+        if let Phase::Routed { route, .. } = std::mem::replace(&mut self.phase, Phase::Connecting) {
             self.ctx.live.remove(route.session);
             drop(route.recorder);
             drop(route.upstream);
@@ -858,7 +913,7 @@ impl SessionActor {
 }
 
 /// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
-async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
