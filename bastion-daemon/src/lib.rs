@@ -6,6 +6,9 @@
 //! - [`limits`]: process limits raised at start (open files);
 //! - [`control`]: the Unix-socket control API, bastiond's side;
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
+//!
+//! `unsafe` is fenced: only `enforce` (the bpf(2), netlink and ring-buffer calls aya and nftnl
+//! leave to us) and the binary's `setns` use it; the other modules forbid it.
 
 pub mod control;
 pub mod daemon;

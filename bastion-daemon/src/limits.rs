@@ -1,5 +1,7 @@
 //! Process limits bastiond needs raised at start.
 
+#![forbid(unsafe_code)]
+
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Two sockets per session (client and target) plus the store's files: the default soft limit

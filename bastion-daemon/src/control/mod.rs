@@ -4,4 +4,6 @@
 //!
 //! - [`server`]: binding the socket safely and serving connections until shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod server;

@@ -5,6 +5,8 @@
 //! control socket. On shutdown the socket is removed and the store flushed; enforcement stays
 //! pinned on purpose.
 
+#![forbid(unsafe_code)]
+
 use std::{
     future::Future,
     net::SocketAddr,
