@@ -154,35 +154,19 @@ fn not_dev(dep: &Value) -> bool {
 
 #[test]
 fn pure_crates_reach_no_io_stack() {
+    // `cargo tree -p ROOT` over normal and build edges, with features resolved for ROOT alone.
+    let tree = |root: &str, extra: &[&str]| {
+        let base = ["tree", "--locked", "-p", root, "-e", "normal,build"];
+        run(cargo().args(base).args(extra))
+    };
     for root in ["bastion-core", "bastionctl"] {
-        let tree = run(cargo().args([
-            "tree",
-            "--locked",
-            "-p",
-            root,
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "-f",
-            "{p}",
-        ]));
-        let reached: Vec<&str> = tree
+        let listing = tree(root, &["--prefix", "none", "-f", "{p}"]);
+        let reached = listing
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|name| IO_STACK.contains(name))
-            .collect();
-        if let Some(name) = reached.first() {
-            let why = run(cargo().args([
-                "tree",
-                "--locked",
-                "-p",
-                root,
-                "-e",
-                "normal,build",
-                "-i",
-                name,
-            ]));
+            .find(|name| IO_STACK.contains(name));
+        if let Some(name) = reached {
+            let why = tree(root, &["-i", name]);
             panic!("{root} reaches {name}, which a pure crate must not:\n{why}");
         }
     }
