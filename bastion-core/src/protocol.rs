@@ -1,4 +1,11 @@
 //! Control API messages. One request and one response per connection, each a single JSON line.
+//!
+//! Some messages carry the stored value types themselves (`SessionMeta`, `AuditEvent`, policy
+//! `Entity`): on purpose, because an exported session or audit event must be exactly what was
+//! sealed or chained. The wire is kept apart from the schema by [`PROTOCOL_VERSION`] and by the
+//! pinned wire form in this file's tests: a stored-type change that alters what crosses the wire
+//! fails them, and then either stays additive (a new field with a default, which both old and new
+//! peers read) or bumps the version. Store migrations never change the wire by themselves.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -442,6 +449,28 @@ mod tests {
         assert_eq!(
             ApiError::internal("store full").to_string(),
             "internal error: store full"
+        );
+    }
+
+    /// The wire form of a session listing, pinned. If this fails, a stored type changed what
+    /// crosses the wire: keep the change additive (with `#[serde(default)]`) and update this
+    /// text, or bump PROTOCOL_VERSION.
+    #[test]
+    fn the_wire_form_of_stored_types_is_pinned() {
+        let session = SessionMeta {
+            user: "alice".into(),
+            login: "root".into(),
+            target: "web1".into(),
+            started_micros: 1,
+            ..SessionMeta::starting(42, "203.0.113.10:22".parse().expect("addr"))
+        };
+        let wire = serde_json::to_string(&Response::Sessions {
+            sessions: vec![session],
+        })
+        .expect("encodes");
+        assert_eq!(
+            wire,
+            r#"{"response":"sessions","sessions":[{"id":42,"user":"alice","login":"root","target":"web1","target_addr":"203.0.113.10:22","client_addr":null,"grant":"","started_micros":1,"ended_micros":null,"state":"live","blocks":0,"bytes_in":0,"bytes_out":0,"stored_bytes":0,"arrival":"","chain":null,"seal":null}]}"#
         );
     }
 }
