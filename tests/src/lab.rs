@@ -76,6 +76,15 @@ impl Lab {
         Self::build(false)
     }
 
+    /// The standard session scenario ([`Lab::enroll_alice`]) ready to use: a lab, bastiond
+    /// started in it, and alice enrolled.
+    pub fn with_alice() -> anyhow::Result<(Lab, Bastiond)> {
+        let lab = Lab::up()?;
+        let b = lab.start_bastiond()?;
+        lab.enroll_alice(&b).context("enrolling alice")?;
+        Ok((lab, b))
+    }
+
     /// Builds a lab that outlives this process (`cargo xtask lab up`); `cargo xtask lab down`
     /// removes it.
     pub fn up_kept() -> anyhow::Result<Lab> {

@@ -8,6 +8,7 @@
 //! - [`bastiond`]: writing a bastiond config for the lab, starting it, calling bastionctl;
 //! - [`cleanup`]: teardown by name, the registry used on Ctrl-C, and the sweep of stale runs;
 //! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop;
+//! - [`interactive`]: [`interactive::Interactive`], an `ssh -tt` session a test types at;
 //! - [`wait`]: bounded waits for what a test cannot be told about directly.
 //!
 //! Network rules (shared/notes/lab-network.md): only 198.51.100.0/24 (admin side) and
@@ -16,6 +17,7 @@
 
 pub mod bastiond;
 pub mod cleanup;
+pub mod interactive;
 pub mod lab;
 pub mod names;
 pub mod sshd;

@@ -6,107 +6,50 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    io::{Read, Write},
-    process::{Child, ChildStdin, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+use bastion_core::{
+    record::commands::Doubt,
+    session::{CommandSource, SessionState},
+};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    interactive::Interactive,
+    wait::{LIMIT, eventually},
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
+mod common;
 
 const PROMPT: &str = "corpus$ ";
 
 /// A scripted terminal: `ssh -tt` through bastiond, keys written as a person would type them
 /// (one group at a time, waiting for the shell to answer).
-struct Term {
-    child: Child,
-    stdin: ChildStdin,
-    out: Arc<Mutex<Vec<u8>>>,
-    /// The thread copying ssh's output into `out`; joined once ssh exits, so what ssh printed
-    /// last (a refusal before it hangs up) is in `out` before anyone reads it.
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+struct Term(Interactive);
 
 impl Term {
     fn open(lab: &Lab) -> Term {
-        let mut child = lab
-            .ssh_via_bastion("root@web1", &["-tt"])
-            .unwrap()
-            // The ground truth is an xterm's, whatever terminal runs the tests: under the
-            // TERM=dumb of a CI runner, readline scrolls long lines sideways instead of wrapping.
-            .env("TERM", "xterm")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = out.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut t = Term {
-            child,
-            stdin,
-            out,
-            reader: Some(reader),
-        };
+        let mut t = Term(lab.interactive("root@web1", &[]).unwrap());
         // root's login shell prompts with `# ` (typing earlier would be typing ahead).
-        t.wait_for("# ", 1);
-        t.settle();
+        t.0.wait_for("# ").unwrap();
+        t.0.settle();
         // A known shell: no rc files, a fixed prompt, history in memory only.
         let home = lab.info().run_dir.display().to_string();
-        t.send(
+        t.0.send(
             format!(
                 "exec env -i HOME={home} HISTFILE= TERM=xterm INPUTRC=/dev/null PS1='{PROMPT}' bash --norc --noprofile -i\r"
             )
             .as_bytes(),
-        );
-        t.wait_for(PROMPT, 1);
+        )
+        .unwrap();
+        t.0.wait_for(PROMPT).unwrap();
         t
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+        self.0.output()
     }
 
     fn send(&mut self, keys: &[u8]) {
-        self.stdin.write_all(keys).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits (bounded) until `pat` was printed at least `n` times.
-    fn wait_for(&self, pat: &str, n: usize) {
-        let t0 = Instant::now();
-        while self.text().matches(pat).count() < n {
-            assert!(t0.elapsed() < LIMIT, "no `{pat}` x{n} in:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits (bounded) until the output has been quiet for a moment.
-    fn settle(&self) {
-        let t0 = Instant::now();
-        let mut last = self.out.lock().unwrap().len();
-        let mut quiet = Instant::now();
-        while quiet.elapsed() < Duration::from_millis(150) && t0.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.out.lock().unwrap().len();
-            if now != last {
-                last = now;
-                quiet = Instant::now();
-            }
-        }
+        self.0.send(keys).unwrap();
     }
 
     /// Types each group of keys, letting the shell answer in between; the last group ends the
@@ -114,92 +57,51 @@ impl Term {
     fn line(&mut self, groups: &[&[u8]]) {
         let prompts = self.text().matches(PROMPT).count();
         self.keys(groups);
-        self.wait_for(PROMPT, prompts + 1);
+        self.0.wait_for_times(PROMPT, prompts + 1).unwrap();
     }
 
     /// Waits (bounded) for ssh to exit and for its output to be read to the end.
     fn exited(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let reader = self.reader.take().unwrap();
-                while !reader.is_finished() {
-                    assert!(t0.elapsed() < LIMIT, "ssh's output never ended");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                reader.join().unwrap();
-                return status;
-            }
-            if t0.elapsed() > LIMIT {
-                let _ = self.child.kill();
-                panic!("ssh did not exit; it showed:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_exit().unwrap()
     }
 
     /// Types each group of keys, letting the program answer in between.
     fn keys(&mut self, groups: &[&[u8]]) {
         for g in groups {
             self.send(g);
-            self.settle();
+            self.0.settle();
         }
     }
 }
 
 /// The lines entered in `session`, oldest first, with their doubts and sources.
-fn commands(b: &Bastiond, session: &str) -> Vec<(String, Vec<String>, String)> {
-    let v: serde_json::Value = serde_json::from_str(
-        &b.ctl_ok(&["--json", "search", "--session", session, "--limit", "500"])
-            .unwrap(),
-    )
-    .unwrap();
-    let mut hits: Vec<_> = v["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["line"].as_str().unwrap().to_owned(),
-                h["doubts"]
-                    .as_array()
-                    .map(|d| d.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default(),
-                h["source"].as_str().unwrap().to_owned(),
-            )
-        })
+fn commands(b: &Bastiond, session: &str) -> Vec<(String, Vec<Doubt>, CommandSource)> {
+    let mut hits: Vec<_> = common::search(b, &["--session", session, "--limit", "500"])
+        .into_iter()
+        .map(|h| (h.line, h.doubts, h.source))
         .collect();
     hits.reverse();
     hits
 }
 
 fn session_id(b: &Bastiond) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
-    v["sessions"][0]["id"].as_u64().unwrap().to_string()
+    common::sessions(b)[0].id.to_string()
 }
 
 fn wait_closed(b: &Bastiond, id: &str) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        let v: serde_json::Value =
-            serde_json::from_str(&b.ctl_ok(&["--json", "session", "show", id]).unwrap()).unwrap();
-        if v["session"]["state"] == "closed" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("session {id} did not close");
+    let id: u64 = id.parse().unwrap();
+    eventually(&format!("session {id} closed"), LIMIT, || {
+        (common::session(b, id).state == SessionState::Closed).then_some(())
+    })
+    .unwrap();
 }
 
 /// Keys typed (in groups), the line bash ran, and the doubts it must carry.
-type Step<'a> = (Vec<&'a [u8]>, &'a str, &'a [&'a str]);
+type Step<'a> = (Vec<&'a [u8]>, &'a str, &'a [Doubt]);
 
 #[test]
 fn every_line_of_an_edited_bash_session_matches_its_ground_truth() {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).unwrap();
+    let (lab, b) = Lab::with_alice().unwrap();
     let mut t = Term::open(&lab);
     const LEFT: &[u8] = b"\x1b[D";
     const UP: &[u8] = b"\x1b[A";
@@ -238,13 +140,13 @@ fn every_line_of_an_edited_bash_session_matches_its_ground_truth() {
         ),
         (vec![long.as_bytes(), b"\r"], &long, &[]),
         (vec![b"read -s pw", b"\r"], "read -s pw", &[]),
-        (vec![b"hunter2", b"\r"], "", &["no_echo"]),
+        (vec![b"hunter2", b"\r"], "", &[Doubt::NoEcho]),
         (
             vec![b"printf '\\e[?1049h'; read x; printf '\\e[?1049l'", b"\r"],
             "printf '\\e[?1049h'; read x; printf '\\e[?1049l'",
             &[],
         ),
-        (vec![b"in-vim", b"\r"], "in-vim", &["full_screen"]),
+        (vec![b"in-vim", b"\r"], "in-vim", &[Doubt::FullScreen]),
         (
             vec![b"echo cancelled", b"\x03", b"echo after", b"\r"],
             "echo after",
@@ -268,23 +170,19 @@ fn every_line_of_an_edited_bash_session_matches_its_ground_truth() {
     let id = session_id(&b);
     wait_closed(&b, &id);
 
-    let mut expected: Vec<(String, Vec<String>, String)> = vec![(
+    let mut expected: Vec<(String, Vec<Doubt>, CommandSource)> = vec![(
         format!(
             "exec env -i HOME={} HISTFILE= TERM=xterm INPUTRC=/dev/null PS1='{PROMPT}' bash --norc --noprofile -i",
             lab.info().run_dir.display()
         ),
         vec![],
-        "shell".into(),
+        CommandSource::Shell,
     )];
     for (_, line, doubts) in &corpus {
-        expected.push((
-            line.to_string(),
-            doubts.iter().map(|d| d.to_string()).collect(),
-            "shell".into(),
-        ));
+        expected.push((line.to_string(), doubts.to_vec(), CommandSource::Shell));
     }
     for line in ["echo 'multi", "line'", "exit"] {
-        expected.push((line.into(), vec![], "shell".into()));
+        expected.push((line.into(), vec![], CommandSource::Shell));
     }
     let got = commands(&b, &id);
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -298,9 +196,7 @@ fn every_line_of_an_edited_bash_session_matches_its_ground_truth() {
 
 #[test]
 fn shell_rules_deny_before_the_target_runs_alert_and_terminate_and_search_finds_it_all() {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).unwrap();
+    let (lab, b) = Lab::with_alice().unwrap();
     b.ctl_ok(&["grant", "remove", "alice-web1"]).unwrap();
     b.ctl_ok(&[
         "grant",
@@ -350,18 +246,18 @@ fn shell_rules_deny_before_the_target_runs_alert_and_terminate_and_search_finds_
     wait_closed(&b, &id);
 
     let got = commands(&b, &id);
-    let lines: Vec<(&str, &str)> = got
-        .iter()
-        .map(|(l, _, s)| (l.as_str(), s.as_str()))
-        .collect();
+    let lines: Vec<(&str, CommandSource)> = got.iter().map(|(l, _, s)| (l.as_str(), *s)).collect();
     let touch = format!("touch {}", marker.display());
-    assert!(lines.contains(&(&touch, "refused")), "{lines:?}");
     assert!(
-        lines.contains(&("echo alert-me-$((6*7))", "shell")),
+        lines.contains(&(&touch, CommandSource::Refused)),
         "{lines:?}"
     );
     assert!(
-        lines.contains(&("echo self-destruct", "refused")),
+        lines.contains(&("echo alert-me-$((6*7))", CommandSource::Shell)),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("echo self-destruct", CommandSource::Refused)),
         "{lines:?}"
     );
     let audit = b.ctl_ok(&["audit"]).unwrap();

@@ -9,10 +9,19 @@
 
 use std::{
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
+use bastion_core::{
+    audit::AuditEvent, integrity::Status, protocol::Response, session::SessionState,
+};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    wait::{LIMIT, eventually},
+};
+
+mod common;
 
 const ROUNDS: usize = 20;
 const SESSIONS: usize = 50;
@@ -30,28 +39,17 @@ impl Lcg {
     }
 }
 
-fn json(b: &Bastiond, args: &[&str]) -> serde_json::Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    serde_json::from_str(&b.ctl_ok(&full).unwrap()).unwrap()
-}
-
-/// Waits (bounded) until `n` sessions are live. A listing that fails (bastiond too busy to
-/// answer in bastionctl's time while 50 sessions start) is only a poll that saw nothing.
+/// Waits (bounded) until `n` sessions are live; returns how many were live at the last look
+/// (fewer than `n` when not all went live in time: the round goes on with those). A listing
+/// that fails (bastiond too busy to answer in bastionctl's time while 50 sessions start) is
+/// only a poll that saw nothing.
 fn wait_live(b: &Bastiond, n: usize) -> usize {
-    let t0 = Instant::now();
-    loop {
-        let live = b
-            .ctl_ok(&["--json", "session", "list", "--live"])
-            .ok()
-            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-            .and_then(|v| v["sessions"].as_array().map(Vec::len))
-            .unwrap_or(0);
-        if live >= n || t0.elapsed() > LIMIT {
-            return live;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut live = 0;
+    let _ = eventually(&format!("{n} live sessions"), LIMIT, || {
+        live = common::try_sessions_where(b, &["--live"]).map_or(0, |s| s.len());
+        (live >= n).then_some(())
+    });
+    live
 }
 
 /// The output lines `line-N` a session recorded, in order.
@@ -72,9 +70,7 @@ fn recorded_lines(b: &Bastiond, id: u64) -> Vec<u64> {
 
 #[test]
 fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
-    let lab = Lab::up().expect("lab");
-    let mut b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).unwrap();
+    let (lab, mut b) = Lab::with_alice().unwrap();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -98,7 +94,11 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
         let live = wait_live(&b, SESSIONS);
         assert!(live > 0, "round {round}: no session went live");
         // What the audit stream acknowledged just before the kill.
-        let before = json(&b, &["audit", "--limit", "1"])["events"][0].clone();
+        let before = match common::ctl_json(&b, &["audit", "--limit", "1"]) {
+            Response::Audit { events } => events[0].clone(),
+            other => panic!("audit answered {other:?}"),
+        };
+        // A random moment to kill at: pacing, not a wait for anything.
         std::thread::sleep(Duration::from_millis(rng.next(1500)));
         b.kill9().unwrap();
         for mut c in clients {
@@ -108,7 +108,7 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
         }
 
         b = lab.start_bastiond().expect("the store opens after a kill");
-        let seq = before["seq"].as_u64().unwrap();
+        let seq = before.seq;
         let again = b
             .ctl_ok(&[
                 "audit",
@@ -118,37 +118,36 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
                 "jsonl",
             ])
             .unwrap();
-        let first: serde_json::Value = serde_json::from_str(again.lines().next().unwrap()).unwrap();
-        assert_eq!(first["seq"], before["seq"], "round {round}");
-        assert_eq!(first["event"], before["event"], "round {round}");
+        let first: AuditEvent = serde_json::from_str(again.lines().next().unwrap()).unwrap();
+        assert_eq!(first.seq, before.seq, "round {round}");
+        assert_eq!(first.kind, before.kind, "round {round}");
         assert_eq!(
-            first["chain"], before["chain"],
-            "round {round}: {first} vs {before}"
+            first.chain, before.chain,
+            "round {round}: {first:?} vs {before:?}"
         );
 
         let verify = b.ctl(&["--json", "verify", "--all"]).unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
-        assert!(verify.status.success(), "round {round}: {report}");
-        assert!(
-            report["audit"]["broken"].is_null(),
-            "round {round}: {report}"
-        );
-        let sessions = report["sessions"].as_array().unwrap();
-        let status = |s: &str| sessions.iter().filter(|x| x["status"] == s).count();
-        assert_eq!(status("tampered"), 0, "round {round}: {report}");
+        let report: Response = serde_json::from_slice(&verify.stdout).unwrap();
+        assert!(verify.status.success(), "round {round}: {report:?}");
+        let Response::Verify { sessions, audit } = &report else {
+            panic!("round {round}: verify answered {report:?}")
+        };
+        assert!(audit.broken.is_none(), "round {round}: {report:?}");
+        let status = |s: Status| sessions.iter().filter(|x| x.status == s).count();
+        assert_eq!(status(Status::Tampered), 0, "round {round}: {report:?}");
         let unsealed: Vec<u64> = sessions
             .iter()
-            .filter(|x| x["status"] == "unsealed")
-            .map(|x| x["session"].as_u64().unwrap())
+            .filter(|x| x.status == Status::Unsealed)
+            .map(|x| x.session)
             .collect();
         assert_eq!(
-            status("sealed") + unsealed.len(),
+            status(Status::Sealed) + unsealed.len(),
             sessions.len(),
-            "round {round}: {report}"
+            "round {round}: {report:?}"
         );
         assert!(
             unsealed.len() >= interrupted_total + live.min(1),
-            "round {round}: the killed sessions are marked interrupted: {report}"
+            "round {round}: the killed sessions are marked interrupted: {report:?}"
         );
         interrupted_total = unsealed.len();
         // A killed session's record is an unbroken prefix of what it printed.
@@ -158,15 +157,11 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
             assert_eq!(*n, i as u64, "round {round}: session {sample} lost a line");
         }
     }
-    let list = json(&b, &["session", "list"]);
-    let states: Vec<&str> = list["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
+    let states: Vec<SessionState> = common::sessions(&b).iter().map(|s| s.state).collect();
     assert!(
-        states.iter().all(|s| *s == "interrupted" || *s == "closed"),
+        states
+            .iter()
+            .all(|s| *s == SessionState::Interrupted || *s == SessionState::Closed),
         "{states:?}"
     );
     println!(

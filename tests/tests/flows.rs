@@ -9,7 +9,14 @@
 
 use std::process::Output;
 
-use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
+use bastion_core::flow::Flow;
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    wait::{LIMIT, eventually},
+};
+
+mod common;
 
 const WEB1: &str = "203.0.113.10";
 /// ssh.upstream_mark's default, which the lab does not change.
@@ -130,11 +137,10 @@ fn assert_blocked(a: &Attempt, out: &Output) {
     assert!(!stdout.contains("SSH-2.0"), "{}: {stdout}", a.name);
 }
 
-fn denied_flows(b: &Bastiond, since: u64) -> Vec<serde_json::Value> {
-    let out = b
-        .ctl_ok(&[
-            "--json",
-            "flows",
+fn denied_flows(b: &Bastiond, since: u64) -> Vec<Flow> {
+    common::flows(
+        b,
+        &[
             "--denied",
             "--dst",
             WEB1,
@@ -142,42 +148,40 @@ fn denied_flows(b: &Bastiond, since: u64) -> Vec<serde_json::Value> {
             &since.to_string(),
             "--limit",
             "1000",
-        ])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
+        ],
+    )
+    .0
 }
 
 /// Waits (bounded: flows are written once a second) until every attempt has its denied flow.
 fn assert_audited(b: &Bastiond, since: u64) {
     let mut missing = Vec::new();
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
+    let audited = eventually("a denied flow for every attempt", LIMIT, || {
         let flows = denied_flows(b, since);
         missing = ATTEMPTS
             .iter()
             .filter(|a| {
                 !flows.iter().any(|f| {
-                    f["hook"] == a.hook
-                        && f["proto"] == a.proto
-                        && f["dport"] == a.dport
-                        && f["allowed"] == false
+                    f.hook == a.hook
+                        && f.proto == a.proto
+                        && f.dport == a.dport
+                        && !f.allowed
                         // Local attempts name the process; forwarded ones have no socket.
-                        && (a.from_admin && f["cgroup"] == 0
-                            || !a.from_admin && (a.hook == "egress" || f["comm"] == "lab-connect"))
+                        && (a.from_admin && f.cgroup == 0
+                            || !a.from_admin
+                                && (a.hook == "egress" || f.comm.as_deref() == Some("lab-connect")))
                 })
             })
             .map(|a| a.name)
             .collect();
-        if missing.is_empty() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
+        missing.is_empty().then_some(())
+    });
+    if let Err(e) = audited {
+        panic!(
+            "{e}: no denied flow audited for {missing:?}; flows: {:#?}",
+            denied_flows(b, since)
+        );
     }
-    panic!(
-        "no denied flow audited for {missing:?}; flows: {:#?}",
-        denied_flows(b, since)
-    );
 }
 
 fn now_secs() -> u64 {
@@ -206,23 +210,19 @@ fn every_bypass_is_blocked_and_audited_as_a_denied_flow_even_across_kill9() {
 
     // bastiond's own upstream connections are audited as allowed flows.
     b.ctl_ok(&["probe", &format!("{WEB1}:22")]).unwrap();
-    let mut allowed = serde_json::Value::Null;
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        allowed = serde_json::from_str(
-            &b.ctl_ok(&["--json", "flows", "--allowed", "--dport", "22"])
-                .unwrap(),
-        )
-        .unwrap();
-        if allowed["events"].as_array().is_some_and(|e| !e.is_empty()) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    let first = &allowed["events"][0];
-    assert_eq!(first["hook"], "connect4", "{allowed}");
-    assert_eq!(first["pid"], b.pid().unwrap(), "bastiond's own: {allowed}");
-    assert_eq!(allowed["lost_total"], 0);
+    let (allowed, lost_total) = eventually("an allowed flow to port 22", LIMIT, || {
+        let (flows, lost_total) = common::flows(&b, &["--allowed", "--dport", "22"]);
+        (!flows.is_empty()).then_some((flows, lost_total))
+    })
+    .unwrap();
+    let first = &allowed[0];
+    assert_eq!(first.hook, "connect4", "{allowed:?}");
+    assert_eq!(
+        first.pid,
+        Some(b.pid().unwrap()),
+        "bastiond's own: {allowed:?}"
+    );
+    assert_eq!(lost_total, 0);
 
     // Dead bastiond: the same attempts are blocked, and audited once it is back.
     b.kill9().unwrap();

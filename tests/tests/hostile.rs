@@ -6,19 +6,13 @@
 
 use std::process::{Output, Stdio};
 
+use bastion_core::session::SessionState;
 use bastion_lab::{
-    Lab,
-    bastiond::Bastiond,
-    sshd, sys,
-    wait::{Collected, LIMIT, eventually},
+    Lab, sshd, sys,
+    wait::{LIMIT, eventually},
 };
 
-fn setup() -> (Lab, Bastiond) {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).expect("enrol alice");
-    (lab, b)
-}
+mod common;
 
 fn ssh(lab: &Lab, dest: &str, extra: &[&str]) -> Output {
     lab.ssh_via_bastion(dest, extra)
@@ -41,7 +35,7 @@ fn assert_alice_works(lab: &Lab, extra: &[&str]) {
 
 #[test]
 fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let info = lab.info().clone();
     let lab_connect = sys::bin("lab-connect").unwrap();
 
@@ -125,7 +119,7 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
 
 #[test]
 fn target_side_failures_are_named_and_never_trusted_blindly() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let info = lab.info().clone();
     let web1_key = info.hosts[0].host_key_pub.to_str().unwrap().to_owned();
     // web2 enrolled with the wrong pinned key (as if its key changed): refused, never accepted.
@@ -200,47 +194,31 @@ fn target_side_failures_are_named_and_never_trusted_blindly() {
 
 #[test]
 fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
-    let (lab, mut b) = setup();
-    let mut client = lab
-        .ssh_via_bastion("root@web1", &["-tt"])
-        .unwrap()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = client.stdin.take().unwrap();
-    let output = Collected::spawn(client.stdout.take().unwrap());
-    let errors = Collected::spawn(client.stderr.take().unwrap());
-    std::io::Write::write_all(&mut stdin, b"echo before-the-crash-$((6*7))\n").unwrap();
+    let (lab, mut b) = Lab::with_alice().unwrap();
+    let mut client = lab.interactive("root@web1", &[]).unwrap();
+    client.send(b"echo before-the-crash-$((6*7))\n").unwrap();
     // The shell ran it and its output went through bastiond to the client ...
-    if let Err(e) = output.wait_for("before-the-crash-42", LIMIT) {
-        panic!("{e}; ssh: {}; bastiond: {}", errors.text(), b.log_tail());
+    if let Err(e) = client.wait_for("before-the-crash-42") {
+        panic!("{e:#}; bastiond: {}", b.log_tail());
     }
     // ... so it is durable in the store within the flush interval.
     let id = eventually("the session's output in the store", LIMIT, || {
-        let list: serde_json::Value =
-            serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).ok()?).ok()?;
-        let sid = list["sessions"][0]["id"].as_u64()?;
+        let sid = common::try_sessions_where(&b, &[]).ok()?.first()?.id;
         let cast = b.ctl_ok(&["session", "export", &sid.to_string()]).ok()?;
         cast.contains("before-the-crash-42").then_some(sid)
     });
-    let id = id.unwrap().to_string();
+    let id = id.unwrap();
     // Seen is not yet synced: sled makes a committed block visible a moment before the
     // recorder's own flush reaches the disk. An audited change answers only after its flush,
     // which covers everything committed before it, so after it the block is durable.
     b.ctl_ok(&["group", "add", "after-the-block"]).unwrap();
     b.kill9().unwrap();
-    drop(stdin);
-    let _ = client.kill();
-    let _ = client.wait();
+    drop(client);
 
     let b = lab.start_bastiond().expect("restart");
-    let show: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "show", &id]).unwrap()).unwrap();
-    assert_eq!(show["session"]["state"], "interrupted");
+    assert_eq!(common::session(&b, id).state, SessionState::Interrupted);
     assert!(
-        b.ctl_ok(&["session", "export", &id])
+        b.ctl_ok(&["session", "export", &id.to_string()])
             .unwrap()
             .contains("before-the-crash-42")
     );
@@ -319,18 +297,16 @@ fn on_a_small_filesystem_the_floor_refuses_new_sessions_and_keeps_every_recordin
         recorded,
         "what was recorded is kept: {verdict}"
     );
-    let list: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
-    let sessions = list["sessions"].as_array().unwrap();
+    let sessions = common::sessions(&b);
     assert_eq!(sessions.len(), recorded);
-    for s in sessions {
-        assert_eq!(s["bytes_in"].as_u64(), Some(UPLOAD as u64), "{s}");
+    for s in &sessions {
+        assert_eq!(s.bytes_in, UPLOAD as u64, "{s:?}");
     }
 }
 
 #[test]
 fn retention_deletes_old_recordings_and_audits_it() {
-    let (lab, mut b) = setup();
+    let (lab, mut b) = Lab::with_alice().unwrap();
     let out = ssh(&lab, "root@web1", &[]);
     assert!(out.status.success());
     assert!(b.stop().unwrap());
@@ -342,18 +318,15 @@ fn retention_deletes_old_recordings_and_audits_it() {
         text.replacen("[store]\n", "[store]\nretention_days = 0.0000231\n", 1),
     )
     .unwrap();
+    // Pacing, not a poll: the session must have ended longer ago than the retention.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let b = lab.start_bastiond().unwrap();
     let mut list = String::new();
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
+    let deleted = eventually("the expired session deleted", LIMIT, || {
         list = b.ctl_ok(&["session", "list"]).unwrap();
-        if list.contains("(no sessions)") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(list.contains("(no sessions)"), "{list}");
+        list.contains("(no sessions)").then_some(())
+    });
+    assert!(deleted.is_ok(), "{list}");
     let audit = b.ctl_ok(&["audit"]).unwrap();
     assert!(audit.contains("sessions deleted after"), "{audit}");
     // The deletion is itself in the (intact) audit chain.

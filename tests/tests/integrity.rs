@@ -8,14 +8,19 @@
 
 use std::process::Stdio;
 
-use bastion_core::record::{block, frame::Frame};
-use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
+use bastion_core::{
+    protocol::Response,
+    record::{block, frame::Frame},
+    session::SessionState,
+};
+use bastion_lab::{
+    Lab,
+    wait::{LIMIT, eventually},
+};
 
-fn sessions(b: &Bastiond) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
-    v["sessions"].as_array().cloned().unwrap_or_default()
-}
+mod common;
+
+use common::sessions;
 
 fn block_key(id: u64, n: u32) -> Vec<u8> {
     let mut k = id.to_be_bytes().to_vec();
@@ -46,9 +51,7 @@ fn rewrite_frames(tree: &sled::Tree, id: u64, edit: impl FnOnce(&mut Vec<Frame>)
 
 #[test]
 fn verify_names_every_tampered_session_and_position() {
-    let lab = Lab::up().expect("lab");
-    let mut b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).unwrap();
+    let (lab, mut b) = Lab::with_alice().unwrap();
     for i in 0..4 {
         let out = lab
             .ssh_via_bastion("root@web1", &[])
@@ -59,30 +62,27 @@ fn verify_names_every_tampered_session_and_position() {
             .unwrap();
         assert!(out.status.success());
     }
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        if sessions(&b)
+    // Not all closed in time: the verdict below shows which are not sealed.
+    let _ = eventually("the four sessions closed", LIMIT, || {
+        let closed = sessions(&b)
             .iter()
-            .filter(|s| s["state"] == "closed")
-            .count()
-            == 4
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+            .filter(|s| s.state == SessionState::Closed)
+            .count();
+        (closed == 4).then_some(())
+    });
     let clean = b.ctl(&["verify", "--all"]).unwrap();
     let text = String::from_utf8_lossy(&clean.stdout).into_owned();
     assert!(clean.status.success(), "{text}");
     assert_eq!(text.matches("SEALED").count(), 4, "{text}");
     assert!(text.contains("chain intact"), "{text}");
-    let stats: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "store", "stats"]).unwrap()).unwrap();
-    assert_eq!(stats["response"], "store_stats");
-    assert_eq!(stats["sessions"], 4, "{stats}");
-    assert!(stats["carried_bytes"].as_u64().unwrap() > 1000, "{stats}");
-    assert!(stats["recorded_bytes"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["oldest_micros"].as_u64() <= stats["newest_micros"].as_u64());
+    let stats = match common::ctl_json(&b, &["store", "stats"]) {
+        Response::StoreStats(stats) => stats,
+        other => panic!("store stats answered {other:?}"),
+    };
+    assert_eq!(stats.sessions, 4, "{stats:?}");
+    assert!(stats.carried_bytes > 1000, "{stats:?}");
+    assert!(stats.recorded_bytes > 0, "{stats:?}");
+    assert!(stats.oldest_micros <= stats.newest_micros);
 
     // A session cut short by kill -9 is reported, not passed over.
     let mut live = lab
@@ -92,13 +92,13 @@ fn verify_names_every_tampered_session_and_position() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        if sessions(&b).iter().any(|s| s["state"] == "live") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // Not seen live in time: the verdict below shows no interrupted session.
+    let _ = eventually("a live session", LIMIT, || {
+        sessions(&b)
+            .iter()
+            .any(|s| s.state == SessionState::Live)
+            .then_some(())
+    });
     b.kill9().unwrap();
     let _ = live.kill();
     let _ = live.wait();

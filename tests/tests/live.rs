@@ -4,47 +4,25 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{io::Write, process::Stdio};
+use std::process::Stdio;
 
 use bastion_lab::{
     Lab,
-    bastiond::Bastiond,
-    wait::{Collected, LIMIT},
+    wait::{Collected, LIMIT, eventually},
 };
 
-fn live_session(b: &Bastiond) -> Option<u64> {
-    let v: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list", "--live"]).unwrap()).unwrap();
-    v["sessions"][0]["id"].as_u64()
-}
+mod common;
 
 #[test]
 fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).unwrap();
-    let mut user = lab
-        .ssh_via_bastion("root@web1", &["-tt"])
-        .unwrap()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = user.stdin.take().unwrap();
-    stdin
-        .write_all(b"echo watch-me-$((40+2)); sleep 60\n")
-        .unwrap();
-    let mut id = None;
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        id = live_session(&b);
-        if id.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let id = id.expect("a live session").to_string();
+    let (lab, b) = Lab::with_alice().unwrap();
+    let mut user = lab.interactive("root@web1", &[]).unwrap();
+    user.send(b"echo watch-me-$((40+2)); sleep 60\n").unwrap();
+    let id = eventually("a live session", LIMIT, || {
+        common::live_sessions(&b).first().map(|s| s.id)
+    })
+    .unwrap()
+    .to_string();
     assert!(
         b.ctl(&["session", "kill", "999999", "--reason", "x"])
             .map(|o| String::from_utf8_lossy(&o.stderr).contains("session 999999 is not live"))
@@ -65,13 +43,8 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
     b.ctl_ok(&["session", "kill", &id, "--reason", "maintenance window"])
         .unwrap();
 
-    let out = user.wait_with_output().unwrap();
-    drop(stdin);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    user.wait_exit().unwrap();
+    let said = format!("{}{}", user.output(), user.errors());
     assert!(
         said.contains("bastion: session killed by an administrator: maintenance window"),
         "{said}"
@@ -86,14 +59,11 @@ fn watch_shows_live_output_and_kill_ends_the_session_with_its_reason() {
         "{audit}"
     );
     let mut verdict = String::new();
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
+    // Not seen sealed in time: the assertion below shows the verdict.
+    let _ = eventually("the killed session sealed", LIMIT, || {
         verdict = b.ctl_ok(&["verify", &id]).unwrap();
-        if verdict.contains("SEALED") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        verdict.contains("SEALED").then_some(())
+    });
     assert!(
         verdict.contains(&format!("session {id:<8} SEALED")),
         "{verdict}"

@@ -9,6 +9,11 @@ use std::{
     process::{Output, Stdio},
 };
 
+use bastion_core::{
+    policy::Entity,
+    protocol::Response,
+    session::{SessionMeta, SessionState},
+};
 use bastion_lab::{
     Lab,
     bastiond::Bastiond,
@@ -16,27 +21,22 @@ use bastion_lab::{
     wait::{LIMIT, eventually},
 };
 
+mod common;
+
 fn ok(b: &Bastiond, args: &[&str]) -> String {
     b.ctl_ok(args).expect("bastionctl succeeds")
 }
 
-/// A lab with bastiond, its user CA trusted by the hosts, and alice allowed on web1 as root.
-fn setup() -> (Lab, Bastiond) {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).expect("enrol alice");
-    (lab, b)
-}
-
-/// Waits (bounded) until `n` sessions exist and all are closed; returns the session list.
-fn wait_all_closed(b: &Bastiond, n: usize) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
+/// Waits (bounded) until `n` sessions exist and all are closed; returns the session list
+/// (newest first).
+fn wait_all_closed(b: &Bastiond, n: usize) -> Vec<SessionMeta> {
+    let mut last = Vec::new();
     eventually(&format!("{n} sessions, all closed"), LIMIT, || {
-        last = serde_json::from_str(&ok(b, &["--json", "session", "list"])).expect("JSON");
-        let list = last["sessions"].as_array()?;
-        (list.len() == n && list.iter().all(|s| s["state"] == "closed")).then(|| last.clone())
+        last = common::sessions(b);
+        (last.len() == n && last.iter().all(|s| s.state == SessionState::Closed))
+            .then(|| last.clone())
     })
-    .unwrap_or_else(|e| panic!("{e}: {last}"))
+    .unwrap_or_else(|e| panic!("{e}: {last:?}"))
 }
 
 fn run(lab: &Lab, dest: &str, extra: &[&str], command: Option<&str>, stdin: &[u8]) -> Output {
@@ -82,7 +82,7 @@ fn sha256(data: &[u8]) -> String {
 
 #[test]
 fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     // stdout, stderr and the exit status come back as the target produced them.
     let out = run(
         &lab,
@@ -122,23 +122,17 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
     );
 
     // The record closes when bastiond sees the connection end, just after the client exits.
-    let sessions = wait_all_closed(&b, 2);
-    let list = sessions["sessions"].as_array().expect("sessions");
-    assert_eq!(list.len(), 2, "{sessions}");
+    let list = wait_all_closed(&b, 2);
+    assert_eq!(list.len(), 2, "{list:?}");
     let cat = &list[0];
-    assert_eq!(cat["state"], "closed");
-    assert_eq!(cat["user"], "alice");
-    assert_eq!(cat["login"], "root");
-    assert_eq!(cat["target"], "web1");
-    assert_eq!(cat["bytes_in"].as_u64(), Some(data.len() as u64));
-    assert_eq!(cat["bytes_out"].as_u64(), Some(data.len() as u64));
+    assert_eq!(cat.state, SessionState::Closed);
+    assert_eq!(cat.user, "alice");
+    assert_eq!(cat.login, "root");
+    assert_eq!(cat.target, "web1");
+    assert_eq!(cat.bytes_in, data.len() as u64);
+    assert_eq!(cat.bytes_out, data.len() as u64);
 
-    let count = |args: &[&str]| -> usize {
-        let mut all = vec!["--json", "session", "list"];
-        all.extend_from_slice(args);
-        let v: serde_json::Value = serde_json::from_str(&ok(&b, &all)).unwrap();
-        v["sessions"].as_array().map_or(0, Vec::len)
-    };
+    let count = |args: &[&str]| common::sessions_where(&b, args).len();
     assert_eq!(
         count(&["--user", "alice", "--target", "web1", "--closed"]),
         2
@@ -151,7 +145,7 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
     assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"]), 0);
     assert_eq!(count(&["--live"]), 0);
 
-    let first = list[1]["id"].as_u64().unwrap().to_string();
+    let first = list[1].id.to_string();
     let shown = ok(&b, &["session", "show", &first]);
     for want in [
         "exec echo out; echo err >&2; exit 7",
@@ -185,7 +179,7 @@ fn exec_carries_stdio_and_exit_status_byte_exact_and_is_recorded() {
 
 #[test]
 fn interactive_shell_with_pty_replays_exactly_what_the_client_saw() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let out = run(
         &lab,
         "root@web1",
@@ -202,10 +196,7 @@ fn interactive_shell_with_pty_replays_exactly_what_the_client_saw() {
     let seen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(seen.contains("hello\x1b[1mpty\x1b[0m"), "{seen:?}");
 
-    let id = wait_all_closed(&b, 1)["sessions"][0]["id"]
-        .as_u64()
-        .unwrap()
-        .to_string();
+    let id = wait_all_closed(&b, 1)[0].id.to_string();
     let cast = ok(&b, &["session", "export", &id]);
     let mut lines = cast.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -226,7 +217,7 @@ fn interactive_shell_with_pty_replays_exactly_what_the_client_saw() {
 
 #[test]
 fn refusals_reach_the_client_in_one_line_and_are_audited() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let cases: &[(&str, &str)] = &[
         ("root@web9", "unknown target `web9`"),
         (
@@ -276,7 +267,7 @@ fn assert_ok(out: &Output, what: &str) {
 
 #[test]
 fn scp_sftp_and_rsync_transfer_files_intact() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     // web1's sshd runs on this machine's file system, so the test can check both ends directly.
     let dir = lab.info().run_dir.join("xfer");
     std::fs::create_dir_all(&dir).unwrap();
@@ -330,8 +321,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
     assert_eq!(sha256_file(&dir.join("down-b.bin")), sum);
 
     // The sftp session recorded which files moved, and how many bytes.
-    let sessions = wait_all_closed(&b, 5);
-    let sftp_id = sessions["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let sftp_id = wait_all_closed(&b, 5)[0].id.to_string();
     let export: serde_json::Value = serde_json::from_str(&ok(
         &b,
         &["session", "export", &sftp_id, "--format", "json"],
@@ -392,7 +382,7 @@ fn connect_local(lab: &Lab, port: u16) -> String {
 
 #[test]
 fn local_forwarding_follows_the_forward_right() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     // A service on web1's loopback: not a protected address, so reached by an ordinary forward.
     let mut service = lab
         .command_unenforced("web1", bastion_lab::sys::bin("lab-connect").unwrap())
@@ -457,7 +447,7 @@ fn local_forwarding_follows_the_forward_right() {
     let _ = service.kill();
     let _ = service.wait();
     let list = wait_all_closed(&b, 2);
-    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let id = list[0].id.to_string();
     let export = ok(&b, &["session", "export", &id, "--format", "json"]);
     assert!(export.contains("\"kind\":\"open\""), "{export}");
     // The forward's close frame carries its traffic: at least the service's greeting came back.
@@ -474,7 +464,7 @@ fn local_forwarding_follows_the_forward_right() {
 
 #[test]
 fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     lab.register_host(&b, 1).unwrap();
     ok(
         &b,
@@ -532,7 +522,7 @@ fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
 
 #[test]
 fn ecdsa_and_rsa_client_keys_sign_in() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let dir = &lab.info().run_dir;
     for (user, kind, bits) in [("erin", "ecdsa", "256"), ("ralph", "rsa", "3072")] {
         let key = dir.join(format!("{user}_{kind}"));
@@ -597,7 +587,7 @@ fn ecdsa_and_rsa_client_keys_sign_in() {
 
 #[test]
 fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_checked() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let dir = lab.info().run_dir.join("user-ca");
     std::fs::create_dir_all(&dir).unwrap();
     let keygen = |args: &[&str]| {
@@ -687,7 +677,7 @@ fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_check
 
 #[test]
 fn agent_forwarding_follows_the_agent_right() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let dir = lab.info().run_dir.clone();
     let sock = dir.join("agent.sock");
     // An ssh-agent on the admin host, holding a key bastion knows nothing about.
@@ -742,7 +732,7 @@ fn agent_forwarding_follows_the_agent_right() {
 
 #[test]
 fn several_channels_share_one_connection_and_one_session_record() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let ctl = lab.info().run_dir.join("mux.sock");
     let ctl_opt = format!("ControlPath={}", ctl.display());
     // A master connection, then three commands over it, two of them at the same time.
@@ -777,7 +767,7 @@ fn several_channels_share_one_connection_and_one_session_record() {
     let _ = master.wait();
 
     let list = wait_all_closed(&b, 1);
-    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let id = list[0].id.to_string();
     let export: serde_json::Value =
         serde_json::from_str(&ok(&b, &["session", "export", &id, "--format", "json"])).unwrap();
     let channels: std::collections::BTreeSet<u64> = export["frames"]
@@ -796,7 +786,7 @@ fn several_channels_share_one_connection_and_one_session_record() {
 
 #[test]
 fn a_fetched_host_key_is_pinned_only_once_confirmed() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     // Not confirmed (no terminal, no --yes): shown, refused, nothing stored.
     let out = b
         .ctl(&["target", "add", "web2", "203.0.113.11", "--fetch-host-key"])
@@ -821,12 +811,14 @@ fn a_fetched_host_key_is_pinned_only_once_confirmed() {
             "--yes",
         ],
     );
-    let shown: serde_json::Value =
-        serde_json::from_str(&ok(&b, &["--json", "target", "show", "web2"])).unwrap();
-    let pinned = shown["entities"][0]["value"]["host_keys"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let shown = common::ctl_json(&b, &["target", "show", "web2"]);
+    let Response::Entities { entities } = &shown else {
+        panic!("{shown:?}")
+    };
+    let Some(Entity::Target(web2)) = entities.first() else {
+        panic!("{shown:?}")
+    };
+    let pinned = web2.host_keys[0].clone();
     let actual = std::fs::read_to_string(&lab.info().hosts[1].host_key_pub).unwrap();
     let key_data = |l: &str| l.split_whitespace().nth(1).unwrap_or_default().to_owned();
     assert_eq!(
@@ -847,7 +839,7 @@ fn a_fetched_host_key_is_pinned_only_once_confirmed() {
 
 #[test]
 fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     let info = lab.info().clone();
     // web2 trusts no user CA.
     std::fs::write(&info.hosts[1].trusted_user_ca_keys, "").unwrap();
@@ -933,118 +925,28 @@ fn a_sealed_account_key_is_the_fallback_for_targets_without_the_ca() {
     );
 }
 
-/// Runs `cmd` on a fresh pseudo-terminal (as its controlling terminal); returns the master side.
-fn spawn_on_pty(
-    mut cmd: std::process::Command,
-    rows: u16,
-    cols: u16,
-) -> (std::fs::File, std::process::Child) {
-    use std::os::{fd::FromRawFd, unix::process::CommandExt};
-    let (mut master, mut slave) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two fds we then own; the winsize outlives the call.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: the slave fd is ours; each Stdio takes its own duplicate.
-    let stdio = || unsafe { Stdio::from_raw_fd(libc::dup(slave)) };
-    cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    // SAFETY: closing our copy of the slave; the child holds its own.
-    unsafe { libc::close(slave) };
-    // SAFETY: the master fd is ours alone.
-    (unsafe { std::fs::File::from_raw_fd(master) }, child)
-}
-
-/// Reads from the pty master until `want` appears (bounded), returning what was read.
-fn read_until(master: &mut std::fs::File, want: &str) -> String {
-    use std::io::Read;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(master);
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
-            match master.read(&mut buf) {
-                Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                _ => break,
-            }
-        }
-        if seen.contains(want) {
-            return seen;
-        }
-    }
-    panic!("never saw {want:?} in {seen:?}");
-}
-
 #[test]
 fn window_changes_reach_the_target_and_the_record() {
-    use std::io::Write;
-    let (lab, b) = setup();
-    let mut cmd = lab.ssh_via_bastion("root@web1", &["-tt"]).unwrap();
-    cmd.env("TERM", "xterm");
-    let (mut master, mut child) = spawn_on_pty(cmd, 24, 80);
-    master
-        .write_all(b"stty size; echo size-$((20+1))\n")
-        .unwrap();
-    let first = read_until(&mut master, "size-21");
-    assert!(first.contains("24 80"), "{first:?}");
+    let (lab, b) = Lab::with_alice().unwrap();
+    let mut user = lab.interactive_on_pty("root@web1", &[], 24, 80).unwrap();
+    user.send(b"stty size; echo size-$((20+1))\n").unwrap();
+    user.wait_for("size-21").unwrap();
     // Resize the terminal: the kernel signals ssh, which sends window-change through bastion.
-    let ws = libc::winsize {
-        ws_row: 40,
-        ws_col: 132,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
-    assert_eq!(
-        unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&master),
-                libc::TIOCSWINSZ,
-                &ws,
-            )
-        },
-        0
-    );
+    user.resize(40, 132).unwrap();
+    // Pacing, not a poll: nothing the client can see tells that ssh has passed the window
+    // change on; the next line must reach the shell after it.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    master
-        .write_all(b"stty size; echo size-$((30+2))\n")
-        .unwrap();
-    let second = read_until(&mut master, "size-32");
+    user.send(b"stty size; echo size-$((30+2))\n").unwrap();
+    user.wait_for("size-32").unwrap();
+    let seen = user.output();
+    let (first, second) = seen.split_once("size-21").unwrap();
+    assert!(first.contains("24 80"), "{first:?}");
     assert!(second.contains("40 132"), "{second:?}");
-    master.write_all(b"exit\n").unwrap();
-    let _ = child.wait();
+    user.send(b"exit\n").unwrap();
+    user.wait_exit().unwrap();
 
     let list = wait_all_closed(&b, 1);
-    let id = list["sessions"][0]["id"].as_u64().unwrap().to_string();
+    let id = list[0].id.to_string();
     let cast = ok(&b, &["session", "export", &id]);
     let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
     assert_eq!(
@@ -1060,7 +962,7 @@ fn window_changes_reach_the_target_and_the_record() {
 
 #[test]
 fn exec_command_rules_deny_alert_and_terminate_before_the_target_runs_anything() {
-    let (lab, b) = setup();
+    let (lab, b) = Lab::with_alice().unwrap();
     // alice's only grant on web1 becomes a guarded one.
     ok(&b, &["grant", "remove", "alice-web1"]);
     ok(

@@ -6,16 +6,24 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{path::Path, process::Output};
+use std::{net::IpAddr, path::Path, process::Output};
 
-use bastion_lab::{Lab, bastiond::Bastiond, wait::LIMIT};
+use bastion_core::session::{SessionMeta, SessionState};
+use bastion_lab::{
+    Lab,
+    bastiond::Bastiond,
+    wait::{LIMIT, eventually},
+};
+
+mod common;
+
+use common::sessions;
 
 const WEB1: &str = "203.0.113.10";
 
+/// [`Lab::with_alice`] and the admin's client config for transparent mode.
 fn setup() -> (Lab, Bastiond, std::path::PathBuf) {
-    let lab = Lab::up().expect("lab");
-    let b = lab.start_bastiond().expect("bastiond");
-    lab.enroll_alice(&b).expect("enrol alice");
+    let (lab, b) = Lab::with_alice().expect("lab with alice");
     let config = lab.transparent_client_config(&b).expect("client config");
     (lab, b, config)
 }
@@ -37,25 +45,16 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn sessions(b: &Bastiond) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&b.ctl_ok(&["--json", "session", "list"]).unwrap()).unwrap();
-    v["sessions"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits (bounded) until the session is closed, and returns its `session show` text.
 fn closed_session_text(b: &Bastiond, id: u64) -> String {
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        if sessions(b)
+    eventually(&format!("session {id} closed"), LIMIT, || {
+        sessions(b)
             .iter()
-            .any(|s| s["id"] == id && s["state"] == "closed")
-        {
-            return b.ctl_ok(&["session", "show", &id.to_string()]).unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("session {id} did not close");
+            .any(|s| s.id == id && s.state == SessionState::Closed)
+            .then_some(())
+    })
+    .unwrap();
+    b.ctl_ok(&["session", "show", &id.to_string()]).unwrap()
 }
 
 #[test]
@@ -73,21 +72,19 @@ fn plain_ssh_scp_and_sftp_to_a_protected_address_are_intercepted_and_recorded() 
     let list = sessions(&b);
     assert_eq!(list.len(), 1, "{list:?}");
     let s = &list[0];
-    assert_eq!(s["arrival"], "transparent");
+    assert_eq!(s.arrival, "transparent");
     assert_eq!(
-        s["target"], "web1",
+        s.target, "web1",
         "the intercepted address resolves to the registered target"
     );
-    assert_eq!(s["login"], "root");
-    assert_eq!(s["user"], "alice", "who the person is comes from the key");
-    assert!(
-        s["client_addr"]
-            .as_str()
-            .unwrap()
-            .starts_with("198.51.100.10:"),
-        "the admin's own address, not a NATed one: {s}"
+    assert_eq!(s.login, "root");
+    assert_eq!(s.user, "alice", "who the person is comes from the key");
+    assert_eq!(
+        s.client_addr.map(|a| a.ip()),
+        Some(IpAddr::from([198, 51, 100, 10])),
+        "the admin's own address, not a NATed one: {s:?}"
     );
-    let shown = closed_session_text(&b, s["id"].as_u64().unwrap());
+    let shown = closed_session_text(&b, s.id);
     assert!(shown.contains("echo via-$((6*7))"), "{shown}");
 
     // scp (SFTP protocol in OpenSSH 9) up, sftp down: both intercepted and recorded.
@@ -125,10 +122,10 @@ fn plain_ssh_scp_and_sftp_to_a_protected_address_are_intercepted_and_recorded() 
 
     let list = sessions(&b);
     assert_eq!(list.len(), 3, "{list:?}");
-    assert!(list.iter().all(|s| s["arrival"] == "transparent"));
+    assert!(list.iter().all(|s| s.arrival == "transparent"));
     let mut ops = String::new();
     for s in &list {
-        ops += &closed_session_text(&b, s["id"].as_u64().unwrap());
+        ops += &closed_session_text(&b, s.id);
     }
     assert!(
         ops.contains("sftp /tmp/bastion-up.bin (read 0, written 200000 bytes)"),
@@ -197,9 +194,9 @@ fn proxyjump_is_an_audited_session_and_other_forwards_to_protected_hosts_are_ref
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inner-5\n");
     let list = sessions(&b);
     assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(list[0]["arrival"], "jump");
-    assert_eq!(list[0]["target"], "web1");
-    let shown = closed_session_text(&b, list[0]["id"].as_u64().unwrap());
+    assert_eq!(list[0].arrival, "jump");
+    assert_eq!(list[0].target, "web1");
+    let shown = closed_session_text(&b, list[0].id);
     assert!(shown.contains("echo inner-$((2+3))"), "{shown}");
 
     // `ssh -W` to another port of a protected host is no way around the audited path.
@@ -271,34 +268,40 @@ fn raw_tcp_is_relayed_only_as_granted_and_every_connection_is_a_flow() {
     let refused = connect(&["--from", "198.51.100.11", "--send", "hello", WEB1, "7777"]);
     assert!(!refused.contains("lab-echo"), "{refused}");
 
-    let mut flows = serde_json::Value::Null;
-    let start = std::time::Instant::now();
-    while start.elapsed() < LIMIT {
-        flows = serde_json::from_str(&b.ctl_ok(&["--json", "flows", "--hook", "relay"]).unwrap())
-            .unwrap();
-        if flows["events"].as_array().is_some_and(|e| e.len() == 2) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let events = flows["events"].as_array().unwrap();
-    let carried = events.iter().find(|e| e["allowed"] == true).unwrap();
-    assert_eq!(carried["src"], "198.51.100.10", "{flows}");
-    assert_eq!(carried["dport"], 7777);
-    assert_eq!(carried["relay"]["grant"], "web1-echo");
-    assert_eq!(carried["relay"]["bytes_up"], 5);
-    assert_eq!(carried["relay"]["bytes_down"], 14);
-    let denied = events.iter().find(|e| e["allowed"] == false).unwrap();
-    assert_eq!(denied["src"], "198.51.100.11", "{flows}");
+    let mut flows = Vec::new();
+    // Not both seen in time: the checks below say what is missing.
+    let _ = eventually("the relay's two flows", LIMIT, || {
+        flows = common::flows(&b, &["--hook", "relay"]).0;
+        (flows.len() == 2).then_some(())
+    });
+    let carried = flows.iter().find(|f| f.allowed).unwrap();
+    let relayed = carried.relay.as_ref().unwrap();
+    assert_eq!(
+        carried.src,
+        Some(IpAddr::from([198, 51, 100, 10])),
+        "{flows:?}"
+    );
+    assert_eq!(carried.dport, 7777);
+    assert_eq!(relayed.grant.as_deref(), Some("web1-echo"));
+    assert_eq!(relayed.bytes_up, 5);
+    assert_eq!(relayed.bytes_down, 14);
+    let denied = flows.iter().find(|f| !f.allowed).unwrap();
+    assert_eq!(
+        denied.src,
+        Some(IpAddr::from([198, 51, 100, 11])),
+        "{flows:?}"
+    );
     assert!(
-        denied["relay"]["reason"]
-            .as_str()
+        denied
+            .relay
+            .as_ref()
+            .and_then(|r| r.reason.as_deref())
             .unwrap()
             .contains("not granted from 198.51.100.11"),
-        "{flows}"
+        "{flows:?}"
     );
     // Captured payload, zstd-compressed into the store like a session.
-    let session = carried["relay"]["session"].as_u64().unwrap();
+    let session = relayed.session.unwrap();
     let export = b
         .ctl_ok(&[
             "session",
@@ -319,7 +322,8 @@ fn raw_tcp_is_relayed_only_as_granted_and_every_connection_is_a_flow() {
     };
     assert_eq!(data("input"), "hello", "{export}");
     assert_eq!(data("output"), "lab-echo\nhello", "{export}");
-    assert_eq!(export["session"]["arrival"], "tcp");
+    let meta: SessionMeta = serde_json::from_value(export["session"].clone()).unwrap();
+    assert_eq!(meta.arrival, "tcp");
 
     // Removing the grant stops the steering at once.
     b.ctl_ok(&["grant", "remove", "web1-echo"]).unwrap();
