@@ -396,6 +396,17 @@ impl Config {
                 )));
             }
         }
+        // Without an interface, forwarded traffic to the prefixes meets no egress program: the
+        // cgroup hooks only judge the appliance's own processes.
+        if !self.enforce.protected_subnets.is_empty()
+            && self.enforce.protected_interfaces.is_empty()
+        {
+            return Err(invalid(
+                "enforce.protected_subnets is set but enforce.protected_interfaces is empty: list the \
+                 interfaces toward the protected subnets, or forwarded traffic to them is not judged"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for cidr in &self.enforce.protected_subnets {
             if !seen.insert(cidr) {
@@ -460,6 +471,7 @@ socket = "/run/bastion/control.sock"
 cgroup_root = "/sys/fs/cgroup/unified/lab"
 daemon_cgroup = "/sys/fs/cgroup/unified/lab/bastiond"
 protected_subnets = ["203.0.113.0/24"]
+protected_interfaces = ["prot0"]
 "#;
 
     fn err(text: &str) -> String {
@@ -515,8 +527,12 @@ protected_subnets = ["203.0.113.0/24"]
                 &["enforce.cgroup_root must be an absolute path"],
             ),
             (
-                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.0/24\", \"203.0.113.0/24\"]\n",
+                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.0/24\", \"203.0.113.0/24\"]\nprotected_interfaces = [\"prot0\"]\n",
                 &["twice"],
+            ),
+            (
+                "[enforce]\ncgroup_root = \"/a\"\nprotected_subnets = [\"203.0.113.0/24\"]\n",
+                &["enforce.protected_interfaces is empty"],
             ),
         ];
         for (text, wants) in cases {

@@ -47,7 +47,7 @@ fn bad_config_is_one_line_naming_file_line_and_key() {
     assert!(err.contains("protected_subnet"), "{err}");
 
     // The same file fixed passes, silently.
-    std::fs::write(&file, "[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnets = [\"203.0.113.0/24\"]\n").unwrap();
+    std::fs::write(&file, "[enforce]\ncgroup_root = \"/sys/fs/cgroup/unified/x\"\nprotected_subnets = [\"203.0.113.0/24\"]\nprotected_interfaces = [\"prot0\"]\n").unwrap();
     let out = Command::new(sys::bin("bastiond").unwrap())
         .arg("check-config")
         .arg(&file)
