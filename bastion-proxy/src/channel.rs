@@ -13,11 +13,14 @@ use std::{
 
 use bastion_core::{
     policy::commands::{CommandRule, RuleAction},
-    record::Kind,
-    record::commands::CommandLine,
-    record::frame::size_payload,
-    record::sftp::{SftpEvent, SftpTracker},
+    record::{
+        Kind,
+        commands::CommandLine,
+        frame::size_payload,
+        sftp::{SftpEvent, SftpTracker},
+    },
 };
+use bastion_record::Recorder;
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +29,6 @@ use super::{
     events::Request,
     shell::{Keys, RuleHit, Shell},
 };
-use bastion_record::Recorder;
 
 pub enum Ctl {
     /// Forward an allowed request; answer `reply` with the target's verdict.

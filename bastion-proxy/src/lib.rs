@@ -26,17 +26,18 @@ pub mod shell;
 pub mod upstream;
 pub mod username;
 
-use bastion_core::{
-    cidr::Cidr,
-    policy::{self, Policy},
-};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use crate::keys::ApplianceKeys;
+use bastion_core::{
+    cidr::Cidr,
+    policy::{self, Policy},
+};
 use bastion_store::Store;
+
+use crate::keys::ApplianceKeys;
 
 /// What every session needs, shared read-mostly across connections.
 pub struct ProxyContext {

@@ -14,6 +14,7 @@ use bastion_core::{
     record::Kind,
     session::SessionMeta,
 };
+use bastion_record::Recorder;
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -21,8 +22,6 @@ use tokio::{
 };
 
 use super::{ProxyContext, upstream};
-
-use bastion_record::Recorder;
 
 /// Bytes read at once in each direction.
 const CHUNK: usize = 64 * 1024;

@@ -19,6 +19,7 @@ use bastion_core::{
     record::Kind,
     session::SessionMeta,
 };
+use bastion_record::Recorder;
 use russh::{ChannelId, ChannelOpenFailure, keys::HashAlg};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
@@ -31,8 +32,6 @@ use super::{
     upstream::{self, AgentChannel, Upstream},
     username,
 };
-
-use bastion_record::Recorder;
 
 /// The signed-in identity of the connection.
 struct Identity {

@@ -1,16 +1,17 @@
 //! `bastionctl audit --format jsonl|syslog [--follow]`: the audit stream as a SIEM ingests it,
 //! JSON lines or RFC 5424 syslog messages, to stdout, a file, or a syslog socket.
 
-use bastion_core::{
-    audit::{AuditEvent, AuditKind},
-    protocol::{Request, Response},
-};
 use std::{
     io::Write,
     net::UdpSocket,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     time::Duration,
+};
+
+use bastion_core::{
+    audit::{AuditEvent, AuditKind},
+    protocol::{Request, Response},
 };
 
 use crate::client;

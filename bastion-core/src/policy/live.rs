@@ -27,15 +27,22 @@ impl Live {
         relock(&self.current).clone()
     }
 
-    /// Serialises changes: hold the guard from reading the snapshot a change starts from until
-    /// [`replace`](Self::replace) has put the result in force.
-    pub fn begin_change(&self) -> MutexGuard<'_, ()> {
-        relock(&self.changing)
+    /// Serialises changes: the guard is held from reading the snapshot a change starts from
+    /// until [`replace`](Self::replace) has put the result in force, which asks for it.
+    pub fn begin_change(&self) -> Changing<'_> {
+        Changing {
+            _guard: relock(&self.changing),
+        }
     }
 
-    pub fn replace(&self, next: Policy) {
+    pub fn replace(&self, _changing: &Changing<'_>, next: Policy) {
         *relock(&self.current) = Arc::new(next);
     }
+}
+
+/// Proof that a change holds the change lock (see [`Live::begin_change`]).
+pub struct Changing<'a> {
+    _guard: MutexGuard<'a, ()>,
 }
 
 /// A panic while holding either lock leaves consistent data (the snapshot is swapped in one
@@ -58,8 +65,8 @@ mod tests {
             members: vec![],
         }));
         {
-            let _changing = live.begin_change();
-            live.replace(next);
+            let changing = live.begin_change();
+            live.replace(&changing, next);
         }
         assert!(before.groups.is_empty(), "an old snapshot is never edited");
         assert!(live.snapshot().groups.contains_key("ops"));

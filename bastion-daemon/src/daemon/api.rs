@@ -341,7 +341,7 @@ impl Daemon {
     }
 
     fn add(&self, peer: Peer, entity: Entity) -> Result<AuditEvent, ApiError> {
-        let _changing = self.policy.begin_change();
+        let changing = self.policy.begin_change();
         let policy = self.policy.snapshot();
         let entity = policy::check_add(&policy, entity)?;
         let mut next = (*policy).clone();
@@ -354,13 +354,13 @@ impl Daemon {
             .store
             .put_entity(&entity, admin(peer))
             .map_err(ApiError::internal)?;
-        self.policy.replace(next);
+        self.policy.replace(&changing, next);
         tracing::info!(uid = peer.uid, kind = entity.kind().as_str(), name = %entity.key(), "policy added");
         Ok(event)
     }
 
     fn remove(&self, peer: Peer, kind: EntityKind, name: &str) -> Result<AuditEvent, ApiError> {
-        let _changing = self.policy.begin_change();
+        let changing = self.policy.begin_change();
         let policy = self.policy.snapshot();
         if kind == EntityKind::Target {
             let logins: Vec<String> = (self.store.accounts().map_err(ApiError::internal)?)
@@ -384,7 +384,7 @@ impl Daemon {
             .remove_entity(kind, name, admin(peer))
             .map_err(ApiError::internal)?;
         self.apply_enforcement(kind, &next)?;
-        self.policy.replace(next);
+        self.policy.replace(&changing, next);
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
     }

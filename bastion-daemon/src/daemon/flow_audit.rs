@@ -1,7 +1,6 @@
 //! The task that turns the kernel's flow reports into audit events: one batch per window,
 //! with what was suppressed or lost counted in the same batch.
 
-use bastion_core::audit::{Actor, AuditKind};
 use std::{
     future::Future,
     sync::{
@@ -10,8 +9,10 @@ use std::{
     },
 };
 
-use crate::enforce::flows::{FlowSource, WindowReport};
+use bastion_core::audit::{Actor, AuditKind};
 use bastion_store::{Store, StoreError};
+
+use crate::enforce::flows::{FlowSource, WindowReport};
 
 /// Stores each window of flows the kernel reports as audit events (the last window is
 /// written at shutdown).
