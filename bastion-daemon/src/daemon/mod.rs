@@ -1,8 +1,8 @@
 //! `run(config, shutdown)`: bastiond's whole life, which tests and the binary both drive.
 //!
-//! Start-up is fail-fast and ordered by consequence: the store first (nothing may happen that
-//! cannot be recorded), then enforcement (the floor must hold before anything is served), then the
-//! control socket. On shutdown the socket is removed and the store flushed; enforcement stays
+//! Start-up is fail-fast and ordered by consequence: enforcement first (the floor must hold
+//! even if nothing else can start), then the store (nothing may be served that cannot be
+//! recorded), the keys, and the listeners. On shutdown the socket is removed and the store flushed; enforcement stays
 //! pinned on purpose.
 
 #![forbid(unsafe_code)]
@@ -76,6 +76,11 @@ struct Daemon {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    // Enforcement before anything that can fail on bad state (store, keys): a bastiond that
+    // cannot start still leaves the protected side closed, and the pinned maps keep every
+    // prefix an earlier bastiond protected until the store says which are still wanted.
+    let config_subnets = config.enforce.protected_subnets.clone();
+    let mut enforcer = Enforcer::start(&config.enforce, &config_subnets)?;
     let store = Arc::new(Store::open(&config.store.path)?);
     let interrupted = store.mark_interrupted()?;
     if !interrupted.is_empty() {
@@ -87,10 +92,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         )?;
     }
-    let keys = Arc::new(ApplianceKeys::load_or_generate(&config.ssh.keys_dir)?);
     let policy = store.load_policy()?;
-    let config_subnets = config.enforce.protected_subnets.clone();
-    let mut enforcer = Enforcer::start(&config.enforce, &protected(&config_subnets, &policy))?;
+    enforcer.set_protected(&protected(&config_subnets, &policy))?;
+    let keys = Arc::new(ApplianceKeys::load_or_generate(&config.ssh.keys_dir)?);
     let intercept_listeners = match &config.intercept {
         Some(i) => Some(intercept(&mut enforcer, i, relay_ports(&policy))?),
         None => None,

@@ -62,6 +62,17 @@ impl Maps {
 
     /// Makes the protected tries hold exactly `cidrs`: new prefixes first, then stale ones out.
     pub(super) fn set_protected(&mut self, cidrs: &[Cidr]) -> Result<(), EnforceError> {
+        self.sync_protected(cidrs, true)
+    }
+
+    /// Adds `cidrs` to the protected tries and keeps what they hold already: at start-up, before
+    /// the store says which stored prefixes are still wanted, nothing an earlier bastiond
+    /// protected may open.
+    pub(super) fn add_protected(&mut self, cidrs: &[Cidr]) -> Result<(), EnforceError> {
+        self.sync_protected(cidrs, false)
+    }
+
+    fn sync_protected(&mut self, cidrs: &[Cidr], remove_stale: bool) -> Result<(), EnforceError> {
         let mut want4 = BTreeSet::new();
         let mut want6 = BTreeSet::new();
         for c in cidrs {
@@ -70,8 +81,8 @@ impl Maps {
                 IpAddr::V6(a) => want6.insert((u32::from(c.prefix_len()), a.octets())),
             };
         }
-        sync_trie(&mut self.v4, &want4, map_names::PROTECTED_V4)?;
-        sync_trie(&mut self.v6, &want6, map_names::PROTECTED_V6)
+        sync_trie(&mut self.v4, &want4, remove_stale, map_names::PROTECTED_V4)?;
+        sync_trie(&mut self.v6, &want6, remove_stale, map_names::PROTECTED_V6)
     }
 
     /// (denied, allowed) summed over CPUs.
@@ -87,6 +98,7 @@ impl Maps {
 fn sync_trie<const N: usize>(
     trie: &mut LpmTrie<MapData, [u8; N], u32>,
     want: &BTreeSet<(u32, [u8; N])>,
+    remove_stale: bool,
     name: &'static str,
 ) -> Result<(), EnforceError>
 where
@@ -96,6 +108,9 @@ where
     for (len, data) in want {
         trie.insert(&Key::new(*len, *data), PROTECTED, 0)
             .map_err(&e)?;
+    }
+    if !remove_stale {
+        return Ok(());
     }
     let have: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>().map_err(&e)?;
     for key in have {

@@ -97,7 +97,9 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Loads, fills, attaches and pins the enforcement programs, adopting earlier pins.
-    /// `protected` is every prefix to protect: the config's and the store's.
+    /// `protected` is added to what the pinned maps protect already (an earlier bastiond's
+    /// prefixes stay until [`Enforcer::set_protected`] names the exact set), so bastiond can
+    /// enforce before it has opened its store.
     pub fn start(cfg: &EnforceConfig, protected: &[Cidr]) -> Result<Enforcer, EnforceError> {
         let daemon_cgroup = cgroup_of("self")?;
         if !strictly_below(&daemon_cgroup, &cfg.cgroup_root) {
@@ -115,7 +117,7 @@ impl Enforcer {
         let flow_source = flows::FlowSource::take(&mut ebpf)?;
         let kernel_log = kernel_log::KernelLog::take(&mut ebpf);
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
-        maps.set_protected(protected)?;
+        maps.add_protected(protected)?;
         let mut hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
         hooks.extend(programs::attach_egress(
             &mut ebpf,
