@@ -22,6 +22,9 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     /// Per-CPU count of flow events lost because `FLOWS` was full (one slot).
     pub const FLOWS_LOST: &str = "FLOWS_LOST";
+    /// Hash of cgroup ids that may open packet sockets besides bastiond's (the config's
+    /// `enforce.packet_socket_cgroups`, e.g. a DHCP client on the admin side).
+    pub const PACKET_CGROUPS: &str = "PACKET_CGROUPS";
 }
 
 /// Bytes of the flow ring buffer (a power of two, a multiple of the page size).
@@ -35,8 +38,12 @@ pub enum Hook {
     Connect6 = 2,
     Sendmsg4 = 3,
     Sendmsg6 = 4,
-    /// tcx egress on a protected-side interface (forwarded packets, raw sockets).
+    /// tcx egress on a protected-side interface: every frame that is not bastiond's (forwarded
+    /// packets, other processes' sockets of any kind, broadcast, multicast, link-local).
     Egress = 5,
+    /// A packet or XDP socket refused at creation (`socket_create` LSM hook): such sockets can
+    /// put frames on a link past tcx egress (PACKET_QDISC_BYPASS, AF_XDP).
+    SocketCreate = 6,
 }
 
 impl Hook {
@@ -47,6 +54,7 @@ impl Hook {
             3 => Hook::Sendmsg4,
             4 => Hook::Sendmsg6,
             5 => Hook::Egress,
+            6 => Hook::SocketCreate,
             _ => return None,
         })
     }
@@ -58,12 +66,17 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
             Hook::Egress => "egress",
+            Hook::SocketCreate => "socket_create",
         }
     }
 }
 
 /// One flow to a protected destination, as a hook saw it. Addresses are in network byte order
 /// (IPv4 in the first 4 bytes), ports in host order. 80 bytes, no implicit padding.
+///
+/// Two kinds of event carry no addresses (`family` 0): a frame of another protocol dropped at
+/// egress (`dport` is its ethertype), and a refused socket ([`Hook::SocketCreate`]: `proto` is
+/// the address family, `dport` the socket type, `sport` the protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEvent {
@@ -78,7 +91,7 @@ pub struct FlowEvent {
     pub daddr: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    /// 4 or 6.
+    /// 4 or 6 (0: no addresses, see above).
     pub family: u8,
     /// IPPROTO_* (TCP 6, UDP 17, ICMP 1, ICMPv6 58).
     pub proto: u8,
@@ -97,6 +110,12 @@ const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 pub const MAX_PROTECTED_PREFIXES: u32 = 4096;
 /// Capacity of the allowed-cgroup set (bastiond's own cgroup, plus room for a restart into a new one).
 pub const MAX_ALLOWED_CGROUPS: u32 = 16;
+/// Capacity of the packet-socket allow-list.
+pub const MAX_PACKET_CGROUPS: u32 = 64;
+
+/// Address families of sockets that can transmit frames past tcx egress.
+pub const AF_PACKET: u8 = 17;
+pub const AF_XDP: u8 = 44;
 
 /// Value stored for every protected prefix. A value rather than a set so later issues can attach
 /// per-subnet rule ids without changing the map's key layout.

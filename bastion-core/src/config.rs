@@ -221,6 +221,11 @@ pub struct EnforceConfig {
     /// sockets: forwarded traffic included.
     #[serde(default)]
     pub protected_interfaces: Vec<String>,
+    /// cgroups (below `cgroup_root`) allowed to open packet sockets besides bastiond's, e.g. a
+    /// DHCP client on the admin side. Everyone else is refused AF_PACKET and AF_XDP sockets:
+    /// they can put frames on a protected link past the egress program.
+    #[serde(default)]
+    pub packet_socket_cgroups: Vec<PathBuf>,
 }
 
 fn default_socket() -> PathBuf {

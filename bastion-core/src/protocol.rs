@@ -319,6 +319,11 @@ pub enum LinkOrigin {
     Adopted,
     /// No link was pinned; this bastiond attached and pinned one.
     Attached,
+    /// The pinned link was defunct (its interface had been deleted and re-created): replaced.
+    Replaced,
+    /// The protected interface does not exist (yet): attached as soon as it appears, and
+    /// until then the appliance's static floor is all that holds on it.
+    Missing,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,13 +22,25 @@ pub fn protected_v6(addr: [u8; 16]) -> bool {
     }
 }
 
+/// Is `cgroup` bastiond's (allowed to reach the protected side)?
+#[inline(always)]
+pub fn is_allowed(cgroup: u64) -> bool {
+    // SAFETY: the value is only tested for presence, never read through the reference.
+    unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some()
+}
+
 /// May cgroup `id` reach protected destinations? Counts the answer.
 #[inline(always)]
 pub fn allowed(cgroup: u64) -> bool {
-    // SAFETY: the value is only tested for presence, never read through the reference.
-    let ok = unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some();
+    let ok = is_allowed(cgroup);
     count(if ok { Stat::Allowed } else { Stat::Denied });
     ok
+}
+
+/// Counts a refusal decided without [`allowed`] (a dropped frame, a refused socket).
+#[inline(always)]
+pub fn count_denied() {
+    count(Stat::Denied);
 }
 
 /// Hands a flow to userspace. A full ring buffer loses the event, but never silently: the loss

@@ -7,8 +7,9 @@
 //! - `sock_verdict`: the cgroup sock_addr hooks' verdict (the caller's cgroup);
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: thin cgroup sock_addr hooks that extract the
 //!   destination and ask `sock_verdict`;
-//! - `egress`: the tcx egress classifier on protected-side interfaces (the packet's socket cgroup;
-//!   forwarded packets have none).
+//! - `egress`: the tcx egress classifier on protected-side interfaces: default deny, every frame
+//!   that is not bastiond's (by its socket's cgroup; forwarded packets have none) is dropped;
+//! - `socket_create`: the cgroup LSM hook refusing packet and XDP sockets (they can bypass tcx).
 //!
 //! Built for `bpfel-unknown-none` by aya-build from bastion-daemon's build.rs. On the host the crate
 //! compiles to a stub binary so `cargo clippy --workspace` checks it too.
@@ -23,6 +24,7 @@ mod maps;
 mod sendmsg4;
 mod sendmsg6;
 mod sock_verdict;
+mod socket_create;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -13,6 +13,7 @@ pub(super) struct Maps {
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     allowed: HashMap<MapData, u64, u32>,
+    packet: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -36,28 +37,19 @@ impl Maps {
             v4: take(ebpf, map_names::PROTECTED_V4)?,
             v6: take(ebpf, map_names::PROTECTED_V6)?,
             allowed: take(ebpf, map_names::ALLOWED_CGROUPS)?,
+            packet: take(ebpf, map_names::PACKET_CGROUPS)?,
             stats: take(ebpf, map_names::STATS)?,
         })
     }
 
     /// Makes the allowed-cgroup set exactly `ids`: new ids first, then stale ones out.
     pub(super) fn set_allowed_cgroups(&mut self, ids: &[u64]) -> Result<(), EnforceError> {
-        let e = map_err(map_names::ALLOWED_CGROUPS);
-        for id in ids {
-            self.allowed.insert(id, ALLOWED, 0).map_err(&e)?;
-        }
-        let stale: Vec<u64> = self
-            .allowed
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&e)?
-            .into_iter()
-            .filter(|k| !ids.contains(k))
-            .collect();
-        for id in stale {
-            self.allowed.remove(&id).map_err(&e)?;
-        }
-        Ok(())
+        sync_set(&mut self.allowed, ids, map_names::ALLOWED_CGROUPS)
+    }
+
+    /// Makes the packet-socket allow-list exactly `ids`.
+    pub(super) fn set_packet_cgroups(&mut self, ids: &[u64]) -> Result<(), EnforceError> {
+        sync_set(&mut self.packet, ids, map_names::PACKET_CGROUPS)
     }
 
     /// Makes the protected tries hold exactly `cidrs`: new prefixes first, then stale ones out.
@@ -93,6 +85,29 @@ impl Maps {
         };
         Ok((sum(Stat::Denied)?, sum(Stat::Allowed)?))
     }
+}
+
+/// Makes a cgroup-id set hold exactly `ids`: new ids first, then stale ones out.
+fn sync_set(
+    set: &mut HashMap<MapData, u64, u32>,
+    ids: &[u64],
+    name: &'static str,
+) -> Result<(), EnforceError> {
+    let e = map_err(name);
+    for id in ids {
+        set.insert(id, ALLOWED, 0).map_err(&e)?;
+    }
+    let stale: Vec<u64> = set
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&e)?
+        .into_iter()
+        .filter(|k| !ids.contains(k))
+        .collect();
+    for id in stale {
+        set.remove(&id).map_err(&e)?;
+    }
+    Ok(())
 }
 
 fn sync_trie<const N: usize>(

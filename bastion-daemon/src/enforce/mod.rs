@@ -1,5 +1,7 @@
 //! eBPF enforcement: the floor under every session. Nothing below the configured cgroup root may
-//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup.
+//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup, or open
+//! a packet or XDP socket unless it is bastiond or allow-listed; and no frame leaves a protected
+//! interface unless it is bastiond's (default deny, see `bastion-ebpf/src/egress.rs`).
 //!
 //! Start-up order is what keeps enforcement gap-free across restarts and upgrades:
 //! 1. load the object, reusing the maps pinned by an earlier bastiond (contents included);
@@ -71,6 +73,8 @@ pub enum EnforceError {
         iface: String,
         source: aya::programs::ProgramError,
     },
+    #[error("cgroup LSM hook: {0}")]
+    Lsm(String),
     #[error("eBPF object lacks {0}")]
     Missing(String),
     #[error("eBPF map {name}: {source}")]
@@ -86,20 +90,49 @@ pub enum EnforceError {
 
 pub use bastion_core::protocol::{EnforceStatus, HookStatus, LinkOrigin};
 
-/// Running enforcement: owns the maps so bastiond can read counters and (later) update prefixes.
+/// Ids of the cgroups allowed to open packet sockets. A cgroup that does not exist (yet) is
+/// skipped with a warning: its service has not started, and the next bastiond start finds it.
+fn packet_cgroup_ids(dirs: &[PathBuf]) -> Vec<u64> {
+    dirs.iter()
+        .filter_map(|dir| match cgroup_id(dir) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(cgroup = %dir.display(), error = %e, "enforce.packet_socket_cgroups: cgroup not found, not allowed packet sockets");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Running enforcement: owns the loaded programs (to re-attach egress when a protected
+/// interface comes back) and the maps (counters, prefixes).
 pub struct Enforcer {
+    ebpf: aya::Ebpf,
     maps: maps::Maps,
+    links_dir: PathBuf,
+    interfaces: Vec<String>,
     status: EnforceStatus,
     steering: Option<(nft::Steering, route::LocalDelivery)>,
     /// Handed to the daemon's background tasks once (`take_readers`).
     readers: Option<(flows::FlowSource, Option<kernel_log::KernelLog>)>,
 }
 
+/// A protected interface's egress link changed (an audit event and a log line each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceChange {
+    pub iface: String,
+    pub link: LinkOrigin,
+    /// Why it is missing, when it is.
+    pub detail: Option<String>,
+}
+
 impl Enforcer {
     /// Loads, fills, attaches and pins the enforcement programs, adopting earlier pins.
     /// `protected` is added to what the pinned maps protect already (an earlier bastiond's
     /// prefixes stay until [`Enforcer::set_protected`] names the exact set), so bastiond can
-    /// enforce before it has opened its store.
+    /// enforce before it has opened its store. A protected interface that does not exist is not
+    /// an error: it is reported [`LinkOrigin::Missing`] and attached when it appears
+    /// ([`Enforcer::follow_interfaces`]).
     pub fn start(cfg: &EnforceConfig, protected: &[Cidr]) -> Result<Enforcer, EnforceError> {
         let daemon_cgroup = cgroup_of("self")?;
         if !strictly_below(&daemon_cgroup, &cfg.cgroup_root) {
@@ -117,13 +150,11 @@ impl Enforcer {
         let flow_source = flows::FlowSource::take(&mut ebpf)?;
         let kernel_log = kernel_log::KernelLog::take(&mut ebpf);
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
+        maps.set_packet_cgroups(&packet_cgroup_ids(&cfg.packet_socket_cgroups))?;
         maps.add_protected(protected)?;
-        let mut hooks = programs::attach_all(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
-        hooks.extend(programs::attach_egress(
-            &mut ebpf,
-            &cfg.protected_interfaces,
-            &dirs.links,
-        )?);
+        let hooks =
+            programs::attach_cgroup_hooks(&mut ebpf, &cfg.cgroup_root, root_id, &dirs.links)?;
+        programs::load_egress(&mut ebpf)?;
 
         let (denied, allowed) = maps.counters()?;
         let status = EnforceStatus {
@@ -137,15 +168,78 @@ impl Enforcer {
             allowed,
             intercept_table: None,
         };
-        for h in &status.hooks {
-            tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
-        }
-        Ok(Enforcer {
+        let mut enforcer = Enforcer {
+            ebpf,
             maps,
+            links_dir: dirs.links,
+            interfaces: cfg.protected_interfaces.clone(),
             status,
             steering: None,
             readers: Some((flow_source, kernel_log)),
-        })
+        };
+        for change in enforcer.follow_interfaces(true)? {
+            if change.link == LinkOrigin::Missing {
+                tracing::error!(iface = %change.iface, detail = ?change.detail, "protected interface missing: only the static floor holds on it until it appears");
+            }
+        }
+        programs::remove_stale_egress(&enforcer.links_dir, &enforcer.interfaces)?;
+        for h in &enforcer.status.hooks {
+            tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
+        }
+        Ok(enforcer)
+    }
+
+    /// Makes the egress program hold on every protected interface that exists: attaches it to
+    /// an interface that appeared, replaces a defunct link (interface re-created). Returns what
+    /// changed since the last call (everything, when `all`), for the audit stream. Called at
+    /// start and on every link event.
+    pub fn follow_interfaces(&mut self, all: bool) -> Result<Vec<InterfaceChange>, EnforceError> {
+        let mut changes = Vec::new();
+        for iface in self.interfaces.clone() {
+            let program = format!("{} on {iface}", programs::EGRESS);
+            let before = self
+                .status
+                .hooks
+                .iter()
+                .find(|h| h.program == program)
+                .map(|h| h.link);
+            let (hook, detail) = match programs::attach_egress(&mut self.ebpf, &iface, &self.links_dir)
+            {
+                Ok(hook) => (hook, None),
+                Err(EnforceError::Interface { source, .. }) => (
+                    HookStatus {
+                        program: program.clone(),
+                        link: LinkOrigin::Missing,
+                        pin: programs::egress_pin(&self.links_dir, &iface),
+                    },
+                    Some(source.to_string()),
+                ),
+                Err(e) => return Err(e),
+            };
+            // Adopting our own link again is no change; anything else is.
+            let changed = match (before, hook.link) {
+                (Some(_), LinkOrigin::Adopted) => false,
+                (Some(LinkOrigin::Missing), LinkOrigin::Missing) => false,
+                _ => true,
+            };
+            if all || changed {
+                changes.push(InterfaceChange {
+                    iface: iface.clone(),
+                    link: hook.link,
+                    detail,
+                });
+            }
+            match self.status.hooks.iter_mut().find(|h| h.program == program) {
+                Some(h) => *h = hook,
+                None => self.status.hooks.push(hook),
+            }
+        }
+        Ok(changes)
+    }
+
+    /// The protected interfaces (from the config).
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
     }
 
     /// The flow ring buffer and the eBPF log, for the tasks that read them (once).

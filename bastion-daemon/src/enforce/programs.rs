@@ -1,12 +1,17 @@
 //! The embedded eBPF object, and attaching its hooks with pinned, adoptable links.
+//!
+//! Every link is pinned under `<bpffs_dir>/links` so it outlives bastiond. A restart swaps its
+//! freshly loaded program into each pinned link (`BPF_LINK_UPDATE`: the hook never runs
+//! without a program); a pinned link that went defunct (its interface was deleted) is replaced
+//! by a new one.
 
 use std::{
-    os::fd::AsFd,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
+    CgroupAttachMode, CgroupSockAddr, LsmCgroup, SchedClassifier, TcAttachType, links::FdLink,
 };
 
 use super::{EnforceError, HookStatus, LinkOrigin, sys};
@@ -15,8 +20,12 @@ use super::{EnforceError, HookStatus, LinkOrigin, sys};
 static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bastion-ebpf-programs"));
 
-/// Every hook bastiond attaches to the cgroup root. Names are the program (function) names.
+/// The sock_addr hooks bastiond attaches to the cgroup root. Names are the program (function) names.
 pub const HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// The cgroup LSM hook refusing packet and XDP sockets (program and kernel hook share the name).
+pub const SOCKET_CREATE: &str = "socket_create";
+/// The tcx egress program on protected interfaces.
+pub const EGRESS: &str = "egress";
 
 pub(super) fn load(map_pin_dir: &Path) -> Result<aya::Ebpf, EnforceError> {
     Ok(aya::EbpfLoader::new()
@@ -24,13 +33,19 @@ pub(super) fn load(map_pin_dir: &Path) -> Result<aya::Ebpf, EnforceError> {
         .load(OBJECT)?)
 }
 
-/// Pin name of a hook's link: the cgroup root's id is part of it so a link is only ever adopted
-/// for the cgroup it is attached to.
+/// Pin name of a cgroup hook's link: the cgroup root's id is part of it so a link is only ever
+/// adopted for the cgroup it is attached to.
 fn link_pin(links_dir: &Path, hook: &str, root_id: u64) -> PathBuf {
     links_dir.join(format!("{hook}-cg{root_id}"))
 }
 
-pub(super) fn attach_all(
+/// Pin name of the egress link on `iface`.
+pub(super) fn egress_pin(links_dir: &Path, iface: &str) -> PathBuf {
+    links_dir.join(format!("{EGRESS}-{iface}"))
+}
+
+/// Attaches (or adopts) the cgroup hooks: the sock_addr hooks and `socket_create`.
+pub(super) fn attach_cgroup_hooks(
     ebpf: &mut aya::Ebpf,
     cgroup_root: &Path,
     root_id: u64,
@@ -40,115 +55,169 @@ pub(super) fn attach_all(
         path: cgroup_root.to_owned(),
         source,
     })?;
-    let mut hooks = Vec::with_capacity(HOOKS.len());
+    let mut hooks = Vec::with_capacity(HOOKS.len() + 1);
     for name in HOOKS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| EnforceError::Missing(format!("program {name}")))?
-            .try_into()
-            .map_err(|source| EnforceError::Program { name, source })?;
+        let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
         program
             .load()
             .map_err(|source| EnforceError::Program { name, source })?;
         let pin = link_pin(links_dir, name, root_id);
-        let link = if pin.exists() {
-            swap_into(program.fd(), name, &pin)?;
-            LinkOrigin::Adopted
-        } else {
-            attach(program, name, &root, &pin)?;
-            LinkOrigin::Attached
-        };
+        let link = adopt_or_attach(name, &pin, prog_fd(program.fd(), name)?, || {
+            let id = program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(|source| EnforceError::Program { name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| EnforceError::Program { name, source })?;
+            pin_link(link, name, &pin)
+        })?;
         hooks.push(HookStatus {
             program: name.to_owned(),
             link,
             pin,
         });
     }
+    hooks.push(attach_socket_create(ebpf, &root, root_id, links_dir)?);
     remove_stale_links(links_dir, root_id)?;
     Ok(hooks)
 }
 
-/// The tcx egress program on each protected-side interface, adopted from its pin or attached
-/// and pinned; pins for interfaces no longer configured are removed afterwards.
-pub(super) fn attach_egress(
+fn attach_socket_create(
     ebpf: &mut aya::Ebpf,
-    interfaces: &[String],
+    root: &std::fs::File,
+    root_id: u64,
     links_dir: &Path,
-) -> Result<Vec<HookStatus>, EnforceError> {
-    const NAME: &str = "egress";
-    let mut hooks = Vec::with_capacity(interfaces.len());
-    if !interfaces.is_empty() {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(NAME)
-            .ok_or_else(|| EnforceError::Missing(format!("program {NAME}")))?
-            .try_into()
-            .map_err(|source| EnforceError::Program { name: NAME, source })?;
-        program
-            .load()
-            .map_err(|source| EnforceError::Program { name: NAME, source })?;
-        for iface in interfaces {
-            let pin = links_dir.join(format!("{NAME}-{iface}"));
-            let link = if pin.exists() {
-                swap_into(program.fd(), NAME, &pin)?;
-                LinkOrigin::Adopted
-            } else {
-                let id = program
-                    .attach(iface, TcAttachType::Egress)
-                    .map_err(|source| EnforceError::Interface {
-                        iface: iface.clone(),
-                        source,
-                    })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| EnforceError::Program { name: NAME, source })?;
-                pin_link(link, NAME, &pin)?;
-                LinkOrigin::Attached
-            };
-            hooks.push(HookStatus {
-                program: format!("{NAME} on {iface}"),
-                link,
-                pin,
-            });
-        }
-    }
-    let wanted: Vec<String> = interfaces.iter().map(|i| format!("{NAME}-{i}")).collect();
-    remove_pins(links_dir, |file| {
-        file.starts_with("egress-") && !wanted.iter().any(|w| w == file)
+) -> Result<HookStatus, EnforceError> {
+    const NAME: &str = SOCKET_CREATE;
+    let err = |source| EnforceError::Program { name: NAME, source };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EnforceError::Lsm(e.to_string()))?;
+    let program: &mut LsmCgroup = program_mut(ebpf, NAME)?;
+    program.load(NAME, &btf).map_err(|source| {
+        EnforceError::Lsm(format!(
+            "loading the socket_create hook (is `bpf` in the kernel's lsm= list?): {source}"
+        ))
     })?;
-    Ok(hooks)
+    let pin = link_pin(links_dir, NAME, root_id);
+    let link = adopt_or_attach(NAME, &pin, prog_fd(program.fd(), NAME)?, || {
+        let id = program.attach(root).map_err(err)?;
+        pin_link(program.take_link(id).map_err(err)?, NAME, &pin)
+    })?;
+    Ok(HookStatus {
+        program: NAME.to_owned(),
+        link,
+        pin,
+    })
 }
 
-/// Swaps the program behind `prog_fd` into the link pinned at `pin`: the hook never runs
-/// without a program.
-fn swap_into(
-    prog_fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
-    name: &'static str,
-    pin: &Path,
-) -> Result<(), EnforceError> {
-    let link = sys::obj_get(pin).map_err(|source| EnforceError::Link {
-        name,
-        what: "opening pinned link",
-        source,
-    })?;
-    let prog_fd = prog_fd.map_err(|source| EnforceError::Program { name, source })?;
-    sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(|source| EnforceError::Link {
-        name,
-        what: "swapping program into pinned link",
+/// Loads the egress program (once; attaching it to each interface is [`attach_egress`]).
+pub(super) fn load_egress(ebpf: &mut aya::Ebpf) -> Result<(), EnforceError> {
+    let program: &mut SchedClassifier = program_mut(ebpf, EGRESS)?;
+    program.load().map_err(|source| EnforceError::Program {
+        name: EGRESS,
         source,
     })
 }
 
-fn attach(
-    program: &mut CgroupSockAddr,
-    name: &'static str,
-    root: &std::fs::File,
-    pin: &Path,
+/// The loaded egress program on `iface`: adopted from its pin, replaced if that link is
+/// defunct (the interface was deleted and re-created), or attached and pinned.
+pub(super) fn attach_egress(
+    ebpf: &mut aya::Ebpf,
+    iface: &str,
+    links_dir: &Path,
+) -> Result<HookStatus, EnforceError> {
+    const NAME: &str = EGRESS;
+    let program: &mut SchedClassifier = program_mut(ebpf, NAME)?;
+    let pin = egress_pin(links_dir, iface);
+    let link = adopt_or_attach(NAME, &pin, prog_fd(program.fd(), NAME)?, || {
+        let id = program
+            .attach(iface, TcAttachType::Egress)
+            .map_err(|source| EnforceError::Interface {
+                iface: iface.to_owned(),
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| EnforceError::Program { name: NAME, source })?;
+        pin_link(link, NAME, &pin)
+    })?;
+    Ok(HookStatus {
+        program: format!("{NAME} on {iface}"),
+        link,
+        pin,
+    })
+}
+
+/// Unpins egress links of interfaces the config no longer names (after the wanted ones hold).
+pub(super) fn remove_stale_egress(
+    links_dir: &Path,
+    interfaces: &[String],
 ) -> Result<(), EnforceError> {
-    let prog_err = |source| EnforceError::Program { name, source };
-    let id = program
-        .attach(root, CgroupAttachMode::Single)
-        .map_err(prog_err)?;
-    pin_link(program.take_link(id).map_err(prog_err)?, name, pin)
+    let wanted: Vec<String> = interfaces.iter().map(|i| format!("{EGRESS}-{i}")).collect();
+    remove_pins(links_dir, |file| {
+        file.starts_with("egress-") && !wanted.iter().any(|w| w == file)
+    })
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut P, EnforceError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| EnforceError::Missing(format!("program {name}")))?
+        .try_into()
+        .map_err(|source| EnforceError::Program { name, source })
+}
+
+/// An owned copy of a loaded program's fd, so attaching can borrow the program again.
+fn prog_fd(
+    fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    name: &'static str,
+) -> Result<OwnedFd, EnforceError> {
+    let fd = fd.map_err(|source| EnforceError::Program { name, source })?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| EnforceError::Link {
+            name,
+            what: "duplicating the program fd",
+            source,
+        })
+}
+
+/// Swaps `prog` into the link pinned at `pin` (adopted), or runs `attach` when there is no pin
+/// (attached) or the pinned link is defunct (replaced: its pin is removed first).
+fn adopt_or_attach(
+    name: &'static str,
+    pin: &Path,
+    prog: OwnedFd,
+    attach: impl FnOnce() -> Result<(), EnforceError>,
+) -> Result<LinkOrigin, EnforceError> {
+    if !pin.exists() {
+        attach()?;
+        return Ok(LinkOrigin::Attached);
+    }
+    match swap_into(prog.as_fd(), pin) {
+        Ok(()) => Ok(LinkOrigin::Adopted),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+            tracing::warn!(pin = %pin.display(), "pinned link is defunct (its interface was deleted): replacing it");
+            std::fs::remove_file(pin).map_err(|source| EnforceError::Bpffs {
+                path: pin.to_owned(),
+                source,
+            })?;
+            attach()?;
+            Ok(LinkOrigin::Replaced)
+        }
+        Err(source) => Err(EnforceError::Link {
+            name,
+            what: "swapping program into pinned link",
+            source,
+        }),
+    }
+}
+
+/// Makes the link pinned at `pin` run `prog`: the hook never runs without a program.
+fn swap_into(prog: BorrowedFd<'_>, pin: &Path) -> std::io::Result<()> {
+    let link = sys::obj_get(pin)?;
+    sys::link_update(link.as_fd(), prog)
 }
 
 /// Pins an attached link so it outlives bastiond.
@@ -170,11 +239,16 @@ where
     Ok(())
 }
 
-/// Unpins links attached to a cgroup root the config no longer names (after the new ones hold).
+/// Unpins cgroup links attached to a cgroup root the config no longer names (after the new
+/// ones hold).
 fn remove_stale_links(links_dir: &Path, root_id: u64) -> Result<(), EnforceError> {
     let suffix = format!("-cg{root_id}");
     remove_pins(links_dir, |file| {
-        HOOKS.iter().any(|h| file.starts_with(&format!("{h}-cg"))) && !file.ends_with(&suffix)
+        HOOKS
+            .iter()
+            .chain(&[SOCKET_CREATE])
+            .any(|h| file.starts_with(&format!("{h}-cg")))
+            && !file.ends_with(&suffix)
     })
 }
 
