@@ -22,8 +22,8 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     /// Per-CPU count of flow events lost because `FLOWS` was full (one slot).
     pub const FLOWS_LOST: &str = "FLOWS_LOST";
-    /// Hash of cgroup ids that may open packet sockets besides bastiond's (the config's
-    /// `enforce.packet_socket_cgroups`, e.g. a DHCP client on the admin side).
+    /// Hash of cgroup ids that may use the tcx-bypassing socket options besides bastiond's (the
+    /// config's `enforce.packet_socket_cgroups`, e.g. a DHCP client on the admin side).
     pub const PACKET_CGROUPS: &str = "PACKET_CGROUPS";
 }
 
@@ -41,9 +41,9 @@ pub enum Hook {
     /// tcx egress on a protected-side interface: every frame that is not bastiond's (forwarded
     /// packets, other processes' sockets of any kind, broadcast, multicast, link-local).
     Egress = 5,
-    /// A packet or XDP socket refused at creation (`socket_create` LSM hook): such sockets can
-    /// put frames on a link past tcx egress (PACKET_QDISC_BYPASS, AF_XDP).
-    SocketCreate = 6,
+    /// A socket option refused (cgroup setsockopt hook) because it would put frames on a link
+    /// past tcx egress: a packet socket's PACKET_QDISC_BYPASS, any AF_XDP option.
+    Setsockopt = 6,
 }
 
 impl Hook {
@@ -54,7 +54,7 @@ impl Hook {
             3 => Hook::Sendmsg4,
             4 => Hook::Sendmsg6,
             5 => Hook::Egress,
-            6 => Hook::SocketCreate,
+            6 => Hook::Setsockopt,
             _ => return None,
         })
     }
@@ -66,7 +66,7 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Sendmsg6 => "sendmsg6",
             Hook::Egress => "egress",
-            Hook::SocketCreate => "socket_create",
+            Hook::Setsockopt => "setsockopt",
         }
     }
 }
@@ -75,8 +75,8 @@ impl Hook {
 /// (IPv4 in the first 4 bytes), ports in host order. 80 bytes, no implicit padding.
 ///
 /// Two kinds of event carry no addresses (`family` 0): a frame of another protocol dropped at
-/// egress (`dport` is its ethertype), and a refused socket ([`Hook::SocketCreate`]: `proto` is
-/// the address family, `dport` the socket type, `sport` the protocol).
+/// egress (`dport` is its ethertype), and a refused socket option ([`Hook::Setsockopt`]:
+/// `sport` is the level, `dport` the option name).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEvent {
@@ -113,9 +113,11 @@ pub const MAX_ALLOWED_CGROUPS: u32 = 16;
 /// Capacity of the packet-socket allow-list.
 pub const MAX_PACKET_CGROUPS: u32 = 64;
 
-/// Address families of sockets that can transmit frames past tcx egress.
-pub const AF_PACKET: u8 = 17;
-pub const AF_XDP: u8 = 44;
+/// Socket options that let a socket transmit frames past tcx egress: a packet socket's qdisc
+/// bypass (`SOL_PACKET`/`PACKET_QDISC_BYPASS`) and every AF_XDP option (`SOL_XDP`).
+pub const SOL_PACKET: i32 = 263;
+pub const PACKET_QDISC_BYPASS: i32 = 20;
+pub const SOL_XDP: i32 = 283;
 
 /// Value stored for every protected prefix. A value rather than a set so later issues can attach
 /// per-subnet rule ids without changing the map's key layout.

@@ -221,9 +221,10 @@ pub struct EnforceConfig {
     /// sockets: forwarded traffic included.
     #[serde(default)]
     pub protected_interfaces: Vec<String>,
-    /// cgroups (below `cgroup_root`) allowed to open packet sockets besides bastiond's, e.g. a
-    /// DHCP client on the admin side. Everyone else is refused AF_PACKET and AF_XDP sockets:
-    /// they can put frames on a protected link past the egress program.
+    /// cgroups (below `cgroup_root`) allowed, besides bastiond's, the socket options that put
+    /// frames on a link past the egress program: a packet socket's PACKET_QDISC_BYPASS and
+    /// AF_XDP's (e.g. a DHCP client on the admin side that asks for qdisc bypass). Everyone
+    /// else is refused them (EPERM).
     #[serde(default)]
     pub packet_socket_cgroups: Vec<PathBuf>,
 }

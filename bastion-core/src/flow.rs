@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use bastion_common::{FLOW_ALLOWED, FlowEvent, Hook};
+use bastion_common::{FLOW_ALLOWED, FlowEvent, Hook, PACKET_QDISC_BYPASS, SOL_PACKET, SOL_XDP};
 use serde::{Deserialize, Serialize};
 
 const MAX_PER_WINDOW: usize = 1024;
@@ -67,14 +67,7 @@ impl Flow {
             first_micros: u64::try_from(wall_ns / 1000).unwrap_or(0),
             hook: Hook::from_u8(e.hook).map_or("unknown", Hook::name).into(),
             allowed: e.verdict == FLOW_ALLOWED,
-            proto: match e.proto {
-                1 => "icmp".into(),
-                6 => "tcp".into(),
-                17 => "udp".into(),
-                58 => "icmpv6".into(),
-                0 if e.family == 0 => "vlan".into(),
-                n => n.to_string(),
-            },
+            proto: proto(e),
             src,
             sport: e.sport,
             dst: addr(e.daddr),
@@ -99,6 +92,32 @@ impl Flow {
             self.cgroup,
             self.pid,
         )
+    }
+}
+
+/// What a flow event carried: an IP protocol, or for events without addresses the frame's
+/// ethertype (egress) or the refused socket option (setsockopt).
+fn proto(e: &FlowEvent) -> String {
+    if e.hook == Hook::Setsockopt as u8 {
+        return match (i32::from(e.sport), i32::from(e.dport)) {
+            (SOL_PACKET, PACKET_QDISC_BYPASS) => "packet_qdisc_bypass".into(),
+            (SOL_XDP, _) => "af_xdp".into(),
+            (level, name) => format!("sockopt {level}/{name}"),
+        };
+    }
+    if e.family == 0 {
+        return match e.dport {
+            0x8100 | 0x88a8 => "vlan".into(),
+            ethertype => format!("ethertype 0x{ethertype:04x}"),
+        };
+    }
+    match e.proto {
+        1 => "icmp".into(),
+        2 => "igmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
     }
 }
 
@@ -217,6 +236,27 @@ mod tests {
         forwarded.comm = [0; 16];
         let f = Flow::from_event(&forwarded, 0);
         assert_eq!((f.proto.as_str(), f.pid, f.comm), ("icmp", None, None));
+    }
+
+    #[test]
+    fn events_without_addresses_name_what_was_refused() {
+        let mut frame = event(Hook::Egress, 0, 0, 0x88cc, 0);
+        frame.family = 0;
+        let f = Flow::from_event(&frame, 0);
+        assert_eq!((f.proto.as_str(), f.dst), ("ethertype 0x88cc", None));
+        frame.dport = 0x8100;
+        assert_eq!(Flow::from_event(&frame, 0).proto, "vlan");
+        let mut opt = event(Hook::Setsockopt, 0, 0, PACKET_QDISC_BYPASS as u16, 0);
+        opt.family = 0;
+        opt.sport = SOL_PACKET as u16;
+        let f = Flow::from_event(&opt, 0);
+        assert_eq!(
+            (f.hook.as_str(), f.proto.as_str(), f.pid),
+            ("setsockopt", "packet_qdisc_bypass", Some(1234))
+        );
+        opt.sport = SOL_XDP as u16;
+        opt.dport = 4;
+        assert_eq!(Flow::from_event(&opt, 0).proto, "af_xdp");
     }
 
     #[test]

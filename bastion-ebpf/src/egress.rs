@@ -8,8 +8,8 @@
 //! protected prefixes, broadcast, multicast, link-local, IPv6 of any scope, other ethertypes.
 //! Forwarded packets have no socket, so routing through the appliance never reaches the
 //! protected side; a mark proves nothing (any root process can set one), the socket's cgroup
-//! does. Frames that skip tcx egress (packet sockets with PACKET_QDISC_BYPASS, AF_XDP) are
-//! refused one step earlier, at socket creation (`socket_create`).
+//! does. The options that make frames skip tcx egress (packet sockets' PACKET_QDISC_BYPASS,
+//! AF_XDP's rings) are refused one step earlier (`setsockopt`).
 
 use aya_ebpf::{
     bindings::bpf_sock,

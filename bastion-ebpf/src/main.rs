@@ -9,7 +9,8 @@
 //!   destination and ask `sock_verdict`;
 //! - `egress`: the tcx egress classifier on protected-side interfaces: default deny, every frame
 //!   that is not bastiond's (by its socket's cgroup; forwarded packets have none) is dropped;
-//! - `socket_create`: the cgroup LSM hook refusing packet and XDP sockets (they can bypass tcx).
+//! - `setsockopt`: refuses the socket options that send frames past tcx (packet sockets'
+//!   qdisc bypass, AF_XDP).
 //!
 //! Built for `bpfel-unknown-none` by aya-build from bastion-daemon's build.rs. On the host the crate
 //! compiles to a stub binary so `cargo clippy --workspace` checks it too.
@@ -23,8 +24,8 @@ mod egress;
 mod maps;
 mod sendmsg4;
 mod sendmsg6;
+mod setsockopt;
 mod sock_verdict;
-mod socket_create;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

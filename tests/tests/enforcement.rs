@@ -110,6 +110,7 @@ fn protected_hosts_are_refused_to_everyone_but_bastiond() {
             ("connect6", "attached"),
             ("sendmsg4", "attached"),
             ("sendmsg6", "attached"),
+            ("setsockopt", "attached"),
             ("egress on prot0", "attached"),
         ]
     );

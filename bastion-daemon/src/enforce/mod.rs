@@ -1,6 +1,7 @@
 //! eBPF enforcement: the floor under every session. Nothing below the configured cgroup root may
-//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup, or open
-//! a packet or XDP socket unless it is bastiond or allow-listed; and no frame leaves a protected
+//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup, or use
+//! the socket options that bypass tcx (packet qdisc bypass, AF_XDP) unless it is bastiond or
+//! allow-listed; and no frame leaves a protected
 //! interface unless it is bastiond's (default deny, see `bastion-ebpf/src/egress.rs`).
 //!
 //! Start-up order is what keeps enforcement gap-free across restarts and upgrades:
@@ -73,8 +74,6 @@ pub enum EnforceError {
         iface: String,
         source: aya::programs::ProgramError,
     },
-    #[error("cgroup LSM hook: {0}")]
-    Lsm(String),
     #[error("eBPF object lacks {0}")]
     Missing(String),
     #[error("eBPF map {name}: {source}")]
@@ -90,14 +89,14 @@ pub enum EnforceError {
 
 pub use bastion_core::protocol::{EnforceStatus, HookStatus, LinkOrigin};
 
-/// Ids of the cgroups allowed to open packet sockets. A cgroup that does not exist (yet) is
+/// Ids of the cgroups allowed the tcx-bypassing socket options. A cgroup that does not exist (yet) is
 /// skipped with a warning: its service has not started, and the next bastiond start finds it.
 fn packet_cgroup_ids(dirs: &[PathBuf]) -> Vec<u64> {
     dirs.iter()
         .filter_map(|dir| match cgroup_id(dir) {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::warn!(cgroup = %dir.display(), error = %e, "enforce.packet_socket_cgroups: cgroup not found, not allowed packet sockets");
+                tracing::warn!(cgroup = %dir.display(), error = %e, "enforce.packet_socket_cgroups: cgroup not found, not allowed to bypass tcx");
                 None
             }
         })
@@ -203,19 +202,19 @@ impl Enforcer {
                 .iter()
                 .find(|h| h.program == program)
                 .map(|h| h.link);
-            let (hook, detail) = match programs::attach_egress(&mut self.ebpf, &iface, &self.links_dir)
-            {
-                Ok(hook) => (hook, None),
-                Err(EnforceError::Interface { source, .. }) => (
-                    HookStatus {
-                        program: program.clone(),
-                        link: LinkOrigin::Missing,
-                        pin: programs::egress_pin(&self.links_dir, &iface),
-                    },
-                    Some(source.to_string()),
-                ),
-                Err(e) => return Err(e),
-            };
+            let (hook, detail) =
+                match programs::attach_egress(&mut self.ebpf, &iface, &self.links_dir) {
+                    Ok(hook) => (hook, None),
+                    Err(EnforceError::Interface { source, .. }) => (
+                        HookStatus {
+                            program: program.clone(),
+                            link: LinkOrigin::Missing,
+                            pin: programs::egress_pin(&self.links_dir, &iface),
+                        },
+                        Some(source.to_string()),
+                    ),
+                    Err(e) => return Err(e),
+                };
             // Adopting our own link again is no change; anything else is.
             let changed = match (before, hook.link) {
                 (Some(_), LinkOrigin::Adopted) => false,

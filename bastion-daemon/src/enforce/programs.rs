@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, LsmCgroup, SchedClassifier, TcAttachType, links::FdLink,
+    CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SchedClassifier, TcAttachType, links::FdLink,
 };
 
 use super::{EnforceError, HookStatus, LinkOrigin, sys};
@@ -22,8 +22,8 @@ static OBJECT: &[u8] =
 
 /// The sock_addr hooks bastiond attaches to the cgroup root. Names are the program (function) names.
 pub const HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-/// The cgroup LSM hook refusing packet and XDP sockets (program and kernel hook share the name).
-pub const SOCKET_CREATE: &str = "socket_create";
+/// The cgroup setsockopt hook refusing the options that bypass tcx egress.
+pub const SETSOCKOPT: &str = "setsockopt";
 /// The tcx egress program on protected interfaces.
 pub const EGRESS: &str = "egress";
 
@@ -44,7 +44,7 @@ pub(super) fn egress_pin(links_dir: &Path, iface: &str) -> PathBuf {
     links_dir.join(format!("{EGRESS}-{iface}"))
 }
 
-/// Attaches (or adopts) the cgroup hooks: the sock_addr hooks and `socket_create`.
+/// Attaches (or adopts) the cgroup hooks: the sock_addr hooks and `setsockopt`.
 pub(super) fn attach_cgroup_hooks(
     ebpf: &mut aya::Ebpf,
     cgroup_root: &Path,
@@ -77,30 +77,38 @@ pub(super) fn attach_cgroup_hooks(
             pin,
         });
     }
-    hooks.push(attach_socket_create(ebpf, &root, root_id, links_dir)?);
+    hooks.push(attach_setsockopt(ebpf, &root, root_id, links_dir)?);
     remove_stale_links(links_dir, root_id)?;
     Ok(hooks)
 }
 
-fn attach_socket_create(
+fn attach_setsockopt(
     ebpf: &mut aya::Ebpf,
     root: &std::fs::File,
     root_id: u64,
     links_dir: &Path,
 ) -> Result<HookStatus, EnforceError> {
-    const NAME: &str = SOCKET_CREATE;
-    let err = |source| EnforceError::Program { name: NAME, source };
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EnforceError::Lsm(e.to_string()))?;
-    let program: &mut LsmCgroup = program_mut(ebpf, NAME)?;
-    program.load(NAME, &btf).map_err(|source| {
-        EnforceError::Lsm(format!(
-            "loading the socket_create hook (is `bpf` in the kernel's lsm= list?): {source}"
-        ))
-    })?;
+    const NAME: &str = SETSOCKOPT;
+    let link_err = |source| EnforceError::Link {
+        name: NAME,
+        what: "attaching to the cgroup root",
+        source,
+    };
+    let program: &mut CgroupSockopt = program_mut(ebpf, NAME)?;
+    program
+        .load()
+        .map_err(|source| EnforceError::Program { name: NAME, source })?;
     let pin = link_pin(links_dir, NAME, root_id);
-    let link = adopt_or_attach(NAME, &pin, prog_fd(program.fd(), NAME)?, || {
-        let id = program.attach(root).map_err(err)?;
-        pin_link(program.take_link(id).map_err(err)?, NAME, &pin)
+    let prog = prog_fd(program.fd(), NAME)?;
+    // aya 0.14 has no fd link for this program type (nothing to pin): bpf(2) directly.
+    let link = adopt_or_attach(NAME, &pin, prog.try_clone().map_err(link_err)?, || {
+        let link = sys::link_create(prog.as_fd(), root.as_fd(), sys::BPF_CGROUP_SETSOCKOPT)
+            .map_err(link_err)?;
+        sys::obj_pin(link.as_fd(), &pin).map_err(|source| EnforceError::Link {
+            name: NAME,
+            what: "pinning link",
+            source,
+        })
     })?;
     Ok(HookStatus {
         program: NAME.to_owned(),
@@ -158,7 +166,10 @@ pub(super) fn remove_stale_egress(
     })
 }
 
-fn program_mut<'a, P>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut P, EnforceError>
+fn program_mut<'a, P>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, EnforceError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -246,7 +257,7 @@ fn remove_stale_links(links_dir: &Path, root_id: u64) -> Result<(), EnforceError
     remove_pins(links_dir, |file| {
         HOOKS
             .iter()
-            .chain(&[SOCKET_CREATE])
+            .chain(&[SETSOCKOPT])
             .any(|h| file.starts_with(&format!("{h}-cg")))
             && !file.ends_with(&suffix)
     })

@@ -1,6 +1,7 @@
-//! The two bpf(2) commands aya 0.14 keeps private: opening a pinned object as a plain fd, and
-//! atomically swapping the program behind an existing link (BPF_LINK_UPDATE). The swap is what
-//! lets a restarted or upgraded bastiond replace its programs with no window without enforcement.
+//! The bpf(2) commands aya 0.14 keeps private: opening a pinned object as a plain fd, atomically
+//! swapping the program behind an existing link (BPF_LINK_UPDATE), and creating and pinning a
+//! cgroup link aya offers no fd link for (setsockopt). The swap is what lets a restarted or
+//! upgraded bastiond replace its programs with no window without enforcement.
 
 use std::{
     ffi::CString,
@@ -10,8 +11,21 @@ use std::{
     path::Path,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `enum bpf_attach_type` value of the cgroup setsockopt hook.
+pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -48,6 +62,35 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// Attaches `prog` to `target` (a cgroup) as a bpf link.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    let fd = bpf(BPF_LINK_CREATE, &attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the bpf object `fd` at `path` on a bpf filesystem.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &attr).map(drop)
 }
 
 /// Opens the bpffs object pinned at `path`.
