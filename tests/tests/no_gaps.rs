@@ -1,0 +1,225 @@
+//! Every way past a protected link a process on the appliance might try — broadcast, multicast,
+//! IPv6 link-local, a packet socket with and without qdisc bypass, AF_XDP — first shown to work
+//! without bastiond (so the test can fail), then closed with bastiond up and again after
+//! `kill -9`, and each attempt audited as a denied flow or a refused socket option.
+
+// In test helpers a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use bastion_lab::{Lab, names::BASTION_PROTECTED_IF};
+
+const EPERM_EXIT: i32 = 2;
+/// One port per technique, so what reaches web1 names how it got there.
+const BROADCAST: u16 = 7001;
+const MULTICAST: u16 = 7002;
+const PACKET: u16 = 7003;
+const PACKET_BYPASS: u16 = 7004;
+const LINK_LOCAL: u16 = 7005;
+const LISTEN_SECS: &str = "12";
+
+/// The IPv6 link-local address of `dev` in `role`'s namespace, once duplicate address
+/// detection has finished.
+fn link_local(lab: &Lab, role: &str, dev: &str) -> String {
+    let ns = lab.name().netns(role);
+    let t0 = Instant::now();
+    loop {
+        let out = bastion_lab::sys::run(
+            "ip",
+            &[
+                "-n", &ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ],
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !text.contains("tentative")
+            && let Some(addr) = text.split_whitespace().skip_while(|w| *w != "inet6").nth(1)
+        {
+            return addr.split('/').next().unwrap().to_owned();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{role} {dev} has no usable link-local address: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What happened to each attempt: (technique, exit code, output), and the lines web1's
+/// listener printed.
+struct Round {
+    attempts: Vec<(&'static str, i32, String)>,
+    received: String,
+}
+
+impl Round {
+    fn reached(&self, port: u16) -> bool {
+        self.received.lines().any(|l| {
+            l.starts_with(&format!("udp {port} ")) || l.starts_with(&format!("tcp {port} "))
+        })
+    }
+
+    fn exit(&self, technique: &str) -> (i32, &str) {
+        self.attempts
+            .iter()
+            .find(|(t, _, _)| *t == technique)
+            .map(|(_, c, o)| (*c, o.as_str()))
+            .unwrap()
+    }
+}
+
+fn listener(lab: &Lab) -> Child {
+    let bin = bastion_lab::sys::bin("lab-attack").unwrap();
+    let ports = [BROADCAST, MULTICAST, PACKET, PACKET_BYPASS, LINK_LOCAL].map(|p| p.to_string());
+    let mut child = lab
+        .command_unenforced("web1", bin)
+        .unwrap()
+        .arg("listen")
+        .arg(LISTEN_SECS)
+        .args(&ports)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for "listening" before attacking.
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"listening\n");
+    child
+}
+
+/// Every technique once, from the lab's clients cgroup on the bastion host.
+fn round(lab: &Lab, link_local: &str) -> Round {
+    let listen = listener(lab);
+    let bin = bastion_lab::sys::bin("lab-attack").unwrap();
+    let (b, m, p, pb, ll) = (
+        BROADCAST.to_string(),
+        MULTICAST.to_string(),
+        PACKET.to_string(),
+        PACKET_BYPASS.to_string(),
+        LINK_LOCAL.to_string(),
+    );
+    let techniques: [(&str, Vec<&str>); 6] = [
+        ("broadcast", vec!["broadcast", BASTION_PROTECTED_IF, &b]),
+        ("multicast", vec!["multicast", BASTION_PROTECTED_IF, &m]),
+        ("packet", vec!["packet", BASTION_PROTECTED_IF, &p]),
+        (
+            "packet-bypass",
+            vec!["packet", BASTION_PROTECTED_IF, &pb, "--qdisc-bypass"],
+        ),
+        (
+            "link-local",
+            vec!["link-local", link_local, BASTION_PROTECTED_IF, &ll],
+        ),
+        ("xdp", vec!["xdp"]),
+    ];
+    let mut attempts = Vec::new();
+    for (name, args) in techniques {
+        let out = lab
+            .command("bastion", &bin)
+            .unwrap()
+            .args(&args)
+            .output()
+            .unwrap();
+        attempts.push((
+            name,
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ));
+    }
+    // Give the last datagram time to arrive, then stop listening (bounded: LISTEN_SECS).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut listen = listen;
+    let _ = listen.kill();
+    let out = listen.wait_with_output().unwrap();
+    Round {
+        attempts,
+        received: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+fn assert_closed(r: &Round, when: &str) {
+    for port in [BROADCAST, MULTICAST, PACKET, PACKET_BYPASS, LINK_LOCAL] {
+        assert!(
+            !r.reached(port),
+            "{when}: something reached web1 on port {port}: {}\nattempts: {:?}",
+            r.received,
+            r.attempts
+        );
+    }
+    // The options that skip tcx egress are refused outright, not just filtered later.
+    for technique in ["packet-bypass", "xdp"] {
+        let (code, out) = r.exit(technique);
+        assert_eq!(code, EPERM_EXIT, "{when}: {technique} not refused: {out}");
+    }
+    let (code, out) = r.exit("link-local");
+    assert_ne!(code, 0, "{when}: link-local TCP connected: {out}");
+}
+
+#[test]
+fn no_way_past_a_protected_link_with_bastiond_up_or_killed() {
+    let lab = Lab::up().expect("lab");
+    // The bastion side needs its own link-local address to connect from.
+    link_local(&lab, "bastion", BASTION_PROTECTED_IF);
+    let link_local = link_local(&lab, "web1", "eth0");
+
+    // Without bastiond every technique reaches web1 (AF_XDP needs no target to show it works):
+    // this is what makes the refusals below bastiond's doing.
+    let open = round(&lab, &link_local);
+    for port in [BROADCAST, MULTICAST, PACKET, PACKET_BYPASS, LINK_LOCAL] {
+        assert!(
+            open.reached(port),
+            "without bastiond port {port} must be reachable: {}\n{:?}",
+            open.received,
+            open.attempts
+        );
+    }
+    assert_eq!(open.exit("xdp").0, 0, "{:?}", open.exit("xdp"));
+
+    let mut bastiond = lab.start_bastiond().expect("bastiond starts");
+    assert_closed(&round(&lab, &link_local), "bastiond up");
+    bastiond.kill9().expect("kill -9");
+    let killed = Instant::now();
+    assert_closed(&round(&lab, &link_local), "bastiond killed");
+
+    // The kernel kept every refusal in the pinned ring buffer: the next bastiond audits them.
+    let bastiond = lab.start_bastiond().expect("bastiond restarts");
+    let since = (std::time::SystemTime::now() - killed.elapsed() - Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let wanted: [(&str, &str); 5] = [
+        ("egress", "255.255.255.255"),
+        ("egress", "224.0.0.1"),
+        ("egress", link_local.as_str()),
+        ("setsockopt", "packet_qdisc_bypass"),
+        ("setsockopt", "af_xdp"),
+    ];
+    let t0 = Instant::now();
+    loop {
+        let (flows, _) = common::flows(
+            &bastiond,
+            &["--denied", "--since", &since, "--limit", "500"],
+        );
+        let seen = |hook: &str, what: &str| {
+            flows.iter().any(|f| {
+                f.hook == hook && (f.proto == what || f.dst.is_some_and(|d| d.to_string() == what))
+            })
+        };
+        let missing: Vec<_> = wanted.iter().filter(|(h, w)| !seen(h, w)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "not audited: {missing:?}; flows: {flows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
