@@ -119,6 +119,32 @@ pub enum AuditKind {
         session: u64,
         reason: String,
     },
+    /// A protected interface's egress program changed: attached to an interface that
+    /// appeared, replaced after the interface was re-created, or missing (only the static floor
+    /// holds on it until it is back).
+    ProtectedInterface {
+        iface: String,
+        /// attached, replaced or missing.
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A protected prefix (or part of it) is routed through an interface that is not protected
+    /// (`resolved`: that route is gone).
+    UnprotectedRoute {
+        prefix: String,
+        route: String,
+        iface: String,
+        resolved: bool,
+    },
+    /// ALERT: a process joined bastiond's cgroup, which would share bastiond's exemption from
+    /// enforcement. Only root can do this; it is detected, not prevented.
+    CgroupJoined {
+        cgroup: String,
+        pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comm: Option<String>,
+    },
     /// A flow to a protected prefix, denied or allowed, as an enforcement hook saw it.
     Flow(crate::flow::Flow),
     /// Flow events not stored one by one: over the per-second cap (suppressed) or lost by the

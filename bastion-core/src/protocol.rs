@@ -333,6 +333,16 @@ pub struct HookStatus {
     pub pin: PathBuf,
 }
 
+/// A protected prefix (or part of it) routed through an interface with no egress program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnprotectedRoute {
+    /// The protected prefix.
+    pub prefix: Cidr,
+    /// The route that carries (some of) it.
+    pub route: Cidr,
+    pub iface: String,
+}
+
 /// What `bastionctl status` shows about enforcement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnforceStatus {
@@ -342,10 +352,14 @@ pub struct EnforceStatus {
     pub daemon_cgroup_id: u64,
     pub hooks: Vec<HookStatus>,
     pub protected_subnets: Vec<Cidr>,
-    /// Connects/sends to protected prefixes refused since the counters were created.
+    /// Attempts refused (connects and sends to protected prefixes, frames dropped on protected
+    /// links, socket options refused) since the counters were created.
     pub denied: u64,
     /// Connects/sends to protected prefixes allowed (bastiond's own) since then.
     pub allowed: u64,
+    /// Protected prefixes routed (in part) through an interface that is not protected.
+    #[serde(default)]
+    pub unprotected_routes: Vec<UnprotectedRoute>,
     /// The nftables table steering intercepted traffic, when interception is on.
     #[serde(default)]
     pub intercept_table: Option<String>,

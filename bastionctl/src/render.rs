@@ -233,6 +233,12 @@ fn status(s: &Status) {
         e.cgroup_root.display(),
         hooks.join(", ")
     );
+    for r in &e.unprotected_routes {
+        println!(
+            "{:<14}protected {} is routed through {} (route {}), which has no egress program",
+            "WARNING", r.prefix, r.iface, r.route
+        );
+    }
     let subnets: Vec<String> = e
         .protected_subnets
         .iter()
@@ -476,6 +482,32 @@ pub fn event_line(e: &AuditEvent) -> String {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
         AuditKind::Flow(f) => format!("flow {}", flow_line(f)),
+        AuditKind::ProtectedInterface {
+            iface,
+            state,
+            detail,
+        } => match detail {
+            Some(d) => format!("protected interface {iface}: egress program {state} ({d})"),
+            None => format!("protected interface {iface}: egress program {state}"),
+        },
+        AuditKind::UnprotectedRoute {
+            prefix,
+            route,
+            iface,
+            resolved: false,
+        } => format!(
+            "WARNING protected {prefix} is routed through unprotected interface {iface} (route {route})"
+        ),
+        AuditKind::UnprotectedRoute {
+            prefix,
+            route,
+            iface,
+            resolved: true,
+        } => format!("protected {prefix} no longer routed through {iface} (route {route} gone)"),
+        AuditKind::CgroupJoined { cgroup, pid, comm } => format!(
+            "ALERT pid {pid} ({}) joined bastiond's cgroup {cgroup}: it shares bastiond's exemption",
+            comm.as_deref().unwrap_or("?")
+        ),
         AuditKind::CommandRule {
             session,
             channel,

@@ -344,6 +344,13 @@ impl Daemon {
         let changing = self.policy.begin_change();
         let policy = self.policy.snapshot();
         let entity = policy::check_add(&policy, entity)?;
+        if entity.kind() == EntityKind::Subnet && lock(&self.enforcer).interfaces().is_empty() {
+            // Forwarded traffic to it would meet no egress program (the config check's rule).
+            return Err(ApiError::Invalid(
+                "no protected interface: list the interfaces toward the protected subnets in                  enforce.protected_interfaces before protecting a subnet"
+                    .into(),
+            ));
+        }
         let mut next = (*policy).clone();
         next.insert(entity.clone());
         // A new protected prefix reaches the kernel before it is recorded: if storing fails, the
@@ -470,7 +477,12 @@ impl Daemon {
             EntityKind::Grant => enforcer.set_relay_ports(&relay_ports(policy)),
             _ => Ok(()),
         }
-        .map_err(|e| ApiError::Internal(format!("updating enforcement: {e}")))
+        .map_err(|e| ApiError::Internal(format!("updating enforcement: {e}")))?;
+        if kind == EntityKind::Subnet {
+            drop(enforcer);
+            super::links::check_routes(self);
+        }
+        Ok(())
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
 mod api;
 mod flow_audit;
 mod intercept;
+mod links;
 mod search;
 
 use intercept::{intercept, relay_ports};
@@ -199,6 +200,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )));
         if let Some(log) = kernel_log {
             background.push(tokio::spawn(log.run(stopped(&stop_rx))));
+        }
+    }
+    // Interfaces missing at start and unprotected routes are audited like later changes.
+    links::check_interfaces(&daemon);
+    links::check_routes(&daemon);
+    match crate::enforce::link_events::LinkEvents::open() {
+        Ok(events) => background.push(tokio::spawn(links::follow(
+            daemon.clone(),
+            events,
+            stopped(&stop_rx),
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow link changes: a re-created protected interface needs a bastiond restart")
         }
     }
     let admins = Admins::new(&config.control.admin_uids);

@@ -17,10 +17,12 @@
 mod cgroup;
 pub mod flows;
 pub mod kernel_log;
+pub mod link_events;
 mod maps;
 pub mod nft;
 mod programs;
 pub mod route;
+mod routes;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,8 @@ pub struct Enforcer {
     maps: maps::Maps,
     links_dir: PathBuf,
     interfaces: Vec<String>,
+    /// Interface changes found at start, not yet handed to the audit stream.
+    unreported: Vec<InterfaceChange>,
     status: EnforceStatus,
     steering: Option<(nft::Steering, route::LocalDelivery)>,
     /// Handed to the daemon's background tasks once (`take_readers`).
@@ -165,6 +169,7 @@ impl Enforcer {
             protected_subnets: protected.to_vec(),
             denied,
             allowed,
+            unprotected_routes: Vec::new(),
             intercept_table: None,
         };
         let mut enforcer = Enforcer {
@@ -172,15 +177,18 @@ impl Enforcer {
             maps,
             links_dir: dirs.links,
             interfaces: cfg.protected_interfaces.clone(),
+            unreported: Vec::new(),
             status,
             steering: None,
             readers: Some((flow_source, kernel_log)),
         };
-        for change in enforcer.follow_interfaces(true)? {
-            if change.link == LinkOrigin::Missing {
-                tracing::error!(iface = %change.iface, detail = ?change.detail, "protected interface missing: only the static floor holds on it until it appears");
-            }
-        }
+        // What needs saying at start (an interface missing, a defunct link replaced) is
+        // reported with the first changes the daemon audits.
+        enforcer.unreported = enforcer
+            .follow_interfaces(true)?
+            .into_iter()
+            .filter(|c| matches!(c.link, LinkOrigin::Missing | LinkOrigin::Replaced))
+            .collect();
         programs::remove_stale_egress(&enforcer.links_dir, &enforcer.interfaces)?;
         for h in &enforcer.status.hooks {
             tracing::info!(program = %h.program, link = ?h.link, pin = %h.pin.display(), "enforcing");
@@ -193,7 +201,7 @@ impl Enforcer {
     /// changed since the last call (everything, when `all`), for the audit stream. Called at
     /// start and on every link event.
     pub fn follow_interfaces(&mut self, all: bool) -> Result<Vec<InterfaceChange>, EnforceError> {
-        let mut changes = Vec::new();
+        let mut changes = std::mem::take(&mut self.unreported);
         for iface in self.interfaces.clone() {
             let program = format!("{} on {iface}", programs::EGRESS);
             let before = self
@@ -215,9 +223,14 @@ impl Enforcer {
                     ),
                     Err(e) => return Err(e),
                 };
-            // Adopting our own link again is no change; anything else is.
+            // Adopting our own link again is no change (and keeps saying how it came to be);
+            // anything else is.
+            let mut hook = hook;
             let changed = match (before, hook.link) {
-                (Some(_), LinkOrigin::Adopted) => false,
+                (Some(earlier), LinkOrigin::Adopted) if earlier != LinkOrigin::Missing => {
+                    hook.link = earlier;
+                    false
+                }
                 (Some(LinkOrigin::Missing), LinkOrigin::Missing) => false,
                 _ => true,
             };
@@ -234,6 +247,26 @@ impl Enforcer {
             }
         }
         Ok(changes)
+    }
+
+    /// Compares the routes to the protected prefixes with the protected interfaces; returns
+    /// the routes that became unprotected (`false`) or stopped being so (`true`).
+    pub fn check_routes(&mut self) -> Vec<(bastion_core::protocol::UnprotectedRoute, bool)> {
+        let now = routes::unprotected(
+            &self.status.protected_subnets,
+            &routes::read(),
+            &self.interfaces,
+        );
+        let before = std::mem::replace(&mut self.status.unprotected_routes, now.clone());
+        let appeared = now
+            .iter()
+            .filter(|r| !before.contains(r))
+            .map(|r| (r.clone(), false));
+        let gone = before
+            .iter()
+            .filter(|r| !now.contains(r))
+            .map(|r| (r.clone(), true));
+        appeared.chain(gone).collect()
     }
 
     /// The protected interfaces (from the config).

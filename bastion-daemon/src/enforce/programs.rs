@@ -136,6 +136,19 @@ pub(super) fn attach_egress(
     const NAME: &str = EGRESS;
     let program: &mut SchedClassifier = program_mut(ebpf, NAME)?;
     let pin = egress_pin(links_dir, iface);
+    // A link follows its device, not the name: if `iface` is now another device (deleted and
+    // re-created, or another one renamed to it), the pinned link guards the wrong one.
+    let elsewhere = pin.exists()
+        && sys::obj_get(&pin)
+            .and_then(|link| sys::tcx_link_ifindex(link.as_fd()))
+            .is_ok_and(|index| Some(index) != sys::ifindex(iface));
+    if elsewhere {
+        tracing::warn!(pin = %pin.display(), iface, "pinned egress link guards another device (or none): replacing it");
+        std::fs::remove_file(&pin).map_err(|source| EnforceError::Bpffs {
+            path: pin.clone(),
+            source,
+        })?;
+    }
     let link = adopt_or_attach(NAME, &pin, prog_fd(program.fd(), NAME)?, || {
         let id = program
             .attach(iface, TcAttachType::Egress)
@@ -148,6 +161,10 @@ pub(super) fn attach_egress(
             .map_err(|source| EnforceError::Program { name: NAME, source })?;
         pin_link(link, NAME, &pin)
     })?;
+    let link = match link {
+        LinkOrigin::Attached if elsewhere => LinkOrigin::Replaced,
+        other => other,
+    };
     Ok(HookStatus {
         program: format!("{NAME} on {iface}"),
         link,
