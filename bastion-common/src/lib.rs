@@ -15,6 +15,9 @@ pub mod map_names {
     pub const PROTECTED_V6: &str = "PROTECTED_V6";
     /// Hash of cgroup ids (inode numbers of cgroup v2 directories) allowed to reach protected prefixes.
     pub const ALLOWED_CGROUPS: &str = "ALLOWED_CGROUPS";
+    /// Hash of process ids (tgids, as the kernel's init pid namespace numbers them) that are
+    /// bastiond: a process that joins bastiond's cgroup is still refused at connect/sendmsg.
+    pub const ALLOWED_TGIDS: &str = "ALLOWED_TGIDS";
     /// Per-CPU counters, indexed by [`super::Stat`].
     pub const STATS: &str = "STATS";
     /// Ring buffer of [`super::FlowEvent`]s: denied attempts and allowed flows to protected

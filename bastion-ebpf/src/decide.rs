@@ -4,7 +4,9 @@
 use aya_ebpf::{EbpfContext, maps::lpm_trie::Key};
 use bastion_common::{FlowEvent, Hook, Stat, v4_mapped};
 
-use crate::maps::{ALLOWED_CGROUPS, FLOWS, FLOWS_LOST, PROTECTED_V4, PROTECTED_V6, STATS};
+use crate::maps::{
+    ALLOWED_CGROUPS, ALLOWED_TGIDS, FLOWS, FLOWS_LOST, PROTECTED_V4, PROTECTED_V6, STATS,
+};
 
 /// Is the IPv4 destination (address bytes in network order) protected?
 #[inline(always)]
@@ -29,10 +31,19 @@ pub fn is_allowed(cgroup: u64) -> bool {
     unsafe { ALLOWED_CGROUPS.get(cgroup) }.is_some()
 }
 
-/// May cgroup `id` reach protected destinations? Counts the answer.
+/// Is the calling task bastiond: bastiond's cgroup *and* bastiond's process? The cgroup
+/// alone is not enough where the task is known: root can write any pid into bastiond's cgroup.
 #[inline(always)]
-pub fn allowed(cgroup: u64) -> bool {
-    let ok = is_allowed(cgroup);
+pub fn is_bastiond(cgroup: u64, pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is only tested for presence, never read through the reference.
+    is_allowed(cgroup) && unsafe { ALLOWED_TGIDS.get(tgid) }.is_some()
+}
+
+/// May the calling task reach protected destinations? Counts the answer.
+#[inline(always)]
+pub fn allowed(cgroup: u64, pid_tgid: u64) -> bool {
+    let ok = is_bastiond(cgroup, pid_tgid);
     count(if ok { Stat::Allowed } else { Stat::Denied });
     ok
 }

@@ -29,3 +29,6 @@ pub static FLOWS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[map]
 pub static PACKET_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_PACKET_CGROUPS, 0);
+
+#[map]
+pub static ALLOWED_TGIDS: HashMap<u32, u32> = HashMap::pinned(MAX_ALLOWED_CGROUPS, 0);

@@ -31,7 +31,7 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: plain helper calls with no arguments.
     let (cgroup, pid_tgid) = unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid()) };
     // SAFETY: the value is only tested for presence.
-    if decide::is_allowed(cgroup) || unsafe { PACKET_CGROUPS.get(cgroup) }.is_some() {
+    if decide::is_bastiond(cgroup, pid_tgid) || unsafe { PACKET_CGROUPS.get(cgroup) }.is_some() {
         return verdict::ALLOW;
     }
     let mut event = decide::flow(Hook::Setsockopt, false, 0, [0; 16], optname as u16);

@@ -32,7 +32,7 @@ pub fn for_destination(ctx: &SockAddrContext, protected: bool, dest: Destination
             (*ctx.sock_addr).protocol,
         )
     };
-    let ok = decide::allowed(cgroup);
+    let ok = decide::allowed(cgroup, pid_tgid);
     let mut event = decide::flow(dest.hook, ok, dest.family, dest.addr, dest.port);
     event.cgroup = cgroup;
     event.pid_tgid = pid_tgid;

@@ -223,3 +223,62 @@ fn no_way_past_a_protected_link_with_bastiond_up_or_killed() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
+    let lab = Lab::up().expect("lab");
+    let bastiond = lab.start_bastiond().expect("bastiond starts");
+    let procs = lab.name().bastiond_cgroup().join("cgroup.procs");
+    let connect = bastion_lab::sys::bin("lab-connect").unwrap();
+    // As root would: move itself into bastiond's cgroup, then try the protected host.
+    let out = lab
+        .command("bastion", "sh")
+        .unwrap()
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && echo joined $$ && exec {} 203.0.113.10 22",
+            procs.display(),
+            connect.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("joined "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "did not join: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(
+        out.status.code(),
+        Some(EPERM_EXIT),
+        "bastiond's cgroup alone must not buy a connection: {text}"
+    );
+    // The refusal names the intruder, and the cgroup watch raised an ALERT for it (flows are
+    // audited once a second).
+    let t0 = Instant::now();
+    loop {
+        let (flows, _) = common::flows(&bastiond, &["--denied", "--dport", "22"]);
+        let refused = flows.iter().any(|f| f.pid == Some(pid));
+        let alerted = match common::ctl_json(&bastiond, &["audit", "--limit", "200"]) {
+            bastion_core::protocol::Response::Audit { events } => events.iter().any(|e| {
+                matches!(&e.kind, bastion_core::audit::AuditKind::CgroupJoined { pid: p, .. } if *p == pid)
+            }),
+            other => panic!("audit answered {other:?}"),
+        };
+        if refused && alerted {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "pid {pid}: refusal audited {refused}, ALERT {alerted}; flows {flows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = bastiond.ctl_ok(&["audit"]).unwrap();
+    assert!(text.contains(&format!("ALERT pid {pid}")), "{text}");
+}

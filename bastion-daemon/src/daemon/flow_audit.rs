@@ -12,6 +12,7 @@ use std::{
 use bastion_core::audit::{Actor, AuditKind};
 use bastion_store::{Store, StoreError};
 
+use super::cgroup_watch::Intruders;
 use crate::enforce::flows::{FlowSource, WindowReport};
 
 /// Stores each window of flows the kernel reports as audit events (the last window is
@@ -20,6 +21,7 @@ pub(super) async fn audit_flows(
     source: FlowSource,
     store: Arc<Store>,
     lost_total: Arc<AtomicU64>,
+    intruders: Intruders,
     shutdown: impl Future<Output = ()>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -38,7 +40,9 @@ pub(super) async fn audit_flows(
                 lost_total: total,
             } = report;
             lost_total.store(total, Ordering::Relaxed);
+            let alerts = intruders.from_flows(&flows);
             let mut kinds: Vec<AuditKind> = flows.into_iter().map(AuditKind::Flow).collect();
+            kinds.extend(alerts);
             if suppressed > 0 || lost_new > 0 {
                 tracing::warn!(
                     suppressed,

@@ -29,6 +29,7 @@ use crate::{
 };
 
 mod api;
+mod cgroup_watch;
 mod flow_audit;
 mod intercept;
 mod links;
@@ -190,18 +191,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stopped(&stop_rx),
         )));
     }
+    let intruders = {
+        let status = lock(&daemon.enforcer).status()?;
+        cgroup_watch::Intruders::new(status.daemon_cgroup, status.daemon_cgroup_id)
+    };
     let readers = lock(&daemon.enforcer).take_readers();
     if let Some((flows, kernel_log)) = readers {
         background.push(tokio::spawn(flow_audit::audit_flows(
             flows,
             daemon.store.clone(),
             daemon.flows_lost.clone(),
+            intruders.clone(),
             stopped(&stop_rx),
         )));
         if let Some(log) = kernel_log {
             background.push(tokio::spawn(log.run(stopped(&stop_rx))));
         }
     }
+    background.push(tokio::spawn(cgroup_watch::watch(
+        intruders.clone(),
+        daemon.store.clone(),
+        stopped(&stop_rx),
+    )));
     // Interfaces missing at start and unprotected routes are audited like later changes.
     links::check_interfaces(&daemon);
     links::check_routes(&daemon);

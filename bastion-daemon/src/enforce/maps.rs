@@ -14,6 +14,7 @@ pub(super) struct Maps {
     v6: LpmTrie<MapData, [u8; 16], u32>,
     allowed: HashMap<MapData, u64, u32>,
     packet: HashMap<MapData, u64, u32>,
+    tgids: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -38,6 +39,7 @@ impl Maps {
             v6: take(ebpf, map_names::PROTECTED_V6)?,
             allowed: take(ebpf, map_names::ALLOWED_CGROUPS)?,
             packet: take(ebpf, map_names::PACKET_CGROUPS)?,
+            tgids: take(ebpf, map_names::ALLOWED_TGIDS)?,
             stats: take(ebpf, map_names::STATS)?,
         })
     }
@@ -45,6 +47,11 @@ impl Maps {
     /// Makes the allowed-cgroup set exactly `ids`: new ids first, then stale ones out.
     pub(super) fn set_allowed_cgroups(&mut self, ids: &[u64]) -> Result<(), EnforceError> {
         sync_set(&mut self.allowed, ids, map_names::ALLOWED_CGROUPS)
+    }
+
+    /// Makes the set of bastiond processes exactly `tgids`.
+    pub(super) fn set_allowed_tgids(&mut self, tgids: &[u32]) -> Result<(), EnforceError> {
+        sync_set(&mut self.tgids, tgids, map_names::ALLOWED_TGIDS)
     }
 
     /// Makes the packet-socket allow-list exactly `ids`.
@@ -88,16 +95,16 @@ impl Maps {
 }
 
 /// Makes a cgroup-id set hold exactly `ids`: new ids first, then stale ones out.
-fn sync_set(
-    set: &mut HashMap<MapData, u64, u32>,
-    ids: &[u64],
+fn sync_set<K: aya::Pod + PartialEq>(
+    set: &mut HashMap<MapData, K, u32>,
+    ids: &[K],
     name: &'static str,
 ) -> Result<(), EnforceError> {
     let e = map_err(name);
     for id in ids {
         set.insert(id, ALLOWED, 0).map_err(&e)?;
     }
-    let stale: Vec<u64> = set
+    let stale: Vec<K> = set
         .keys()
         .collect::<Result<Vec<_>, _>>()
         .map_err(&e)?

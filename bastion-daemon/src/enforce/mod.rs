@@ -152,6 +152,8 @@ impl Enforcer {
         let mut maps = maps::Maps::take(&mut ebpf)?;
         let flow_source = flows::FlowSource::take(&mut ebpf)?;
         let kernel_log = kernel_log::KernelLog::take(&mut ebpf);
+        // bastiond's own process first, then its cgroup: both must match at connect/sendmsg.
+        maps.set_allowed_tgids(&[std::process::id()])?;
         maps.set_allowed_cgroups(&[daemon_cgroup_id])?;
         maps.set_packet_cgroups(&packet_cgroup_ids(&cfg.packet_socket_cgroups))?;
         maps.add_protected(protected)?;
