@@ -11,6 +11,9 @@
 //!   UDP to 255.255.255.255:PORT) on a packet socket, optionally with PACKET_QDISC_BYPASS,
 //!   which sends straight to the driver and skips tcx egress;
 //! - `xdp`: an AF_XDP socket registering its UMEM (the first step of any XDP transmit);
+//! - `slow-close PORT SECS`: a TCP service that greets with `lab-slow`, and when the client
+//!   closes, waits a second before closing too (so the client's side of the connection has
+//!   become a TIME_WAIT socket by the time the FIN arrives, and the kernel answers for it);
 //! - `listen SECS PORT...`: UDP and TCP on [::]:PORT (IPv4 too) for each PORT, printing one line
 //!   per datagram or connection received (`udp PORT from ADDR` / `tcp PORT from ADDR`), for SECS
 //!   seconds.
@@ -45,6 +48,12 @@ fn main() -> ExitCode {
             port_of(port).and_then(|p| packet(iface, p, true))
         }
         ["xdp"] => xdp(),
+        ["slow-close", port, secs] => {
+            return match (port.parse(), secs.parse()) {
+                (Ok(port), Ok(secs)) => slow_close(port, secs),
+                _ => usage("slow-close PORT SECS"),
+            };
+        }
         ["listen", secs, ports @ ..] => {
             let ports: Result<Vec<u16>, _> = ports.iter().map(|p| p.parse()).collect();
             return match (secs.parse(), ports) {
@@ -73,7 +82,7 @@ fn usage(why: &str) -> ExitCode {
     eprintln!("lab-attack: {why}");
     eprintln!(
         "usage: lab-attack broadcast|multicast IFACE PORT | link-local ADDR IFACE PORT | \
-         packet IFACE PORT [--qdisc-bypass] | xdp | listen SECS PORT..."
+         packet IFACE PORT [--qdisc-bypass] | xdp | slow-close PORT SECS | listen SECS PORT..."
     );
     ExitCode::from(64)
 }
@@ -280,6 +289,37 @@ fn listen(ports: &[u16], secs: u64) -> ExitCode {
             }
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    ExitCode::SUCCESS
+}
+
+fn slow_close(port: u16, secs: u64) -> ExitCode {
+    use std::io::Write;
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab-attack: cannot listen on {port}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = listener.set_nonblocking(true);
+    println!("listening");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, from)) => {
+                println!("tcp {port} from {from}");
+                std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = s.write_all(b"lab-slow\n");
+                    let mut buf = [0u8; 1024];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    std::thread::sleep(Duration::from_secs(1));
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
     ExitCode::SUCCESS
 }
