@@ -224,13 +224,11 @@ fn no_way_past_a_protected_link_with_bastiond_up_or_killed() {
     }
 }
 
-#[test]
-fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
-    let lab = Lab::up().expect("lab");
-    let bastiond = lab.start_bastiond().expect("bastiond starts");
+/// As root would: a shell moves itself into bastiond's cgroup, then tries the protected host.
+/// Returns its pid and lab-connect's exit code.
+fn hijack(lab: &Lab) -> (u32, Option<i32>) {
     let procs = lab.name().bastiond_cgroup().join("cgroup.procs");
     let connect = bastion_lab::sys::bin("lab-connect").unwrap();
-    // As root would: move itself into bastiond's cgroup, then try the protected host.
     let out = lab
         .command("bastion", "sh")
         .unwrap()
@@ -243,7 +241,7 @@ fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let pid: u32 = text
+    let pid = text
         .lines()
         .find_map(|l| l.strip_prefix("joined "))
         .and_then(|p| p.trim().parse().ok())
@@ -253,18 +251,17 @@ fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-    assert_eq!(
-        out.status.code(),
-        Some(EPERM_EXIT),
-        "bastiond's cgroup alone must not buy a connection: {text}"
-    );
-    // The refusal names the intruder, and the cgroup watch raised an ALERT for it (flows are
-    // audited once a second).
+    (pid, out.status.code())
+}
+
+/// Waits (bounded) until `pid`'s refusal is audited as a denied flow and as an ALERT.
+fn wait_refused_and_alerted(bastiond: &bastion_lab::bastiond::Bastiond, pid: u32) {
+    // Flows are audited once a second.
     let t0 = Instant::now();
     loop {
-        let (flows, _) = common::flows(&bastiond, &["--denied", "--dport", "22"]);
+        let (flows, _) = common::flows(bastiond, &["--denied", "--dport", "22"]);
         let refused = flows.iter().any(|f| f.pid == Some(pid));
-        let alerted = match common::ctl_json(&bastiond, &["audit", "--limit", "200"]) {
+        let alerted = match common::ctl_json(bastiond, &["audit", "--limit", "500"]) {
             bastion_core::protocol::Response::Audit { events } => events.iter().any(|e| {
                 matches!(&e.kind, bastion_core::audit::AuditKind::CgroupJoined { pid: p, .. } if *p == pid)
             }),
@@ -279,6 +276,26 @@ fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = bastiond.ctl_ok(&["audit"]).unwrap();
+    let text = bastiond.ctl_ok(&["audit", "--limit", "500"]).unwrap();
     assert!(text.contains(&format!("ALERT pid {pid}")), "{text}");
+}
+
+#[test]
+fn a_process_that_joins_bastionds_cgroup_is_refused_and_alerted() {
+    let lab = Lab::up().expect("lab");
+    let mut bastiond = lab.start_bastiond().expect("bastiond starts");
+    let (pid, code) = hijack(&lab);
+    assert_eq!(
+        code,
+        Some(EPERM_EXIT),
+        "bastiond's cgroup alone must not buy a connection"
+    );
+    wait_refused_and_alerted(&bastiond, pid);
+
+    // With bastiond dead its cgroup is still no way in; the next bastiond audits the attempt.
+    bastiond.kill9().expect("kill -9");
+    let (pid, code) = hijack(&lab);
+    assert_eq!(code, Some(EPERM_EXIT), "refused with bastiond dead too");
+    let bastiond = lab.start_bastiond().expect("bastiond restarts");
+    wait_refused_and_alerted(&bastiond, pid);
 }
