@@ -7,7 +7,7 @@
 //! members are read a few times a second (cgroupfs and procfs reads are memory reads: done
 //! inline, not on the blocking pool); an intruder too quick for that is still caught when it
 //! tries the protected side: the hooks report its refusal with bastiond's cgroup and another
-//! pid (`Intruders::from_flows`).
+//! pid (`Intruders::alerts_for_flows`).
 
 use std::{
     collections::BTreeSet,
@@ -45,7 +45,7 @@ impl Intruders {
 
     /// ALERT events for the processes in bastiond's cgroup (other than bastiond) that the
     /// flows show being refused: they got into the cgroup and tried the protected side.
-    pub(super) fn from_flows(&self, flows: &[Flow]) -> Vec<AuditKind> {
+    pub(super) fn alerts_for_flows(&self, flows: &[Flow]) -> Vec<AuditKind> {
         let me = std::process::id();
         let seen: Vec<(u32, Option<String>)> = flows
             .iter()

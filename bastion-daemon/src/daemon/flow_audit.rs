@@ -40,7 +40,7 @@ pub(super) async fn audit_flows(
                 lost_total: total,
             } = report;
             lost_total.store(total, Ordering::Relaxed);
-            let alerts = intruders.from_flows(&flows);
+            let alerts = intruders.alerts_for_flows(&flows);
             let mut kinds: Vec<AuditKind> = flows.into_iter().map(AuditKind::Flow).collect();
             kinds.extend(alerts);
             if suppressed > 0 || lost_new > 0 {
