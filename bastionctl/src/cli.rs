@@ -156,7 +156,7 @@ pub enum Command {
         /// Only allowed flows.
         #[arg(long)]
         allowed: bool,
-        /// connect4, connect6, sendmsg4, sendmsg6 or egress.
+        /// connect4, connect6, sendmsg4, sendmsg6, setsockopt or egress.
         #[arg(long)]
         hook: Option<String>,
         /// tcp, udp, icmp, icmpv6.
