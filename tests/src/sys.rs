@@ -183,3 +183,36 @@ pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
 }
+
+/// The Internet checksum (RFC 1071) of `data`, for the probe tools' hand-built headers.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// How a probe tool (lab-connect, lab-attack) reports one attempt: its outcome on stdout, and
+/// an exit code tests can tell apart: 0 done, 2 refused with EPERM (enforcement), 3 refused by
+/// the peer (ECONNREFUSED), 1 anything else (timeouts included).
+pub fn probe_exit(result: std::io::Result<String>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match result {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("error: {e}");
+            match e.raw_os_error() {
+                Some(libc::EPERM) => ExitCode::from(2),
+                Some(libc::ECONNREFUSED) => ExitCode::from(3),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -98,6 +98,21 @@ fn client_ends(mut child: std::process::Child, within: Duration) -> Duration {
     }
 }
 
+/// Runs `command` in web1's namespace under a live session: the client must end promptly and
+/// no upstream socket may stay on either side.
+fn ended_by_target(lab: &Lab, how: &str, command: &[&str]) {
+    let client = long_session(lab);
+    let ns = lab.name().netns("web1");
+    bastion_lab::sys::run("ip", &[&["netns", "exec", &ns], command].concat()).unwrap();
+    let took = client_ends(client, Duration::from_secs(10));
+    eprintln!("client ended {took:?} after the target {how} the connection");
+    let left = wait_no_sockets(lab, Duration::from_secs(5));
+    assert!(
+        left.is_empty(),
+        "after the target {how} the connection: {left:?}"
+    );
+}
+
 #[test]
 fn closes_and_resets_from_either_side_leave_no_hung_session_or_socket() {
     let (lab, bastiond) = Lab::with_alice().expect("lab");
@@ -148,44 +163,8 @@ fn closes_and_resets_from_either_side_leave_no_hung_session_or_socket() {
     let left = wait_no_sockets(&lab, Duration::from_secs(5));
     assert!(left.is_empty(), "after a normal end: {left:?}");
 
-    // web1 ends the session under the client (its sshd's session process is killed).
-    let client = long_session(&lab);
-    bastion_lab::sys::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.name().netns("web1"),
-            "pkill",
-            "-f",
-            "^sleep 30$",
-        ],
-    )
-    .unwrap();
-    let took = client_ends(client, Duration::from_secs(10));
-    eprintln!("client ended {took:?} after the target's command was killed");
-    let left = wait_no_sockets(&lab, Duration::from_secs(5));
-    assert!(left.is_empty(), "after the target closed: {left:?}");
-
-    // web1 resets the connection (its socket destroyed: the kernel sends a RST).
-    let client = long_session(&lab);
-    bastion_lab::sys::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.name().netns("web1"),
-            "ss",
-            "-K",
-            "src",
-            WEB1,
-            "sport",
-            "= :22",
-        ],
-    )
-    .unwrap();
-    let took = client_ends(client, Duration::from_secs(10));
-    eprintln!("client ended {took:?} after the target reset the connection");
-    let left = wait_no_sockets(&lab, Duration::from_secs(5));
-    assert!(left.is_empty(), "after the target reset: {left:?}");
+    // web1 ends the session under the client (its sshd's session process is killed), then
+    // resets one (its socket destroyed: the kernel sends a RST).
+    ended_by_target(&lab, "closed", &["pkill", "-f", "^sleep 30$"]);
+    ended_by_target(&lab, "reset", &["ss", "-K", "src", WEB1, "sport", "= :22"]);
 }

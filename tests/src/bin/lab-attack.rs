@@ -63,19 +63,7 @@ fn main() -> ExitCode {
         }
         _ => return usage("unknown mode"),
     };
-    match result {
-        Ok(what) => {
-            println!("{what}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("error: {e}");
-            match e.raw_os_error() {
-                Some(libc::EPERM) => ExitCode::from(2),
-                _ => ExitCode::from(1),
-            }
-        }
-    }
+    bastion_lab::sys::probe_exit(result)
 }
 
 fn usage(why: &str) -> ExitCode {
@@ -135,7 +123,7 @@ fn frame(port: u16) -> Vec<u8> {
     ip[8] = 64; // TTL
     ip[9] = 17; // UDP
     ip[16..20].copy_from_slice(&[255; 4]);
-    let sum = checksum(&ip);
+    let sum = bastion_lab::sys::inet_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&40000u16.to_be_bytes());
@@ -144,17 +132,6 @@ fn frame(port: u16) -> Vec<u8> {
     f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
     f.extend_from_slice(PAYLOAD);
     f
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn packet(iface: &str, port: u16, qdisc_bypass: bool) -> std::io::Result<String> {

@@ -94,20 +94,7 @@ fn main() -> ExitCode {
         Mode::Icmp => icmp(ip, mark, timeout),
         _ => tcp(target, mark, from, send.as_deref(), timeout),
     };
-    match result {
-        Ok(what) => {
-            println!("{what}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("error: {e}");
-            match e.raw_os_error() {
-                Some(libc::EPERM) => ExitCode::from(2),
-                Some(libc::ECONNREFUSED) => ExitCode::from(3),
-                _ => ExitCode::from(1),
-            }
-        }
-    }
+    bastion_lab::sys::probe_exit(result)
 }
 
 fn usage(why: &str) -> ExitCode {
@@ -178,7 +165,7 @@ fn icmp(ip: IpAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<Str
     let s = socket(ip, Type::RAW, Some(Protocol::ICMPV4), mark)?;
     // type 8 (echo request), code 0, checksum, id, sequence 1.
     let mut packet = [8u8, 0, 0, 0, 0x1a, 0xb5, 0, 1];
-    let sum = checksum(&packet);
+    let sum = bastion_lab::sys::inet_checksum(&packet);
     packet[2..4].copy_from_slice(&sum.to_be_bytes());
     s.send_to(&packet, &SockAddr::from(SocketAddr::new(ip, 0)))?;
     s.set_read_timeout(Some(timeout))?;
@@ -201,17 +188,6 @@ fn icmp(ip: IpAddr, mark: Option<u32>, timeout: Duration) -> std::io::Result<Str
         }
     }
     Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Greets each connection with `lab-echo\n` and echoes what it receives until the client
