@@ -43,7 +43,7 @@ pub(super) async fn follow(
 
 /// Re-attaches the egress program where needed and audits what changed.
 pub(super) fn check_interfaces(daemon: &Daemon) {
-    let changes = match lock(&daemon.enforcer).follow_interfaces(false) {
+    let changes = match lock(&daemon.enforcer).follow_interfaces() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot re-attach the egress program");

@@ -1,8 +1,8 @@
 //! eBPF enforcement: the floor under every session. Nothing below the configured cgroup root may
-//! connect to (or send to) a protected prefix unless it runs in bastiond's own cgroup, or use
-//! the socket options that bypass tcx (packet qdisc bypass, AF_XDP) unless it is bastiond or
-//! allow-listed; and no frame leaves a protected
-//! interface unless it is bastiond's (default deny, see `bastion-ebpf/src/egress.rs`).
+//! connect to (or send to) a protected prefix unless it is bastiond (its cgroup and process),
+//! or use the socket options that bypass tcx (packet qdisc bypass, AF_XDP) unless it is
+//! bastiond or allow-listed; and no frame leaves a protected interface unless it is bastiond's
+//! (default deny, see `bastion-ebpf/src/egress.rs`).
 //!
 //! Start-up order is what keeps enforcement gap-free across restarts and upgrades:
 //! 1. load the object, reusing the maps pinned by an earlier bastiond (contents included);
@@ -187,7 +187,7 @@ impl Enforcer {
         // What needs saying at start (an interface missing, a defunct link replaced) is
         // reported with the first changes the daemon audits.
         enforcer.unreported = enforcer
-            .follow_interfaces(true)?
+            .follow_interfaces()?
             .into_iter()
             .filter(|c| matches!(c.link, LinkOrigin::Missing | LinkOrigin::Replaced))
             .collect();
@@ -200,9 +200,9 @@ impl Enforcer {
 
     /// Makes the egress program hold on every protected interface that exists: attaches it to
     /// an interface that appeared, replaces a defunct link (interface re-created). Returns what
-    /// changed since the last call (everything, when `all`), for the audit stream. Called at
+    /// changed since the last call (at start: everything), for the audit stream. Called at
     /// start and on every link event.
-    pub fn follow_interfaces(&mut self, all: bool) -> Result<Vec<InterfaceChange>, EnforceError> {
+    pub fn follow_interfaces(&mut self) -> Result<Vec<InterfaceChange>, EnforceError> {
         let mut changes = std::mem::take(&mut self.unreported);
         for iface in self.interfaces.clone() {
             let program = format!("{} on {iface}", programs::EGRESS);
@@ -212,7 +212,7 @@ impl Enforcer {
                 .iter()
                 .find(|h| h.program == program)
                 .map(|h| h.link);
-            let (hook, detail) =
+            let (mut hook, detail) =
                 match programs::attach_egress(&mut self.ebpf, &iface, &self.links_dir) {
                     Ok(hook) => (hook, None),
                     Err(EnforceError::Interface { source, .. }) => (
@@ -227,7 +227,6 @@ impl Enforcer {
                 };
             // Adopting our own link again is no change (and keeps saying how it came to be);
             // anything else is.
-            let mut hook = hook;
             let changed = match (before, hook.link) {
                 (Some(earlier), LinkOrigin::Adopted) if earlier != LinkOrigin::Missing => {
                     hook.link = earlier;
@@ -236,7 +235,7 @@ impl Enforcer {
                 (Some(LinkOrigin::Missing), LinkOrigin::Missing) => false,
                 _ => true,
             };
-            if all || changed {
+            if changed {
                 changes.push(InterfaceChange {
                     iface: iface.clone(),
                     link: hook.link,
