@@ -227,3 +227,32 @@ fn a_missing_interface_is_attached_when_it_appears_and_stray_routes_are_warned()
         "{route_events:?}"
     );
 }
+
+#[test]
+fn no_subnet_is_protected_without_a_protected_interface() {
+    let lab = Lab::up().expect("lab");
+    let config = &lab.info().bastiond.config;
+    let text = std::fs::read_to_string(config).unwrap();
+    let bare = text
+        .replace(
+            &format!("protected_interfaces = [\"{BASTION_PROTECTED_IF}\"]"),
+            "protected_interfaces = []",
+        )
+        .replace(
+            "protected_subnets = [\"203.0.113.0/24\"]",
+            "protected_subnets = []",
+        );
+    assert!(bare.contains("protected_interfaces = []") && bare.contains("protected_subnets = []"));
+    std::fs::write(config, bare).unwrap();
+    let bastiond = lab
+        .start_bastiond()
+        .expect("bastiond starts protecting nothing");
+    let out = bastiond.ctl(&["subnet", "add", "203.0.113.0/24"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a subnet with no egress program was accepted"
+    );
+    assert!(err.contains("no protected interface"), "{err}");
+    assert!(enforcement(&bastiond).protected_subnets.is_empty());
+}
