@@ -5,6 +5,7 @@
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`limits`]: process limits raised at start (open files);
 //! - [`control`]: the Unix-socket control API, bastiond's side;
+//! - [`notify`]: telling systemd bastiond is ready (`Type=notify`);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 //!
 //! `unsafe` is fenced: only `enforce` (the bpf(2), netlink and ring-buffer calls aya and nftnl
@@ -14,5 +15,6 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod limits;
+pub mod notify;
 
 pub use bastion_core::VERSION;

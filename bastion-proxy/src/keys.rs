@@ -230,7 +230,10 @@ fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> 
         reason,
     };
     if let Some(bytes) = read_private(path)? {
-        return PrivateKey::from_openssh(&bytes).map_err(|e| format(e.to_string()));
+        // The parser's own words alone ("PEM preamble contains invalid data (NUL byte)") send an
+        // operator looking for the wrong thing; say first what the file should have been.
+        return PrivateKey::from_openssh(&bytes)
+            .map_err(|e| format(format!("not a readable OpenSSH private key ({e})")));
     }
     let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
         .map_err(|e| format(e.to_string()))?;
@@ -346,6 +349,20 @@ mod tests {
         assert_eq!(
             again.open("web1/root", &sealed).unwrap().expose(),
             "private key text"
+        );
+    }
+
+    #[test]
+    fn unreadable_key_is_refused_naming_file_and_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("host_ed25519");
+        std::fs::write(&p, "this is not an OpenSSH private key\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = ApplianceKeys::load_or_generate(dir.path()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("host_ed25519") && text.contains("not a readable OpenSSH private key"),
+            "{text}"
         );
     }
 

@@ -232,12 +232,11 @@ pub async fn fetch_host_key(
         .map_err(|e| UpstreamError::Internal(e.to_string()))
 }
 
-/// A TCP connection carrying bastiond's mark (for policy routing and firewalls on the way; the
-/// eBPF floor trusts bastiond's cgroup, not the mark).
-pub(crate) async fn connect_marked(
-    addr: SocketAddr,
-    mark: u32,
-) -> std::io::Result<tokio::net::TcpStream> {
+/// A TCP connection carrying bastiond's mark. Every socket bastiond opens toward a protected host
+/// goes through here: the appliance's static nftables floor lets only this mark out of a
+/// protected interface while bastiond's eBPF programs are not attached (they judge by bastiond's
+/// cgroup, not the mark). Also for policy routing and firewalls on the way.
+pub async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<tokio::net::TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

@@ -4,7 +4,9 @@
 //! kernel image (kernel + initramfs + command line) that UEFI boots directly from the ESP
 //! (mkfs.vfat + mtools), and sfdisk + dd lay the three partitions into one GPT disk. qemu-img
 //! converts it to qcow2. `--test` boots it under QEMU (software emulation: no KVM here) and
-//! reads the appliance's boot self-check from the serial console.
+//! reads the appliance's boot self-check from the serial console. `--break X` builds the image
+//! with one thing wrong, and the boot test then expects the self-check to notice it (or, for
+//! broken keys, to show the protected side closed although bastiond cannot start).
 
 use std::{
     io::Read,
@@ -37,16 +39,69 @@ const ROOT_UUID: &str = "b4570000-0000-4000-8000-000000000001";
 const DATA_UUID: &str = "b4570000-0000-4000-8000-000000000002";
 const DATA_MIB: u64 = 256;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+/// The key file `--break keys` spoils (bastiond's host key, see bastion-proxy's `keys.rs`).
+const BROKEN_KEY: &str = "host_ed25519";
+/// Every check the appliance's self-check reports. The boot test requires a line for each, so a
+/// check that silently stops running fails it too.
+const CHECKS: &[&str] = &[
+    "bastiond",
+    "ebpf-pinned",
+    "nftables-baseline",
+    "floor-covers-protected",
+    "cgroupfs-ro",
+    "root-ro",
+    "data-rw",
+    "no-sshd",
+    "sysctls",
+    "lockdown",
+    "no-password-login",
+    "protected-closed-local",
+    "protected-closed-forward",
+];
+
+/// What the boot test requires of the self-check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Expect {
+    /// Every check ok, verdict pass.
+    AllPass,
+    /// bastiond cannot start (its host key is garbage): its check fails naming the key file,
+    /// `ebpf-pinned` may fail (it asks bastiond), every other check is ok (the protected side
+    /// closed above all), and the verdict is fail.
+    KeysBroken,
+}
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
     /// Boot the image under QEMU and run the appliance's self-check.
     #[arg(long)]
     test: bool,
-    /// Remove one hardening setting from the image (to see the boot test catch it):
-    /// `nftables-baseline`, `sysctls` or `lockdown`.
+    /// Build the image with one thing broken: `nftables-baseline`, `sysctls` or `lockdown`
+    /// (a hardening setting removed: the boot test fails), or `keys` (garbage in bastiond's host
+    /// key on the data partition: the boot test passes only if the self-check reports bastiond
+    /// failed with the key error and the protected side still closed).
     #[arg(long)]
     r#break: Option<String>,
+}
+
+/// What `--break` breaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Broken {
+    NftablesBaseline,
+    Sysctls,
+    Lockdown,
+    Keys,
+}
+
+impl Broken {
+    fn parse(name: &str) -> anyhow::Result<Broken> {
+        Ok(match name {
+            "nftables-baseline" => Broken::NftablesBaseline,
+            "sysctls" => Broken::Sysctls,
+            "lockdown" => Broken::Lockdown,
+            "keys" => Broken::Keys,
+            b => bail!("--break {b}: expected nftables-baseline, sysctls, lockdown or keys"),
+        })
+    }
 }
 
 impl ImageArgs {
@@ -60,6 +115,7 @@ impl ImageArgs {
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    let broken = args.r#break.as_deref().map(Broken::parse).transpose()?;
     require_root("cargo xtask image")?;
     crate::setup::run()?;
     tools()?;
@@ -82,7 +138,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     )?;
     let bins = workspace().join("target/release");
     let rootfs = out.join("rootfs");
-    rootfs_tree(&src, &rootfs, &bins, args.r#break.as_deref())?;
+    rootfs_tree(&src, &rootfs, &bins, broken)?;
     let manifest = manifest(&rootfs, &bins)?;
     let manifest_path = out.join("manifest.txt");
     // Same inputs, same package set and binaries: say whether this build kept them.
@@ -121,26 +177,33 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     )?;
     let data_img = out.join("data.ext4");
     let _ = std::fs::remove_file(&data_img);
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args([
+        "-q",
+        "-L",
+        "bastion-data",
+        "-U",
+        DATA_UUID,
+        "-E",
+        "root_owner=0:0",
+    ]);
+    let what = if broken == Some(Broken::Keys) {
+        // `-d` fills the filesystem from a directory without mounting it.
+        mkfs.arg("-d").arg(broken_keys_seed(&out)?);
+        "data partition (ext4, with a broken host key)"
+    } else {
+        "data partition (ext4, empty)"
+    };
     step(
-        "data partition (ext4, empty)",
-        Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-L",
-                "bastion-data",
-                "-U",
-                DATA_UUID,
-                "-E",
-                "root_owner=0:0",
-            ])
-            .arg(&data_img)
+        what,
+        mkfs.arg(&data_img)
             .arg(format!("{DATA_MIB}M"))
             .env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH),
     )?;
     let mut cmdline = std::fs::read_to_string(src.join("cmdline"))?
         .trim()
         .to_owned();
-    if args.r#break.as_deref() == Some("lockdown") {
+    if broken == Some(Broken::Lockdown) {
         cmdline = cmdline.replace(" lockdown=integrity", "");
     }
     let esp_img = esp(&out, &rootfs, &cmdline)?;
@@ -176,9 +239,32 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     );
     eprintln!("    image built in {:.0}s", t0.elapsed().as_secs_f64());
     if args.test {
-        boot_test(&disk, &out)?;
+        let expect = match broken {
+            Some(Broken::Keys) => Expect::KeysBroken,
+            _ => Expect::AllPass,
+        };
+        boot_test(&disk, &out, expect)?;
     }
     Ok(())
+}
+
+/// The data partition's contents for `--break keys`: bastiond's keys directory with its host
+/// key replaced by text that is no OpenSSH key (mode 0600, so the key loader gets as far as
+/// parsing it and fails on the content, not on the permissions).
+fn broken_keys_seed(out: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let seed = out.join("data-seed");
+    if seed.exists() {
+        std::fs::remove_dir_all(&seed).context("removing the previous data seed")?;
+    }
+    let keys = seed.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700))?;
+    let host_key = keys.join(BROKEN_KEY);
+    std::fs::write(&host_key, "this is not an OpenSSH private key\n")?;
+    std::fs::set_permissions(&host_key, std::fs::Permissions::from_mode(0o600))?;
+    Ok(seed)
 }
 
 /// Installs the image tools that are missing. qemu-img comes from bookworm's qemu-utils: a
@@ -230,7 +316,12 @@ pub fn mirrors() -> (String, String) {
     (main.to_string(), security.to_string())
 }
 
-fn rootfs_tree(src: &Path, rootfs: &Path, bins: &Path, broken: Option<&str>) -> anyhow::Result<()> {
+fn rootfs_tree(
+    src: &Path,
+    rootfs: &Path,
+    bins: &Path,
+    broken: Option<Broken>,
+) -> anyhow::Result<()> {
     if rootfs.exists() {
         std::fs::remove_dir_all(rootfs).context("removing the previous root tree")?;
     }
@@ -256,12 +347,12 @@ fn rootfs_tree(src: &Path, rootfs: &Path, bins: &Path, broken: Option<&str>) -> 
         "rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin \"$1\"/var/log/*".into(),
     ];
     match broken {
-        None | Some("lockdown") => {}
-        Some("nftables-baseline") => {
+        // Broken on the command line and on the data partition, not in the root tree.
+        None | Some(Broken::Lockdown | Broken::Keys) => {}
+        Some(Broken::NftablesBaseline) => {
             hooks.push("printf 'flush ruleset\\n' > \"$1/etc/nftables.conf\"".into())
         }
-        Some("sysctls") => hooks.push("rm \"$1/etc/sysctl.d/90-bastion.conf\"".into()),
-        Some(b) => bail!("--break {b}: expected nftables-baseline, sysctls or lockdown"),
+        Some(Broken::Sysctls) => hooks.push("rm \"$1/etc/sysctl.d/90-bastion.conf\"".into()),
     }
     let mut cmd = Command::new("mmdebstrap");
     cmd.args([
@@ -436,8 +527,9 @@ fn sha256(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Boots `disk` (changes discarded) with two restricted user-mode NICs (admin side, protected
-/// side; nothing routes beyond QEMU) and waits, bounded, for the self-check's verdict.
-fn boot_test(disk: &Path, out: &Path) -> anyhow::Result<()> {
+/// side; nothing routes beyond QEMU), waits, bounded, for the self-check's verdict and judges its
+/// lines against `expect`.
+fn boot_test(disk: &Path, out: &Path, expect: Expect) -> anyhow::Result<()> {
     let console = out.join("boot-console.log");
     let _ = std::fs::remove_file(&console);
     eprintln!("==> boot test (QEMU, software emulation; typically 1-3 minutes)");
@@ -478,9 +570,12 @@ fn boot_test(disk: &Path, out: &Path) -> anyhow::Result<()> {
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let verdict = loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("BASTION-SELFCHECK done")) {
-            break Some((line.to_owned(), text));
+        // The console log holds the guest's bytes as they came; not all of them are UTF-8.
+        let text = std::fs::read(&console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if text.contains("BASTION-SELFCHECK done") {
+            break Some(text);
         }
         if t0.elapsed() > BOOT_TIMEOUT || qemu.try_wait()?.is_some() {
             break None;
@@ -489,7 +584,7 @@ fn boot_test(disk: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let _ = qemu.kill();
     let _ = qemu.wait();
-    let Some((line, text)) = verdict else {
+    let Some(text) = verdict else {
         let mut tail = String::new();
         let _ = std::fs::File::open(&console).and_then(|mut f| f.read_to_string(&mut tail));
         let tail: Vec<&str> = tail.lines().rev().take(30).collect();
@@ -510,8 +605,162 @@ fn boot_test(disk: &Path, out: &Path) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
         console.display()
     );
-    if !line.contains("pass") {
-        bail!("the appliance's boot self-check failed");
+    let lines = selfcheck_lines(&text);
+    if expect == Expect::KeysBroken {
+        for l in lines
+            .iter()
+            .filter(|l| l.name == "bastiond" || l.name.starts_with("protected-closed-"))
+        {
+            println!(
+                "    expected with a broken key: {} {}: {}",
+                l.name,
+                if l.ok { "ok" } else { "FAIL" },
+                l.detail
+            );
+        }
+    }
+    let problems = judge(&lines, expect);
+    if !problems.is_empty() {
+        bail!(
+            "the appliance's boot self-check did not meet {expect:?}:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    match expect {
+        Expect::AllPass => println!("    every self-check passed"),
+        Expect::KeysBroken => println!(
+            "    as expected: bastiond failed on its broken key, and the protected side is closed"
+        ),
     }
     Ok(())
+}
+
+/// One `BASTION-SELFCHECK <name> ok|FAIL <detail>` line (the verdict: `done pass|fail`).
+#[derive(Debug)]
+struct CheckLine<'a> {
+    name: &'a str,
+    ok: bool,
+    detail: &'a str,
+}
+
+/// The self-check's lines in the console text (each after its journal prefix).
+fn selfcheck_lines(console: &str) -> Vec<CheckLine<'_>> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("BASTION-SELFCHECK ")?;
+            let (name, rest) = rest.split_once(' ')?;
+            let (status, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let ok = match status.trim() {
+                "ok" | "pass" => true,
+                "FAIL" | "fail" => false,
+                _ => return None,
+            };
+            Some(CheckLine {
+                name,
+                ok,
+                detail: detail.trim(),
+            })
+        })
+        .collect()
+}
+
+/// What is wrong with `lines` for `expect`; empty when they meet it.
+fn judge(lines: &[CheckLine<'_>], expect: Expect) -> Vec<String> {
+    let mut problems = Vec::new();
+    let find = |name: &str| lines.iter().find(|l| l.name == name);
+    match (find("done"), expect) {
+        (None, _) => problems.push("no verdict line".to_owned()),
+        (Some(d), Expect::AllPass) if !d.ok => problems.push("verdict: fail".to_owned()),
+        (Some(d), Expect::KeysBroken) if d.ok => {
+            problems.push("verdict: pass although bastiond cannot start".to_owned())
+        }
+        _ => {}
+    }
+    for name in CHECKS {
+        if find(name).is_none() {
+            problems.push(format!("no line for the check {name}"));
+        }
+    }
+    for l in lines.iter().filter(|l| l.name != "done") {
+        let problem = match (expect, l.name) {
+            (Expect::KeysBroken, "bastiond") if l.ok => Some("ok, expected FAIL".to_owned()),
+            (Expect::KeysBroken, "bastiond") if !l.detail.contains(BROKEN_KEY) => Some(format!(
+                "FAIL without naming the broken key {BROKEN_KEY}: {}",
+                l.detail
+            )),
+            (Expect::KeysBroken, "bastiond" | "ebpf-pinned") => None,
+            _ if !l.ok => Some(format!("FAIL: {}", l.detail)),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            problems.push(format!("{}: {p}", l.name));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A console as the appliance prints it, every check ok but those in `fail`.
+    fn console(fail: &[(&str, &str)], verdict: &str) -> String {
+        let mut text = String::from("[    1.0] Booting\n");
+        for name in CHECKS {
+            match fail.iter().find(|(n, _)| n == name) {
+                Some((_, detail)) => {
+                    text += &format!(
+                        "[   29.4] selfcheck[433]: BASTION-SELFCHECK {name} FAIL {detail}\n"
+                    )
+                }
+                None => {
+                    text += &format!("[   29.4] selfcheck[433]: BASTION-SELFCHECK {name} ok fine\n")
+                }
+            }
+        }
+        text + &format!("[   31.9] selfcheck[433]: BASTION-SELFCHECK done {verdict}\n")
+    }
+
+    fn judged(text: &str, expect: Expect) -> Vec<String> {
+        judge(&selfcheck_lines(text), expect)
+    }
+
+    const KEY_ERROR: &str = "state activating after 3 restarts: bastiond: key \
+        /var/lib/bastion/keys/host_ed25519: PEM Base64 error";
+
+    #[test]
+    fn a_clean_boot_passes_only_with_every_check_ok() {
+        assert!(judged(&console(&[], "pass"), Expect::AllPass).is_empty());
+        let p = judged(
+            &console(&[("protected-closed-forward", "x")], "fail"),
+            Expect::AllPass,
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        let missing = console(&[], "pass").replace("BASTION-SELFCHECK lockdown ok", "");
+        assert_eq!(
+            judged(&missing, Expect::AllPass),
+            vec!["no line for the check lockdown"]
+        );
+        // A broken key is not a clean boot.
+        let keys = console(&[("bastiond", KEY_ERROR), ("ebpf-pinned", "x")], "fail");
+        assert!(!judged(&keys, Expect::AllPass).is_empty());
+    }
+
+    #[test]
+    fn broken_keys_pass_only_with_bastiond_failed_on_the_key_and_the_protected_side_closed() {
+        let keys = console(&[("bastiond", KEY_ERROR), ("ebpf-pinned", "x")], "fail");
+        assert!(judged(&keys, Expect::KeysBroken).is_empty());
+        // bastiond up after all, or down for another reason.
+        assert!(!judged(&console(&[], "pass"), Expect::KeysBroken).is_empty());
+        let other = console(&[("bastiond", "state failed: store locked")], "fail");
+        assert!(!judged(&other, Expect::KeysBroken).is_empty());
+        // The protected side open while bastiond is down.
+        for open in ["protected-closed-local", "protected-closed-forward"] {
+            let text = console(&[("bastiond", KEY_ERROR), (open, "tcp connected")], "fail");
+            assert_eq!(judged(&text, Expect::KeysBroken).len(), 1, "{open}");
+        }
+        let silent = keys.replace("BASTION-SELFCHECK protected-closed-local ok fine", "");
+        assert!(!judged(&silent, Expect::KeysBroken).is_empty());
+    }
 }

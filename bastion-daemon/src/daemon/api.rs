@@ -33,7 +33,9 @@ pub(super) const CONTROL_WORKERS: usize = 4;
 impl Handler for Daemon {
     async fn handle(self: Arc<Self>, peer: Peer, request: Request) -> Response {
         let result = match request {
-            Request::Probe { addr } => probe(addr).await.map(Response::Probe),
+            Request::Probe { addr } => probe(addr, self.proxy.upstream_mark)
+                .await
+                .map(Response::Probe),
             Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
             request => self.blocking(peer, request).await,
         };
@@ -493,17 +495,21 @@ fn admin(peer: Peer) -> Actor {
     }
 }
 
-/// Connects from bastiond itself and reads the peer's first line.
-async fn probe(addr: SocketAddr) -> Result<ProbeResult, ApiError> {
+/// Connects from bastiond itself and reads the peer's first line. With bastiond's upstream mark,
+/// like every socket toward a protected host: the image's nftables floor lets nothing else out.
+async fn probe(addr: SocketAddr, mark: u32) -> Result<ProbeResult, ApiError> {
     let t0 = Instant::now();
-    let stream = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            ApiError::Target(format!(
-                "target {addr}: connect timed out after {PROBE_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(|e| ApiError::Target(format!("target {addr}: connect failed: {e}")))?;
+    let stream = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        bastion_proxy::upstream::connect_marked(addr, mark),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::Target(format!(
+            "target {addr}: connect timed out after {PROBE_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| ApiError::Target(format!("target {addr}: connect failed: {e}")))?;
     let connect_micros = t0.elapsed().as_micros() as u64;
     let mut line = Vec::new();
     let mut reader =

@@ -116,6 +116,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     )?;
     tracing::info!(socket = %config.control.socket.display(), store = %store.path().display(), "bastiond ready");
+    // Enforcement is attached and every listener is bound (connections queue until the accept
+    // loops below run): systemd may now start what is ordered after bastiond.
+    tell_systemd(&format!(
+        "READY=1\nSTATUS=enforcing; SSH on {}, control on {}",
+        config.ssh.listen,
+        config.control.socket.display()
+    ));
     let policy = Arc::new(policy::Live::new(policy));
     let limits = |max_failures: u32| bastion_proxy::ratelimit::Limits {
         max_failures: max_failures.max(1),
@@ -229,6 +236,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admins = Admins::new(&config.control.admin_uids);
     server::run(listener, daemon.clone(), admins, async {
         shutdown.await;
+        tell_systemd("STOPPING=1\nSTATUS=stopping; enforcement stays pinned");
         let _ = stop_tx.send(true);
     })
     .await;
@@ -288,6 +296,15 @@ fn stopped(rx: &tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> 
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Tells systemd `state` when bastiond runs under it. A failure is logged, not fatal: bastiond
+/// serves as well without it, and a service manager that never hears `READY=1` times the start
+/// out and restarts bastiond, which is the right outcome for a lost notification too.
+fn tell_systemd(state: &str) {
+    if let Err(e) = crate::notify::notify(state) {
+        tracing::error!(error = %e, "cannot notify systemd");
     }
 }
 
