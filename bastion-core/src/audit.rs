@@ -114,6 +114,13 @@ pub enum AuditKind {
         free_mb: u64,
         floor_mb: u64,
     },
+    /// A session's recording failed (a block could not be stored): the session was ended at
+    /// once; its record stops after `stored_blocks` blocks.
+    RecordingFailed {
+        session: u64,
+        stored_blocks: u32,
+        reason: String,
+    },
     /// An administrator ended a live session.
     SessionKilled {
         session: u64,

@@ -131,6 +131,9 @@ pub enum Status {
     Sealed,
     /// Chain intact, but not (yet) sealed: live, or interrupted by a bastiond stop.
     Unsealed,
+    /// Chain intact up to where recording failed: the session was ended there, and anything
+    /// it carried after the last stored block is not on record. Never sealed.
+    Incomplete,
     /// Recorded before integrity existed: nothing to check.
     Legacy,
     /// Something was changed, removed, added or reordered.
@@ -199,6 +202,15 @@ pub fn judge(
             }
         };
         return verdict(Status::Tampered, detail);
+    }
+    if meta.state == crate::session::SessionState::Failed {
+        return verdict(
+            Status::Incomplete,
+            format!(
+                "recording failed: the record stops after its {} stored blocks (chain intact up to there)",
+                meta.blocks
+            ),
+        );
     }
     match &meta.seal {
         Some(seal) if seal_ok(&seal_message(meta), seal) => verdict(

@@ -19,6 +19,9 @@ pub enum SessionState {
     Closed,
     /// bastiond stopped (crash, kill) while the session was live; everything flushed is kept.
     Interrupted,
+    /// A block could not be stored (write error, store at its floor): the session was ended
+    /// at once and the record stops at its last stored block.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use bastion_core::{
         sftp::{SftpEvent, SftpTracker},
     },
 };
-use bastion_record::Recorder;
+use bastion_record::{Recorder, RecordingFailed};
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
@@ -76,45 +76,61 @@ impl Sftp {
     }
 
     /// Feeds one direction's bytes and records the operations they complete.
-    async fn feed(&self, rec: &Recorder, id: u32, data: &[u8], from_client: bool) {
+    async fn feed(
+        &self,
+        rec: &Recorder,
+        id: u32,
+        data: &[u8],
+        from_client: bool,
+    ) -> Result<(), RecordingFailed> {
         if !self.active.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+            return Ok(());
         }
         let events = match self.tracker.lock() {
             Ok(mut t) if from_client => t.client(data),
             Ok(mut t) => t.server(data),
-            Err(_) => return,
+            Err(_) => return Ok(()),
         };
-        record_sftp(rec, id, events).await;
+        record_sftp(rec, id, events).await
     }
 
-    async fn finish(&self, rec: &Recorder, id: u32) {
+    async fn finish(&self, rec: &Recorder, id: u32) -> Result<(), RecordingFailed> {
         if !self.active.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+            return Ok(());
         }
         let events = self
             .tracker
             .lock()
             .map(|mut t| t.finish())
             .unwrap_or_default();
-        record_sftp(rec, id, events).await;
+        record_sftp(rec, id, events).await
     }
 }
 
-async fn record_lines(rec: &Recorder, id: u32, lines: Vec<CommandLine>) {
+async fn record_lines(
+    rec: &Recorder,
+    id: u32,
+    lines: Vec<CommandLine>,
+) -> Result<(), RecordingFailed> {
     for line in lines {
         if let Ok(json) = serde_json::to_vec(&line) {
-            rec.record(Kind::Command, id, json.into()).await;
+            rec.record(Kind::Command, id, json.into()).await?;
         }
     }
+    Ok(())
 }
 
-async fn record_sftp(rec: &Recorder, id: u32, events: Vec<SftpEvent>) {
+async fn record_sftp(
+    rec: &Recorder,
+    id: u32,
+    events: Vec<SftpEvent>,
+) -> Result<(), RecordingFailed> {
     for e in events {
         if let Ok(json) = serde_json::to_vec(&e) {
-            rec.record(Kind::SftpOp, id, json.into()).await;
+            rec.record(Kind::SftpOp, id, json.into()).await?;
         }
     }
+    Ok(())
 }
 
 /// Starts pumping between the client's channel `down` and the target's channel `up`.
@@ -171,7 +187,11 @@ async fn client_to_target(
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::Request { request, reply }) => {
-                    record_request(&rec, id, &request).await;
+                    if record_request(&rec, id, &request).await.is_err() {
+                        // Not on record, not carried: the session is ending.
+                        let _ = reply.send(false);
+                        break;
+                    }
                     match &request {
                         Request::Subsystem { name } if name == "sftp" => sftp.start(),
                         Request::Pty { cols, rows, .. } => shell.pty(*cols, *rows),
@@ -193,28 +213,41 @@ async fn client_to_target(
             },
             msg = down.wait() => {
                 let Some(msg) = msg else { break };
+                // Recorded before forwarded: what cannot be recorded is not carried (the
+                // recorder has told the session, which ends).
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        rec.record(Kind::Input, id, data.clone()).await;
-                        sftp.feed(&rec, id, &data, true).await;
+                        if rec.record(Kind::Input, id, data.clone()).await.is_err()
+                            || sftp.feed(&rec, id, &data, true).await.is_err()
+                        {
+                            break;
+                        }
                         keys(&up, &mut notice, &shell, &rec, &hits, id, data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
-                        rec.record(Kind::Input, id, data.clone()).await;
+                        if rec.record(Kind::Input, id, data.clone()).await.is_err() {
+                            break;
+                        }
                         up.extended_data_bytes(ext, data).await
                     }
                     ChannelMsg::Eof => {
-                        rec.record(Kind::InputEof, id, Bytes::new()).await;
+                        if rec.record(Kind::InputEof, id, Bytes::new()).await.is_err() {
+                            break;
+                        }
                         up.eof().await
                     }
                     ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
                         shell.resize(col_width, row_height);
-                        rec.record(Kind::WindowChange, id, size_payload(col_width, row_height, b"")).await;
+                        if rec.record(Kind::WindowChange, id, size_payload(col_width, row_height, b"")).await.is_err() {
+                            break;
+                        }
                         up.window_change(col_width, row_height, pix_width, pix_height).await
                     }
                     ChannelMsg::Signal { signal } => {
-                        rec.record(Kind::Signal, id, Bytes::from(signal_name(&signal).to_owned())).await;
+                        if rec.record(Kind::Signal, id, Bytes::from(signal_name(&signal).to_owned())).await.is_err() {
+                            break;
+                        }
                         up.signal(signal).await
                     }
                     ChannelMsg::Close => break,
@@ -269,7 +302,8 @@ async fn keys(
                     doubts: Vec::new(),
                     refused: Some(format!("{} {}", hit.rule.action.as_str(), hit.rule.pattern)),
                 };
-                record_lines(rec, id, vec![line]).await;
+                // A failed recording ends the session anyway; the refusal stands either way.
+                let _ = record_lines(rec, id, vec![line]).await;
                 let _ = hits.send(hit).await;
             }
         }
@@ -296,39 +330,43 @@ async fn target_to_client(
     } = shared;
     let mut bytes_out = 0u64;
     while let Some(msg) = up.wait().await {
+        // Recorded before forwarded, as from the client.
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 bytes_out += data.len() as u64;
-                rec.record(Kind::Output, id, data.clone()).await;
-                sftp.feed(&rec, id, &data, false).await;
-                record_lines(&rec, id, shell.output(&data)).await;
+                if rec.record(Kind::Output, id, data.clone()).await.is_err()
+                    || sftp.feed(&rec, id, &data, false).await.is_err()
+                    || record_lines(&rec, id, shell.output(&data)).await.is_err()
+                {
+                    break;
+                }
                 down.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 bytes_out += data.len() as u64;
-                rec.record(Kind::Stderr, id, data.clone()).await;
+                if rec.record(Kind::Stderr, id, data.clone()).await.is_err() {
+                    break;
+                }
                 down.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => {
-                rec.record(Kind::OutputEof, id, Bytes::new()).await;
+                if rec.record(Kind::OutputEof, id, Bytes::new()).await.is_err() {
+                    break;
+                }
                 down.eof().await
             }
             ChannelMsg::ExitStatus { exit_status } => {
-                rec.record(
-                    Kind::ExitStatus,
-                    id,
-                    Bytes::copy_from_slice(&exit_status.to_le_bytes()),
-                )
-                .await;
+                let status = Bytes::copy_from_slice(&exit_status.to_le_bytes());
+                if rec.record(Kind::ExitStatus, id, status).await.is_err() {
+                    break;
+                }
                 down.exit_status(exit_status).await
             }
             ChannelMsg::ExitSignal { signal_name, .. } => {
-                rec.record(
-                    Kind::Signal,
-                    id,
-                    Bytes::from(format!("exit {}", self::signal_name(&signal_name))),
-                )
-                .await;
+                let name = Bytes::from(format!("exit {}", self::signal_name(&signal_name)));
+                if rec.record(Kind::Signal, id, name).await.is_err() {
+                    break;
+                }
                 Ok(())
             }
             ChannelMsg::Success | ChannelMsg::Failure => {
@@ -345,18 +383,20 @@ async fn target_to_client(
             break;
         }
     }
-    sftp.finish(&rec, id).await;
-    record_lines(&rec, id, shell.finish()).await;
+    // What the channel leaves on record as it closes; after a recording failure there is no
+    // record to add to (the session is ending), so failures here change nothing.
+    let _ = sftp.finish(&rec, id).await;
+    let _ = record_lines(&rec, id, shell.finish()).await;
     // The channel's totals, so a forward's open and close frames bracket its traffic.
     let totals = format!(
         r#"{{"bytes_in":{},"bytes_out":{bytes_out}}}"#,
         bytes_in.load(std::sync::atomic::Ordering::Relaxed)
     );
-    rec.record(Kind::Close, id, Bytes::from(totals)).await;
+    let _ = rec.record(Kind::Close, id, Bytes::from(totals)).await;
     let _ = down.close().await;
 }
 
-async fn record_request(rec: &Recorder, id: u32, request: &Request) {
+async fn record_request(rec: &Recorder, id: u32, request: &Request) -> Result<(), RecordingFailed> {
     let (kind, data) = match request {
         Request::Pty {
             term, cols, rows, ..
@@ -364,9 +404,9 @@ async fn record_request(rec: &Recorder, id: u32, request: &Request) {
         Request::Shell => (Kind::Shell, Bytes::new()),
         Request::Exec { command } => (Kind::Exec, Bytes::copy_from_slice(command)),
         Request::Subsystem { name } => (Kind::Subsystem, Bytes::copy_from_slice(name.as_bytes())),
-        Request::Env { .. } | Request::Agent => return,
+        Request::Env { .. } | Request::Agent => return Ok(()),
     };
-    rec.record(kind, id, data).await;
+    rec.record(kind, id, data).await
 }
 
 async fn send_request(

@@ -127,9 +127,12 @@ impl ProxyContext {
             .map_err(|e| format!("internal: cannot record the session: {e}"))?;
         Ok(bastion_record::spawn(
             self.store.clone(),
-            self.keys.audit_key.clone(),
+            bastion_record::Settings {
+                audit_key: self.keys.audit_key.clone(),
+                flush_interval: self.flush_interval,
+                floor_bytes: self.store_floor,
+            },
             meta,
-            self.flush_interval,
         ))
     }
 

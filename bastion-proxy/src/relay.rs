@@ -118,7 +118,8 @@ async fn relay(ctx: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr, dest
     });
     if let Some((recorder, writer)) = capture {
         let totals = serde_json::json!({ "bytes_in": up, "bytes_out": down }).to_string();
-        recorder.record(Kind::Close, 0, Bytes::from(totals)).await;
+        // After a recording failure there is no record to close: the writer has marked it.
+        let _ = recorder.record(Kind::Close, 0, Bytes::from(totals)).await;
         drop(recorder);
         match writer.await {
             Ok(meta) => set(&mut flow, |r| r.session = Some(meta.id)),
@@ -169,8 +170,13 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(r) = recorder {
-            r.record(kind, 0, Bytes::copy_from_slice(&buf[..n])).await;
+        // Recorded before forwarded: what cannot be recorded is not carried.
+        if let Some(r) = recorder
+            && r.record(kind, 0, Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .is_err()
+        {
+            break;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
@@ -204,7 +210,8 @@ async fn start_capture(
     let (recorder, writer) = ctx.start_recording(meta).await?;
     recorder
         .record(Kind::Open, 0, Bytes::from(format!("tcp {dest}")))
-        .await;
+        .await
+        .map_err(|e| format!("internal: {e}"))?;
     Ok((recorder, writer))
 }
 

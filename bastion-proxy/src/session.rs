@@ -137,6 +137,10 @@ impl SessionActor {
     pub async fn run(mut self) {
         loop {
             // A routed session's own mailboxes; before routing these branches never fire.
+            let recorder = match &self.phase {
+                Phase::Routed { route, .. } => Some(route.recorder.clone()),
+                _ => None,
+            };
             let (agents, controls) = match &mut self.phase {
                 Phase::Routed { route, .. } => {
                     (Some(&mut route.agent_rx), Some(&mut route.control_rx))
@@ -157,6 +161,13 @@ impl SessionActor {
                         ControlFlow::Continue(()) => continue,
                         ControlFlow::Break(()) => break,
                     }
+                }
+                why = recording_failed(recorder.as_ref()) => {
+                    self.kill(&format!(
+                        "recording failed ({why}): the session is ended so nothing is carried off the record"
+                    ))
+                    .await;
+                    break;
                 }
                 Some(control) = recv_opt(controls) => {
                     match control {
@@ -324,9 +335,14 @@ impl SessionActor {
             Ok((up, recorder)) => {
                 reply.accept().await;
                 let channel_id = down.id();
-                recorder
+                if recorder
                     .record(Kind::Open, u32::from(channel_id), open_label(&kind).into())
-                    .await;
+                    .await
+                    .is_err()
+                {
+                    // Recording has failed and the session is ending: nothing is carried.
+                    return Ok(());
+                }
                 let stderr = Box::new(down.make_writer_ext(Some(1)));
                 let ctl = channel::spawn(down, up, recorder, self.hits_tx.clone());
                 self.channels
@@ -508,7 +524,8 @@ impl SessionActor {
         let Phase::Routed { route, .. } = &self.phase else {
             return;
         };
-        route
+        // A refusal stands whether or not it could still be recorded (it is audited below).
+        let _ = route
             .recorder
             .record(Kind::Refused, channel, format!("{what}: {reason}").into())
             .await;
@@ -803,10 +820,15 @@ impl SessionActor {
             Ok(down) => {
                 agent.reply.accept().await;
                 let id = u32::from(down.id());
-                route
+                if route
                     .recorder
                     .record(Kind::Open, id, "auth-agent".into())
-                    .await;
+                    .await
+                    .is_err()
+                {
+                    // Recording has failed and the session is ending: nothing is carried.
+                    return;
+                }
                 let _ctl = channel::spawn(
                     down,
                     agent.channel,
@@ -826,7 +848,8 @@ impl SessionActor {
     async fn kill(&mut self, why: &str) {
         let message = format!("bastion: {why}");
         if let Phase::Routed { route, .. } = &self.phase {
-            route
+            // Not recordable when recording is what failed; the client is told all the same.
+            let _ = route
                 .recorder
                 .record(Kind::Refused, 0, message.clone().into())
                 .await;
@@ -912,6 +935,14 @@ impl SessionActor {
 }
 
 /// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
+/// Resolves with why once a routed session's recording has failed; never otherwise.
+async fn recording_failed(recorder: Option<&Recorder>) -> String {
+    match recorder {
+        Some(r) => r.failed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,

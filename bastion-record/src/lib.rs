@@ -2,6 +2,12 @@
 //! session instead of growing memory); one writer task per session batches them into blocks and
 //! writes a block when it reaches [`BLOCK_TARGET`] bytes or when the flush interval passes,
 //! whichever is first. That interval is the durability bound stated in the config.
+//!
+//! Recording fails closed: a block that cannot be stored (a write error, or the store's
+//! filesystem below its free-space floor, checked before every block) stops the writer. The
+//! session's record is marked [`SessionState::Failed`] where it stopped, the failure is an
+//! audit event, every later [`Recorder::record`] fails, and [`Recorder::failed`] wakes the
+//! session so it ends at once: nothing more is carried off the record.
 
 #![forbid(unsafe_code)]
 
@@ -11,9 +17,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use bastion_core::{
+    audit::{Actor, AuditKind},
     integrity,
     record::{
         block,
@@ -37,48 +44,108 @@ const QUEUE: usize = 128;
 pub struct Recorder {
     tx: mpsc::Sender<Frame>,
     start: Instant,
+    failed: watch::Receiver<Option<String>>,
 }
 
+/// The session's recording has failed: what it was about to carry must not be carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingFailed(pub String);
+
+impl std::fmt::Display for RecordingFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "recording failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for RecordingFailed {}
+
 impl Recorder {
-    /// Records one event now. Waits (never drops) when the writer is behind.
-    pub async fn record(&self, kind: Kind, channel: u32, data: Bytes) {
+    /// Records one event now. Waits (never drops) when the writer is behind; fails once the
+    /// recording has failed, and then the event must not be forwarded.
+    pub async fn record(
+        &self,
+        kind: Kind,
+        channel: u32,
+        data: Bytes,
+    ) -> Result<(), RecordingFailed> {
+        let failed = self.failed.borrow().clone();
+        if let Some(why) = failed {
+            return Err(RecordingFailed(why));
+        }
         let frame = Frame {
             kind,
             channel,
             t_micros: self.start.elapsed().as_micros() as u64,
             data,
         };
-        if self.tx.send(frame).await.is_err() {
-            // The writer only stops after a store error it has already reported.
-            tracing::error!("recorder is gone; event not recorded");
+        self.tx.send(frame).await.map_err(|_| {
+            // The writer only stops early after a failure it has published.
+            RecordingFailed(
+                self.failed
+                    .borrow()
+                    .clone()
+                    .unwrap_or_else(|| "the recorder stopped".into()),
+            )
+        })
+    }
+
+    /// Resolves with the reason once the recording has failed; never while it works.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Some(why) => why,
+            // The writer finished normally: there is nothing to wait for.
+            None => std::future::pending().await,
         }
     }
 }
 
+/// How a session's recording is written.
+#[derive(Clone)]
+pub struct Settings {
+    /// `audit_key` seals the record when it closes.
+    pub audit_key: Arc<ssh_key::PrivateKey>,
+    /// A block is written at the latest this long after its first frame.
+    pub flush_interval: Duration,
+    /// Free bytes the store's filesystem keeps: below it, no block is written and the session
+    /// ends (what is recorded already keeps its room).
+    pub floor_bytes: u64,
+}
+
 /// Starts recording the session described by `meta` (already stored as live).
-/// `audit_key` seals the record when it closes.
 pub fn spawn(
     store: Arc<Store>,
-    audit_key: Arc<ssh_key::PrivateKey>,
+    settings: Settings,
     meta: SessionMeta,
-    flush_interval: Duration,
 ) -> (Recorder, tokio::task::JoinHandle<SessionMeta>) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (failed_tx, failed) = watch::channel(None);
     let recorder = Recorder {
         tx,
         start: Instant::now(),
+        failed,
     };
-    let task = tokio::spawn(write_loop(store, audit_key, meta, rx, flush_interval));
+    let task = tokio::spawn(write_loop(store, settings, meta, rx, failed_tx));
     (recorder, task)
 }
 
 async fn write_loop(
     store: Arc<Store>,
-    audit_key: Arc<ssh_key::PrivateKey>,
+    settings: Settings,
     mut meta: SessionMeta,
     mut rx: mpsc::Receiver<Frame>,
-    flush_interval: Duration,
+    failed: watch::Sender<Option<String>>,
 ) -> SessionMeta {
+    let Settings {
+        audit_key,
+        flush_interval,
+        floor_bytes,
+    } = settings;
     let mut buf = Vec::with_capacity(BLOCK_TARGET);
     let mut commands = Commands::default();
     let mut tick = tokio::time::interval(flush_interval);
@@ -94,20 +161,24 @@ async fn write_loop(
                         _ => {}
                     }
                     frame.encode(&mut buf);
-                    if buf.len() >= BLOCK_TARGET {
-                        write_block(&store, &mut meta, &mut buf, &mut commands).await;
+                    if buf.len() >= BLOCK_TARGET
+                        && let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await
+                    {
+                        return fail(&store, meta, why, &failed).await;
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                if !buf.is_empty() {
-                    write_block(&store, &mut meta, &mut buf, &mut commands).await;
+                if let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await {
+                    return fail(&store, meta, why, &failed).await;
                 }
             }
         }
     }
-    write_block(&store, &mut meta, &mut buf, &mut commands).await;
+    if let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await {
+        return fail(&store, meta, why, &failed).await;
+    }
     meta.state = SessionState::Closed;
     meta.ended_micros = Some(bastion_core::audit::now_micros());
     // Sealed over what it says and where its chain ends: later edits of either show.
@@ -126,6 +197,43 @@ async fn write_loop(
     meta
 }
 
+/// Stops the recording at its last stored block: tells the session (which ends at once), then
+/// marks the record failed and audits why, as far as the store still takes writes (the
+/// metadata keeps pointing at the last good block either way; a store that takes nothing more
+/// leaves the session live, and the next bastiond marks it interrupted).
+async fn fail(
+    store: &Arc<Store>,
+    mut meta: SessionMeta,
+    why: String,
+    failed: &watch::Sender<Option<String>>,
+) -> SessionMeta {
+    tracing::error!(session = meta.id, stored_blocks = meta.blocks, error = %why, "recording failed: ending the session");
+    failed.send_replace(Some(why.clone()));
+    meta.state = SessionState::Failed;
+    meta.ended_micros = Some(bastion_core::audit::now_micros());
+    let s = store.clone();
+    let m = meta.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        s.put_session(&m)?;
+        s.append_audit(
+            Actor::Daemon,
+            AuditKind::RecordingFailed {
+                session: m.id,
+                stored_blocks: m.blocks,
+                reason: why,
+            },
+        )
+    })
+    .await;
+    if !matches!(written, Ok(Ok(_))) {
+        tracing::error!(
+            session = meta.id,
+            "cannot mark the failed recording in the store"
+        );
+    }
+    meta
+}
+
 /// The commands recorded since the last block, and how many the session stored before them.
 #[derive(Default)]
 struct Commands {
@@ -134,15 +242,17 @@ struct Commands {
 }
 
 /// Compresses and stores `buf` as the session's next block (with updated metadata and the
-/// commands it holds), then clears it.
+/// commands it holds), then clears it. Fails, storing nothing, when the store's filesystem is
+/// below `floor_bytes` or the write fails.
 async fn write_block(
     store: &Arc<Store>,
+    floor_bytes: u64,
     meta: &mut SessionMeta,
     buf: &mut Vec<u8>,
     commands: &mut Commands,
-) {
+) -> Result<(), String> {
     if buf.is_empty() {
-        return;
+        return Ok(());
     }
     let raw = std::mem::replace(buf, Vec::with_capacity(BLOCK_TARGET));
     let pending = std::mem::take(&mut commands.pending);
@@ -152,6 +262,15 @@ async fn write_block(
     let mut next = meta.clone();
     next.blocks += 1;
     let result = tokio::task::spawn_blocking(move || -> Result<SessionMeta, String> {
+        let free = bastion_store::free_bytes(store.path())
+            .map_err(|e| format!("cannot tell the store's free space: {e}"))?;
+        if free < floor_bytes {
+            return Err(format!(
+                "the audit store is at its free-space floor ({} MiB free, floor {} MiB)",
+                free >> 20,
+                floor_bytes >> 20
+            ));
+        }
         let mut next = next;
         let stored = block::compress(&raw).map_err(|e| e.to_string())?;
         next.stored_bytes += stored.len() as u64;
@@ -170,12 +289,95 @@ async fn write_block(
     })
     .await;
     match result {
-        Ok(Ok(next)) => *meta = next,
-        Ok(Err(e)) => {
-            tracing::error!(session = meta.id, error = %e, "recording block lost: store write failed")
+        Ok(Ok(next)) => {
+            *meta = next;
+            Ok(())
         }
-        Err(e) => {
-            tracing::error!(session = meta.id, error = %e, "recording block lost: writer task failed")
+        Ok(Err(e)) => Err(format!("block {} not stored: {e}", meta.blocks)),
+        Err(e) => Err(format!(
+            "block {} not stored: writer task failed: {e}",
+            meta.blocks
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn settings(floor_bytes: u64) -> Settings {
+        Settings {
+            audit_key: Arc::new(ssh_key::PrivateKey::from(
+                ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]),
+            )),
+            flush_interval: Duration::from_millis(20),
+            floor_bytes,
         }
+    }
+
+    fn session(store: &Store) -> SessionMeta {
+        let meta = SessionMeta::starting(1, "203.0.113.10:22".parse().unwrap());
+        store.put_session(&meta).unwrap();
+        meta
+    }
+
+    #[tokio::test]
+    async fn a_block_that_cannot_be_stored_fails_the_recording_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        // No filesystem has this much free: the first block meets the floor.
+        let (rec, writer) = spawn(store.clone(), settings(u64::MAX), session(&store));
+        rec.record(Kind::Output, 0, Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), rec.failed())
+            .await
+            .unwrap();
+        assert!(why.contains("free-space floor"), "{why}");
+        // Nothing more is taken, and the record says where it stopped.
+        let refused = rec
+            .record(Kind::Output, 0, Bytes::from_static(b"more"))
+            .await;
+        assert_eq!(refused, Err(RecordingFailed(why.clone())));
+        drop(rec);
+        let meta = writer.await.unwrap();
+        assert_eq!(
+            (meta.state, meta.blocks, meta.seal),
+            (SessionState::Failed, 0, None)
+        );
+        assert_eq!(
+            store.session(1).unwrap().unwrap().state,
+            SessionState::Failed
+        );
+        let audit = store.audit_events(10).unwrap();
+        assert!(
+            audit.iter().any(|e| matches!(
+                &e.kind,
+                AuditKind::RecordingFailed { session: 1, stored_blocks: 0, reason } if *reason == why
+            )),
+            "{audit:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_working_recording_never_reports_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        let (rec, writer) = spawn(store.clone(), settings(0), session(&store));
+        rec.record(Kind::Output, 0, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        // Past a few flushes, still nothing to report.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), rec.failed())
+                .await
+                .is_err()
+        );
+        drop(rec);
+        let meta = writer.await.unwrap();
+        assert_eq!((meta.state, meta.blocks), (SessionState::Closed, 1));
+        assert!(meta.seal.is_some());
     }
 }

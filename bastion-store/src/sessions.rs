@@ -176,7 +176,9 @@ impl Store {
         for s in self.sessions()? {
             let ended = match s.state {
                 SessionState::Live => continue,
-                SessionState::Closed => s.ended_micros.unwrap_or(s.started_micros),
+                SessionState::Closed | SessionState::Failed => {
+                    s.ended_micros.unwrap_or(s.started_micros)
+                }
                 SessionState::Interrupted => s.started_micros,
             };
             if ended >= cutoff {

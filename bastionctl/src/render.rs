@@ -528,6 +528,13 @@ pub fn event_line(e: &AuditEvent) -> String {
         AuditKind::StoreFloorReached { free_mb, floor_mb } => format!(
             "ALERT audit store at its floor ({free_mb} MiB free, floor {floor_mb} MiB): new sessions refused"
         ),
+        AuditKind::RecordingFailed {
+            session,
+            stored_blocks,
+            reason,
+        } => format!(
+            "ALERT session {session}: recording failed, session ended; the record stops after block {stored_blocks}: {reason}"
+        ),
         AuditKind::SessionKilled { session, reason } => {
             format!("session {session} killed: {reason}")
         }

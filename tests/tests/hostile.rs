@@ -229,8 +229,36 @@ fn kill9_mid_session_keeps_every_flushed_event_and_marks_it_interrupted() {
     );
 }
 
+/// Uploads `len` incompressible bytes to web1 through bastiond; returns whether ssh succeeded
+/// and what it printed on stderr.
+fn upload(lab: &Lab, len: usize) -> (bool, String) {
+    let mut data = vec![0u8; len];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+        .unwrap();
+    let mut child = lab
+        .ssh_via_bastion("root@web1", &["-o", "LogLevel=INFO"])
+        .unwrap()
+        .arg("cat > /dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn on_a_small_filesystem_the_floor_refuses_new_sessions_and_keeps_every_recording() {
+fn on_a_small_filesystem_the_floor_ends_the_session_that_reaches_it_and_refuses_new_ones() {
     let lab = Lab::up().expect("lab");
     // A 64 MiB filesystem made for the test, with the floor at 24 MiB free.
     let small = lab.info().run_dir.join("small-fs");
@@ -247,61 +275,56 @@ fn on_a_small_filesystem_the_floor_refuses_new_sessions_and_keeps_every_recordin
     let b = lab.start_bastiond().unwrap();
     lab.enroll_alice(&b).unwrap();
 
-    // Incompressible uploads of 4 MiB until the floor refuses one (bounded).
-    const UPLOAD: usize = 4 << 20;
-    let mut recorded = 0;
-    let mut refusal = None;
-    for _ in 0..12 {
-        let mut data = vec![0u8; UPLOAD];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
-            .unwrap();
-        let mut child = lab
-            .ssh_via_bastion("root@web1", &["-o", "LogLevel=INFO"])
-            .unwrap()
-            .arg("cat > /dev/null")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        if out.status.success() {
-            recorded += 1;
-            continue;
-        }
-        refusal = Some(String::from_utf8_lossy(&out.stderr).into_owned());
-        break;
+    // Two sessions well above the floor are recorded whole.
+    const SMALL: usize = 2 << 20;
+    for _ in 0..2 {
+        let (ok, err) = upload(&lab, SMALL);
+        assert!(ok, "{err}");
     }
-    let refusal = refusal.expect("the floor refused a session before 12 uploads");
+    // One upload larger than all the room above the floor: the floor is reached mid-session,
+    // checked before every block, and the session is ended at once with the reason.
+    let (ok, ended) = upload(&lab, 64 << 20);
+    assert!(!ok, "an upload past the floor completed");
     assert!(
-        recorded >= 1,
-        "some sessions were recorded before the floor"
+        ended.contains("recording failed") && ended.contains("free-space floor"),
+        "{ended}"
     );
+    // Then new sessions are refused at the door.
+    let (ok, refusal) = upload(&lab, SMALL);
+    assert!(!ok);
     assert!(
         refusal.contains("the audit store is nearly full")
             && refusal.contains("new sessions are refused"),
         "{refusal}"
     );
-    let audit = b.ctl_ok(&["audit"]).unwrap();
-    assert!(audit.contains("ALERT audit store at its floor"), "{audit}");
-    // Every recorded session is whole: sealed, and every byte uploaded is counted.
-    let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
-    assert_eq!(
-        verdict.matches("SEALED").count(),
-        recorded,
-        "what was recorded is kept: {verdict}"
-    );
+
     let sessions = common::sessions(&b);
-    assert_eq!(sessions.len(), recorded);
-    for s in &sessions {
-        assert_eq!(s.bytes_in, UPLOAD as u64, "{s:?}");
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    let failed: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.state == SessionState::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{sessions:?}");
+    let failed = failed[0];
+    assert!(failed.bytes_in < 64 << 20, "{failed:?}");
+    for s in sessions.iter().filter(|s| s.id != failed.id) {
+        assert_eq!(s.bytes_in, SMALL as u64, "{s:?}");
     }
+    // verify: the whole sessions SEALED, the ended one INCOMPLETE (never SEALED), and the
+    // record says where it stops; the audit stream has the failure as an ALERT.
+    let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
+    assert_eq!(verdict.matches("SEALED").count(), 2, "{verdict}");
+    assert_eq!(verdict.matches("INCOMPLETE").count(), 1, "{verdict}");
+    assert!(
+        verdict.contains(&format!("stops after its {} stored blocks", failed.blocks)),
+        "{verdict}"
+    );
+    let audit = b.ctl_ok(&["audit"]).unwrap();
+    assert!(
+        audit.contains(&format!("ALERT session {}: recording failed", failed.id)),
+        "{audit}"
+    );
+    assert!(audit.contains("ALERT audit store at its floor"), "{audit}");
 }
 
 #[test]

@@ -175,9 +175,12 @@ async fn ingest(dir: &Path, mib: &str) -> Result<(), String> {
     let t0 = Instant::now();
     let (rec, writer) = bastion_record::spawn(
         store.clone(),
-        keys.audit_key.clone(),
+        bastion_record::Settings {
+            audit_key: keys.audit_key.clone(),
+            flush_interval: std::time::Duration::from_millis(100),
+            floor_bytes: 0,
+        },
         meta,
-        std::time::Duration::from_millis(100),
     );
     let mut sent = 0;
     let mut i = 0;
@@ -189,7 +192,9 @@ async fn ingest(dir: &Path, mib: &str) -> Result<(), String> {
             text_chunk(i)
         };
         sent += data.len();
-        rec.record(Kind::Output, 0, bytes::Bytes::from(data)).await;
+        rec.record(Kind::Output, 0, bytes::Bytes::from(data))
+            .await
+            .map_err(err)?;
         i += 1;
     }
     drop(rec);
