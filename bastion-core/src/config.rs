@@ -195,6 +195,10 @@ pub struct StoreConfig {
     /// Absent: recordings are kept until removed by hand.
     #[serde(default)]
     pub retention_days: Option<f64>,
+    /// Stored bytes (MiB, compressed blocks) one session may take: the block that would pass it
+    /// is not stored and the session is ended (its record INCOMPLETE). Absent: no quota.
+    #[serde(default)]
+    pub session_quota_mb: Option<u64>,
 }
 
 fn default_min_free_mb() -> u64 {
@@ -254,6 +258,7 @@ impl Default for StoreConfig {
             path: default_store(),
             min_free_mb: default_min_free_mb(),
             retention_days: None,
+            session_quota_mb: None,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct ProxyContext {
     pub live: live::Registry,
     /// Free bytes on the store's filesystem below which new sessions are refused.
     pub store_floor: u64,
+    /// Stored bytes one session may take (`store.session_quota_mb`).
+    pub session_quota: Option<u64>,
     /// Whether the floor was reached at the last check (audited when it changes).
     pub below_floor: std::sync::atomic::AtomicBool,
     pub client_config: Arc<russh::client::Config>,
@@ -131,6 +133,7 @@ impl ProxyContext {
                 audit_key: self.keys.audit_key.clone(),
                 flush_interval: self.flush_interval,
                 floor_bytes: self.store_floor,
+                quota_bytes: self.session_quota,
             },
             meta,
         ))

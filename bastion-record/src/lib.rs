@@ -115,6 +115,9 @@ pub struct Settings {
     /// Free bytes the store's filesystem keeps: below it, no block is written and the session
     /// ends (what is recorded already keeps its room).
     pub floor_bytes: u64,
+    /// Stored bytes the session may take (`store.session_quota_mb`): the block that would pass
+    /// it is not stored and the session ends.
+    pub quota_bytes: Option<u64>,
 }
 
 /// Starts recording the session described by `meta` (already stored as live).
@@ -145,7 +148,12 @@ async fn write_loop(
         audit_key,
         flush_interval,
         floor_bytes,
+        quota_bytes,
     } = settings;
+    let limits = Limits {
+        floor_bytes,
+        quota_bytes,
+    };
     let mut buf = Vec::with_capacity(BLOCK_TARGET);
     let mut commands = Commands::default();
     let mut tick = tokio::time::interval(flush_interval);
@@ -162,7 +170,7 @@ async fn write_loop(
                     }
                     frame.encode(&mut buf);
                     if buf.len() >= BLOCK_TARGET
-                        && let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await
+                        && let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await
                     {
                         return fail(&store, meta, why, &failed).await;
                     }
@@ -170,13 +178,13 @@ async fn write_loop(
                 None => break,
             },
             _ = tick.tick() => {
-                if let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await {
+                if let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await {
                     return fail(&store, meta, why, &failed).await;
                 }
             }
         }
     }
-    if let Err(why) = write_block(&store, floor_bytes, &mut meta, &mut buf, &mut commands).await {
+    if let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await {
         return fail(&store, meta, why, &failed).await;
     }
     meta.state = SessionState::Closed;
@@ -241,12 +249,19 @@ struct Commands {
     stored: u32,
 }
 
+/// What a block must stay within to be stored.
+#[derive(Clone, Copy)]
+struct Limits {
+    floor_bytes: u64,
+    quota_bytes: Option<u64>,
+}
+
 /// Compresses and stores `buf` as the session's next block (with updated metadata and the
 /// commands it holds), then clears it. Fails, storing nothing, when the store's filesystem is
-/// below `floor_bytes` or the write fails.
+/// below its floor, the block would pass the session's quota, or the write fails.
 async fn write_block(
     store: &Arc<Store>,
-    floor_bytes: u64,
+    limits: Limits,
     meta: &mut SessionMeta,
     buf: &mut Vec<u8>,
     commands: &mut Commands,
@@ -264,15 +279,23 @@ async fn write_block(
     let result = tokio::task::spawn_blocking(move || -> Result<SessionMeta, String> {
         let free = bastion_store::free_bytes(store.path())
             .map_err(|e| format!("cannot tell the store's free space: {e}"))?;
-        if free < floor_bytes {
+        if free < limits.floor_bytes {
             return Err(format!(
                 "the audit store is at its free-space floor ({} MiB free, floor {} MiB)",
                 free >> 20,
-                floor_bytes >> 20
+                limits.floor_bytes >> 20
             ));
         }
         let mut next = next;
         let stored = block::compress(&raw).map_err(|e| e.to_string())?;
+        if let Some(quota) = limits.quota_bytes
+            && next.stored_bytes + stored.len() as u64 > quota
+        {
+            return Err(format!(
+                "the session's recording quota is reached ({} MiB, store.session_quota_mb)",
+                quota >> 20
+            ));
+        }
         next.stored_bytes += stored.len() as u64;
         let n = next.blocks - 1;
         let prev = next
@@ -314,6 +337,7 @@ mod tests {
             )),
             flush_interval: Duration::from_millis(20),
             floor_bytes,
+            quota_bytes: None,
         }
     }
 
@@ -359,6 +383,27 @@ mod tests {
             )),
             "{audit:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_block_past_the_session_quota_fails_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        let settings = Settings {
+            quota_bytes: Some(1),
+            ..settings(0)
+        };
+        let (rec, writer) = spawn(store.clone(), settings, session(&store));
+        rec.record(Kind::Output, 0, Bytes::from_static(b"over the quota"))
+            .await
+            .unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), rec.failed())
+            .await
+            .unwrap();
+        assert!(why.contains("store.session_quota_mb"), "{why}");
+        drop(rec);
+        let meta = writer.await.unwrap();
+        assert_eq!((meta.state, meta.blocks), (SessionState::Failed, 0));
     }
 
     #[tokio::test]

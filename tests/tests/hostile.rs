@@ -328,6 +328,39 @@ fn on_a_small_filesystem_the_floor_ends_the_session_that_reaches_it_and_refuses_
 }
 
 #[test]
+fn a_session_past_its_quota_is_ended_and_the_next_one_is_not() {
+    let lab = Lab::up().expect("lab");
+    let config = &lab.info().bastiond.config;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen("[store]\n", "[store]\nsession_quota_mb = 1\n", 1),
+    )
+    .unwrap();
+    let b = lab.start_bastiond().unwrap();
+    lab.enroll_alice(&b).unwrap();
+    // 8 MiB incompressible: well past a 1 MiB quota.
+    let (ok, ended) = upload(&lab, 8 << 20);
+    assert!(!ok, "an upload past the quota completed");
+    assert!(
+        ended.contains("recording failed") && ended.contains("quota"),
+        "{ended}"
+    );
+    // The quota is per session: the next one is recorded whole.
+    let (ok, err) = upload(&lab, 64 << 10);
+    assert!(ok, "{err}");
+    let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
+    assert_eq!(
+        (
+            verdict.matches("INCOMPLETE").count(),
+            verdict.matches("SEALED").count()
+        ),
+        (1, 1),
+        "{verdict}"
+    );
+}
+
+#[test]
 fn retention_deletes_old_recordings_and_audits_it() {
     let (lab, mut b) = Lab::with_alice().unwrap();
     let out = ssh(&lab, "root@web1", &[]);

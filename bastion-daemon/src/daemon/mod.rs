@@ -138,6 +138,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         host_certs: bastion_proxy::hostcert::HostCerts::new(keys.clone()),
         live: bastion_proxy::live::Registry::default(),
         store_floor: config.store.min_free_mb.saturating_mul(1 << 20),
+        session_quota: config
+            .store
+            .session_quota_mb
+            .map(|mb| mb.saturating_mul(1 << 20)),
         below_floor: std::sync::atomic::AtomicBool::new(false),
         client_config: Arc::new(bastion_proxy::client_config()),
         upstream_mark: config.ssh.upstream_mark,

@@ -179,6 +179,7 @@ async fn ingest(dir: &Path, mib: &str) -> Result<(), String> {
             audit_key: keys.audit_key.clone(),
             flush_interval: std::time::Duration::from_millis(100),
             floor_bytes: 0,
+            quota_bytes: None,
         },
         meta,
     );
