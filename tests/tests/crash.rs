@@ -40,16 +40,23 @@ impl Lcg {
 }
 
 /// Waits (bounded) until `n` sessions are live; returns how many were live at the last look
-/// (fewer than `n` when not all went live in time: the round goes on with those). A listing
-/// that fails (bastiond too busy to answer in bastionctl's time while 50 sessions start) is
-/// only a poll that saw nothing.
-fn wait_live(b: &Bastiond, n: usize) -> usize {
+/// (fewer than `n` when not all went live in time: the round goes on with those) and the last
+/// listing error. A listing that fails (bastiond too busy to answer in bastionctl's time while
+/// 50 sessions start) is only a poll that saw nothing.
+fn wait_live(b: &Bastiond, n: usize) -> (usize, Option<String>) {
     let mut live = 0;
+    let mut error = None;
     let _ = eventually(&format!("{n} live sessions"), LIMIT, || {
-        live = common::try_sessions_where(b, &["--live"]).map_or(0, |s| s.len());
+        live = match common::try_sessions_where(b, &["--live"]) {
+            Ok(s) => s.len(),
+            Err(e) => {
+                error = Some(format!("{e:#}"));
+                0
+            }
+        };
         (live >= n).then_some(())
     });
-    live
+    (live, error)
 }
 
 /// The output lines `line-N` a session recorded, in order.
@@ -78,21 +85,34 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
     let mut rng = Lcg(seed);
     println!("kill moments seeded with {seed}");
     let mut interrupted_total = 0;
+    let first_stderr = lab.info().run_dir.join("client0.stderr");
     for round in 0..ROUNDS {
         let clients: Vec<Child> = (0..SESSIONS)
-            .map(|_| {
+            .map(|i| {
+                // The first client's complaints are kept for a round where nothing goes live.
+                let stderr = if i == 0 {
+                    Stdio::from(std::fs::File::create(&first_stderr).unwrap())
+                } else {
+                    Stdio::null()
+                };
                 lab.ssh_via_bastion("root@web1", &[])
                     .unwrap()
                     .arg("i=0; while [ $i -lt 100000 ]; do echo line-$i; i=$((i+1)); sleep 0.02; done")
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(stderr)
                     .spawn()
                     .unwrap()
             })
             .collect();
-        let live = wait_live(&b, SESSIONS);
-        assert!(live > 0, "round {round}: no session went live");
+        let (live, error) = wait_live(&b, SESSIONS);
+        assert!(
+            live > 0,
+            "round {round}: no session went live; last listing error: {error:?}\n\
+             first client's stderr: {}\nbastiond's log:\n{}",
+            std::fs::read_to_string(&first_stderr).unwrap_or_default(),
+            b.log_tail()
+        );
         // What the audit stream acknowledged just before the kill.
         let before = match common::ctl_json(&b, &["audit", "--limit", "1"]) {
             Response::Audit { events } => events[0].clone(),
