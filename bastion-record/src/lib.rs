@@ -29,7 +29,7 @@ use bastion_core::{
     session::{NewCommand, SessionMeta, SessionState},
 };
 
-use bastion_store::Store;
+use bastion_store::{SegmentWriter, Store};
 
 /// Raw bytes collected before a block is compressed and written.
 const BLOCK_TARGET: usize = 256 * 1024;
@@ -156,6 +156,7 @@ async fn write_loop(
     };
     let mut buf = Vec::with_capacity(BLOCK_TARGET);
     let mut commands = Commands::default();
+    let mut segment = Some(store.segment_writer(meta.id));
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -170,7 +171,7 @@ async fn write_loop(
                     }
                     frame.encode(&mut buf);
                     if buf.len() >= BLOCK_TARGET
-                        && let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await
+                        && let Err(why) = write_block(&store, &mut segment, limits, &mut meta, &mut buf, &mut commands).await
                     {
                         return fail(&store, meta, why, &failed).await;
                     }
@@ -178,13 +179,22 @@ async fn write_loop(
                 None => break,
             },
             _ = tick.tick() => {
-                if let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await {
+                if let Err(why) = write_block(&store, &mut segment, limits, &mut meta, &mut buf, &mut commands).await {
                     return fail(&store, meta, why, &failed).await;
                 }
             }
         }
     }
-    if let Err(why) = write_block(&store, limits, &mut meta, &mut buf, &mut commands).await {
+    if let Err(why) = write_block(
+        &store,
+        &mut segment,
+        limits,
+        &mut meta,
+        &mut buf,
+        &mut commands,
+    )
+    .await
+    {
         return fail(&store, meta, why, &failed).await;
     }
     meta.state = SessionState::Closed;
@@ -261,6 +271,7 @@ struct Limits {
 /// below its floor, the block would pass the session's quota, or the write fails.
 async fn write_block(
     store: &Arc<Store>,
+    segment: &mut Option<SegmentWriter>,
     limits: Limits,
     meta: &mut SessionMeta,
     buf: &mut Vec<u8>,
@@ -276,52 +287,75 @@ async fn write_block(
     let store = store.clone();
     let mut next = meta.clone();
     next.blocks += 1;
-    let result = tokio::task::spawn_blocking(move || -> Result<SessionMeta, String> {
-        let free = bastion_store::free_bytes(store.path())
-            .map_err(|e| format!("cannot tell the store's free space: {e}"))?;
-        if free < limits.floor_bytes {
-            return Err(format!(
-                "the audit store is at its free-space floor ({} MiB free, floor {} MiB)",
-                free >> 20,
-                limits.floor_bytes >> 20
-            ));
-        }
-        let mut next = next;
-        let stored = block::compress(&raw).map_err(|e| e.to_string())?;
-        if let Some(quota) = limits.quota_bytes
-            && next.stored_bytes + stored.len() as u64 > quota
-        {
-            return Err(format!(
-                "the session's recording quota is reached ({} MiB, store.session_quota_mb)",
-                quota >> 20
-            ));
-        }
-        next.stored_bytes += stored.len() as u64;
-        let n = next.blocks - 1;
-        let prev = next
-            .chain
-            .as_deref()
-            .and_then(integrity::parse_hex)
-            .unwrap_or_else(|| integrity::genesis(next.id));
-        let chain = integrity::next(&prev, n, &stored);
-        next.chain = Some(integrity::hex(&chain));
-        store
-            .put_block(&next, n, &stored, &chain, first_seq, &pending)
-            .map_err(|e| e.to_string())?;
-        Ok(next)
+    // The writer goes to the blocking task and comes back with its result; one that does not
+    // come back (the task panicked) leaves the session failed, as it must.
+    let Some(mut writer) = segment.take() else {
+        return Err(format!(
+            "block {} not stored: the segment writer was lost",
+            meta.blocks
+        ));
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let result = store_block(&store, &mut writer, limits, next, &raw, first_seq, &pending);
+        (writer, result)
     })
     .await;
     match result {
-        Ok(Ok(next)) => {
+        Ok((writer, Ok(next))) => {
+            *segment = Some(writer);
             *meta = next;
             Ok(())
         }
-        Ok(Err(e)) => Err(format!("block {} not stored: {e}", meta.blocks)),
+        Ok((_, Err(e))) => Err(format!("block {} not stored: {e}", meta.blocks)),
         Err(e) => Err(format!(
             "block {} not stored: writer task failed: {e}",
             meta.blocks
         )),
     }
+}
+
+/// The blocking part of [`write_block`]: floor, compression, quota, chain, store.
+fn store_block(
+    store: &Store,
+    writer: &mut SegmentWriter,
+    limits: Limits,
+    next: SessionMeta,
+    raw: &[u8],
+    first_seq: u32,
+    pending: &[NewCommand],
+) -> Result<SessionMeta, String> {
+    let free = bastion_store::free_bytes(store.path())
+        .map_err(|e| format!("cannot tell the store's free space: {e}"))?;
+    if free < limits.floor_bytes {
+        return Err(format!(
+            "the audit store is at its free-space floor ({} MiB free, floor {} MiB)",
+            free >> 20,
+            limits.floor_bytes >> 20
+        ));
+    }
+    let mut next = next;
+    let stored = block::compress(raw).map_err(|e| e.to_string())?;
+    if let Some(quota) = limits.quota_bytes
+        && next.stored_bytes + stored.len() as u64 > quota
+    {
+        return Err(format!(
+            "the session's recording quota is reached ({} MiB, store.session_quota_mb)",
+            quota >> 20
+        ));
+    }
+    next.stored_bytes += stored.len() as u64;
+    let n = next.blocks - 1;
+    let prev = next
+        .chain
+        .as_deref()
+        .and_then(integrity::parse_hex)
+        .unwrap_or_else(|| integrity::genesis(next.id));
+    let chain = integrity::next(&prev, n, &stored);
+    next.chain = Some(integrity::hex(&chain));
+    store
+        .put_block(writer, &next, n, &stored, &chain, first_seq, pending)
+        .map_err(|e| e.to_string())?;
+    Ok(next)
 }
 
 #[cfg(test)]

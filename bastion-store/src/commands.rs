@@ -212,7 +212,7 @@ pub(super) fn insert(
 /// Schema step 5: indexes the exec requests of sessions recorded before the index existed.
 pub(super) fn backfill(db: &sled::Db) -> Result<(), sled::Error> {
     let tree = db.open_tree(COMMANDS_TREE)?;
-    let blocks = db.open_tree(super::sessions::BLOCKS_TREE)?;
+    let blocks = db.open_tree(super::sessions::LEGACY_BLOCKS_TREE)?;
     for item in db.open_tree(super::sessions::SESSIONS_TREE)?.iter() {
         let (k, _) = item?;
         let mut seq = 0u32;

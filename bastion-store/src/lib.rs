@@ -11,10 +11,12 @@ mod accounts;
 mod commands;
 mod migrate;
 mod policy;
+mod segments;
 mod sessions;
 
 pub use accounts::StoredAccount;
 pub use commands::CommandIndex;
+pub use segments::{SegmentError, SegmentWriter};
 
 use std::path::{Path, PathBuf};
 
@@ -37,18 +39,22 @@ pub enum StoreError {
     Migration {
         path: PathBuf,
         to: u32,
-        source: sled::Error,
+        source: migrate::StepError,
     },
     #[error("store {}: {source}", path.display())]
     Io { path: PathBuf, source: sled::Error },
     #[error("store task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
 }
 
 /// An open store.
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// Where recorded blocks' bytes are (`segments.rs`).
+    segments: PathBuf,
     /// The next audit sequence number and the chain head. Held for the whole write of an
     /// event, so numbers are contiguous (a gap means a record was removed) and chained in order.
     audit_tail: std::sync::Mutex<AuditTail>,
@@ -87,6 +93,7 @@ impl Store {
         let mut store = Store {
             db,
             path: path.to_owned(),
+            segments: segments::dir(path),
             audit_tail: std::sync::Mutex::new(AuditTail {
                 next: 1,
                 head: bastion_core::integrity::audit_genesis(),
@@ -123,9 +130,10 @@ impl Store {
         }
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the store occupies on disk: the database and the segment files.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|source| self.io(source))
+        let db = self.db.size_on_disk().map_err(|source| self.io(source))?;
+        Ok(db + segments::size_on_disk(&self.segments)?)
     }
 
     /// Makes everything written so far durable.
@@ -159,9 +167,10 @@ impl Store {
                 to,
                 source,
             };
-            migrate::step(&self.db, to).map_err(step)?;
-            meta.insert(SCHEMA_KEY, &to.to_be_bytes()).map_err(step)?;
-            self.db.flush().map_err(step)?;
+            migrate::step(&self.db, &self.segments, to).map_err(step)?;
+            meta.insert(SCHEMA_KEY, &to.to_be_bytes())
+                .map_err(|e| step(e.into()))?;
+            self.db.flush().map_err(|e| step(e.into()))?;
             tracing::info!(schema_version = to, store = %self.path.display(), "store migrated");
         }
         Ok(())

@@ -2,11 +2,20 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
-/// Migrates `db` from `to - 1` to `to`.
-pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
-    match to {
+/// Why a migration step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Segment(#[from] super::SegmentError),
+}
+
+/// Migrates `db` (with its segment directory `segments`) from `to - 1` to `to`.
+pub(super) fn step(db: &sled::Db, segments: &std::path::Path, to: u32) -> Result<(), StepError> {
+    Ok(match to {
         // 1: the initial layout: the `meta` tree (schema version). Nothing to convert.
         1 => db.open_tree("meta").map(drop),
         // 2: the policy trees (one per kind, JSON values keyed by name) and the audit stream
@@ -20,13 +29,16 @@ pub(super) fn step(db: &sled::Db, to: u32) -> Result<(), sled::Error> {
         // 3: session records: metadata (JSON by id) and recorded blocks (by id, block number).
         3 => {
             db.open_tree(super::sessions::SESSIONS_TREE)?;
-            db.open_tree(super::sessions::BLOCKS_TREE).map(drop)
+            db.open_tree(super::sessions::LEGACY_BLOCKS_TREE).map(drop)
         }
         // 4: sealed target-account keys.
         4 => db.open_tree(super::accounts::ACCOUNTS_TREE).map(drop),
         // 5: the command index, filled from the exec requests already recorded.
         5 => super::commands::backfill(db),
+        // 6: recorded blocks' bytes move out of sled into segment files, session by session;
+        //    sled keeps a reference per block.
+        6 => return super::sessions::move_blocks_to_segments(db, segments),
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),
-    }
+    }?)
 }

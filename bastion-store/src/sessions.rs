@@ -1,6 +1,10 @@
-//! Session records: metadata in `sessions` (JSON, keyed by id), recorded blocks in
-//! `record_blocks` (keyed by id and block number, both big endian, so a prefix scan reads a
-//! session's blocks in order).
+//! Session records: metadata in `sessions` (JSON, keyed by id); per block, a reference to its
+//! bytes in the session's segment files in `record_refs` and the chain value after it in
+//! `record_chain` (both keyed by id and block number, big endian, so a prefix scan reads a
+//! session's blocks in order). Schema 5 and earlier kept the bytes themselves in
+//! `record_blocks`; step 6 moves them out.
+
+use std::path::Path;
 
 use sled::Transactional;
 
@@ -10,11 +14,17 @@ use bastion_core::{
     session::{NewCommand, SessionMeta, SessionState},
 };
 
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError,
+    segments::{self, BlockRef, SegmentReader, SegmentWriter},
+};
 
 pub(super) const SESSIONS_TREE: &str = "sessions";
-pub(super) const BLOCKS_TREE: &str = "record_blocks";
-/// The chain value after each block (same keys as `record_blocks`).
+/// Schema ≤ 5: the blocks' bytes (emptied by step 6).
+pub(super) const LEGACY_BLOCKS_TREE: &str = "record_blocks";
+/// Where each block's bytes are ([`BlockRef`]).
+pub(super) const REFS_TREE: &str = "record_refs";
+/// The chain value after each block (same keys as `record_refs`).
 pub(super) const CHAIN_TREE: &str = "record_chain";
 
 fn block_key(id: u64, n: u32) -> [u8; 12] {
@@ -49,11 +59,19 @@ impl Store {
         self.flush()
     }
 
-    /// Stores block `n` of `meta`'s session, the chain value after it, the metadata that
-    /// counts it and the commands it recorded (numbered from `first_seq`), in one transaction,
-    /// and makes them durable.
+    /// The writer for session `id`'s segment files (one per session, held by its recorder).
+    pub fn segment_writer(&self, id: u64) -> SegmentWriter {
+        SegmentWriter::new(self.segments.clone(), id)
+    }
+
+    /// Stores block `n` of `meta`'s session: its bytes appended to the session's segment and
+    /// made durable first, then in one sled transaction the reference to them, the chain value
+    /// after the block, the metadata that counts it and the commands it recorded (numbered
+    /// from `first_seq`), made durable too.
+    #[allow(clippy::too_many_arguments)]
     pub fn put_block(
         &self,
+        segment: &mut SegmentWriter,
         meta: &SessionMeta,
         n: u32,
         stored: &[u8],
@@ -62,14 +80,15 @@ impl Store {
         commands: &[NewCommand],
     ) -> Result<(), StoreError> {
         let sessions = self.tree(SESSIONS_TREE)?;
-        let blocks = self.tree(BLOCKS_TREE)?;
+        let refs = self.tree(REFS_TREE)?;
         let chains = self.tree(CHAIN_TREE)?;
         let index = self.tree(super::commands::COMMANDS_TREE)?;
         let v = serde_json::to_vec(meta)
             .map_err(|e| self.io(sled::Error::Unsupported(e.to_string())))?;
-        (&sessions, &blocks, &chains, &index)
-            .transaction(|(s, b, c, i)| {
-                b.insert(&block_key(meta.id, n), stored)?;
+        let at = segment.append(n, stored, chain)?.encode();
+        (&sessions, &refs, &chains, &index)
+            .transaction(|(s, r, c, i)| {
+                r.insert(&block_key(meta.id, n), &at[..])?;
                 c.insert(&block_key(meta.id, n), &chain[..])?;
                 s.insert(&meta.id.to_be_bytes(), v.as_slice())?;
                 super::commands::insert(i, meta, first_seq, commands)?;
@@ -129,36 +148,44 @@ impl Store {
     ) -> Result<(Vec<Frame>, u32), StoreError> {
         let mut frames = Vec::new();
         let mut next = first;
+        let mut reader = SegmentReader::new(self.segments.clone(), id);
         let range = block_key(id, first)..=block_key(id, u32::MAX);
-        for item in self
-            .tree(BLOCKS_TREE)?
-            .range(range)
-            .take(max_blocks as usize)
-        {
+        for item in self.tree(REFS_TREE)?.range(range).take(max_blocks as usize) {
             let (k, v) = item.map_err(|e| self.io(e))?;
+            let n = block_number(&k);
+            let stored = reader.read(n, BlockRef::decode(&v)?)?;
             frames
-                .extend(block::decompress(&v).map_err(|e| {
+                .extend(block::decompress(&stored).map_err(|e| {
                     self.io(sled::Error::Unsupported(format!("session {id}: {e}")))
                 })?);
-            next = block_number(&k).saturating_add(1);
+            next = n.saturating_add(1);
         }
         Ok((frames, next))
     }
 
     /// Session `id`'s blocks as stored (number, bytes, chain value kept after it), in order.
+    /// A block whose bytes cannot be read back is given as empty: its chain then breaks there,
+    /// and `verify` names the block.
     pub fn session_blocks(&self, id: u64) -> Result<Vec<StoredBlock>, StoreError> {
         let chains = self.tree(CHAIN_TREE)?;
+        let mut reader = SegmentReader::new(self.segments.clone(), id);
         let mut out = Vec::new();
-        for item in self.tree(BLOCKS_TREE)?.scan_prefix(id.to_be_bytes()) {
+        for item in self.tree(REFS_TREE)?.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item.map_err(|e| self.io(e))?;
             let n = block_number(&k);
             let kept = chains
                 .get(&k)
                 .map_err(|e| self.io(e))?
                 .and_then(|c| <[u8; 32]>::try_from(c.as_ref()).ok());
+            let bytes = BlockRef::decode(&v)
+                .and_then(|r| reader.read(n, r))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(session = id, block = n, error = %e, "recorded block unreadable");
+                    Vec::new()
+                });
             out.push(StoredBlock {
                 n,
-                bytes: v.to_vec(),
+                bytes,
                 chain: kept,
             });
         }
@@ -166,10 +193,11 @@ impl Store {
     }
 
     /// Deletes the finished sessions that ended (or, interrupted, started) before `cutoff`
-    /// (µs since the epoch); returns their ids. Metadata goes first: a crash part-way leaves
-    /// unreferenced blocks, never a session with blocks missing.
+    /// (µs since the epoch); returns their ids. Metadata goes first, segment files last: a
+    /// crash part-way leaves unreferenced blocks (swept at the next open), never a session with
+    /// blocks missing.
     pub fn expire_sessions(&self, cutoff: u64) -> Result<Vec<u64>, StoreError> {
-        let (blocks, chains) = (self.tree(BLOCKS_TREE)?, self.tree(CHAIN_TREE)?);
+        let (blocks, chains) = (self.tree(REFS_TREE)?, self.tree(CHAIN_TREE)?);
         let commands = self.tree(super::commands::COMMANDS_TREE)?;
         let sessions = self.tree(SESSIONS_TREE)?;
         let mut gone = Vec::new();
@@ -198,22 +226,104 @@ impl Store {
         if !gone.is_empty() {
             self.flush()?;
             self.unindex_sessions(&gone);
+            for id in &gone {
+                segments::remove_session(&self.segments, *id)?;
+            }
         }
         Ok(gone)
     }
 
-    /// Marks sessions left live by a bastiond that died as interrupted; returns their ids.
+    /// After a bastiond that died: marks the sessions it left live as interrupted (returning
+    /// their ids), cuts their segments back to the last referenced block (a crash mid-append
+    /// leaves a torn record) and removes segment files no session refers to (a crash
+    /// mid-retention).
     pub fn mark_interrupted(&self) -> Result<Vec<u64>, StoreError> {
         let mut ids = Vec::new();
-        for mut s in self.sessions()? {
+        let sessions = self.sessions()?;
+        for mut s in sessions.iter().cloned() {
             if s.state == SessionState::Live {
+                segments::cut_after(&self.segments, s.id, self.last_ref(s.id)?)?;
                 s.state = SessionState::Interrupted;
                 self.put_session(&s)?;
                 ids.push(s.id);
             }
         }
+        let known: std::collections::BTreeSet<u64> = sessions.iter().map(|s| s.id).collect();
+        for orphan in segments::sessions_on_disk(&self.segments)?.difference(&known) {
+            tracing::warn!(
+                session = orphan,
+                "removing segment files no session refers to"
+            );
+            segments::remove_session(&self.segments, *orphan)?;
+        }
         Ok(ids)
     }
+
+    /// The reference of session `id`'s last stored block.
+    fn last_ref(&self, id: u64) -> Result<Option<BlockRef>, StoreError> {
+        let last = self
+            .tree(REFS_TREE)?
+            .scan_prefix(id.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(|e| self.io(e))?;
+        Ok(last.map(|(_, v)| BlockRef::decode(&v)).transpose()?)
+    }
+}
+
+/// Schema step 6: moves each session's blocks from `record_blocks` into a segment file, then
+/// swaps the bytes for references in one transaction per session. A step interrupted part-way
+/// resumes: a session whose blocks are still in `record_blocks` has its segment written anew.
+pub(super) fn move_blocks_to_segments(
+    db: &sled::Db,
+    dir: &Path,
+) -> Result<(), super::migrate::StepError> {
+    let legacy = db.open_tree(LEGACY_BLOCKS_TREE)?;
+    let refs = db.open_tree(REFS_TREE)?;
+    let chains = db.open_tree(CHAIN_TREE)?;
+    let ids: std::collections::BTreeSet<u64> = legacy
+        .iter()
+        .keys()
+        .map(|k| k.map(|k| id_of(&k)))
+        .collect::<Result<_, _>>()?;
+    for id in ids {
+        let mut writer = SegmentWriter::rewrite(dir.to_owned(), id);
+        let mut moved = Vec::new();
+        for item in legacy.scan_prefix(id.to_be_bytes()) {
+            let (k, bytes) = item?;
+            let n = block_number(&k);
+            // A legacy block without a chain value gets zeros in its header: the header's
+            // chain is a copy for repair, `record_chain` stays the one verify reads.
+            let chain = chains
+                .get(&k)?
+                .and_then(|c| <[u8; 32]>::try_from(c.as_ref()).ok())
+                .unwrap_or([0; 32]);
+            moved.push((k, writer.append(n, &bytes, &chain)?));
+        }
+        (&legacy, &refs)
+            .transaction(|(l, r)| {
+                for (k, at) in &moved {
+                    r.insert(k, &at.encode()[..])?;
+                    l.remove(k)?;
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => e,
+                sled::transaction::TransactionError::Abort(()) => {
+                    sled::Error::Unsupported("aborted".into())
+                }
+            })?;
+        db.flush()?;
+    }
+    Ok(())
+}
+
+/// The session id in a [`block_key`].
+fn id_of(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 #[cfg(test)]
@@ -239,13 +349,14 @@ mod tests {
         // Another session's blocks sort right after this one's: they must not leak in.
         let mut other = SessionMeta::starting(8, "203.0.113.10:22".parse().unwrap());
         for (m, texts) in [(&mut meta, ["a", "b", "c"]), (&mut other, ["x", "y", "z"])] {
+            let mut w = store.segment_writer(m.id);
             for (n, text) in texts.iter().enumerate() {
                 let mut raw = Vec::new();
                 frame(text).encode(&mut raw);
                 m.blocks = n as u32 + 1;
                 let stored = block::compress(&raw).unwrap();
                 store
-                    .put_block(m, n as u32, &stored, &[0; 32], 0, &[])
+                    .put_block(&mut w, m, n as u32, &stored, &[0; 32], 0, &[])
                     .unwrap();
             }
         }
@@ -266,5 +377,100 @@ mod tests {
             "nothing new: same place"
         );
         assert_eq!(text(store.session_frames(8).unwrap()), "xyz");
+    }
+
+    fn text_block(text: &str) -> Vec<u8> {
+        let mut raw = Vec::new();
+        frame(text).encode(&mut raw);
+        block::compress(&raw).unwrap()
+    }
+
+    #[test]
+    fn a_schema_5_store_moves_its_blocks_to_segments_and_still_verifies() {
+        use bastion_core::integrity;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let mut meta = SessionMeta::starting(5, "203.0.113.10:22".parse().unwrap());
+        {
+            // What a schema-5 bastiond left: the bytes in `record_blocks`.
+            let db = sled::open(&path).unwrap();
+            db.open_tree(super::super::META_TREE)
+                .unwrap()
+                .insert(super::super::SCHEMA_KEY, &5u32.to_be_bytes())
+                .unwrap();
+            let (blocks, chains) = (
+                db.open_tree(LEGACY_BLOCKS_TREE).unwrap(),
+                db.open_tree(CHAIN_TREE).unwrap(),
+            );
+            let mut c = integrity::genesis(5);
+            for (n, text) in ["old ", "recording"].iter().enumerate() {
+                let stored = text_block(text);
+                c = integrity::next(&c, n as u32, &stored);
+                blocks.insert(block_key(5, n as u32), stored).unwrap();
+                chains.insert(block_key(5, n as u32), &c[..]).unwrap();
+            }
+            meta.blocks = 2;
+            meta.chain = Some(integrity::hex(&c));
+            meta.state = SessionState::Closed;
+            db.open_tree(SESSIONS_TREE)
+                .unwrap()
+                .insert(5u64.to_be_bytes(), serde_json::to_vec(&meta).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        // An earlier run of step 6 was interrupted after writing a segment it never referred
+        // to: the step starts that session over.
+        let seg_dir = segments::dir(&path);
+        std::fs::create_dir_all(&seg_dir).unwrap();
+        std::fs::write(seg_dir.join("0000000000000005-00000000.seg"), b"half").unwrap();
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.tree(LEGACY_BLOCKS_TREE).unwrap().len(), 0);
+        let text: String = store
+            .session_frames(5)
+            .unwrap()
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+            .collect();
+        assert_eq!(text, "old recording");
+        let head = integrity::parse_hex(meta.chain.as_deref().unwrap()).unwrap();
+        let blocks = store.session_blocks(5).unwrap();
+        assert_eq!(integrity::check(5, &blocks, 2, &head), Ok(()));
+        assert!(store.size_on_disk().unwrap() > segments::MAGIC.len() as u64);
+    }
+
+    #[test]
+    fn reopening_after_a_crash_cuts_torn_tails_and_sweeps_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let seg_dir = segments::dir(&path);
+        let (live, torn_len) = {
+            let store = Store::open(&path).unwrap();
+            let mut live = SessionMeta::starting(11, "203.0.113.10:22".parse().unwrap());
+            store.put_session(&live).unwrap();
+            let mut w = store.segment_writer(11);
+            live.blocks = 1;
+            store
+                .put_block(&mut w, &live, 0, &text_block("kept"), &[0; 32], 0, &[])
+                .unwrap();
+            let file = seg_dir.join("000000000000000b-00000000.seg");
+            let len = std::fs::metadata(&file).unwrap().len();
+            // A crash mid-append, and files of a session retention removed (not theirs).
+            let mut torn = std::fs::read(&file).unwrap();
+            torn.extend_from_slice(&[7; 40]);
+            std::fs::write(&file, torn).unwrap();
+            std::fs::write(seg_dir.join("0000000000000063-00000000.seg"), b"x").unwrap();
+            (live, len)
+        };
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.mark_interrupted().unwrap(), vec![live.id]);
+        let file = seg_dir.join("000000000000000b-00000000.seg");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), torn_len);
+        assert_eq!(
+            segments::sessions_on_disk(&seg_dir).unwrap(),
+            [11].into_iter().collect()
+        );
+        assert_eq!(store.session_frames(11).unwrap()[0].data, "kept");
     }
 }

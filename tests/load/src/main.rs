@@ -274,7 +274,15 @@ fn populate(dir: &Path, n: &str) -> Result<(), String> {
         meta.state = SessionState::Closed;
         meta.ended_micros = Some(meta.started_micros + count as u64 * 2_000_000);
         store
-            .put_block(&meta, 0, &stored, &chain, 0, &commands)
+            .put_block(
+                &mut store.segment_writer(meta.id),
+                &meta,
+                0,
+                &stored,
+                &chain,
+                0,
+                &commands,
+            )
             .map_err(err)?;
         done += count;
     }
