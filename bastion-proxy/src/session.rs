@@ -601,7 +601,9 @@ impl SessionActor {
             ..SessionMeta::starting(session, SocketAddr::new(target.addr, target.port))
         };
         let (recorder, writer) = self.ctx.start_recording(meta).await?;
-        self.audit(AuditKind::SessionStarted {
+        // A session whose start is not on the audit stream is not carried: while the stream
+        // cannot be written, every new session is refused.
+        self.audit_checked(AuditKind::SessionStarted {
             session,
             client: self.client.to_string(),
             user: identity.user.clone(),
@@ -610,7 +612,10 @@ impl SessionActor {
             grant,
             arrival: self.arrival.label().into(),
         })
-        .await;
+        .await
+        .map_err(|e| {
+            format!("internal: the audit stream cannot be written ({e}): new sessions are refused until it can")
+        })?;
         tracing::info!(session, user = %identity.user, login = %dest.login, target = %target, client = %self.client, "session started");
         Ok(Route {
             session,
@@ -925,12 +930,22 @@ impl SessionActor {
     }
 
     async fn audit(&self, kind: AuditKind) {
+        // Logged by `audit_checked`; the callers here have nothing left to refuse.
+        let _ = self.audit_checked(kind).await;
+    }
+
+    /// Stores an audit event; says why when it cannot.
+    async fn audit_checked(&self, kind: AuditKind) -> Result<(), String> {
         let store = self.ctx.store.clone();
         let result =
             tokio::task::spawn_blocking(move || store.append_audit(Actor::Daemon, kind)).await;
-        if !matches!(result, Ok(Ok(_))) {
-            tracing::error!("audit event could not be stored");
-        }
+        let e = match result {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %e, "audit event could not be stored");
+        Err(e)
     }
 }
 

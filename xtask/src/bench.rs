@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Only the store figures (recorder ingest, search over `--commands`).
     #[arg(long)]
     store_only: bool,
+    /// Only bastiond's memory against the volume recorded (`bench_volume.rs`).
+    #[arg(long)]
+    volume_only: bool,
 }
 
 /// The AES-GCM cipher setting the bulk figures are also taken with.
@@ -109,6 +112,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
     let transfers = if args.quick { 20 } else { 100 };
 
+    let volume_marks: &[u64] = if args.quick {
+        &[256, 1024]
+    } else {
+        &[1024, 10240]
+    };
+    if args.volume_only {
+        let lab = Lab::up()?;
+        let b = lab.start_bastiond()?;
+        lab.enroll_alice(&b)?;
+        let v = crate::bench_volume::volume(&lab, &b, volume_marks)?;
+        crate::bench_volume::print(&v);
+        let out = workspace().join("target/bench/volume.json");
+        std::fs::create_dir_all(out.parent().context("path")?)?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&v)?)?;
+        println!("results: {}", out.display());
+        return Ok(());
+    }
     if args.store_only {
         let lab = Lab::up()?;
         let mut b = lab.start_bastiond()?;
@@ -244,6 +264,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "recorded bulk downloads: {} of {} whole, {} hung, {} short",
         hangs["whole"], hangs["transfers"], hangs["hung"], hangs["short"]
     );
+    let volume = crate::bench_volume::volume(&lab, &b, volume_marks)?;
+    crate::bench_volume::print(&volume);
     let mut idle_figures = Vec::new();
     for n in [idle / 10, idle].into_iter().filter(|n| *n > 0) {
         let v = crate::bench_scale::idle_sessions(&lab, &b, n)?;
@@ -261,6 +283,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     print_store(&store, if args.quick { 64 } else { 512 });
     let summary = json!({
         "bulk_hangs": hangs,
+        "volume": volume,
         "idle_sessions": idle_figures,
         "store": store,
         "sizes_mib": {"down": down, "up": up},

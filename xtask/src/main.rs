@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_scale;
+mod bench_volume;
 mod demo;
 mod ebpf_cost;
 mod fresh_check;
