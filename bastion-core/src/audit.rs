@@ -161,6 +161,55 @@ pub enum AuditKind {
         lost: u64,
         lost_total: u64,
     },
+    /// Events unauthenticated sources caused in one minute that were not stored one by one
+    /// (`audit_flood.rs`): over a source's cap (named, most first, the rest summed in
+    /// `other_sources`) or over the store-wide hourly budget (`over_budget`).
+    AuditSuppressed {
+        /// Start of the minute, seconds since the epoch.
+        minute_secs: u64,
+        total: u64,
+        sources: Vec<crate::audit_flood::SuppressedSource>,
+        other_sources: u64,
+        over_budget: u64,
+    },
+    /// Audit events deleted by `store.audit_retention_days`: the stream now starts after
+    /// `through_seq`, and its chain continues from the head kept for it.
+    AuditExpired {
+        through_seq: u64,
+        count: u64,
+        retention_secs: u64,
+    },
+}
+
+impl AuditKind {
+    /// The source address of an event that someone who never signed in can cause (a refused
+    /// flow or relay connection, a failed or throttled sign-in): such events are held to the
+    /// flood budget. `None` for everything else.
+    pub fn unauthenticated_source(&self) -> Option<std::net::IpAddr> {
+        let client = |c: &str| {
+            c.parse::<std::net::SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| c.parse::<std::net::IpAddr>())
+                .ok()
+        };
+        match self {
+            // A flow without an address (a frame of another ethertype) counts as the
+            // unspecified source, so it is held to the budget too.
+            AuditKind::Flow(f) if !f.allowed => Some(
+                f.src
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            ),
+            AuditKind::Login {
+                client: c,
+                accepted: false,
+                ..
+            }
+            | AuditKind::SignInThrottled { client: c, .. } => {
+                Some(client(c).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

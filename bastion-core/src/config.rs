@@ -199,10 +199,31 @@ pub struct StoreConfig {
     /// is not stored and the session is ended (its record INCOMPLETE). Absent: no quota.
     #[serde(default)]
     pub session_quota_mb: Option<u64>,
+    /// Audit events are deleted this many days after they were written (each deletion is
+    /// itself audited, and the chain continues from the head kept for it). Absent: kept.
+    #[serde(default)]
+    pub audit_retention_days: Option<f64>,
+    /// Events one unauthenticated source address (refused flows and relay connections, failed
+    /// sign-ins) may add to the audit stream per minute; the rest are counted in one
+    /// `audit_suppressed` event per minute.
+    #[serde(default = "default_per_source_per_minute")]
+    pub unauthenticated_audit_per_source_per_minute: u32,
+    /// What all unauthenticated sources together may add to the audit stream per hour (MiB);
+    /// past it their events are counted, not stored one by one.
+    #[serde(default = "default_unauthenticated_mb_per_hour")]
+    pub unauthenticated_audit_mb_per_hour: u64,
 }
 
 fn default_min_free_mb() -> u64 {
     256
+}
+
+fn default_per_source_per_minute() -> u32 {
+    60
+}
+
+fn default_unauthenticated_mb_per_hour() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +280,9 @@ impl Default for StoreConfig {
             min_free_mb: default_min_free_mb(),
             retention_days: None,
             session_quota_mb: None,
+            audit_retention_days: None,
+            unauthenticated_audit_per_source_per_minute: default_per_source_per_minute(),
+            unauthenticated_audit_mb_per_hour: default_unauthenticated_mb_per_hour(),
         }
     }
 }
@@ -361,12 +385,22 @@ impl Config {
                 self.enforce.cgroup_root.display()
             )));
         }
-        if let Some(days) = self.store.retention_days
-            && !(days > 0.0 && days.is_finite())
-        {
-            return Err(invalid(format!(
-                "store.retention_days must be a positive number of days, got {days}"
-            )));
+        for (name, days) in [
+            ("retention_days", self.store.retention_days),
+            ("audit_retention_days", self.store.audit_retention_days),
+        ] {
+            if let Some(days) = days
+                && !(days > 0.0 && days.is_finite())
+            {
+                return Err(invalid(format!(
+                    "store.{name} must be a positive number of days, got {days}"
+                )));
+            }
+        }
+        if self.store.unauthenticated_audit_per_source_per_minute == 0 {
+            return Err(invalid(
+                "store.unauthenticated_audit_per_source_per_minute must be at least 1".into(),
+            ));
         }
         if !(10..=60_000).contains(&self.record.flush_interval_ms) {
             return Err(invalid(format!(

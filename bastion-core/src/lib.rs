@@ -4,6 +4,7 @@
 //!
 //! Layout (see ARCHITECTURE.md for the bird's-eye view):
 //! - [`audit`]: the typed audit event stream (product output, not logs);
+//! - [`audit_flood`]: the budget for events unauthenticated sources cause;
 //! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
 //! - [`flow`]: flows to protected prefixes as audited (decoded, folded per window, filtered);
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod audit_flood;
 pub mod cidr;
 pub mod config;
 pub mod flow;

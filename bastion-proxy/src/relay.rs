@@ -228,7 +228,7 @@ async fn failed(ctx: &ProxyContext, mut flow: Flow, reason: String) {
 async fn audit(ctx: &ProxyContext, flow: Flow) {
     let store = ctx.store.clone();
     let written = tokio::task::spawn_blocking(move || {
-        store.append_audit(Actor::Daemon, AuditKind::Flow(flow))
+        store.append_audits(Actor::Daemon, vec![AuditKind::Flow(flow)])
     })
     .await;
     if !matches!(written, Ok(Ok(_))) {

@@ -934,11 +934,13 @@ impl SessionActor {
         let _ = self.audit_checked(kind).await;
     }
 
-    /// Stores an audit event; says why when it cannot.
+    /// Stores an audit event (held to the flood budget when an unauthenticated client caused
+    /// it); says why when it cannot.
     async fn audit_checked(&self, kind: AuditKind) -> Result<(), String> {
         let store = self.ctx.store.clone();
         let result =
-            tokio::task::spawn_blocking(move || store.append_audit(Actor::Daemon, kind)).await;
+            tokio::task::spawn_blocking(move || store.append_audits(Actor::Daemon, vec![kind]))
+                .await;
         let e = match result {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => e.to_string(),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod audit_upkeep;
 mod commands;
 mod migrate;
 mod policy;
@@ -15,6 +16,7 @@ mod segments;
 mod sessions;
 
 pub use accounts::StoredAccount;
+pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
 pub use commands::CommandIndex;
 pub use segments::{SegmentError, SegmentWriter};
 
@@ -60,6 +62,8 @@ pub struct Store {
     audit_tail: std::sync::Mutex<AuditTail>,
     /// The in-memory copy of the `commands` tree, for search.
     commands: std::sync::RwLock<CommandIndex>,
+    /// The flood budget for events unauthenticated sources cause (`audit_upkeep.rs`).
+    flood: std::sync::Mutex<bastion_core::audit_flood::FloodGate>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +103,9 @@ impl Store {
                 head: bastion_core::integrity::audit_genesis(),
             }),
             commands: Default::default(),
+            flood: std::sync::Mutex::new(bastion_core::audit_flood::FloodGate::new(
+                DEFAULT_FLOOD_LIMITS,
+            )),
         };
         store.migrate()?;
         store.audit_tail = std::sync::Mutex::new(store.load_audit_tail()?);

@@ -112,16 +112,26 @@ impl Store {
         })
     }
 
-    /// Appends an event that changes nothing else (e.g. daemon start).
+    /// Appends an event that changes nothing else (e.g. daemon start). Events an
+    /// unauthenticated source can cause go through [`Store::append_audits`] (the flood budget).
     pub fn append_audit(&self, actor: Actor, kind: AuditKind) -> Result<AuditEvent, StoreError> {
+        debug_assert!(
+            kind.unauthenticated_source().is_none(),
+            "unauthenticated events go through append_audits"
+        );
         self.write_event(actor, kind, |audit, seq, record| {
             audit.insert(seq.to_be_bytes(), record).map(drop)
         })
     }
 
     /// Appends several events that change nothing else, numbered in order, with one flush
-    /// (flow events arrive in batches).
+    /// (flow events arrive in batches). This is the way in for every event an unauthenticated
+    /// source can cause: they are held to the flood budget here.
     pub fn append_audits(&self, actor: Actor, kinds: Vec<AuditKind>) -> Result<(), StoreError> {
+        let kinds = self.hold_to_flood_budget(kinds, now_micros() / 1_000_000);
+        if kinds.is_empty() {
+            return Ok(());
+        }
         let audit = self.tree(AUDIT_TREE)?;
         let mut tail = self.audit_tail.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
@@ -166,9 +176,16 @@ impl Store {
     pub(super) fn load_audit_tail(&self) -> Result<AuditTail, StoreError> {
         let last = self.tree(AUDIT_TREE)?.last().map_err(|e| self.io(e))?;
         let Some((k, v)) = last else {
-            return Ok(AuditTail {
-                next: 1,
-                head: bastion_core::integrity::audit_genesis(),
+            return Ok(match self.audit_base()? {
+                Some(base) => AuditTail {
+                    next: base.next,
+                    head: bastion_core::integrity::parse_hex(&base.head)
+                        .unwrap_or_else(bastion_core::integrity::audit_genesis),
+                },
+                None => AuditTail {
+                    next: 1,
+                    head: bastion_core::integrity::audit_genesis(),
+                },
             });
         };
         let seq = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
@@ -190,6 +207,14 @@ impl Store {
         let mut report = AuditIntegrity::default();
         let mut head = bastion_core::integrity::audit_genesis();
         let mut expected = None;
+        // Retention deleted the beginning: the rest continues from the head kept for it.
+        if let Some(base) = self.audit_base()? {
+            // A base without a chain head: the events it cut were unchained (legacy).
+            if let Some(h) = bastion_core::integrity::parse_hex(&base.head) {
+                head = h;
+            }
+            expected = Some(base.next);
+        }
         for item in self.tree(AUDIT_TREE)?.iter() {
             let (k, v) = item.map_err(|e| self.io(e))?;
             let seq = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);

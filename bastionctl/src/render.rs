@@ -482,6 +482,39 @@ pub fn event_line(e: &AuditEvent) -> String {
             format!("sessions interrupted by a bastiond stop: {sessions:?}")
         }
         AuditKind::Flow(f) => format!("flow {}", flow_line(f)),
+        AuditKind::AuditSuppressed {
+            minute_secs,
+            total,
+            sources,
+            other_sources,
+            over_budget,
+        } => {
+            let named: Vec<String> = sources
+                .iter()
+                .map(|s| format!("{} ×{}", s.source, s.count))
+                .collect();
+            format!(
+                "{total} events of unauthenticated sources not stored one by one in the minute from {minute_secs}: {}{}{}",
+                named.join(", "),
+                if *other_sources > 0 {
+                    format!(", other sources ×{other_sources}")
+                } else {
+                    String::new()
+                },
+                if *over_budget > 0 {
+                    format!("; {over_budget} over the hourly budget")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        AuditKind::AuditExpired {
+            through_seq,
+            count,
+            retention_secs,
+        } => format!(
+            "{count} audit events deleted by retention ({retention_secs}s): the stream now starts after {through_seq}"
+        ),
         AuditKind::ProtectedInterface {
             iface,
             state,

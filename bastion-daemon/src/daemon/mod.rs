@@ -16,6 +16,7 @@ use std::{
 
 use bastion_core::{
     audit::{Actor, AuditKind},
+    audit_flood::FloodLimits,
     cidr::Cidr,
     config::Config,
     policy::{self, Policy},
@@ -195,13 +196,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )));
         }
     }
-    if let Some(days) = config.store.retention_days {
+    if config.store.retention_days.is_some() || config.store.audit_retention_days.is_some() {
         background.push(tokio::spawn(retention(
             daemon.store.clone(),
-            days,
+            config.store.retention_days,
+            config.store.audit_retention_days,
             stopped(&stop_rx),
         )));
     }
+    daemon.store.set_flood_limits(FloodLimits {
+        per_source_per_minute: config.store.unauthenticated_audit_per_source_per_minute,
+        bytes_per_hour: config
+            .store
+            .unauthenticated_audit_mb_per_hour
+            .saturating_mul(1 << 20),
+    });
+    background.push(tokio::spawn(flood_summaries(
+        daemon.store.clone(),
+        stopped(&stop_rx),
+    )));
     let intruders = {
         let status = lock(&daemon.enforcer).status()?;
         cgroup_watch::Intruders::new(status.daemon_cgroup, status.daemon_cgroup_id)
@@ -257,23 +270,46 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Enforces `store.retention_days`: at start, then hourly, finished sessions older than the
-/// retention are deleted, and each deletion is an audit event.
-async fn retention(store: Arc<Store>, days: f64, shutdown: impl Future<Output = ()>) {
+/// Enforces `store.retention_days` and `store.audit_retention_days`: at start, then hourly,
+/// finished sessions and audit events older than their retention are deleted, and each
+/// deletion is an audit event.
+async fn retention(
+    store: Arc<Store>,
+    session_days: Option<f64>,
+    audit_days: Option<f64>,
+    shutdown: impl Future<Output = ()>,
+) {
     const EVERY: Duration = Duration::from_secs(3600);
+    let keep = |days: f64| Duration::from_secs_f64(days * 86_400.0).as_micros() as u64;
     tokio::pin!(shutdown);
     loop {
-        let keep = Duration::from_secs_f64(days * 86_400.0).as_micros() as u64;
-        let cutoff = bastion_core::audit::now_micros().saturating_sub(keep);
+        let now = bastion_core::audit::now_micros();
         let s = store.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let gone = s.expire_sessions(cutoff)?;
-            if !gone.is_empty() {
+            let mut gone = Vec::new();
+            if let Some(days) = session_days {
+                gone = s.expire_sessions(now.saturating_sub(keep(days)))?;
+                if !gone.is_empty() {
+                    s.append_audit(
+                        Actor::Daemon,
+                        AuditKind::SessionsExpired {
+                            sessions: gone.clone(),
+                            retention_secs: keep(days) / 1_000_000,
+                        },
+                    )?;
+                }
+            }
+            if let Some(days) = audit_days
+                && let Some((through_seq, count)) =
+                    s.expire_audit(now.saturating_sub(keep(days)))?
+            {
+                tracing::info!(through_seq, count, "audit events past retention deleted");
                 s.append_audit(
                     Actor::Daemon,
-                    AuditKind::SessionsExpired {
-                        sessions: gone.clone(),
-                        retention_secs: keep / 1_000_000,
+                    AuditKind::AuditExpired {
+                        through_seq,
+                        count,
+                        retention_secs: keep(days) / 1_000_000,
                     },
                 )?;
             }
@@ -285,12 +321,31 @@ async fn retention(store: Arc<Store>, days: f64, shutdown: impl Future<Output = 
                 tracing::info!(sessions = ?gone, "recordings past retention deleted")
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "retention: cannot delete expired sessions"),
+            Ok(Err(e)) => tracing::error!(error = %e, "retention: cannot delete expired records"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+/// Stores the flood budget's summary of each minute in which something was suppressed, even
+/// when no later event would carry it in.
+async fn flood_summaries(store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+    const EVERY: Duration = Duration::from_secs(10);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.close_flood_minute()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot store the audit flood summary"),
+            Err(e) => tracing::error!(error = %e, "audit flood summary task failed"),
         }
     }
 }

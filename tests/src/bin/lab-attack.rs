@@ -14,6 +14,8 @@
 //! - `slow-close PORT SECS`: a TCP service that greets with `lab-slow`, and when the client
 //!   closes, waits a second before closing too (so the client's side of the connection has
 //!   become a TIME_WAIT socket by the time the FIN arrives, and the kernel answers for it);
+//! - `sweep ADDR FIRST COUNT`: one UDP datagram to each of COUNT ports of ADDR from FIRST on
+//!   (a flood of distinct flows from one source, as a scan would cause);
 //! - `listen SECS PORT...`: UDP and TCP on [::]:PORT (IPv4 too) for each PORT, printing one line
 //!   per datagram or connection received (`udp PORT from ADDR` / `tcp PORT from ADDR`), for SECS
 //!   seconds.
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
             port_of(port).and_then(|p| packet(iface, p, true))
         }
         ["xdp"] => xdp(),
+        ["sweep", addr, first, count] => match (addr.parse(), first.parse(), count.parse()) {
+            (Ok(addr), Ok(first), Ok(count)) => sweep(addr, first, count),
+            _ => return usage("sweep ADDR FIRST COUNT"),
+        },
         ["slow-close", port, secs] => {
             return match (port.parse(), secs.parse()) {
                 (Ok(port), Ok(secs)) => slow_close(port, secs),
@@ -70,9 +76,25 @@ fn usage(why: &str) -> ExitCode {
     eprintln!("lab-attack: {why}");
     eprintln!(
         "usage: lab-attack broadcast|multicast IFACE PORT | link-local ADDR IFACE PORT | \
-         packet IFACE PORT [--qdisc-bypass] | xdp | slow-close PORT SECS | listen SECS PORT..."
+         packet IFACE PORT [--qdisc-bypass] | xdp | slow-close PORT SECS | sweep ADDR FIRST COUNT | \
+         listen SECS PORT..."
     );
     ExitCode::from(64)
+}
+
+/// One datagram to each of `count` ports from `first` (bounded: at most 65535).
+fn sweep(addr: std::net::IpAddr, first: u16, count: u16) -> std::io::Result<String> {
+    let socket = UdpSocket::bind(SocketAddr::new(
+        match addr {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        },
+        0,
+    ))?;
+    for i in 0..count {
+        socket.send_to(PAYLOAD, SocketAddr::new(addr, first.wrapping_add(i)))?;
+    }
+    Ok(format!("sent {count} datagrams"))
 }
 
 fn port_of(s: &str) -> std::io::Result<u16> {
