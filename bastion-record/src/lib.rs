@@ -1,7 +1,8 @@
 //! The recorder: the proxy hands it frames through a bounded queue (so a slow disk slows the
-//! session instead of growing memory); one writer task per session batches them into blocks and
-//! writes a block when it reaches [`BLOCK_TARGET`] bytes or when the flush interval passes,
-//! whichever is first. That interval is the durability bound stated in the config.
+//! session instead of growing memory); one writer task per session batches them into blocks
+//! (`blocks.rs`): a full block is appended to the session's segment at once, and what was
+//! appended is committed (synced, then referenced) when the flush interval passes or enough
+//! waits. That interval is the durability bound stated in the config.
 //!
 //! Recording fails closed: a block that cannot be stored (a write error, or the store's
 //! filesystem below its free-space floor, checked before every block) stops the writer. The
@@ -22,17 +23,16 @@ use tokio::sync::{mpsc, watch};
 use bastion_core::{
     audit::{Actor, AuditKind},
     integrity,
-    record::{
-        block,
-        frame::{Frame, Kind},
-    },
-    session::{NewCommand, SessionMeta, SessionState},
+    record::frame::{Frame, Kind},
+    session::{SessionMeta, SessionState},
 };
 
-use bastion_store::{SegmentWriter, Store};
+use bastion_store::Store;
 
-/// Raw bytes collected before a block is compressed and written.
-const BLOCK_TARGET: usize = 256 * 1024;
+mod blocks;
+
+use blocks::{BlockWriter, Limits};
+
 /// Frames queued between the proxy and the writer. A data frame is at most one SSH packet
 /// (32 KiB), so this bounds a session's queued recording at 4 MiB per session; beyond it the
 /// session waits for the disk.
@@ -140,7 +140,7 @@ pub fn spawn(
 async fn write_loop(
     store: Arc<Store>,
     settings: Settings,
-    mut meta: SessionMeta,
+    meta: SessionMeta,
     mut rx: mpsc::Receiver<Frame>,
     failed: watch::Sender<Option<String>>,
 ) -> SessionMeta {
@@ -154,49 +154,26 @@ async fn write_loop(
         floor_bytes,
         quota_bytes,
     };
-    let mut buf = Vec::with_capacity(BLOCK_TARGET);
-    let mut commands = Commands::default();
-    let mut segment = Some(store.segment_writer(meta.id));
+    let mut blocks = BlockWriter::new(store.clone(), limits, meta);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let written = tokio::select! {
             frame = rx.recv() => match frame {
-                Some(frame) => {
-                    match frame.kind {
-                        Kind::Input => meta.bytes_in += frame.data.len() as u64,
-                        Kind::Output | Kind::Stderr => meta.bytes_out += frame.data.len() as u64,
-                        Kind::Exec | Kind::Command => commands.pending.extend(NewCommand::from_frame(&frame)),
-                        _ => {}
-                    }
-                    frame.encode(&mut buf);
-                    if buf.len() >= BLOCK_TARGET
-                        && let Err(why) = write_block(&store, &mut segment, limits, &mut meta, &mut buf, &mut commands).await
-                    {
-                        return fail(&store, meta, why, &failed).await;
-                    }
-                }
+                Some(frame) if blocks.push(&frame) => blocks.write(false).await,
+                Some(_) => Ok(()),
                 None => break,
             },
-            _ = tick.tick() => {
-                if let Err(why) = write_block(&store, &mut segment, limits, &mut meta, &mut buf, &mut commands).await {
-                    return fail(&store, meta, why, &failed).await;
-                }
-            }
+            _ = tick.tick() => blocks.write(true).await,
+        };
+        if let Err(why) = written {
+            return fail(&store, blocks.committed().clone(), why, &failed).await;
         }
     }
-    if let Err(why) = write_block(
-        &store,
-        &mut segment,
-        limits,
-        &mut meta,
-        &mut buf,
-        &mut commands,
-    )
-    .await
-    {
-        return fail(&store, meta, why, &failed).await;
+    if let Err(why) = blocks.write(true).await {
+        return fail(&store, blocks.committed().clone(), why, &failed).await;
     }
+    let mut meta = blocks.committed().clone();
     meta.state = SessionState::Closed;
     meta.ended_micros = Some(bastion_core::audit::now_micros());
     // Sealed over what it says and where its chain ends: later edits of either show.
@@ -250,112 +227,6 @@ async fn fail(
         );
     }
     meta
-}
-
-/// The commands recorded since the last block, and how many the session stored before them.
-#[derive(Default)]
-struct Commands {
-    pending: Vec<NewCommand>,
-    stored: u32,
-}
-
-/// What a block must stay within to be stored.
-#[derive(Clone, Copy)]
-struct Limits {
-    floor_bytes: u64,
-    quota_bytes: Option<u64>,
-}
-
-/// Compresses and stores `buf` as the session's next block (with updated metadata and the
-/// commands it holds), then clears it. Fails, storing nothing, when the store's filesystem is
-/// below its floor, the block would pass the session's quota, or the write fails.
-async fn write_block(
-    store: &Arc<Store>,
-    segment: &mut Option<SegmentWriter>,
-    limits: Limits,
-    meta: &mut SessionMeta,
-    buf: &mut Vec<u8>,
-    commands: &mut Commands,
-) -> Result<(), String> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let raw = std::mem::replace(buf, Vec::with_capacity(BLOCK_TARGET));
-    let pending = std::mem::take(&mut commands.pending);
-    let first_seq = commands.stored;
-    commands.stored += pending.len() as u32;
-    let store = store.clone();
-    let mut next = meta.clone();
-    next.blocks += 1;
-    // The writer goes to the blocking task and comes back with its result; one that does not
-    // come back (the task panicked) leaves the session failed, as it must.
-    let Some(mut writer) = segment.take() else {
-        return Err(format!(
-            "block {} not stored: the segment writer was lost",
-            meta.blocks
-        ));
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        let result = store_block(&store, &mut writer, limits, next, &raw, first_seq, &pending);
-        (writer, result)
-    })
-    .await;
-    match result {
-        Ok((writer, Ok(next))) => {
-            *segment = Some(writer);
-            *meta = next;
-            Ok(())
-        }
-        Ok((_, Err(e))) => Err(format!("block {} not stored: {e}", meta.blocks)),
-        Err(e) => Err(format!(
-            "block {} not stored: writer task failed: {e}",
-            meta.blocks
-        )),
-    }
-}
-
-/// The blocking part of [`write_block`]: floor, compression, quota, chain, store.
-fn store_block(
-    store: &Store,
-    writer: &mut SegmentWriter,
-    limits: Limits,
-    next: SessionMeta,
-    raw: &[u8],
-    first_seq: u32,
-    pending: &[NewCommand],
-) -> Result<SessionMeta, String> {
-    let free = bastion_store::free_bytes(store.path())
-        .map_err(|e| format!("cannot tell the store's free space: {e}"))?;
-    if free < limits.floor_bytes {
-        return Err(format!(
-            "the audit store is at its free-space floor ({} MiB free, floor {} MiB)",
-            free >> 20,
-            limits.floor_bytes >> 20
-        ));
-    }
-    let mut next = next;
-    let stored = block::compress(raw).map_err(|e| e.to_string())?;
-    if let Some(quota) = limits.quota_bytes
-        && next.stored_bytes + stored.len() as u64 > quota
-    {
-        return Err(format!(
-            "the session's recording quota is reached ({} MiB, store.session_quota_mb)",
-            quota >> 20
-        ));
-    }
-    next.stored_bytes += stored.len() as u64;
-    let n = next.blocks - 1;
-    let prev = next
-        .chain
-        .as_deref()
-        .and_then(integrity::parse_hex)
-        .unwrap_or_else(|| integrity::genesis(next.id));
-    let chain = integrity::next(&prev, n, &stored);
-    next.chain = Some(integrity::hex(&chain));
-    store
-        .put_block(writer, &next, n, &stored, &chain, first_seq, pending)
-        .map_err(|e| e.to_string())?;
-    Ok(next)
 }
 
 #[cfg(test)]

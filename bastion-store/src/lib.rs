@@ -18,7 +18,8 @@ mod sessions;
 pub use accounts::StoredAccount;
 pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
 pub use commands::CommandIndex;
-pub use segments::{SegmentError, SegmentWriter};
+pub use segments::{BlockRef, SegmentError, SegmentWriter};
+pub use sessions::AppendedBlock;
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,9 @@
 //! number, length, CRC-32 of the bytes, chain value after the block) and the stored block.
 //! Invariants:
 //! - A block's bytes are on disk (`fdatasync`) before sled references them, so a reference never
-//!   points at bytes a crash can take back.
+//!   points at bytes a crash can take back. Blocks are appended as they fill and synced in
+//!   groups, once per commit (at most every `record.flush_interval_ms`): one `fdatasync` per
+//!   group, not per block, is what lets a bulk transfer record at disk speed.
 //! - A read checks the header against the reference and the CRC against the bytes: a reference
 //!   to a cut, overwritten or foreign record is an error naming it, never misread.
 //! - Only a live session's last segment can end in a torn record (the crash came mid-append);
@@ -151,9 +153,10 @@ impl SegmentWriter {
         }
     }
 
-    /// Appends block `n` and makes it durable; returns where it is. On failure the segment is
-    /// cut back to where it was, as far as the disk still allows.
-    pub(crate) fn append(
+    /// Appends block `n` (not yet synced: [`SegmentWriter::sync`] before anything refers to
+    /// it); returns where it is. On failure the segment is cut back to where it was, as far as
+    /// the disk still allows.
+    pub fn append(
         &mut self,
         n: u32,
         stored: &[u8],
@@ -182,8 +185,7 @@ impl SegmentWriter {
         let at = self.len;
         let written = file
             .write_all(&header)
-            .and_then(|()| file.write_all(stored))
-            .and_then(|()| file.sync_data());
+            .and_then(|()| file.write_all(stored));
         if let Err(e) = written {
             // Best effort: a later reader goes by references anyway.
             let _ = file.set_len(at);
@@ -197,8 +199,20 @@ impl SegmentWriter {
         })
     }
 
+    /// Makes everything appended so far durable (`fdatasync`; a segment that was closed for
+    /// the next one was synced when it was closed).
+    pub fn sync(&mut self) -> Result<(), SegmentError> {
+        let p = path(&self.dir, self.session, self.seq);
+        match &self.file {
+            Some(f) => f.sync_data().map_err(io(&p)),
+            None => Ok(()),
+        }
+    }
+
     fn start_segment(&mut self) -> Result<(), SegmentError> {
         if self.file.is_some() {
+            // What is in the closing segment must be as durable as what follows it.
+            self.sync()?;
             self.seq += 1;
         }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;

@@ -19,6 +19,15 @@ use super::{
     segments::{self, BlockRef, SegmentReader, SegmentWriter},
 };
 
+/// A block appended to its session's segment, not yet committed.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedBlock {
+    pub n: u32,
+    pub at: BlockRef,
+    /// The chain value after the block.
+    pub chain: [u8; 32],
+}
+
 pub(super) const SESSIONS_TREE: &str = "sessions";
 /// Schema ≤ 5: the blocks' bytes (emptied by step 6).
 pub(super) const LEGACY_BLOCKS_TREE: &str = "record_blocks";
@@ -64,10 +73,8 @@ impl Store {
         SegmentWriter::new(self.segments.clone(), id)
     }
 
-    /// Stores block `n` of `meta`'s session: its bytes appended to the session's segment and
-    /// made durable first, then in one sled transaction the reference to them, the chain value
-    /// after the block, the metadata that counts it and the commands it recorded (numbered
-    /// from `first_seq`), made durable too.
+    /// Stores block `n` of `meta`'s session at once: [`SegmentWriter::append`] then
+    /// [`Store::commit_blocks`] of that one block.
     #[allow(clippy::too_many_arguments)]
     pub fn put_block(
         &self,
@@ -79,17 +86,46 @@ impl Store {
         first_seq: u32,
         commands: &[NewCommand],
     ) -> Result<(), StoreError> {
+        let at = segment.append(n, stored, chain)?;
+        self.commit_blocks(
+            segment,
+            meta,
+            &[AppendedBlock {
+                n,
+                at,
+                chain: *chain,
+            }],
+            first_seq,
+            commands,
+        )
+    }
+
+    /// Makes the blocks appended to `segment` since the last commit part of the record: the
+    /// segment is synced (`fdatasync`) first, then one sled transaction stores each block's
+    /// reference and chain value, the metadata that counts them and the commands they recorded
+    /// (numbered from `first_seq`), and is made durable. Until then no reader sees them, and a
+    /// crash leaves them as an unreferenced tail that the next open cuts.
+    pub fn commit_blocks(
+        &self,
+        segment: &mut SegmentWriter,
+        meta: &SessionMeta,
+        blocks: &[AppendedBlock],
+        first_seq: u32,
+        commands: &[NewCommand],
+    ) -> Result<(), StoreError> {
+        segment.sync()?;
         let sessions = self.tree(SESSIONS_TREE)?;
         let refs = self.tree(REFS_TREE)?;
         let chains = self.tree(CHAIN_TREE)?;
         let index = self.tree(super::commands::COMMANDS_TREE)?;
         let v = serde_json::to_vec(meta)
             .map_err(|e| self.io(sled::Error::Unsupported(e.to_string())))?;
-        let at = segment.append(n, stored, chain)?.encode();
         (&sessions, &refs, &chains, &index)
             .transaction(|(s, r, c, i)| {
-                r.insert(&block_key(meta.id, n), &at[..])?;
-                c.insert(&block_key(meta.id, n), &chain[..])?;
+                for b in blocks {
+                    r.insert(&block_key(meta.id, b.n), &b.at.encode()[..])?;
+                    c.insert(&block_key(meta.id, b.n), &b.chain[..])?;
+                }
                 s.insert(&meta.id.to_be_bytes(), v.as_slice())?;
                 super::commands::insert(i, meta, first_seq, commands)?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
@@ -300,6 +336,7 @@ pub(super) fn move_blocks_to_segments(
                 .unwrap_or([0; 32]);
             moved.push((k, writer.append(n, &bytes, &chain)?));
         }
+        writer.sync()?;
         (&legacy, &refs)
             .transaction(|(l, r)| {
                 for (k, at) in &moved {

@@ -45,12 +45,7 @@ fn a_sweep_from_one_source_stays_within_its_cap_and_the_rest_is_counted() {
     let out = lab
         .command_unenforced("admin", &attack)
         .unwrap()
-        .args([
-            "sweep",
-            WEB1,
-            &FIRST_PORT.to_string(),
-            &SWEEP.to_string(),
-        ])
+        .args(["sweep", WEB1, &FIRST_PORT.to_string(), &SWEEP.to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -84,9 +79,9 @@ fn a_sweep_from_one_source_stays_within_its_cap_and_the_rest_is_counted() {
             AuditKind::AuditSuppressed { total, sources, .. } => {
                 by_budget += total;
                 assert!(
-                    sources
-                        .iter()
-                        .any(|s| Some(s.source.as_str()) == source.map(|s| s.to_string()).as_deref()),
+                    sources.iter().any(
+                        |s| Some(s.source.as_str()) == source.map(|s| s.to_string()).as_deref()
+                    ),
                     "the summary names the sweeping source {source:?}: {sources:?}"
                 );
             }
