@@ -13,6 +13,7 @@ mod migrate;
 mod policy;
 mod segments;
 mod sessions;
+mod since;
 
 pub use accounts::StoredAccount;
 pub use commands::CommandIndex;

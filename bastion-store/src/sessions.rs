@@ -425,7 +425,7 @@ mod tests {
         std::fs::write(seg_dir.join("0000000000000005-00000000.seg"), b"half").unwrap();
 
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.schema_version().unwrap(), crate::SCHEMA_VERSION);
         assert_eq!(store.tree(LEGACY_BLOCKS_TREE).unwrap().len(), 0);
         let text: String = store
             .session_frames(5)
