@@ -191,7 +191,12 @@ fn main() -> ExitCode {
             {
                 match anchors::check(&cli.socket, TIMEOUT, file, key.as_deref()) {
                     Ok((found, summary)) => {
-                        findings.extend(found);
+                        // bastiond's own cross-check may have named a deleted session already.
+                        for f in found {
+                            if !findings.contains(&f) {
+                                findings.push(f);
+                            }
+                        }
                         if !cli.json {
                             println!("{summary}");
                         }

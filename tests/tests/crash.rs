@@ -149,7 +149,10 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
         let verify = b.ctl(&["--json", "verify", "--all"]).unwrap();
         let report: Response = serde_json::from_slice(&verify.stdout).unwrap();
         assert!(verify.status.success(), "round {round}: {report:?}");
-        let Response::Verify { sessions, audit } = &report else {
+        let Response::Verify {
+            sessions, audit, ..
+        } = &report
+        else {
             panic!("round {round}: verify answered {report:?}")
         };
         assert!(audit.broken.is_none(), "round {round}: {report:?}");

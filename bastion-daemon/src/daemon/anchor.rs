@@ -22,7 +22,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(every);
+    // The first after one interval: the stream as found at start is the previous bastiond's,
+    // which anchored it when it stopped.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The sequence number of the last anchor written: nothing new since, nothing to sign.
     let mut last = None;
