@@ -154,6 +154,18 @@ pub enum AuditKind {
     },
     /// A flow to a protected prefix, denied or allowed, as an enforcement hook saw it.
     Flow(crate::flow::Flow),
+    /// The audit key's signature over the chain head after event `at_seq`, written every
+    /// `audit.anchor_interval_secs` and after every session's end. Exported like every event,
+    /// it is what `bastionctl verify --anchors` holds a store to: a store that no longer has
+    /// that head at `at_seq` was cut, rolled back or rewritten. (`at_seq`, not `seq`: the
+    /// kind is flattened into the event, which has its own `seq`.)
+    Anchor {
+        at_seq: u64,
+        /// The chain value of event `at_seq` (hex).
+        head: String,
+        /// SshSig PEM, namespace `bastion-anchor`, over [`crate::integrity::anchor_message`].
+        signature: String,
+    },
     /// Flow events not stored one by one: over the per-second cap (suppressed) or lost by the
     /// kernel to a full ring buffer. Never silent.
     FlowsUncounted {

@@ -25,6 +25,8 @@ pub struct Config {
     pub ssh: SshConfig,
     #[serde(default)]
     pub record: RecordConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Transparent interception; off when the section is absent.
     pub intercept: Option<InterceptConfig>,
 }
@@ -113,6 +115,28 @@ pub struct RecordConfig {
     /// Recorded events are durable in the store at most this long after they happen.
     #[serde(default = "default_flush_ms")]
     pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between anchors: the audit key's signature over the audit chain's head, written
+    /// into the stream (and so into every export) this often, and after every session's end.
+    /// A store cut or rolled back later than an exported anchor no longer matches it.
+    #[serde(default = "default_anchor_interval")]
+    pub anchor_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            anchor_interval_secs: default_anchor_interval(),
+        }
+    }
+}
+
+fn default_anchor_interval() -> u64 {
+    60
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -408,6 +432,12 @@ impl Config {
                 self.record.flush_interval_ms
             )));
         }
+        if !(1..=86_400).contains(&self.audit.anchor_interval_secs) {
+            return Err(invalid(format!(
+                "audit.anchor_interval_secs must be between 1 and 86400, got {}",
+                self.audit.anchor_interval_secs
+            )));
+        }
         if let Some(i) = &self.intercept {
             if i.interfaces.is_empty() || i.ssh_ports.is_empty() {
                 return Err(invalid(
@@ -531,6 +561,20 @@ protected_interfaces = ["prot0"]
         assert_eq!(c.store.path, Path::new("/var/lib/bastion/store"));
         assert_eq!(c.enforce.bpffs_dir, Path::new("/sys/fs/bpf/bastion"));
         assert_eq!(c.enforce.protected_subnets.len(), 1);
+        assert_eq!(c.audit.anchor_interval_secs, 60);
+    }
+
+    #[test]
+    fn the_anchor_interval_is_read_and_bounded() {
+        let with = |v: &str| format!("{GOOD}\n[audit]\nanchor_interval_secs = {v}\n");
+        let c = Config::parse(Path::new("x.toml"), &with("5")).expect("valid");
+        assert_eq!(c.audit.anchor_interval_secs, 5);
+        for bad in ["0", "86401"] {
+            let e = err(&with(bad));
+            assert!(e.contains("audit.anchor_interval_secs"), "{e}");
+        }
+        let e = err(&format!("{GOOD}\n[audit]\nanchor_interval = 5\n"));
+        assert!(e.contains("anchor_interval"), "{e}");
     }
 
     #[test]

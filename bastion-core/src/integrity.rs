@@ -10,6 +10,12 @@
 //!   the seal.
 //! - The audit stream: `a₀ = H("bastion-audit-v1")`, `aₛ = H(aₛ₋₁ ‖ s ‖ canonical JSON of event
 //!   s without its chain)`, canonical meaning compact with keys in byte order ([`audit_link`]).
+//! - Anchors: the audit key's SshSig (namespace [`ANCHOR_NAMESPACE`]) over the chain head at an
+//!   event ([`anchor_message`]), written into the stream itself so that every export carries it
+//!   off the appliance. A store can rewrite itself consistently; it cannot make an anchor that
+//!   was exported before agree with a cut, rolled-back or rewritten stream ([`ExportCheck`]).
+//! - Legacy: records from before integrity carry no chain. Which ones may is recorded once, when
+//!   the store learns it ([`IntegritySince`]); a chain missing after that was stripped.
 //!
 //! The golden vectors at the end of this file pin all of it: a serialiser or hash that changes
 //! what is covered fails them before it can make stored records unverifiable.
@@ -18,10 +24,18 @@ use ring::digest::{Context, SHA256};
 
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use crate::{audit::AuditEvent, session::SessionMeta};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{
+    audit::{AuditEvent, AuditKind},
+    session::{SessionMeta, SessionState},
+};
 
 /// The SshSig namespace of session seals (`ssh-keygen -Y verify -n bastion-session`).
 pub const SEAL_NAMESPACE: &str = "bastion-session";
+/// The SshSig namespace of audit anchors (`ssh-keygen -Y verify -n bastion-anchor`): a seal
+/// can never be passed off as an anchor, or the reverse.
+pub const ANCHOR_NAMESPACE: &str = "bastion-anchor";
 
 pub type Hash = [u8; 32];
 
@@ -148,10 +162,13 @@ pub struct SessionIntegrity {
 }
 
 /// Judges one session from its metadata and stored blocks; `seal_ok(message, seal)` checks a
-/// seal against the audit key.
+/// seal against the audit key. `legacy_allowed`: the session may predate integrity
+/// ([`IntegritySince::session_may_be_legacy`]); when it may not, a record without any chain
+/// value or seal had them stripped.
 pub fn judge(
     meta: &SessionMeta,
     stored: &[StoredBlock],
+    legacy_allowed: bool,
     seal_ok: impl Fn(&[u8], &str) -> bool,
 ) -> SessionIntegrity {
     let verdict = |status, detail: String| SessionIntegrity {
@@ -162,6 +179,15 @@ pub fn judge(
     let legacy =
         meta.chain.is_none() && meta.seal.is_none() && stored.iter().all(|b| b.chain.is_none());
     if legacy && !stored.is_empty() {
+        if !legacy_allowed {
+            return verdict(
+                Status::Tampered,
+                format!(
+                    "chain stripped: {} blocks without chain values or seal, recorded after integrity began",
+                    stored.len()
+                ),
+            );
+        }
         return verdict(
             Status::Legacy,
             format!("{} blocks recorded before integrity", stored.len()),
@@ -325,6 +351,417 @@ pub struct AuditIntegrity {
     pub broken: Option<(u64, String)>,
 }
 
+/// Where integrity began in one store: which records may lack a chain because they predate it.
+/// Written once, by the schema step that introduced it (computed from what the store held
+/// then) or at creation; a store without it is held to the strictest reading (nothing may be
+/// unchained), so deleting it never turns a stripped chain into a legacy one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntegritySince {
+    /// Audit events from this sequence number on must carry their chain link.
+    pub audit_seq: u64,
+    /// Sessions with this id or above must carry chain values (ids only grow).
+    pub session_id: u64,
+}
+
+impl IntegritySince {
+    pub fn session_may_be_legacy(&self, id: u64) -> bool {
+        id < self.session_id
+    }
+
+    pub fn event_may_be_legacy(&self, seq: u64) -> bool {
+        seq < self.audit_seq
+    }
+}
+
+/// What an anchor signs: the audit stream's chain head after event `at_seq`.
+pub fn anchor_message(at_seq: u64, head: &Hash) -> Vec<u8> {
+    format!("bastion-anchor-v1\nseq {at_seq}\nhead {}\n", hex(head)).into_bytes()
+}
+
+/// The anchor event for the stream whose event `at_seq` has chain value `head`, signed by the
+/// audit key.
+pub fn anchor(
+    audit_key: &PrivateKey,
+    at_seq: u64,
+    head: &Hash,
+) -> Result<AuditKind, ssh_key::Error> {
+    let signature = audit_key
+        .sign(
+            ANCHOR_NAMESPACE,
+            HashAlg::Sha256,
+            &anchor_message(at_seq, head),
+        )?
+        .to_pem(LineEnding::LF)?;
+    Ok(AuditKind::Anchor {
+        at_seq,
+        head: hex(head),
+        signature,
+    })
+}
+
+/// The anchored `(at_seq, head)` if `kind` is an anchor signed by `audit_key`; `Err` with the
+/// anchored sequence number if it is an anchor that is not; `None` if it is no anchor.
+pub fn anchor_valid(audit_key: &PublicKey, kind: &AuditKind) -> Option<Result<(u64, Hash), u64>> {
+    let AuditKind::Anchor {
+        at_seq,
+        head,
+        signature,
+    } = kind
+    else {
+        return None;
+    };
+    let valid = parse_hex(head).filter(|h| {
+        SshSig::from_pem(signature).is_ok_and(|sig| {
+            audit_key
+                .verify(ANCHOR_NAMESPACE, &anchor_message(*at_seq, h), &sig)
+                .is_ok()
+        })
+    });
+    Some(valid.map(|h| (*at_seq, h)).ok_or(*at_seq))
+}
+
+/// Something `verify` found beyond single records: the audit stream against its sessions, or
+/// the store against an export of its stream. Any finding fails `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "finding", rename_all = "snake_case")]
+pub enum Finding {
+    /// The audit stream names session `session` (started or ended, at event `seq`), the store
+    /// has no such session, and no retention expiry names it.
+    SessionDeleted { session: u64, seq: u64 },
+    /// A finished session in the store whose start is not in the audit stream.
+    SessionUnaudited { session: u64 },
+    /// An anchor (for event `at_seq`) whose signature is not the audit key's.
+    ForgedAnchor { at_seq: u64 },
+    /// The store keeps the stream only up to event `kept`, but the export attests `attested`
+    /// (with an anchor, if `anchored`); `continued`: the store has other events after `kept`
+    /// (bastiond ran on after the cut or roll-back).
+    TailCut {
+        kept: u64,
+        attested: u64,
+        anchored: bool,
+        continued: bool,
+    },
+    /// Exported events `first..=last` are not in the store; `renumbered`: the later ones were
+    /// moved down and re-chained to hide the gap.
+    EventsDeleted {
+        first: u64,
+        last: u64,
+        renumbered: bool,
+    },
+    /// The store's event `seq` is not the exported one (same time, other content).
+    EventAltered { seq: u64 },
+    /// The store's chain value at an anchored event is not the anchored head.
+    AnchorMismatch { at_seq: u64 },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::SessionDeleted { session, seq } => write!(
+                f,
+                "session {session} deleted: audit event #{seq} names it, the store has no such session"
+            ),
+            Finding::SessionUnaudited { session } => write!(
+                f,
+                "session {session} has no start event in the audit stream (audit events deleted?)"
+            ),
+            Finding::ForgedAnchor { at_seq } => write!(
+                f,
+                "anchor for #{at_seq} is not signed by the audit key (forged or altered)"
+            ),
+            Finding::TailCut {
+                kept,
+                attested,
+                anchored,
+                continued,
+            } => {
+                let by = if *anchored { "an anchor" } else { "the export" };
+                if *continued {
+                    write!(
+                        f,
+                        "audit tail cut or store rolled back: the store's stream matches the export only up to seq {kept}, but {by} attests seq {attested} (the store went on with other events)"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "audit tail cut or store rolled back: the store ends at seq {kept} but {by} attests seq {attested}"
+                    )
+                }
+            }
+            Finding::EventsDeleted {
+                first,
+                last,
+                renumbered,
+            } => {
+                if first == last {
+                    write!(f, "audit event {first} deleted")?;
+                } else {
+                    write!(f, "audit events {first} to {last} deleted")?;
+                }
+                if *renumbered {
+                    write!(f, " (the later events renumbered and re-chained)")?;
+                }
+                Ok(())
+            }
+            Finding::EventAltered { seq } => write!(
+                f,
+                "store altered at seq {seq}: its audit event #{seq} is not the exported one"
+            ),
+            Finding::AnchorMismatch { at_seq } => write!(
+                f,
+                "store rolled back or altered at or before seq {at_seq}: its chain head there is not the anchored one"
+            ),
+        }
+    }
+}
+
+/// The sessions an audit stream speaks of, for the cross-check with the sessions stored.
+#[derive(Debug, Clone, Default)]
+pub struct SessionLedger {
+    /// Each session started or ended, with the first event naming it.
+    named: BTreeMap<u64, u64>,
+    started: BTreeSet<u64>,
+    /// Deleted by retention (audited): absent on purpose.
+    expired: BTreeSet<u64>,
+}
+
+impl SessionLedger {
+    pub fn observe(&mut self, event: &AuditEvent) {
+        match &event.kind {
+            AuditKind::SessionStarted { session, .. } => {
+                self.named.entry(*session).or_insert(event.seq);
+                self.started.insert(*session);
+            }
+            AuditKind::SessionEnded { session, .. } => {
+                self.named.entry(*session).or_insert(event.seq);
+            }
+            AuditKind::SessionsExpired { sessions, .. } => self.expired.extend(sessions),
+            _ => {}
+        }
+    }
+
+    /// Counts `other`'s expiries as this stream's (an export checked against the store: the
+    /// store may have expired a session after the export was taken).
+    pub fn expired_too(&mut self, other: &SessionLedger) {
+        self.expired.extend(&other.expired);
+    }
+
+    /// Sessions named here that `stored` lacks, not expired.
+    pub fn deleted(&self, stored: &BTreeSet<u64>) -> Vec<Finding> {
+        self.named
+            .iter()
+            .filter(|(id, _)| !stored.contains(id) && !self.expired.contains(id))
+            .map(|(&session, &seq)| Finding::SessionDeleted { session, seq })
+            .collect()
+    }
+
+    /// Stored sessions this stream never saw start. Live ones (their start may not be written
+    /// yet), legacy ones and ones that carried nothing (refused because their start could not
+    /// be audited) are passed over.
+    pub fn unaudited(&self, stored: &[(SessionMeta, Status)]) -> Vec<Finding> {
+        stored
+            .iter()
+            .filter(|(m, status)| {
+                m.state != SessionState::Live
+                    && *status != Status::Legacy
+                    && m.blocks > 0
+                    && !self.started.contains(&m.id)
+            })
+            .map(|(m, _)| Finding::SessionUnaudited { session: m.id })
+            .collect()
+    }
+}
+
+/// Checks a store's audit stream against an export of it (JSON lines as `bastionctl audit
+/// --format jsonl|syslog` writes them; anchors among them). Fed the store's events in order
+/// with [`ExportCheck::store_event`], then [`ExportCheck::finish`]ed with the store's session
+/// ids. The export is evidence held outside the store: what it holds that the store does not
+/// is named; only signed anchors speak for events the export itself does not hold.
+pub struct ExportCheck<'a> {
+    export: &'a BTreeMap<u64, AuditEvent>,
+    /// Valid anchors: anchored sequence number → head.
+    anchors: BTreeMap<u64, Hash>,
+    findings: Vec<Finding>,
+    /// The last store event seen.
+    last: u64,
+    /// The first place the store departs from the export has been named.
+    diverged: bool,
+    /// ... and it was a cut: what the export holds past it is part of that cut.
+    cut: bool,
+    /// ... or a deletion hidden by renumbering: the store ends that much earlier.
+    shift: u64,
+    store_sessions: SessionLedger,
+    /// Exported events the store skips over, named in `finish` unless audit retention
+    /// deleted them (`retained`).
+    skipped: Vec<(u64, u64)>,
+    /// What the store's `audit_expired` events say retention deleted: through which sequence
+    /// number, and only events older than which time (µs).
+    retained: Option<(u64, u64)>,
+}
+
+impl<'a> ExportCheck<'a> {
+    pub fn new(export: &'a BTreeMap<u64, AuditEvent>, audit_key: &PublicKey) -> Self {
+        let mut anchors = BTreeMap::new();
+        let mut findings = Vec::new();
+        for e in export.values() {
+            match anchor_valid(audit_key, &e.kind) {
+                Some(Ok((at, head))) => {
+                    anchors.insert(at, head);
+                }
+                Some(Err(at_seq)) => findings.push(Finding::ForgedAnchor { at_seq }),
+                None => {}
+            }
+        }
+        ExportCheck {
+            export,
+            anchors,
+            findings,
+            last: 0,
+            diverged: false,
+            cut: false,
+            shift: 0,
+            store_sessions: SessionLedger::default(),
+            skipped: Vec::new(),
+            retained: None,
+        }
+    }
+
+    /// How many valid anchors the export holds.
+    pub fn anchors(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// The store's next event (in sequence order).
+    pub fn store_event(&mut self, e: &AuditEvent) {
+        self.store_sessions.observe(e);
+        if let crate::audit::AuditKind::AuditExpired {
+            through_seq,
+            retention_secs,
+            ..
+        } = &e.kind
+        {
+            let cutoff = e
+                .time_micros
+                .saturating_sub(retention_secs.saturating_mul(1_000_000));
+            self.retained = Some((*through_seq, cutoff));
+        }
+        // Exported events the store skips over.
+        if e.seq > self.last + 1 {
+            let skipped: Vec<u64> = self
+                .export
+                .range(self.last + 1..e.seq)
+                .map(|(s, _)| *s)
+                .collect();
+            if let (Some(&first), Some(&last)) = (skipped.first(), skipped.last()) {
+                self.skipped.push((first, last));
+            }
+        }
+        self.last = self.last.max(e.seq);
+        let kept = e.chain.as_deref().and_then(parse_hex);
+        if let Some(x) = self.export.get(&e.seq)
+            && x.chain.as_deref().and_then(parse_hex) != kept
+            && !self.diverged
+        {
+            self.diverged = true;
+            let same = |a: &AuditEvent, b: &AuditEvent| {
+                a.time_micros == b.time_micros && a.actor == b.actor && a.kind == b.kind
+            };
+            let finding = if self.export.get(&(e.seq + 1)).is_some_and(|n| same(n, e)) {
+                self.shift = 1;
+                Finding::EventsDeleted {
+                    first: e.seq,
+                    last: e.seq,
+                    renumbered: true,
+                }
+            } else if x.time_micros == e.time_micros {
+                Finding::EventAltered { seq: e.seq }
+            } else {
+                // Another event where the export has one from another time: the stream was
+                // cut here and went on (a restart, or a rolled-back copy in use).
+                let (attested, anchored) = self.attested(e.seq.saturating_sub(1));
+                self.cut = true;
+                Finding::TailCut {
+                    kept: e.seq.saturating_sub(1),
+                    attested,
+                    anchored,
+                    continued: true,
+                }
+            };
+            self.findings.push(finding);
+        }
+        if let Some(head) = self.anchors.get(&e.seq)
+            && kept.as_ref() != Some(head)
+            && !self.diverged
+        {
+            self.diverged = true;
+            self.findings
+                .push(Finding::AnchorMismatch { at_seq: e.seq });
+        }
+    }
+
+    /// The last event after `kept` the export attests: the newest anchor's if one is past it
+    /// (signed), else the newest exported event's.
+    fn attested(&self, kept: u64) -> (u64, bool) {
+        let anchored = self.anchors.keys().next_back().copied().unwrap_or(0);
+        if anchored > kept {
+            return (anchored, true);
+        }
+        (self.export.keys().next_back().copied().unwrap_or(0), false)
+    }
+
+    /// Everything found, given the ids of the sessions the store holds.
+    pub fn finish(mut self, stored_sessions: &BTreeSet<u64>) -> Vec<Finding> {
+        // Skipped events are deleted, unless retention says it deleted them: then each of them
+        // must be within what it deleted and older than its cutoff.
+        for (first, last) in std::mem::take(&mut self.skipped) {
+            let expired = |seq: &u64| {
+                self.retained.is_some_and(|(through, cutoff)| {
+                    *seq <= through && self.export.get(seq).is_some_and(|x| x.time_micros < cutoff)
+                })
+            };
+            let deleted: Vec<u64> = self
+                .export
+                .range(first..=last)
+                .map(|(s, _)| *s)
+                .filter(|s| !expired(s))
+                .collect();
+            if let (Some(&first), Some(&last)) = (deleted.first(), deleted.last()) {
+                self.findings.push(Finding::EventsDeleted {
+                    first,
+                    last,
+                    renumbered: false,
+                });
+            }
+        }
+        let (attested, anchored) = self.attested(self.last);
+        if attested > self.last && !self.diverged {
+            self.findings.push(Finding::TailCut {
+                kept: self.last,
+                attested,
+                anchored,
+                continued: false,
+            });
+        }
+        let missing: Vec<u64> = self
+            .export
+            .range(self.last + 1 + self.shift..)
+            .map(|(s, _)| *s)
+            .collect();
+        if let (Some(&first), Some(&last), false) = (missing.first(), missing.last(), self.cut) {
+            self.findings.push(Finding::EventsDeleted {
+                first,
+                last,
+                renumbered: false,
+            });
+        }
+        let mut exported = SessionLedger::default();
+        self.export.values().for_each(|e| exported.observe(e));
+        exported.expired_too(&self.store_sessions);
+        self.findings.extend(exported.deleted(stored_sessions));
+        self.findings
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +896,425 @@ mod tests {
         let mut other = msg.clone();
         other[0] ^= 1;
         assert!(!seal_valid(key.public_key(), &other, &pem));
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]))
+    }
+
+    #[test]
+    fn anchors_verify_only_with_their_key_head_and_sequence() {
+        let k = key(7);
+        let head = audit_link(&audit_genesis(), &started(1)).unwrap();
+        assert_eq!(
+            String::from_utf8(anchor_message(1, &head)).unwrap(),
+            format!("bastion-anchor-v1\nseq 1\nhead {}\n", hex(&head))
+        );
+        let good = anchor(&k, 1, &head).unwrap();
+        assert_eq!(anchor_valid(k.public_key(), &good), Some(Ok((1, head))));
+        assert_eq!(
+            anchor_valid(key(8).public_key(), &good),
+            Some(Err(1)),
+            "other key"
+        );
+        let AuditKind::Anchor { signature, .. } = &good else {
+            unreachable!()
+        };
+        let cases = [
+            ("wrong head", 1, hex(&audit_genesis()), signature.clone()),
+            ("wrong sequence", 2, hex(&head), signature.clone()),
+            ("not a hash", 1, "zz".into(), signature.clone()),
+            ("not a signature", 1, hex(&head), "garbage".into()),
+        ];
+        for (what, at_seq, head, signature) in cases {
+            let kind = AuditKind::Anchor {
+                at_seq,
+                head,
+                signature,
+            };
+            assert_eq!(
+                anchor_valid(k.public_key(), &kind),
+                Some(Err(at_seq)),
+                "{what}"
+            );
+        }
+        // A seal over the same bytes is no anchor: the namespaces differ.
+        let sig = k
+            .sign(SEAL_NAMESPACE, HashAlg::Sha256, &anchor_message(1, &head))
+            .unwrap()
+            .to_pem(LineEnding::LF)
+            .unwrap();
+        let seal_as_anchor = AuditKind::Anchor {
+            at_seq: 1,
+            head: hex(&head),
+            signature: sig,
+        };
+        assert_eq!(anchor_valid(k.public_key(), &seal_as_anchor), Some(Err(1)));
+        assert_eq!(anchor_valid(k.public_key(), &started(1).kind), None);
+    }
+
+    fn started(seq: u64) -> AuditEvent {
+        AuditEvent {
+            seq,
+            time_micros: 1_000 * seq,
+            actor: crate::audit::Actor::Daemon,
+            kind: AuditKind::DaemonStarted {
+                version: "1".into(),
+                pid: seq as u32,
+            },
+            chain: None,
+        }
+    }
+
+    fn session_event(seq: u64, session: u64, start: bool) -> AuditEvent {
+        let kind = if start {
+            AuditKind::SessionStarted {
+                session,
+                client: "198.51.100.5:40000".into(),
+                user: "alice".into(),
+                login: "root".into(),
+                target: "web1".into(),
+                grant: "g".into(),
+                arrival: String::new(),
+            }
+        } else {
+            AuditKind::SessionEnded {
+                session,
+                bytes_in: 1,
+                bytes_out: 2,
+            }
+        };
+        AuditEvent {
+            kind,
+            ..started(seq)
+        }
+    }
+
+    /// Chains `events` (renumbered from 1) as the store would; with an anchor by `k` after
+    /// each position in `anchor_after`.
+    fn stream(events: Vec<AuditEvent>, k: &PrivateKey, anchor_after: &[u64]) -> Vec<AuditEvent> {
+        let mut out: Vec<AuditEvent> = Vec::new();
+        let mut head = audit_genesis();
+        let mut push = |mut e: AuditEvent, out: &mut Vec<AuditEvent>| {
+            e.seq = out.len() as u64 + 1;
+            e.chain = None;
+            head = audit_link(&head, &e).unwrap();
+            e.chain = Some(hex(&head));
+            out.push(e);
+            head
+        };
+        for e in events {
+            let h = push(e, &mut out);
+            let seq = out.len() as u64;
+            if anchor_after.contains(&seq) {
+                let a = AuditEvent {
+                    kind: anchor(k, seq, &h).unwrap(),
+                    ..started(seq)
+                };
+                push(a, &mut out);
+            }
+        }
+        out
+    }
+
+    fn check_export(
+        export: &[AuditEvent],
+        store: &[AuditEvent],
+        k: &PrivateKey,
+        sessions: &[u64],
+    ) -> Vec<Finding> {
+        let export: BTreeMap<u64, AuditEvent> = export.iter().map(|e| (e.seq, e.clone())).collect();
+        let mut c = ExportCheck::new(&export, k.public_key());
+        store.iter().for_each(|e| c.store_event(e));
+        c.finish(&sessions.iter().copied().collect())
+    }
+
+    #[test]
+    fn events_audit_retention_deleted_are_not_named_but_younger_ones_are() {
+        let k = key(7);
+        // Events at 1, 2, 3, 4 ms; retention of 1 s written at 1.0035 s deletes what is older
+        // than 3.5 ms: through 3 may go, not 4.
+        let full = stream(
+            vec![
+                AuditEvent {
+                    time_micros: 1_000,
+                    ..started(0)
+                },
+                AuditEvent {
+                    time_micros: 2_000,
+                    ..started(0)
+                },
+                AuditEvent {
+                    time_micros: 3_000,
+                    ..started(0)
+                },
+                AuditEvent {
+                    time_micros: 4_000,
+                    ..started(0)
+                },
+            ],
+            &k,
+            &[],
+        );
+        let expired = |through_seq| AuditEvent {
+            seq: 5,
+            time_micros: 1_003_500,
+            kind: AuditKind::AuditExpired {
+                through_seq,
+                count: through_seq,
+                retention_secs: 1,
+            },
+            ..started(5)
+        };
+        // The store after retention: 4, and the expiry event (chains aside: not judged here).
+        let kept = vec![full[3].clone(), expired(3)];
+        assert!(check_export(&full, &kept, &k, &[]).is_empty());
+        // A "retention" that deleted a younger event is a deletion.
+        let overreach = vec![expired(4)];
+        assert_eq!(
+            check_export(&full, &overreach, &k, &[]),
+            vec![Finding::EventsDeleted {
+                first: 4,
+                last: 4,
+                renumbered: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_store_is_held_to_its_export_and_anchors() {
+        let k = key(7);
+        // 1 started, 2 session 5 starts, 3 ends, 4 anchor over 3, 5 started, 6 session 6 starts,
+        // 7 ends, 8 anchor over 7 (times all 0: only the continued cut below has another).
+        let events = vec![
+            started(0),
+            session_event(0, 5, true),
+            session_event(0, 5, false),
+            started(0),
+            session_event(0, 6, true),
+            session_event(0, 6, false),
+        ];
+        let full = stream(events.clone(), &k, &[3, 7]);
+        assert_eq!(full.len(), 8);
+        assert!(check_export(&full, &full, &k, &[5, 6]).is_empty());
+        // Only the anchors exported (e.g. a filtered syslog): still enough.
+        let anchors: Vec<_> = full
+            .iter()
+            .filter(|e| matches!(e.kind, AuditKind::Anchor { .. }))
+            .cloned()
+            .collect();
+        assert!(check_export(&anchors, &full, &k, &[5, 6]).is_empty());
+
+        // (what was done to the store, the store, what the export names)
+        let cases: Vec<(&str, Vec<AuditEvent>, Vec<Finding>)> = vec![
+            (
+                "tail cut after #4",
+                full[..4].to_vec(),
+                vec![
+                    Finding::TailCut {
+                        kept: 4,
+                        attested: 7,
+                        anchored: true,
+                        continued: false,
+                    },
+                    Finding::EventsDeleted {
+                        first: 5,
+                        last: 8,
+                        renumbered: false,
+                    },
+                    Finding::SessionDeleted { session: 6, seq: 6 },
+                ],
+            ),
+            (
+                "tail cut, then bastiond went on",
+                {
+                    let mut s = full[..4].to_vec();
+                    s.extend(stream(vec![started(0)], &k, &[]).into_iter().map(|mut e| {
+                        e.seq = 5;
+                        e.time_micros = 99_000;
+                        e.chain = Some(hex(&audit_link(
+                            &parse_hex(full[3].chain.as_deref().unwrap()).unwrap(),
+                            &e,
+                        )
+                        .unwrap()));
+                        e
+                    }));
+                    s
+                },
+                vec![
+                    Finding::TailCut {
+                        kept: 4,
+                        attested: 7,
+                        anchored: true,
+                        continued: true,
+                    },
+                    Finding::SessionDeleted { session: 6, seq: 6 },
+                ],
+            ),
+            (
+                "event 2 deleted, the rest renumbered and re-chained",
+                {
+                    let mut ev = events.clone();
+                    ev.remove(1);
+                    stream(ev, &k, &[2, 6])
+                },
+                vec![
+                    Finding::EventsDeleted {
+                        first: 2,
+                        last: 2,
+                        renumbered: true,
+                    },
+                    Finding::SessionDeleted { session: 5, seq: 2 },
+                ],
+            ),
+            (
+                "event 5 deleted, leaving a gap",
+                full.iter().filter(|e| e.seq != 5).cloned().collect(),
+                vec![Finding::EventsDeleted {
+                    first: 5,
+                    last: 5,
+                    renumbered: false,
+                }],
+            ),
+            (
+                "event 3 altered and everything re-chained",
+                {
+                    let mut ev = events.clone();
+                    ev[2] = session_event(0, 5, false);
+                    if let AuditKind::SessionEnded { bytes_out, .. } = &mut ev[2].kind {
+                        *bytes_out = 0;
+                    }
+                    stream(ev, &k, &[3, 7])
+                },
+                vec![Finding::EventAltered { seq: 3 }],
+            ),
+        ];
+        for (what, store, want) in cases {
+            let sessions: Vec<u64> = store
+                .iter()
+                .filter_map(|e| match e.kind {
+                    AuditKind::SessionStarted { session, .. } => Some(session),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(check_export(&full, &store, &k, &sessions), want, "{what}");
+        }
+
+        // A store rewritten where only anchors were exported: the anchor names it.
+        let mut ev = events.clone();
+        ev[3] = started(77);
+        let rewritten = stream(ev, &k, &[3, 7]);
+        assert_eq!(
+            check_export(&anchors, &rewritten, &k, &[5, 6]),
+            vec![Finding::AnchorMismatch { at_seq: 7 }]
+        );
+        // A session deleted from the store with its events kept.
+        assert_eq!(
+            check_export(&full, &full, &k, &[6]),
+            vec![Finding::SessionDeleted { session: 5, seq: 2 }]
+        );
+        // A forged anchor is named, and attests nothing.
+        let mut forged = full.clone();
+        forged.push(AuditEvent {
+            kind: anchor(&key(9), 12, &audit_genesis()).unwrap(),
+            ..started(9)
+        });
+        assert_eq!(
+            check_export(&forged, &full, &k, &[5, 6]),
+            vec![
+                Finding::ForgedAnchor { at_seq: 12 },
+                Finding::TailCut {
+                    kept: 8,
+                    attested: 9,
+                    anchored: false,
+                    continued: false
+                },
+                Finding::EventsDeleted {
+                    first: 9,
+                    last: 9,
+                    renumbered: false
+                }
+            ]
+        );
+        assert!(
+            Finding::TailCut {
+                kept: 4,
+                attested: 7,
+                anchored: true,
+                continued: false
+            }
+            .to_string()
+            .contains("audit tail cut or store rolled back: the store ends at seq 4 but an anchor attests seq 7")
+        );
+    }
+
+    #[test]
+    fn the_session_ledger_finds_deleted_and_unaudited_sessions() {
+        let mut ledger = SessionLedger::default();
+        for e in [
+            session_event(1, 5, true),
+            session_event(2, 5, false),
+            session_event(3, 6, true),
+            session_event(4, 7, false),
+            AuditEvent {
+                kind: AuditKind::SessionsExpired {
+                    sessions: vec![6],
+                    retention_secs: 1,
+                },
+                ..started(5)
+            },
+        ] {
+            ledger.observe(&e);
+        }
+        assert_eq!(
+            ledger.deleted(&[5].into_iter().collect()),
+            vec![Finding::SessionDeleted { session: 7, seq: 4 }],
+            "6 expired, 7 deleted"
+        );
+        let meta = |id, state, blocks| SessionMeta {
+            state,
+            blocks,
+            ..SessionMeta::starting(id, "203.0.113.10:22".parse().unwrap())
+        };
+        let stored = [
+            (meta(5, SessionState::Closed, 2), Status::Sealed),
+            (meta(8, SessionState::Closed, 2), Status::Sealed),
+            (meta(9, SessionState::Live, 2), Status::Unsealed),
+            (meta(10, SessionState::Closed, 2), Status::Legacy),
+            (meta(11, SessionState::Closed, 0), Status::Sealed),
+        ];
+        assert_eq!(
+            ledger.unaudited(&stored),
+            vec![Finding::SessionUnaudited { session: 8 }]
+        );
+    }
+
+    #[test]
+    fn a_stripped_session_is_legacy_only_before_integrity() {
+        let (blocks, _) = chain(3, &[b"one"]);
+        let stripped: Vec<StoredBlock> = blocks
+            .into_iter()
+            .map(|b| StoredBlock { chain: None, ..b })
+            .collect();
+        let meta = SessionMeta {
+            blocks: 1,
+            state: SessionState::Closed,
+            ..SessionMeta::starting(3, "203.0.113.10:22".parse().unwrap())
+        };
+        assert_eq!(
+            judge(&meta, &stripped, true, |_, _| true).status,
+            Status::Legacy
+        );
+        let v = judge(&meta, &stripped, false, |_, _| true);
+        assert_eq!(v.status, Status::Tampered);
+        assert!(v.detail.contains("chain stripped"), "{}", v.detail);
+        let since = IntegritySince {
+            audit_seq: 4,
+            session_id: 3,
+        };
+        assert!(since.session_may_be_legacy(2) && !since.session_may_be_legacy(3));
+        assert!(since.event_may_be_legacy(3) && !since.event_may_be_legacy(4));
+        assert!(!IntegritySince::default().session_may_be_legacy(0));
     }
 
     #[test]

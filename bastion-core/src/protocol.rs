@@ -175,10 +175,14 @@ pub enum Response {
         complete: bool,
         micros: u64,
     },
-    /// What `Verify` found, per session and for the audit stream.
+    /// What `Verify` found, per session and for the audit stream; `findings`: sessions the
+    /// stream names that the store lacks, and the reverse (all sessions only). Older bastiond
+    /// sends none.
     Verify {
         sessions: Vec<crate::integrity::SessionIntegrity>,
         audit: crate::integrity::AuditIntegrity,
+        #[serde(default)]
+        findings: Vec<crate::integrity::Finding>,
     },
     /// Flow audit events (newest last) and how many the kernel lost in all.
     Flows {

@@ -67,6 +67,9 @@ pub struct ProxyContext {
     pub limiter: Mutex<ratelimit::Limiter<std::net::IpAddr>>,
     /// Per SSH user name (`login@target`); `None` when disabled.
     pub user_limiter: Option<Mutex<ratelimit::Limiter<String>>>,
+    /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
+    /// once a session's end is on the stream, so the anchor covers it.
+    pub anchor_now: Arc<tokio::sync::Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

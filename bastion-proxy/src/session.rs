@@ -902,6 +902,8 @@ impl SessionActor {
                         bytes_out: meta.bytes_out,
                     })
                     .await;
+                    // The seal and the end on the stream, then an anchor over both.
+                    self.ctx.anchor_now.notify_one();
                 }
                 Err(e) => {
                     tracing::error!(session = route.session, error = %e, "recorder task failed")

@@ -41,6 +41,8 @@ pub(crate) struct Limits {
 struct Disk {
     store: Arc<Store>,
     segment: SegmentWriter,
+    /// Created with the first block (its error is then that block's).
+    compressor: Option<block::Compressor>,
     limits: Limits,
     /// The session as appended: blocks, chain and stored bytes past `committed`.
     head: SessionMeta,
@@ -66,6 +68,7 @@ impl BlockWriter {
         BlockWriter {
             disk: Some(Disk {
                 segment: store.segment_writer(meta.id),
+                compressor: None,
                 store,
                 limits,
                 head: meta.clone(),
@@ -186,7 +189,13 @@ impl Disk {
                 self.limits.floor_bytes >> 20
             ));
         }
-        let stored = block::compress(raw).map_err(|e| e.to_string())?;
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => self
+                .compressor
+                .insert(block::Compressor::new().map_err(|e| e.to_string())?),
+        };
+        let stored = compressor.compress(raw).map_err(|e| e.to_string())?;
         let head = &mut self.head;
         if let Some(quota) = self.limits.quota_bytes
             && head.stored_bytes + stored.len() as u64 > quota

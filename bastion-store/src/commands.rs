@@ -194,17 +194,16 @@ fn decode(k: &[u8], v: &[u8]) -> Option<(u64, u32, NewCommand)> {
     ))
 }
 
-/// Inserts `commands` of `meta`'s session in a transaction (`seq` numbers them after
-/// `first_seq`).
+/// Inserts `commands` of `meta`'s session (`seq` numbers them after `first_seq`).
 pub(super) fn insert(
-    tree: &sled::transaction::TransactionalTree,
+    tree: &sled::Tree,
     meta: &SessionMeta,
     first_seq: u32,
     commands: &[NewCommand],
-) -> sled::transaction::ConflictableTransactionResult<(), ()> {
+) -> Result<(), sled::Error> {
     for (i, c) in commands.iter().enumerate() {
         let seq = first_seq + i as u32;
-        tree.insert(&key(meta.id, c.t_micros, c.channel, seq), value(c))?;
+        tree.insert(key(meta.id, c.t_micros, c.channel, seq), value(c))?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod migrate;
 mod policy;
 mod segments;
 mod sessions;
+mod since;
 
 pub use accounts::StoredAccount;
 pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
@@ -52,6 +53,9 @@ pub enum StoreError {
     Segment(#[from] SegmentError),
 }
 
+/// Memory sled may keep for pages it has read or written.
+const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 /// An open store.
 pub struct Store {
     db: sled::Db,
@@ -81,20 +85,26 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::open(path).map_err(|source| match &source {
-            sled::Error::Io(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) =>
-            {
-                StoreError::Locked {
+        // sled keeps up to its cache capacity of pages in memory (1 GiB by default): bounded
+        // here, so bastiond's memory does not follow the number of blocks recorded.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) =>
+                {
+                    StoreError::Locked {
+                        path: path.to_owned(),
+                        source,
+                    }
+                }
+                _ => StoreError::Open {
                     path: path.to_owned(),
                     source,
-                }
-            }
-            _ => StoreError::Open {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+                },
+            })?;
         let mut store = Store {
             db,
             path: path.to_owned(),

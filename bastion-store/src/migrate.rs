@@ -2,7 +2,7 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Why a migration step failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,9 @@ pub(super) fn step(db: &sled::Db, segments: &std::path::Path, to: u32) -> Result
         // 6: recorded blocks' bytes move out of sled into segment files, session by session;
         //    sled keeps a reference per block.
         6 => return super::sessions::move_blocks_to_segments(db, segments),
+        // 7: where integrity began (`meta` `integrity_since`): records unchained now may stay
+        //    legacy; a chain missing from any later one was stripped.
+        7 => super::since::record(db),
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),
     }?)

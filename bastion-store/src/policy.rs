@@ -134,17 +134,20 @@ impl Store {
         }
         let audit = self.tree(AUDIT_TREE)?;
         let mut tail = self.audit_tail.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
-        let mut next = *tail;
+        // One insert at a time, in order, the tail advancing past each one written: a failed
+        // write leaves a contiguous prefix. Not a `Batch`: sled applies batches and
+        // transactions under a process-wide write lock that every other read and write then
+        // queues behind, and under many sessions' load that lock has hung sled 0.34 (see
+        // `sessions.rs`, `commit_blocks`); plain inserts never take it.
         for kind in kinds {
+            let mut next = *tail;
             let (event, record) = self.chained(&mut next, actor.clone(), kind)?;
-            batch.insert(&event.seq.to_be_bytes(), record);
+            audit
+                .insert(event.seq.to_be_bytes(), record)
+                .map_err(|e| self.io(e))?;
+            *tail = next;
         }
-        // Applied atomically: the sequence stays contiguous even if the write fails.
-        audit.apply_batch(batch).map_err(|e| self.io(e))?;
-        self.flush()?;
-        *tail = next;
-        Ok(())
+        self.flush()
     }
 
     /// Numbers and chains the next event after `tail` (advancing it); the record to store.
@@ -204,6 +207,16 @@ impl Store {
 
     /// Walks the whole audit stream: contiguous numbers, and the chain rebuilt from each event.
     pub fn verify_audit(&self) -> Result<AuditIntegrity, StoreError> {
+        self.verify_audit_with(|_| {})
+    }
+
+    /// [`verify_audit`](Self::verify_audit), showing `visit` every event it reads (up to the
+    /// first break), for checks that need the stream's content too.
+    pub fn verify_audit_with(
+        &self,
+        mut visit: impl FnMut(&AuditEvent),
+    ) -> Result<AuditIntegrity, StoreError> {
+        let since = self.integrity_since()?;
         let mut report = AuditIntegrity::default();
         let mut head = bastion_core::integrity::audit_genesis();
         let mut expected = None;
@@ -242,6 +255,17 @@ impl Store {
                     report.broken = Some((seq, "unchained after the chain began".into()));
                     return Ok(report);
                 }
+                if !since.event_may_be_legacy(seq) {
+                    report.broken = Some((
+                        seq,
+                        format!(
+                            "chain stripped: unchained, but the store chains every event from #{}",
+                            since.audit_seq
+                        ),
+                    ));
+                    return Ok(report);
+                }
+                visit(&event);
                 report.legacy += 1;
                 continue;
             };
@@ -253,8 +277,36 @@ impl Store {
             }
             head = link;
             report.chained += 1;
+            visit(&event);
         }
         Ok(report)
+    }
+
+    /// Appends an anchor for the stream as it stands: `make(seq, head)` is given the last
+    /// event's number and chain value and returns the anchor event (`None`: nothing to anchor,
+    /// e.g. the last event is the previous anchor). The sequence lock is held from reading the
+    /// head to writing the anchor, so the anchor directly follows the event it attests.
+    pub fn append_anchor(
+        &self,
+        make: impl FnOnce(u64, &[u8; 32]) -> Option<AuditKind>,
+    ) -> Result<Option<AuditEvent>, StoreError> {
+        let audit = self.tree(AUDIT_TREE)?;
+        let mut tail = self.audit_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let last = tail.next.saturating_sub(1);
+        if last == 0 {
+            return Ok(None);
+        }
+        let Some(kind) = make(last, &tail.head) else {
+            return Ok(None);
+        };
+        let mut next = *tail;
+        let (event, record) = self.chained(&mut next, Actor::Daemon, kind)?;
+        audit
+            .insert(event.seq.to_be_bytes(), record)
+            .map_err(|e| self.io(e))?;
+        self.flush()?;
+        *tail = next;
+        Ok(Some(event))
     }
 
     /// Numbers and writes one event with `write(audit_tree, seq, record)`, then flushes. The

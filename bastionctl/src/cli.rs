@@ -105,18 +105,25 @@ pub enum Command {
         cmd: StoreCmd,
     },
     /// Check that recordings and the audit stream are intact: every session's block chain and
-    /// seal, and the audit chain. Exits 1 when anything was tampered with.
+    /// seal, the audit chain, and (all sessions) every session the audit stream names against
+    /// the store. Exits 1 when anything was tampered with.
     Verify {
         /// One session (default: all).
         id: Option<u64>,
         /// All sessions (the default; for scripts that say so).
         #[arg(long, conflicts_with = "id")]
         all: bool,
-        /// Check a sealed session file offline (no bastiond needed).
+        /// Also hold the store to an export of its audit stream (`audit --after 0 --format
+        /// jsonl|syslog --output FILE`, kept off the appliance): the anchors in it name a cut
+        /// tail, a rolled-back store, deleted or altered events and deleted sessions.
+        #[arg(long, conflicts_with_all = ["id", "file"])]
+        anchors: Option<std::path::PathBuf>,
+        /// Check a sealed session file offline (no bastiond needed; needs --key).
         #[arg(long, conflicts_with_all = ["id", "all"])]
         file: Option<std::path::PathBuf>,
-        /// The appliance's audit public key (`bastionctl ca show`), to check the file against.
-        #[arg(long, requires = "file")]
+        /// The appliance's audit public key (`bastionctl ca show --audit-key`): required with
+        /// --file; with --anchors, instead of the key bastiond reports.
+        #[arg(long)]
         key: Option<std::path::PathBuf>,
     },
     /// Find commands (shell lines and exec requests) or, with --output, terminal output text,
@@ -521,7 +528,7 @@ impl Command {
         }
     }
 
-    /// `verify --file F [--key K]`: the file and key to check offline.
+    /// `verify --file F --key K`: the file and key to check offline.
     pub fn offline_verify(&self) -> Option<(std::path::PathBuf, Option<std::path::PathBuf>)> {
         match self {
             Command::Verify {
@@ -529,6 +536,31 @@ impl Command {
             } => Some((f.clone(), key.clone())),
             _ => None,
         }
+    }
+
+    /// `verify [--all] --anchors F [--key K]`: the export to hold the store to, and the key.
+    pub fn anchors(&self) -> Option<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+        match self {
+            Command::Verify {
+                anchors: Some(f),
+                key,
+                ..
+            } => Some((f.clone(), key.clone())),
+            _ => None,
+        }
+    }
+
+    /// `verify --key` without --file or --anchors: nothing to check the key against.
+    pub fn stray_key(&self) -> bool {
+        matches!(
+            self,
+            Command::Verify {
+                key: Some(_),
+                file: None,
+                anchors: None,
+                ..
+            }
+        )
     }
 
     /// The session `session watch` follows.

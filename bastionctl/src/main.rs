@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod anchors;
 mod cli;
 mod client;
 mod export;
@@ -60,14 +61,21 @@ fn fetch_and_confirm(
     }
 }
 
-/// `verify --file`: checks a sealed session file without bastiond.
+/// `verify --file`: checks a sealed session file without bastiond, against the audit key the
+/// auditor brings: the key inside the file is whatever whoever wrote the file put there.
 fn verify_file(file: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
+    let Some(key) = key else {
+        eprintln!(
+            "bastionctl: verify --file needs --key AUDIT_KEY_FILE (the appliance's audit key, from `bastionctl ca show --audit-key`): the key inside the file cannot vouch for it"
+        );
+        return ExitCode::from(2);
+    };
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
     };
     let result = read(file).and_then(|text| {
-        let key = key.map(read).transpose()?;
-        bastion_core::record::sealed::check(&text, key.as_deref())
+        let key = read(key)?;
+        bastion_core::record::sealed::check(&text, &key)
     });
     match result {
         Ok((verdict, key_line)) => {
@@ -140,6 +148,11 @@ fn main() -> ExitCode {
     if let Some((file, key)) = cli.command.offline_verify() {
         return verify_file(&file, key.as_deref());
     }
+    if cli.command.stray_key() {
+        eprintln!("bastionctl: verify --key goes with --file or --anchors (see --help)");
+        return ExitCode::from(2);
+    }
+    let anchors = cli.command.anchors();
     if let Some(e) = cli.command.export() {
         return match export::run(&cli.socket, TIMEOUT, e) {
             Ok(()) => ExitCode::SUCCESS,
@@ -172,7 +185,28 @@ fn main() -> ExitCode {
         }
     };
     match client::call(&cli.socket, &request, TIMEOUT) {
-        Ok(response) => {
+        Ok(mut response) => {
+            if let (Some((file, key)), bastion_core::protocol::Response::Verify { findings, .. }) =
+                (&anchors, &mut response)
+            {
+                match anchors::check(&cli.socket, TIMEOUT, file, key.as_deref()) {
+                    Ok((found, summary)) => {
+                        // bastiond's own cross-check may have named a deleted session already.
+                        for f in found {
+                            if !findings.contains(&f) {
+                                findings.push(f);
+                            }
+                        }
+                        if !cli.json {
+                            println!("{summary}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("bastionctl: verify --anchors {}: {e}", file.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             if let (
                 Some((speed, no_wait, from)),
                 bastion_core::protocol::Response::Export { content, .. },
@@ -205,8 +239,13 @@ fn main() -> ExitCode {
             } else {
                 render::response(&response);
             }
-            if let bastion_core::protocol::Response::Verify { sessions, audit } = &response
+            if let bastion_core::protocol::Response::Verify {
+                sessions,
+                audit,
+                findings,
+            } = &response
                 && (audit.broken.is_some()
+                    || !findings.is_empty()
                     || sessions
                         .iter()
                         .any(|s| s.status == bastion_core::integrity::Status::Tampered))

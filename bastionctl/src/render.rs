@@ -46,7 +46,11 @@ pub fn response(r: &Response) {
             }
             println!("audit events   {}", s.audit_events);
         }
-        Response::Verify { sessions, audit } => {
+        Response::Verify {
+            sessions,
+            audit,
+            findings,
+        } => {
             for s in sessions {
                 let status = serde_json::to_value(s.status)
                     .ok()
@@ -60,6 +64,9 @@ pub fn response(r: &Response) {
                     audit.events, audit.legacy
                 ),
                 Some((seq, what)) => println!("audit    TAMPERED  event #{seq}: {what}"),
+            }
+            for f in findings {
+                println!("TAMPERED {f}");
             }
         }
         Response::Search {
@@ -570,6 +577,9 @@ pub fn event_line(e: &AuditEvent) -> String {
         ),
         AuditKind::SessionKilled { session, reason } => {
             format!("session {session} killed: {reason}")
+        }
+        AuditKind::Anchor { at_seq, head, .. } => {
+            format!("anchor: the audit key signs chain head {head} at #{at_seq}")
         }
         AuditKind::FlowsUncounted {
             suppressed,

@@ -106,10 +106,30 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
             })
             .collect();
         let (live, error) = wait_live(&b, SESSIONS);
+        // A bastiond that stopped answering: its threads, where gdb is installed, say where.
+        let threads = if live == 0 {
+            b.pid()
+                .and_then(|pid| {
+                    std::process::Command::new("gdb")
+                        .args([
+                            "-p",
+                            &pid.to_string(),
+                            "-batch",
+                            "-ex",
+                            "thread apply all bt 25",
+                        ])
+                        .output()
+                        .ok()
+                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         assert!(
             live > 0,
             "round {round}: no session went live; last listing error: {error:?}\n\
-             first client's stderr: {}\nbastiond's log:\n{}",
+             first client's stderr: {}\nbastiond's log:\n{}\nbastiond's threads:\n{threads}",
             std::fs::read_to_string(&first_stderr).unwrap_or_default(),
             b.log_tail()
         );
@@ -149,7 +169,10 @@ fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
         let verify = b.ctl(&["--json", "verify", "--all"]).unwrap();
         let report: Response = serde_json::from_slice(&verify.stdout).unwrap();
         assert!(verify.status.success(), "round {round}: {report:?}");
-        let Response::Verify { sessions, audit } = &report else {
+        let Response::Verify {
+            sessions, audit, ..
+        } = &report
+        else {
             panic!("round {round}: verify answered {report:?}")
         };
         assert!(audit.broken.is_none(), "round {round}: {report:?}");

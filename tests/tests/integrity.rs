@@ -6,7 +6,12 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
+use std::{
+    io::Write,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
 
 use bastion_core::{
     protocol::Response,
@@ -28,12 +33,85 @@ fn block_key(id: u64, n: u32) -> Vec<u8> {
     k
 }
 
+/// A stopped store's recorded blocks as an attacker with disk access sees them: references in
+/// `record_refs` (version, segment, offset, length), bytes in the session's segment files behind
+/// a header (session, block, length, CRC-32, chain). A rewritten block is appended with a header
+/// and checksum that match, and its reference moved to it: only the chain can tell.
+struct Blocks {
+    refs: sled::Tree,
+    segments: PathBuf,
+}
+
+const HEADER: u64 = 52;
+
+impl Blocks {
+    fn open(db: &sled::Db, store: &Path) -> Blocks {
+        Blocks {
+            refs: db.open_tree("record_refs").unwrap(),
+            segments: store.join("segments"),
+        }
+    }
+
+    fn sessions(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .refs
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap()[..8].try_into().unwrap()))
+            .collect();
+        ids.dedup();
+        ids
+    }
+
+    /// (segment file, offset of the header, length) of block `n` of session `id`.
+    fn locate(&self, id: u64, n: u32) -> Option<(PathBuf, u64, u32)> {
+        let r = self.refs.get(block_key(id, n)).unwrap()?;
+        let seq = u32::from_be_bytes(r[1..5].try_into().unwrap());
+        let offset = u64::from_be_bytes(r[5..13].try_into().unwrap());
+        let len = u32::from_be_bytes(r[13..17].try_into().unwrap());
+        Some((
+            self.segments.join(format!("{id:016x}-{seq:08x}.seg")),
+            offset,
+            len,
+        ))
+    }
+
+    fn get(&self, id: u64, n: u32) -> Option<Vec<u8>> {
+        let (file, offset, len) = self.locate(id, n)?;
+        let mut bytes = vec![0u8; len as usize];
+        std::fs::File::open(file)
+            .unwrap()
+            .read_exact_at(&mut bytes, offset + HEADER)
+            .unwrap();
+        Some(bytes)
+    }
+
+    fn put(&self, id: u64, n: u32, bytes: &[u8]) {
+        let (file, offset, _) = self.locate(id, n).unwrap();
+        let f = std::fs::File::open(&file).unwrap();
+        let mut header = [0u8; HEADER as usize];
+        f.read_exact_at(&mut header, offset).unwrap();
+        header[12..16].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+        header[16..20].copy_from_slice(&crc32fast::hash(bytes).to_be_bytes());
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        let at = f.metadata().unwrap().len();
+        f.write_all(&header).unwrap();
+        f.write_all(bytes).unwrap();
+        let mut r = self.refs.get(block_key(id, n)).unwrap().unwrap().to_vec();
+        r[5..13].copy_from_slice(&at.to_be_bytes());
+        r[13..17].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.refs.insert(block_key(id, n), r).unwrap();
+    }
+}
+
 /// Rewrites the first block of session `id` holding at least three frames with `edit` applied
 /// to them; returns the block's number.
-fn rewrite_frames(tree: &sled::Tree, id: u64, edit: impl FnOnce(&mut Vec<Frame>)) -> u32 {
+fn rewrite_frames(blocks: &Blocks, id: u64, edit: impl FnOnce(&mut Vec<Frame>)) -> u32 {
     for n in 0..64 {
-        let key = block_key(id, n);
-        let Some(stored) = tree.get(&key).unwrap() else {
+        let Some(stored) = blocks.get(id, n) else {
             break;
         };
         let mut frames = block::decompress(&stored).unwrap();
@@ -43,7 +121,7 @@ fn rewrite_frames(tree: &sled::Tree, id: u64, edit: impl FnOnce(&mut Vec<Frame>)
         edit(&mut frames);
         let mut raw = Vec::new();
         frames.iter().for_each(|f| f.encode(&mut raw));
-        tree.insert(&key, block::compress(&raw).unwrap()).unwrap();
+        blocks.put(id, n, &block::compress(&raw).unwrap());
         return n;
     }
     panic!("session {id} has no block with three frames");
@@ -104,24 +182,19 @@ fn verify_names_every_tampered_session_and_position() {
     let _ = live.wait();
 
     let (ids, positions): (Vec<u64>, [u32; 3]) = {
-        let db = sled::open(&lab.info().bastiond.store).unwrap();
-        let tree = db.open_tree("record_blocks").unwrap();
-        let mut ids: Vec<u64> = tree
-            .iter()
-            .keys()
-            .map(|k| u64::from_be_bytes(k.unwrap()[..8].try_into().unwrap()))
-            .collect();
-        ids.dedup();
+        let store = &lab.info().bastiond.store;
+        let db = sled::open(store).unwrap();
+        let blocks = Blocks::open(&db, store);
+        let ids = blocks.sessions();
         let (flip, delete, swap) = (ids[0], ids[1], ids[2]);
-        let key = block_key(flip, 0);
-        let mut bytes = tree.get(&key).unwrap().unwrap().to_vec();
+        let mut bytes = blocks.get(flip, 0).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        tree.insert(&key, bytes).unwrap();
-        let deleted = rewrite_frames(&tree, delete, |f| {
+        blocks.put(flip, 0, &bytes);
+        let deleted = rewrite_frames(&blocks, delete, |f| {
             f.remove(1);
         });
-        let swapped = rewrite_frames(&tree, swap, |f| f.swap(1, 2));
+        let swapped = rewrite_frames(&blocks, swap, |f| f.swap(1, 2));
         db.flush().unwrap();
         (ids, [0, deleted, swapped])
     };

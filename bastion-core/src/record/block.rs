@@ -22,9 +22,26 @@ pub enum BlockError {
 }
 
 pub fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = vec![FRAME_VERSION];
-    out.extend(zstd::bulk::compress(raw, ZSTD_LEVEL)?);
-    Ok(out)
+    Compressor::new()?.compress(raw)
+}
+
+/// A compressor kept for many blocks (one per recorded session): zstd's tables are allocated
+/// once, not per block, so recording churns no large allocations and the allocator's heaps do
+/// not grow with the volume recorded. Same output as [`compress`].
+pub struct Compressor(zstd::bulk::Compressor<'static>);
+
+impl Compressor {
+    pub fn new() -> std::io::Result<Compressor> {
+        Ok(Compressor(zstd::bulk::Compressor::new(ZSTD_LEVEL)?))
+    }
+
+    pub fn compress(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+        let body = self.0.compress(raw)?;
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(FRAME_VERSION);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
 }
 
 pub fn decompress(stored: &[u8]) -> Result<Vec<Frame>, BlockError> {
@@ -56,6 +73,10 @@ mod tests {
             .encode(&mut raw);
         }
         let stored = compress(&raw).unwrap();
+        // A kept compressor gives the same bytes, block after block.
+        let mut kept = Compressor::new().unwrap();
+        assert_eq!(kept.compress(&raw).unwrap(), stored);
+        assert_eq!(kept.compress(&raw).unwrap(), stored);
         assert!(
             stored.len() * 10 < raw.len(),
             "{} vs {}",

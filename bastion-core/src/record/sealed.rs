@@ -1,8 +1,9 @@
 //! One sealed session as a self-contained file that anyone can check offline with bastionctl
 //! (`session export ID --format sealed`, `verify --file F [--key audit.pub]`): the metadata with
 //! its seal, every block as stored with the chain value kept after it, and the audit public key.
-//! The key in the file only names which key sealed it; trust comes from comparing it (or
-//! `--key`) with the appliance's own (`bastionctl ca show`).
+//! The key in the file only names which key claims to have sealed it: anyone who rewrites the
+//! file can seal it again with a key of their own, so the check takes the appliance's key from
+//! the auditor (`--key`, from `bastionctl ca show --audit-key`) and never from the file.
 
 use base64ct::{Base64, Encoding as _};
 use serde::{Deserialize, Serialize};
@@ -46,15 +47,15 @@ pub fn build(session: SessionMeta, blocks: &[StoredBlock], audit_key: String) ->
     }
 }
 
-/// Checks `text` (a sealed file) against `key` (the appliance's audit public key line), or the
-/// key the file names when none is given. Returns the verdict and the key used.
-pub fn check(text: &str, key: Option<&str>) -> Result<(SessionIntegrity, String), String> {
+/// Checks `text` (a sealed file) against `key` (the appliance's audit public key line).
+/// Returns the verdict and the key used.
+pub fn check(text: &str, key: &str) -> Result<(SessionIntegrity, String), String> {
     let file: SealedFile =
         serde_json::from_str(text).map_err(|e| format!("not a sealed session file: {e}"))?;
     if file.format != FORMAT {
         return Err(format!("format `{}`, expected `{FORMAT}`", file.format));
     }
-    let key_line = key.unwrap_or(&file.audit_key).trim().to_owned();
+    let key_line = key.trim().to_owned();
     let public =
         ssh_key::PublicKey::from_openssh(&key_line).map_err(|e| format!("audit key: {e}"))?;
     let mut blocks = Vec::with_capacity(file.blocks.len());
@@ -66,7 +67,9 @@ pub fn check(text: &str, key: Option<&str>) -> Result<(SessionIntegrity, String)
             chain: b.chain.as_deref().and_then(integrity::parse_hex),
         });
     }
-    let verdict = integrity::judge(&file.session, &blocks, |msg, seal| {
+    // No store here to say when integrity began: a file without chain values reads LEGACY,
+    // which fails the check all the same (only SEALED passes).
+    let verdict = integrity::judge(&file.session, &blocks, true, |msg, seal| {
         integrity::seal_valid(&public, msg, seal)
     });
     Ok((verdict, key_line))

@@ -165,9 +165,14 @@ impl Daemon {
                 .map(Response::Changed),
             Request::SessionWatch { id, from } => self.watch(id, from),
             Request::StoreStats => self.store_stats().map(Response::StoreStats),
-            Request::Verify { session } => self
-                .verify(session)
-                .map(|(sessions, audit)| Response::Verify { sessions, audit }),
+            Request::Verify { session } => {
+                self.verify(session)
+                    .map(|(sessions, audit, findings)| Response::Verify {
+                        sessions,
+                        audit,
+                        findings,
+                    })
+            }
             Request::FlowList { filter, limit } => self
                 .store
                 .audit_find(
@@ -439,6 +444,9 @@ impl Daemon {
         })
     }
 
+    /// Judges one session (or all), walks the audit stream, and (all sessions) holds each
+    /// against the other: a session the stream names that the store lacks was deleted, a
+    /// stored one the stream never saw start had its audit events deleted.
     fn verify(
         &self,
         only: Option<u64>,
@@ -446,6 +454,7 @@ impl Daemon {
         (
             Vec<bastion_core::integrity::SessionIntegrity>,
             bastion_core::integrity::AuditIntegrity,
+            Vec<bastion_core::integrity::Finding>,
         ),
         ApiError,
     > {
@@ -453,21 +462,47 @@ impl Daemon {
             Some(id) => vec![self.session(id)?],
             None => self.store.sessions().map_err(ApiError::internal)?,
         };
+        let since = self.store.integrity_since().map_err(ApiError::internal)?;
         let audit_key = self.proxy.keys.audit_key.public_key();
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas.iter().rev() {
-            let blocks = self
+            let mut blocks = self
                 .store
                 .session_blocks(meta.id)
                 .map_err(ApiError::internal)?;
+            // A live session's recorder may be committing: blocks past what its metadata (the
+            // commit point) counts are not part of the record yet.
+            if meta.state == bastion_core::session::SessionState::Live {
+                blocks.retain(|b| b.n < meta.blocks);
+            }
             out.push(bastion_core::integrity::judge(
                 meta,
                 &blocks,
+                since.session_may_be_legacy(meta.id),
                 |msg, seal| bastion_core::integrity::seal_valid(audit_key, msg, seal),
             ));
         }
-        let audit = self.store.verify_audit().map_err(ApiError::internal)?;
-        Ok((out, audit))
+        let mut ledger = bastion_core::integrity::SessionLedger::default();
+        let audit = self
+            .store
+            .verify_audit_with(|e| ledger.observe(e))
+            .map_err(ApiError::internal)?;
+        let mut findings = Vec::new();
+        if only.is_none() {
+            let stored: std::collections::BTreeSet<u64> = metas.iter().map(|m| m.id).collect();
+            findings.extend(ledger.deleted(&stored));
+        }
+        // Past a break the stream was not read to the end: every later start would look missing.
+        if only.is_none() && audit.broken.is_none() {
+            let judged: Vec<_> = metas
+                .iter()
+                .rev()
+                .cloned()
+                .zip(out.iter().map(|v| v.status))
+                .collect();
+            findings.extend(ledger.unaudited(&judged));
+        }
+        Ok((out, audit, findings))
     }
 
     /// Brings the kernel in line with a changed policy: protected prefixes (subnets) and the

@@ -29,6 +29,7 @@ use crate::{
     enforce::{EnforceError, Enforcer},
 };
 
+mod anchor;
 mod api;
 mod cgroup_watch;
 mod flow_audit;
@@ -125,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.control.socket.display()
     ));
     let policy = Arc::new(policy::Live::new(policy));
+    let anchor_now = Arc::new(tokio::sync::Notify::new());
     let limits = |max_failures: u32| bastion_proxy::ratelimit::Limits {
         max_failures: max_failures.max(1),
         window: Duration::from_secs(config.ssh.failure_window_secs),
@@ -157,6 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 config.ssh.max_failures_per_user,
             )))
         }),
+        anchor_now: anchor_now.clone(),
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),
@@ -196,6 +199,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )));
         }
     }
+    background.push(tokio::spawn(anchor::run(
+        daemon.store.clone(),
+        keys.audit_key.clone(),
+        Duration::from_secs(config.audit.anchor_interval_secs),
+        anchor_now,
+        stopped(&stop_rx),
+    )));
     if config.store.retention_days.is_some() || config.store.audit_retention_days.is_some() {
         background.push(tokio::spawn(retention(
             daemon.store.clone(),
