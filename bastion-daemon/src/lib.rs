@@ -4,13 +4,16 @@
 //!
 //! - [`enforce`]: loading, filling, attaching and pinning the eBPF enforcement programs;
 //! - [`limits`]: process limits raised at start (open files);
+//! - [`allocator`]: freed memory returned to the kernel every few seconds;
 //! - [`control`]: the Unix-socket control API, bastiond's side;
 //! - [`notify`]: telling systemd bastiond is ready (`Type=notify`);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 //!
 //! `unsafe` is fenced: only `enforce` (the bpf(2), netlink and ring-buffer calls aya and nftnl
-//! leave to us) and the binary's `setns` use it; the other modules forbid it.
+//! leave to us), `allocator` (`malloc_trim`) and the binary's `setns` use it; the other modules
+//! forbid it.
 
+pub mod allocator;
 pub mod control;
 pub mod daemon;
 pub mod enforce;

@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Only bastiond's memory against the volume recorded (`bench_volume.rs`).
     #[arg(long)]
     volume_only: bool,
+    /// The volume figure's marks in MiB recorded (default 1024,10240; --quick 256,1024).
+    #[arg(long, value_delimiter = ',')]
+    volume_marks: Vec<u64>,
 }
 
 /// The AES-GCM cipher setting the bulk figures are also taken with.
@@ -112,7 +115,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
     let transfers = if args.quick { 20 } else { 100 };
 
-    let volume_marks: &[u64] = if args.quick {
+    let volume_marks: &[u64] = if !args.volume_marks.is_empty() {
+        &args.volume_marks
+    } else if args.quick {
         &[256, 1024]
     } else {
         &[1024, 10240]
@@ -517,7 +522,7 @@ fn echo_latency(p: &Path, samples: usize) -> anyhow::Result<(f64, f64)> {
     Ok((pct(0.5), pct(0.99)))
 }
 
-fn status_field(b: &Bastiond, field: &str) -> u64 {
+pub(crate) fn status_field(b: &Bastiond, field: &str) -> u64 {
     let Some(pid) = b.pid() else { return 0 };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -101,16 +101,13 @@ fn carry(lab: &Lab, down: bool, mib: u64, random: &Path, text: &Path) -> anyhow:
     Ok(want)
 }
 
+/// A number field of bastiond's /proc status (`VmRSS:`, `RssAnon:`, `Threads:`...).
+fn status(b: &Bastiond, field: &str) -> u64 {
+    crate::bench::status_field(b, field)
+}
+
 fn rss_kib(b: &Bastiond) -> u64 {
-    let Some(pid) = b.pid() else { return 0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    status(b, "VmRSS:")
 }
 
 fn store_bytes(b: &Bastiond) -> anyhow::Result<u64> {
@@ -148,13 +145,25 @@ pub fn volume(lab: &Lab, b: &Bastiond, marks_mib: &[u64]) -> anyhow::Result<Valu
         for r in results {
             carried += r?;
         }
-        // The last blocks are written when the sessions close.
-        std::thread::sleep(Duration::from_secs(2));
+        // The last blocks are written when the sessions close, and bastiond returns what they
+        // freed to the kernel every 5 s.
+        std::thread::sleep(Duration::from_secs(7));
         let rss = rss_kib(b);
-        eprintln!("    {} MiB recorded: bastiond RSS {rss} KiB", carried >> 20);
+        eprintln!(
+            "    {} MiB recorded: bastiond RSS {rss} KiB ({} anon, {} file; peak {}), {} threads",
+            carried >> 20,
+            status(b, "RssAnon:"),
+            status(b, "RssFile:"),
+            status(b, "VmHWM:"),
+            status(b, "Threads:")
+        );
         marks.push(json!({
             "recorded_mib": carried >> 20,
             "rss_kib": rss,
+            "peak_rss_kib": status(b, "VmHWM:"),
+            "rss_anon_kib": status(b, "RssAnon:"),
+            "rss_file_kib": status(b, "RssFile:"),
+            "threads": status(b, "Threads:"),
             "secs": t0.elapsed().as_secs_f64(),
         }));
     }
@@ -197,9 +206,10 @@ pub fn print(v: &Value) {
         .iter()
         .map(|m| {
             format!(
-                "{} MiB -> {} MiB RSS",
+                "{} MiB -> {} MiB RSS (peak {} MiB)",
                 m["recorded_mib"],
-                m["rss_kib"].as_u64().unwrap_or(0) >> 10
+                m["rss_kib"].as_u64().unwrap_or(0) >> 10,
+                m["peak_rss_kib"].as_u64().unwrap_or(0) >> 10
             )
         })
         .collect();

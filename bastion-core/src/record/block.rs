@@ -36,11 +36,22 @@ impl Compressor {
     }
 
     pub fn compress(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
-        let body = self.0.compress(raw)?;
-        let mut out = Vec::with_capacity(body.len() + 1);
-        out.push(FRAME_VERSION);
-        out.extend_from_slice(&body);
+        let mut out = Vec::new();
+        self.compress_into(raw, &mut out)?;
         Ok(out)
+    }
+
+    /// Compresses `raw` into `out` (cleared first), reusing its allocation.
+    pub fn compress_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(raw.len()) + 1);
+        out.push(FRAME_VERSION);
+        // The body goes after the version byte.
+        let mut cursor = std::io::Cursor::new(std::mem::take(out));
+        cursor.set_position(1);
+        let written = self.0.compress_to_buffer(raw, &mut cursor);
+        *out = cursor.into_inner();
+        written.map(drop)
     }
 }
 
@@ -76,7 +87,9 @@ mod tests {
         // A kept compressor gives the same bytes, block after block.
         let mut kept = Compressor::new().unwrap();
         assert_eq!(kept.compress(&raw).unwrap(), stored);
-        assert_eq!(kept.compress(&raw).unwrap(), stored);
+        let mut out = b"old contents".to_vec();
+        kept.compress_into(&raw, &mut out).unwrap();
+        assert_eq!(out, stored);
         assert!(
             stored.len() * 10 < raw.len(),
             "{} vs {}",

@@ -225,6 +225,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         daemon.store.clone(),
         stopped(&stop_rx),
     )));
+    background.push(tokio::spawn(crate::allocator::trim_periodically(stopped(
+        &stop_rx,
+    ))));
     let intruders = {
         let status = lock(&daemon.enforcer).status()?;
         cgroup_watch::Intruders::new(status.daemon_cgroup, status.daemon_cgroup_id)
