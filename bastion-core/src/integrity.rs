@@ -112,29 +112,69 @@ pub enum Break {
 /// Walks the stored blocks (number, bytes, chain value stored after it) of session `id`, which
 /// the metadata says has `blocks` blocks ending at `head`.
 pub fn check(id: u64, stored: &[StoredBlock], blocks: u32, head: &Hash) -> Result<(), Break> {
-    let mut c = genesis(id);
-    for (i, b) in stored.iter().enumerate() {
-        let expected_n = i as u32;
+    let mut walk = Walk::new(id, blocks);
+    stored.iter().for_each(|b| walk.feed(b));
+    walk.result(head)
+}
+
+/// A session's stored blocks walked one at a time, in order: the chain check and what `judge`
+/// needs to know of them, holding no block (a recording of any size verifies in bounded
+/// memory).
+#[derive(Debug, Clone)]
+pub struct Walk {
+    /// Blocks the metadata counts.
+    blocks: u32,
+    chain: Hash,
+    seen: u32,
+    /// No block seen so far has a chain value (a legacy record, or a stripped one).
+    unchained: bool,
+    broken: Option<Break>,
+}
+
+impl Walk {
+    pub fn new(id: u64, blocks: u32) -> Walk {
+        Walk {
+            blocks,
+            chain: genesis(id),
+            seen: 0,
+            unchained: true,
+            broken: None,
+        }
+    }
+
+    /// The next stored block.
+    pub fn feed(&mut self, b: &StoredBlock) {
+        let expected_n = self.seen;
+        self.seen += 1;
+        self.unchained &= b.chain.is_none();
+        if self.broken.is_some() {
+            return;
+        }
         if b.n != expected_n {
-            return Err(Break::Missing { n: expected_n });
-        }
-        if b.n >= blocks {
-            return Err(Break::Extra { n: b.n });
-        }
-        c = next(&c, b.n, &b.bytes);
-        if b.chain.as_ref() != Some(&c) {
-            return Err(Break::Block { n: b.n });
+            self.broken = Some(Break::Missing { n: expected_n });
+        } else if b.n >= self.blocks {
+            self.broken = Some(Break::Extra { n: b.n });
+        } else {
+            self.chain = next(&self.chain, b.n, &b.bytes);
+            if b.chain.as_ref() != Some(&self.chain) {
+                self.broken = Some(Break::Block { n: b.n });
+            }
         }
     }
-    if (stored.len() as u32) < blocks {
-        return Err(Break::Missing {
-            n: stored.len() as u32,
-        });
+
+    /// Where the chain breaks, if it does, given the head the metadata names.
+    pub fn result(&self, head: &Hash) -> Result<(), Break> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        if self.seen < self.blocks {
+            return Err(Break::Missing { n: self.seen });
+        }
+        if &self.chain != head {
+            return Err(Break::Head);
+        }
+        Ok(())
     }
-    if &c != head {
-        return Err(Break::Head);
-    }
-    Ok(())
 }
 
 /// How a session's record stands.
@@ -171,26 +211,47 @@ pub fn judge(
     legacy_allowed: bool,
     seal_ok: impl Fn(&[u8], &str) -> bool,
 ) -> SessionIntegrity {
+    let mut walk = Walk::new(meta.id, meta.blocks);
+    stored.iter().for_each(|b| walk.feed(b));
+    let frames_before = |n: u32| -> usize {
+        stored
+            .iter()
+            .take_while(|b| b.n < n)
+            .map(|b| crate::record::block::decompress(&b.bytes).map_or(0, |f| f.len()))
+            .sum()
+    };
+    judge_walk(meta, &walk, legacy_allowed, frames_before, seal_ok)
+}
+
+/// [`judge`] from a [`Walk`] over the session's blocks; `frames_before(n)` counts the frames
+/// in the blocks before block `n` (only asked for when the chain breaks, to name a position a
+/// replay can find).
+pub fn judge_walk(
+    meta: &SessionMeta,
+    walk: &Walk,
+    legacy_allowed: bool,
+    frames_before: impl Fn(u32) -> usize,
+    seal_ok: impl Fn(&[u8], &str) -> bool,
+) -> SessionIntegrity {
     let verdict = |status, detail: String| SessionIntegrity {
         session: meta.id,
         status,
         detail,
     };
-    let legacy =
-        meta.chain.is_none() && meta.seal.is_none() && stored.iter().all(|b| b.chain.is_none());
-    if legacy && !stored.is_empty() {
+    let stored_blocks = walk.seen;
+    let legacy = meta.chain.is_none() && meta.seal.is_none() && walk.unchained;
+    if legacy && stored_blocks > 0 {
         if !legacy_allowed {
             return verdict(
                 Status::Tampered,
                 format!(
-                    "chain stripped: {} blocks without chain values or seal, recorded after integrity began",
-                    stored.len()
+                    "chain stripped: {stored_blocks} blocks without chain values or seal, recorded after integrity began"
                 ),
             );
         }
         return verdict(
             Status::Legacy,
-            format!("{} blocks recorded before integrity", stored.len()),
+            format!("{stored_blocks} blocks recorded before integrity"),
         );
     }
     let head = match meta.chain.as_deref() {
@@ -205,16 +266,8 @@ pub fn judge(
         },
         None => genesis(meta.id),
     };
-    if let Err(b) = check(meta.id, stored, meta.blocks, &head) {
-        let at = |n: u32| {
-            // Frames before block n, for a position a replay can find.
-            let before: usize = stored
-                .iter()
-                .take_while(|b| b.n < n)
-                .map(|b| crate::record::block::decompress(&b.bytes).map_or(0, |f| f.len()))
-                .sum();
-            format!("block {n} (frames from #{before})")
-        };
+    if let Err(b) = walk.result(&head) {
+        let at = |n: u32| format!("block {n} (frames from #{})", frames_before(n));
         let detail = match b {
             Break::Block { n } => format!(
                 "{}: changed, or a frame in it removed, added or moved",

@@ -1,9 +1,10 @@
-//! Giving freed memory back. glibc's malloc keeps what a session frees in the heap of the
-//! thread that freed it (one heap per thread up to 8 per core) for reuse; under recording load
-//! the blocking pool's threads come and go, and bastiond's RSS settled at the high-water mark
-//! of every heap any thread had touched, well after the sessions that needed it ended.
-//! Trimming every few seconds returns the free pages to the kernel, so RSS follows what is
-//! live now (`cargo xtask bench --volume-only` measures it at 1 GiB and 10 GiB recorded).
+//! Keeping the allocator's memory to what is live. glibc's malloc gives threads heaps of their
+//! own (up to 8 per core) and keeps what is freed in them for reuse; under recording load the
+//! blocking pool's threads come and go, each new one could take a new heap, and bastiond's RSS
+//! climbed with the volume recorded as more heaps reached their high-water marks, well after
+//! the sessions that needed them ended. So: two heaps in all ([`bound_heaps`], at start), and
+//! the free pages in them returned to the kernel every few seconds ([`trim_periodically`]).
+//! `cargo xtask bench --volume-only` measures RSS at 1 GiB and 10 GiB recorded.
 
 use std::{future::Future, time::Duration};
 
@@ -19,6 +20,19 @@ pub async fn trim_periodically(shutdown: impl Future<Output = ()>) {
         }
         // Walks every heap: off the async workers.
         let _ = tokio::task::spawn_blocking(trim).await;
+    }
+}
+
+/// Heaps the allocator may keep: one per core is enough for two workers, and a bound that is
+/// reached at once keeps RSS from creeping up as new threads appear.
+const HEAPS: i32 = 2;
+
+/// Caps the allocator's heaps. Call before any thread starts.
+pub fn bound_heaps() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, HEAPS);
     }
 }
 

@@ -209,9 +209,23 @@ impl Store {
     /// A block whose bytes cannot be read back is given as empty: its chain then breaks there,
     /// and `verify` names the block.
     pub fn session_blocks(&self, id: u64) -> Result<Vec<StoredBlock>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_block(id, |b| {
+            out.push(b);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Hands session `id`'s blocks to `f` one at a time, in order, while it returns true (as
+    /// [`Store::session_blocks`] gives them, holding one at a time).
+    pub fn for_each_block(
+        &self,
+        id: u64,
+        mut f: impl FnMut(StoredBlock) -> bool,
+    ) -> Result<(), StoreError> {
         let chains = self.tree(CHAIN_TREE)?;
         let mut reader = SegmentReader::new(self.segments.clone(), id);
-        let mut out = Vec::new();
         for item in self.tree(REFS_TREE)?.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item.map_err(|e| self.io(e))?;
             let n = block_number(&k);
@@ -225,13 +239,15 @@ impl Store {
                     tracing::warn!(session = id, block = n, error = %e, "recorded block unreadable");
                     Vec::new()
                 });
-            out.push(StoredBlock {
+            if !f(StoredBlock {
                 n,
                 bytes,
                 chain: kept,
-            });
+            }) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Deletes the finished sessions that ended (or, interrupted, started) before `cutoff`

@@ -27,6 +27,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    bastion::allocator::bound_heaps();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => {

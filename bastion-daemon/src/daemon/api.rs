@@ -466,19 +466,38 @@ impl Daemon {
         let audit_key = self.proxy.keys.audit_key.public_key();
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas.iter().rev() {
-            let mut blocks = self
-                .store
-                .session_blocks(meta.id)
+            // One block at a time: a recording of any size verifies in bounded memory.
+            let mut walk = bastion_core::integrity::Walk::new(meta.id, meta.blocks);
+            self.store
+                .for_each_block(meta.id, |b| {
+                    // A live session's recorder may be committing: blocks past what its
+                    // metadata (the commit point) counts are not part of the record yet.
+                    if meta.state == bastion_core::session::SessionState::Live && b.n >= meta.blocks
+                    {
+                        return false;
+                    }
+                    walk.feed(&b);
+                    true
+                })
                 .map_err(ApiError::internal)?;
-            // A live session's recorder may be committing: blocks past what its metadata (the
-            // commit point) counts are not part of the record yet.
-            if meta.state == bastion_core::session::SessionState::Live {
-                blocks.retain(|b| b.n < meta.blocks);
-            }
-            out.push(bastion_core::integrity::judge(
+            // Only when the chain breaks: the frames before the broken block, read again.
+            let frames_before = |n: u32| {
+                let mut frames = 0;
+                let _ = self.store.for_each_block(meta.id, |b| {
+                    if b.n >= n {
+                        return false;
+                    }
+                    frames +=
+                        bastion_core::record::block::decompress(&b.bytes).map_or(0, |f| f.len());
+                    true
+                });
+                frames
+            };
+            out.push(bastion_core::integrity::judge_walk(
                 meta,
-                &blocks,
+                &walk,
                 since.session_may_be_legacy(meta.id),
+                frames_before,
                 |msg, seal| bastion_core::integrity::seal_valid(audit_key, msg, seal),
             ));
         }
