@@ -85,26 +85,7 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // sled keeps up to its cache capacity of pages in memory (1 GiB by default): bounded
-        // here, so bastiond's memory does not follow the number of blocks recorded.
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e) =>
-                {
-                    StoreError::Locked {
-                        path: path.to_owned(),
-                        source,
-                    }
-                }
-                _ => StoreError::Open {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
+        let db = open_db(path)?;
         let mut store = Store {
             db,
             path: path.to_owned(),
@@ -192,6 +173,41 @@ impl Store {
             tracing::info!(schema_version = to, store = %self.path.display(), "store migrated");
         }
         Ok(())
+    }
+}
+
+/// Opens the sled database. A store closed a moment ago in this process can still be locked
+/// while sled's background writes finish with it: a lock is retried for up to a second before
+/// it is reported as another bastiond's.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    let t0 = std::time::Instant::now();
+    loop {
+        // sled keeps up to its cache capacity of pages in memory (1 GiB by default): bounded
+        // here, so bastiond's memory does not follow the number of blocks recorded.
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open();
+        let source = match opened {
+            Ok(db) => return Ok(db),
+            Err(source) => source,
+        };
+        let locked = matches!(&source, sled::Error::Io(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock || is_lock_error(e));
+        if !locked {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        if t0.elapsed() >= LOCK_WAIT {
+            return Err(StoreError::Locked {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
