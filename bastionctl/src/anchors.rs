@@ -18,9 +18,10 @@ use bastion_core::{
     session::SessionFilter,
 };
 
-use crate::client;
-
-const BATCH: usize = 1000;
+use crate::{
+    client,
+    export::{BATCH, audit_page},
+};
 
 /// The events in an export: JSON lines, or syslog lines (RFC 5424 as `audit --format syslog`
 /// writes them, or as a syslog daemon stores them) whose message is the event as JSON. Lines
@@ -79,18 +80,7 @@ pub fn check(
     let mut check = ExportCheck::new(&export, &public);
     let mut after = 0;
     loop {
-        let events = match client::call(
-            socket,
-            &Request::AuditSince {
-                after,
-                limit: BATCH,
-            },
-            timeout,
-        ) {
-            Ok(Response::Audit { events }) => events,
-            Ok(other) => return Err(format!("unexpected answer to audit: {other:?}")),
-            Err(e) => return Err(e.to_string()),
-        };
+        let events = audit_page(socket, after, timeout)?;
         for e in &events {
             check.store_event(e);
             after = e.seq;

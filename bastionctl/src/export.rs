@@ -16,7 +16,8 @@ use bastion_core::{
 
 use crate::client;
 
-const BATCH: usize = 1000;
+/// Events asked for at a time; a page shorter than this is the stream's end (for now).
+pub const BATCH: usize = 1000;
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,19 +74,7 @@ pub fn run(socket: &Path, timeout: Duration, e: Export) -> Result<(), String> {
         .unwrap_or_else(|_| "-".into());
     let mut after = e.after;
     loop {
-        let events = match client::call(
-            socket,
-            &Request::AuditSince {
-                after,
-                limit: BATCH,
-            },
-            timeout,
-        ) {
-            Ok(Response::Audit { events }) => events,
-            Ok(Response::Error { error }) => return Err(error.to_string()),
-            Ok(other) => return Err(format!("unexpected answer: {other:?}")),
-            Err(err) => return Err(err.to_string()),
-        };
+        let events = audit_page(socket, after, timeout)?;
         for ev in &events {
             let line = match e.format {
                 Format::Jsonl => serde_json::to_string(ev).map_err(|err| err.to_string())?,
@@ -102,6 +91,23 @@ pub fn run(socket: &Path, timeout: Duration, e: Export) -> Result<(), String> {
             }
             std::thread::sleep(POLL);
         }
+    }
+}
+
+/// Up to [`BATCH`] audit events after sequence number `after`, oldest first.
+pub fn audit_page(socket: &Path, after: u64, timeout: Duration) -> Result<Vec<AuditEvent>, String> {
+    match client::call(
+        socket,
+        &Request::AuditSince {
+            after,
+            limit: BATCH,
+        },
+        timeout,
+    ) {
+        Ok(Response::Audit { events }) => Ok(events),
+        Ok(Response::Error { error }) => Err(error.to_string()),
+        Ok(other) => Err(format!("unexpected answer to audit: {other:?}")),
+        Err(err) => Err(err.to_string()),
     }
 }
 

@@ -427,6 +427,31 @@ fn disk_per_byte(
     ))
 }
 
+/// Runs a transfer through `child` (stdin and stdout piped): `send` writes its stdin on a
+/// thread while stdout is drained here; returns the bytes read and how the child exited.
+pub(crate) fn pump(
+    child: &mut std::process::Child,
+    send: impl FnOnce(&mut std::process::ChildStdin) -> std::io::Result<()> + Send + 'static,
+) -> anyhow::Result<(u64, std::process::ExitStatus)> {
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    // stdin is closed when the thread ends, which ends an upload.
+    let writer = std::thread::spawn(move || send(&mut stdin));
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    Ok((got, child.wait()?))
+}
+
 /// MB/s (10^6 bytes) of one transfer of `mib` MiB, down (target → client) or up.
 fn throughput(p: &Path, mib: u64, down: bool, extra: &[&str]) -> anyhow::Result<f64> {
     let bytes = mib << 20;
@@ -443,9 +468,7 @@ fn throughput(p: &Path, mib: u64, down: bool, extra: &[&str]) -> anyhow::Result<
         .stderr(Stdio::null())
         .spawn()?;
     let t0 = Instant::now();
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+    let (got, status) = pump(&mut child, move |stdin| {
         if !down {
             let chunk = vec![0u8; 1 << 20];
             for _ in 0..mib {
@@ -453,20 +476,7 @@ fn throughput(p: &Path, mib: u64, down: bool, extra: &[&str]) -> anyhow::Result<
             }
         }
         Ok(())
-    });
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    let status = child.wait()?;
+    })?;
     let secs = t0.elapsed().as_secs_f64();
     if !status.success() || (down && got != bytes) {
         bail!(

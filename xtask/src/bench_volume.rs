@@ -67,34 +67,19 @@ fn carry(lab: &Lab, down: bool, mib: u64, random: &Path, text: &Path) -> anyhow:
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut stdout = child.stdout.take().context("stdout")?;
     let chunks = if down {
         Vec::new()
     } else {
         vec![std::fs::read(random)?, std::fs::read(text)?]
     };
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+    let (got, status) = crate::bench::pump(&mut child, move |stdin| {
         for _ in 0..pairs {
             for c in &chunks {
                 stdin.write_all(c)?;
             }
         }
         Ok(())
-    });
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    let status = child.wait()?;
+    })?;
     if !status.success() || (down && got != want) {
         bail!("volume transfer failed ({status}, {got} of {want} bytes down)");
     }
