@@ -1,7 +1,7 @@
 //! One session's blocks on their way to the store: frames collect into a block of
 //! [`BLOCK_TARGET`] bytes; a full block is compressed, chained and appended to the session's
-//! segment at once; appended blocks are committed (segment synced, then referenced in sled
-//! with the metadata and commands) at every flush tick, at close, and whenever
+//! segment at once; appended blocks are committed (segment synced, then counted by the
+//! session's metadata in sled, with their commands) at every flush tick, at close, and whenever
 //! [`COMMIT_BYTES`] are waiting. One `fdatasync` per commit instead of per block is what lets a
 //! bulk transfer record at disk speed, and the flush interval still bounds what a crash can
 //! take.
@@ -20,7 +20,7 @@ use bastion_core::{
     },
     session::{NewCommand, SessionMeta},
 };
-use bastion_store::{AppendedBlock, SegmentWriter, Store};
+use bastion_store::{SegmentWriter, Store};
 
 /// Raw bytes collected before a block is compressed and written.
 pub(crate) const BLOCK_TARGET: usize = 256 * 1024;
@@ -50,7 +50,8 @@ struct Disk {
     limits: Limits,
     /// The session as appended: blocks, chain and stored bytes past `committed`.
     head: SessionMeta,
-    appended: Vec<AppendedBlock>,
+    /// Blocks and bytes appended since the last commit.
+    appended: u32,
     appended_bytes: u64,
     /// Commands in appended blocks, and how many the session committed before them.
     uncommitted: Vec<NewCommand>,
@@ -77,7 +78,7 @@ impl BlockWriter {
                 store,
                 limits,
                 head: meta.clone(),
-                appended: Vec::new(),
+                appended: 0,
                 appended_bytes: 0,
                 uncommitted: Vec::new(),
                 commands_stored: 0,
@@ -161,21 +162,20 @@ impl Disk {
             self.append(raw)?;
             self.uncommitted.extend(commands);
         }
-        if self.appended.is_empty() || !(commit || self.appended_bytes >= COMMIT_BYTES) {
+        if self.appended == 0 || !(commit || self.appended_bytes >= COMMIT_BYTES) {
             return Ok(None);
         }
         self.store
             .commit_blocks(
                 &mut self.segment,
                 &self.head,
-                &self.appended,
                 self.commands_stored,
                 &self.uncommitted,
             )
             .map_err(|e| e.to_string())?;
         self.commands_stored += self.uncommitted.len() as u32;
         self.uncommitted.clear();
-        self.appended.clear();
+        self.appended = 0;
         self.appended_bytes = 0;
         Ok(Some(self.head.clone()))
     }
@@ -217,14 +217,13 @@ impl Disk {
             .and_then(integrity::parse_hex)
             .unwrap_or_else(|| integrity::genesis(head.id));
         let chain = integrity::next(&prev, n, stored);
-        let at = self
-            .segment
+        self.segment
             .append(n, stored, &chain)
             .map_err(|e| e.to_string())?;
         head.blocks += 1;
         head.stored_bytes += stored.len() as u64;
         head.chain = Some(integrity::hex(&chain));
-        self.appended.push(AppendedBlock { n, at, chain });
+        self.appended += 1;
         self.appended_bytes += stored.len() as u64;
         Ok(())
     }

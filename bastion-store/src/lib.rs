@@ -15,12 +15,12 @@ mod policy;
 mod segments;
 mod sessions;
 mod since;
+mod to_segments;
 
 pub use accounts::StoredAccount;
 pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
 pub use commands::CommandIndex;
-pub use segments::{BlockRef, SegmentError, SegmentWriter};
-pub use sessions::AppendedBlock;
+pub use segments::{SegmentError, SegmentWriter};
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! are append-only and never edited once released, because appliances in the field run them.
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Why a migration step failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +37,14 @@ pub(super) fn step(db: &sled::Db, segments: &std::path::Path, to: u32) -> Result
         5 => super::commands::backfill(db),
         // 6: recorded blocks' bytes move out of sled into segment files, session by session;
         //    sled keeps a reference per block.
-        6 => return super::sessions::move_blocks_to_segments(db, segments),
+        6 => return super::to_segments::move_blocks_to_segments(db, segments),
         // 7: where integrity began (`meta` `integrity_since`): records unchained now may stay
         //    legacy; a chain missing from any later one was stripped.
         7 => super::since::record(db),
+        // 8: the block index leaves sled (whose memory follows its entries): each block's
+        //    chain value moves into its segment header, and the references give way to one
+        //    `record_segments` start per segment.
+        8 => return super::to_segments::drop_block_refs(db, segments),
         // `Store::migrate` never asks for a version above SCHEMA_VERSION.
         _ => Ok(()),
     }?)

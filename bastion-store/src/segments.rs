@@ -1,19 +1,24 @@
 //! Recorded blocks' bytes live outside sled, in append-only segment files under
-//! `<store>/segments/`: one series per session, `<session:016x>-<seq:08x>.seg`. sled keeps a
-//! [`BlockRef`] per block (segment, offset, length) next to the block's chain value, so memory
-//! follows the number of blocks, never their bytes, and retention deletes files, not pages.
+//! `<store>/segments/`: one series per session, `<session:016x>-<seq:08x>.seg`. The files are
+//! their own block index: a segment starts with [`MAGIC`] and each block follows the last as a
+//! [`HEADER`]-byte header (session, block number, length, CRC-32 of the bytes, chain value after
+//! the block) and the stored block, so a reader finds block n+1 where block n ends. sled keeps
+//! one [`SegmentStart`] per segment (which block it starts with), and the session's metadata
+//! counts the blocks that are part of the record. Nothing in sled grows per block: sled keeps
+//! its entries in memory (~250 bytes each, whatever its cache size), so a reference per block
+//! made bastiond's memory follow the volume recorded (schema 8 removed them).
 //!
-//! A segment starts with [`MAGIC`]; each block is a [`HEADER`]-byte header (session, block
-//! number, length, CRC-32 of the bytes, chain value after the block) and the stored block.
 //! Invariants:
-//! - A block's bytes are on disk (`fdatasync`) before sled references them, so a reference never
-//!   points at bytes a crash can take back. Blocks are appended as they fill and synced in
+//! - A block's bytes are on disk (`fdatasync`) before the metadata counts it, so the record
+//!   never names bytes a crash can take back. Blocks are appended as they fill and synced in
 //!   groups, once per commit (at most every `record.flush_interval_ms`): one `fdatasync` per
 //!   group, not per block, is what lets a bulk transfer record at disk speed.
-//! - A read checks the header against the reference and the CRC against the bytes: a reference
-//!   to a cut, overwritten or foreign record is an error naming it, never misread.
+//! - Readers go no further than the metadata counts ([`BlockCursor`]'s end): what lies past it
+//!   was never committed and is nobody's record.
+//! - Every read checks the header against the block expected there and the CRC against the
+//!   bytes: a cut, overwritten or foreign record is an error naming it, never misread.
 //! - Only a live session's last segment can end in a torn record (the crash came mid-append);
-//!   [`cut_after`] cuts it back to the last referenced block when the store reopens.
+//!   [`cut_after`] cuts it back to the last committed block when the store reopens.
 
 use std::{
     fs::{File, OpenOptions},
@@ -29,8 +34,8 @@ pub const HEADER: u64 = 52;
 /// A session's segment is closed and the next one started past this size, so retention and
 /// copies deal in bounded files.
 pub const SEGMENT_MAX: u64 = 256 << 20;
-/// The version byte that starts a stored [`BlockRef`].
-const REF_V1: u8 = 1;
+/// The version byte that starts a stored [`SegmentStart`].
+const START_V1: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -46,53 +51,64 @@ pub enum SegmentError {
         offset: u64,
         what: String,
     },
-    #[error("block reference of {0} bytes has an unknown format")]
-    Ref(usize),
+    #[error("session {session}: block {n}: {what}")]
+    Missing { session: u64, n: u32, what: String },
+    #[error("segment start of {0} bytes has an unknown format")]
+    Start(usize),
 }
 
-/// Where one block's bytes are: segment number within its session, offset of its header, and
-/// the stored block's length.
+/// Where one of a session's segments begins: its number and the first block in it. The value
+/// sled keeps per segment, keyed by (session, seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockRef {
+pub struct SegmentStart {
     pub seq: u32,
-    pub offset: u64,
-    pub len: u32,
+    pub first: u32,
 }
 
-impl BlockRef {
-    /// The value stored in sled: a version byte, then seq, offset and length big endian.
-    pub fn encode(&self) -> [u8; 17] {
-        let mut v = [0u8; 17];
-        v[0] = REF_V1;
-        v[1..5].copy_from_slice(&self.seq.to_be_bytes());
-        v[5..13].copy_from_slice(&self.offset.to_be_bytes());
-        v[13..17].copy_from_slice(&self.len.to_be_bytes());
+impl SegmentStart {
+    /// The key: session then seq, big endian, so a prefix scan lists a session's segments in
+    /// order.
+    pub fn key(&self, session: u64) -> [u8; 12] {
+        let mut k = [0u8; 12];
+        k[..8].copy_from_slice(&session.to_be_bytes());
+        k[8..].copy_from_slice(&self.seq.to_be_bytes());
+        k
+    }
+
+    /// The value: a version byte, then the first block's number big endian.
+    pub fn value(&self) -> [u8; 5] {
+        let mut v = [START_V1; 5];
+        v[1..].copy_from_slice(&self.first.to_be_bytes());
         v
     }
 
-    pub fn decode(v: &[u8]) -> Result<BlockRef, SegmentError> {
-        let bad = || SegmentError::Ref(v.len());
-        if v.len() != 17 || v[0] != REF_V1 {
-            return Err(bad());
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentStart, SegmentError> {
+        let seq = key.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        let first = value.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        match (seq, first, value.first()) {
+            (Some(seq), Some(first), Some(&START_V1)) if value.len() == 5 => Ok(SegmentStart {
+                seq: u32::from_be_bytes(seq),
+                first: u32::from_be_bytes(first),
+            }),
+            _ => Err(SegmentError::Start(value.len())),
         }
-        Ok(BlockRef {
-            seq: u32::from_be_bytes(v[1..5].try_into().map_err(|_| bad())?),
-            offset: u64::from_be_bytes(v[5..13].try_into().map_err(|_| bad())?),
-            len: u32::from_be_bytes(v[13..17].try_into().map_err(|_| bad())?),
-        })
     }
+}
 
-    /// The end of this block's record in its segment.
-    fn end(&self) -> u64 {
-        self.offset + HEADER + u64::from(self.len)
-    }
+/// One block as read back: its number, stored bytes and the chain value its header carries
+/// (`None` when that is all zeros: a block recorded before integrity existed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlock {
+    pub n: u32,
+    pub bytes: Vec<u8>,
+    pub chain: Option<[u8; 32]>,
 }
 
 pub fn dir(store: &Path) -> PathBuf {
     store.join("segments")
 }
 
-fn path(dir: &Path, session: u64, seq: u32) -> PathBuf {
+pub(crate) fn path(dir: &Path, session: u64, seq: u32) -> PathBuf {
     dir.join(format!("{session:016x}-{seq:08x}.seg"))
 }
 
@@ -127,6 +143,9 @@ pub struct SegmentWriter {
     seq: u32,
     file: Option<File>,
     len: u64,
+    /// Segments started since the last [`SegmentWriter::take_started`]: the commit that
+    /// counts their first blocks records them.
+    started: Vec<SegmentStart>,
     /// Whether an existing file of this session may be started over (a migration that was
     /// interrupted); otherwise finding one is an error, never an overwrite.
     overwrite: bool,
@@ -140,6 +159,7 @@ impl SegmentWriter {
             seq: 0,
             file: None,
             len: 0,
+            started: Vec::new(),
             overwrite: false,
         }
     }
@@ -153,18 +173,19 @@ impl SegmentWriter {
         }
     }
 
-    /// Appends block `n` (not yet synced: [`SegmentWriter::sync`] before anything refers to
-    /// it); returns where it is. On failure the segment is cut back to where it was, as far as
-    /// the disk still allows.
+    /// Appends block `n`, which must follow the last one appended (not yet synced:
+    /// [`SegmentWriter::sync`] before the record counts it); returns where its header is
+    /// (segment, offset). On failure the segment is cut back to where it was, as far as the
+    /// disk still allows.
     pub fn append(
         &mut self,
         n: u32,
         stored: &[u8],
         chain: &[u8; 32],
-    ) -> Result<BlockRef, SegmentError> {
+    ) -> Result<(u32, u64), SegmentError> {
         let record = HEADER + stored.len() as u64;
         if self.file.is_none() || self.len + record > SEGMENT_MAX && self.len > MAGIC.len() as u64 {
-            self.start_segment()?;
+            self.start_segment(n)?;
         }
         let p = path(&self.dir, self.session, self.seq);
         let Some(file) = self.file.as_mut() else {
@@ -187,16 +208,17 @@ impl SegmentWriter {
             .write_all(&header)
             .and_then(|()| file.write_all(stored));
         if let Err(e) = written {
-            // Best effort: a later reader goes by references anyway.
+            // Best effort: readers stop where the record's metadata says anyway.
             let _ = file.set_len(at);
             return Err(io(&p)(e));
         }
         self.len += record;
-        Ok(BlockRef {
-            seq: self.seq,
-            offset: at,
-            len,
-        })
+        Ok((self.seq, at))
+    }
+
+    /// The segments started since the last call (for the commit to record).
+    pub fn take_started(&mut self) -> Vec<SegmentStart> {
+        std::mem::take(&mut self.started)
     }
 
     /// Makes everything appended so far durable (`fdatasync`; a segment that was closed for
@@ -209,7 +231,8 @@ impl SegmentWriter {
         }
     }
 
-    fn start_segment(&mut self) -> Result<(), SegmentError> {
+    /// Starts the next segment with block `first`.
+    fn start_segment(&mut self, first: u32) -> Result<(), SegmentError> {
         if self.file.is_some() {
             // What is in the closing segment must be as durable as what follows it.
             self.sync()?;
@@ -232,78 +255,234 @@ impl SegmentWriter {
         sync_dir(&self.dir)?;
         self.file = Some(file);
         self.len = MAGIC.len() as u64;
+        self.started.push(SegmentStart {
+            seq: self.seq,
+            first,
+        });
         Ok(())
     }
 }
 
-/// Reads one session's blocks by reference, keeping the segment it is in open.
-pub struct SegmentReader {
-    dir: PathBuf,
-    session: u64,
-    open: Option<(u32, File)>,
+/// A block's header as found in its segment.
+struct Header {
+    len: u32,
+    crc: [u8; 4],
+    chain: [u8; 32],
 }
 
-impl SegmentReader {
-    pub fn new(dir: PathBuf, session: u64) -> SegmentReader {
-        SegmentReader {
+/// Walks one session's committed blocks in order: from a segment's start, header by header,
+/// and on to the next segment where one ends. Stops at `end`, the blocks the session's
+/// metadata counts.
+pub struct BlockCursor {
+    dir: PathBuf,
+    session: u64,
+    starts: Vec<SegmentStart>,
+    end: u32,
+    /// Index into `starts` of the open segment, the file and its length.
+    open: Option<(usize, File, u64)>,
+    /// Where the next header is in the open segment, and the block expected there.
+    offset: u64,
+    n: u32,
+}
+
+impl BlockCursor {
+    /// A cursor at block 0 of `session`, whose segments begin as `starts` says (in order).
+    pub fn new(dir: PathBuf, session: u64, starts: Vec<SegmentStart>, end: u32) -> BlockCursor {
+        BlockCursor {
             dir,
             session,
+            starts,
+            end,
             open: None,
+            offset: 0,
+            n: 0,
         }
     }
 
-    /// Block `n`'s stored bytes, checked against its header.
-    pub fn read(&mut self, n: u32, r: BlockRef) -> Result<Vec<u8>, SegmentError> {
-        let p = path(&self.dir, self.session, r.seq);
-        if self.open.as_ref().map(|(seq, _)| *seq) != Some(r.seq) {
-            self.open = Some((r.seq, File::open(&p).map_err(io(&p))?));
+    /// Moves to block `n`: to the segment that holds it, then past the blocks before it there
+    /// (headers only).
+    pub fn seek(&mut self, n: u32) -> Result<(), SegmentError> {
+        let Some(i) = self.starts.iter().rposition(|s| s.first <= n) else {
+            return Err(self.missing(n, "no segment holds it"));
+        };
+        self.open_segment(i)?;
+        while self.n < n.min(self.end) {
+            self.skip()?;
         }
-        let Some((_, file)) = self.open.as_ref() else {
-            return Err(io(&p)(std::io::Error::other("no open segment")));
+        Ok(())
+    }
+
+    /// The next block, or `None` past the end. A block whose bytes fail their checksum is an
+    /// error and the cursor moves past it; one whose header is not what is expected there
+    /// ends the walk (nothing after it can be found).
+    pub fn next_block(&mut self) -> Option<Result<ReadBlock, SegmentError>> {
+        if self.n >= self.end {
+            return None;
+        }
+        let n = self.n;
+        let header = match self.header() {
+            Ok(h) => h,
+            Err(e) => {
+                self.end = n;
+                return Some(Err(e));
+            }
         };
-        let corrupt = |what: String| SegmentError::Corrupt {
-            path: p.clone(),
+        let at = self.offset;
+        self.offset += HEADER + u64::from(header.len);
+        self.n += 1;
+        let mut bytes = vec![0u8; header.len as usize];
+        let Some((_, file, _)) = self.open.as_ref() else {
+            return Some(Err(self.missing(n, "no open segment")));
+        };
+        if let Err(e) = file.read_exact_at(&mut bytes, at + HEADER) {
+            return Some(Err(self.corrupt(
+                n,
+                at,
+                format!("cannot read its bytes: {e}"),
+            )));
+        }
+        if crc32fast::hash(&bytes).to_be_bytes() != header.crc {
+            return Some(Err(self.corrupt(
+                n,
+                at,
+                "its bytes do not match their checksum".into(),
+            )));
+        }
+        Some(Ok(ReadBlock {
             n,
-            offset: r.offset,
-            what,
+            bytes,
+            chain: (header.chain != [0; 32]).then_some(header.chain),
+        }))
+    }
+
+    /// Moves past the next block without reading its bytes.
+    pub fn skip(&mut self) -> Result<(), SegmentError> {
+        let header = self.header()?;
+        self.offset += HEADER + u64::from(header.len);
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Where the blocks walked so far end: the open segment and the offset past the last one.
+    pub fn position(&self) -> Option<(u32, u64)> {
+        let (i, _, _) = self.open.as_ref()?;
+        Some((self.starts[*i].seq, self.offset))
+    }
+
+    /// The header of block `self.n`, checked against what is expected there; moves on to the
+    /// next segment first when the open one has no more.
+    fn header(&mut self) -> Result<Header, SegmentError> {
+        let n = self.n;
+        if n >= self.end {
+            return Err(self.missing(n, "past the end of the record"));
+        }
+        loop {
+            let Some((i, _, len)) = &self.open else {
+                self.open_segment(0)?;
+                continue;
+            };
+            let (i, len) = (*i, *len);
+            if self.offset < len {
+                break;
+            }
+            match self.starts.get(i + 1) {
+                Some(next) if next.first == n => self.open_segment(i + 1)?,
+                Some(next) => {
+                    let what = format!("the next segment starts at block {}", next.first);
+                    return Err(self.missing(n, &what));
+                }
+                None => return Err(self.missing(n, "the segments end before it")),
+            }
+        }
+        let Some((_, file, len)) = self.open.as_ref() else {
+            return Err(self.missing(n, "no open segment"));
         };
-        let mut header = [0u8; HEADER as usize];
-        let mut bytes = vec![0u8; r.len as usize];
-        file.read_exact_at(&mut header, r.offset)
-            .and_then(|()| file.read_exact_at(&mut bytes, r.offset + HEADER))
-            .map_err(|e| corrupt(format!("cannot read {} bytes: {e}", r.len)))?;
-        let field = |a: usize, b: usize| &header[a..b];
-        if field(0, 8) != self.session.to_be_bytes()
-            || field(8, 12) != n.to_be_bytes()
-            || field(12, 16) != r.len.to_be_bytes()
-        {
-            return Err(corrupt(
+        let mut raw = [0u8; HEADER as usize];
+        let at = self.offset;
+        if let Err(e) = file.read_exact_at(&mut raw, at) {
+            return Err(self.corrupt(n, at, format!("cannot read its header: {e}")));
+        }
+        let field = |a: usize, b: usize| &raw[a..b];
+        let block_len = u32::from_be_bytes([raw[12], raw[13], raw[14], raw[15]]);
+        if field(0, 8) != self.session.to_be_bytes() || field(8, 12) != n.to_be_bytes() {
+            return Err(self.corrupt(
+                n,
+                at,
                 "the record there is not this block (its header differs)".into(),
             ));
         }
-        if field(16, 20) != crc32fast::hash(&bytes).to_be_bytes() {
-            return Err(corrupt("its bytes do not match their checksum".into()));
+        if at + HEADER + u64::from(block_len) > *len {
+            return Err(self.corrupt(n, at, "the segment ends inside it (torn)".into()));
         }
-        Ok(bytes)
+        let mut chain = [0u8; 32];
+        chain.copy_from_slice(field(20, 52));
+        Ok(Header {
+            len: block_len,
+            crc: [raw[16], raw[17], raw[18], raw[19]],
+            chain,
+        })
+    }
+
+    /// Opens segment `starts[i]` at its first block, checking its magic.
+    fn open_segment(&mut self, i: usize) -> Result<(), SegmentError> {
+        let Some(start) = self.starts.get(i).copied() else {
+            return Err(self.missing(self.n, "the session has no segments"));
+        };
+        let p = path(&self.dir, self.session, start.seq);
+        let file = File::open(&p).map_err(io(&p))?;
+        let len = file.metadata().map_err(io(&p))?.len();
+        let mut magic = [0u8; MAGIC.len()];
+        if file.read_exact_at(&mut magic, 0).is_err() || &magic != MAGIC {
+            return Err(SegmentError::Corrupt {
+                path: p,
+                n: start.first,
+                offset: 0,
+                what: "not a segment file (its magic differs)".into(),
+            });
+        }
+        self.open = Some((i, file, len));
+        self.offset = MAGIC.len() as u64;
+        self.n = start.first;
+        Ok(())
+    }
+
+    fn corrupt(&self, n: u32, offset: u64, what: String) -> SegmentError {
+        let seq = self
+            .open
+            .as_ref()
+            .map_or(0, |(i, _, _)| self.starts[*i].seq);
+        SegmentError::Corrupt {
+            path: path(&self.dir, self.session, seq),
+            n,
+            offset,
+            what,
+        }
+    }
+
+    fn missing(&self, n: u32, what: &str) -> SegmentError {
+        SegmentError::Missing {
+            session: self.session,
+            n,
+            what: what.to_owned(),
+        }
     }
 }
 
-/// After a crash: cuts session `session`'s segments back to the end of `last` (its last
-/// referenced block) and removes later segments; with no block referenced, removes them all.
-pub fn cut_after(dir: &Path, session: u64, last: Option<BlockRef>) -> Result<(), SegmentError> {
+/// After a crash: cuts session `session`'s segments back to `end` (segment seq, offset past
+/// its last committed block) and removes later segments; with `None` (nothing committed),
+/// removes them all.
+pub fn cut_after(dir: &Path, session: u64, end: Option<(u32, u64)>) -> Result<(), SegmentError> {
     for (seq, p) in session_files(dir, session)? {
-        match last {
-            Some(r) if seq == r.seq => {
+        match end {
+            Some((last, at)) if seq == last => {
                 let f = OpenOptions::new().write(true).open(&p).map_err(io(&p))?;
                 let len = f.metadata().map_err(io(&p))?.len();
-                if len > r.end() {
-                    tracing::warn!(segment = %p.display(), from = len, to = r.end(), "cut a torn segment tail");
-                    f.set_len(r.end())
-                        .and_then(|()| f.sync_all())
-                        .map_err(io(&p))?;
+                if len > at {
+                    tracing::warn!(segment = %p.display(), from = len, to = at, "cut a torn segment tail");
+                    f.set_len(at).and_then(|()| f.sync_all()).map_err(io(&p))?;
                 }
             }
-            Some(r) if seq < r.seq => {}
+            Some((last, _)) if seq < last => {}
             _ => std::fs::remove_file(&p).map_err(io(&p))?,
         }
     }
@@ -363,54 +542,121 @@ mod tests {
 
     use super::*;
 
+    fn walk(
+        dir: &Path,
+        session: u64,
+        starts: &[SegmentStart],
+        end: u32,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        let mut c = BlockCursor::new(dir.to_owned(), session, starts.to_vec(), end);
+        std::iter::from_fn(|| c.next_block())
+            .map(|r| r.map(|b| b.bytes).map_err(|e| e.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn blocks_read_back_and_a_bad_reference_or_torn_tail_is_never_misread() {
+    fn blocks_read_back_across_segments_and_the_walk_stops_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("segments");
         let mut w = SegmentWriter::new(dir.clone(), 9);
-        let a = w.append(0, b"first block", &[1; 32]).unwrap();
-        let b = w.append(1, b"second", &[2; 32]).unwrap();
-        assert_eq!(a.offset, MAGIC.len() as u64);
-        let mut r = SegmentReader::new(dir.clone(), 9);
-        assert_eq!(r.read(0, a).unwrap(), b"first block");
-        assert_eq!(r.read(1, b).unwrap(), b"second");
-        // A reference that points at the wrong record, or another session's, fails.
+        assert_eq!(w.append(0, b"first block", &[1; 32]).unwrap(), (0, 8));
+        w.append(1, b"second", &[2; 32]).unwrap();
+        // A third block in the next segment, as a roll at SEGMENT_MAX leaves it.
+        w.start_segment(2).unwrap();
+        w.append(2, b"third", &[0; 32]).unwrap();
+        w.append(3, b"uncommitted", &[4; 32]).unwrap();
+        let starts = w.take_started();
+        assert_eq!(
+            starts,
+            [
+                SegmentStart { seq: 0, first: 0 },
+                SegmentStart { seq: 1, first: 2 }
+            ]
+        );
+        assert!(w.take_started().is_empty());
+        let ok = |b: &[u8]| Ok(b.to_vec());
+        assert_eq!(
+            walk(&dir, 9, &starts, 3),
+            [ok(b"first block"), ok(b"second"), ok(b"third")],
+            "nothing past the end is read"
+        );
+        let mut c = BlockCursor::new(dir.clone(), 9, starts.clone(), 4);
+        c.seek(2).unwrap();
+        let b = c.next_block().unwrap().unwrap();
+        assert_eq!((b.n, b.chain), (2, None), "a zero chain is no chain");
+        let b = c.next_block().unwrap().unwrap();
+        assert_eq!(
+            (b.n, b.bytes, b.chain),
+            (3, b"uncommitted".to_vec(), Some([4; 32]))
+        );
+        assert!(c.next_block().is_none());
+        // Another session's segment under this one's name holds no block of this one.
+        std::fs::copy(path(&dir, 9, 0), path(&dir, 8, 0)).unwrap();
         assert!(
-            r.read(1, a)
+            walk(&dir, 8, &starts, 1)[0]
+                .as_ref()
                 .unwrap_err()
-                .to_string()
                 .contains("not this block")
         );
-        let mut other = SegmentReader::new(dir.clone(), 8);
-        assert!(other.read(0, a).is_err());
-        // A flipped byte is caught by the checksum.
+        // A start that names the wrong first block is caught at the boundary.
+        let wrong = [starts[0], SegmentStart { seq: 1, first: 3 }];
+        assert!(
+            walk(&dir, 9, &wrong, 3)[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("starts at block 3")
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_or_torn_tail_is_never_misread_and_is_cut_at_the_commit_point() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("segments");
+        let mut w = SegmentWriter::new(dir.clone(), 9);
+        let (_, a) = w.append(0, b"first block", &[1; 32]).unwrap();
+        w.append(1, b"second", &[2; 32]).unwrap();
+        let starts = w.take_started();
         let p = path(&dir, 9, 0);
         let mut raw = std::fs::read(&p).unwrap();
-        raw[(a.offset + HEADER) as usize] ^= 1;
+        raw[(a + HEADER) as usize] ^= 1;
         std::fs::write(&p, &raw).unwrap();
-        let mut r = SegmentReader::new(dir.clone(), 9);
-        assert!(r.read(0, a).unwrap_err().to_string().contains("checksum"));
-        // A torn append after block 1: cut back to block 1's end.
+        let read = walk(&dir, 9, &starts, 2);
+        assert!(read[0].as_ref().unwrap_err().contains("checksum"));
+        assert_eq!(
+            read[1],
+            Ok(b"second".to_vec()),
+            "the walk goes on past bad bytes"
+        );
+        // A torn append after block 1 ends the walk there, and is cut back at the commit point.
+        let committed_end = raw.len() as u64;
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(&[0xAB; 30]).unwrap();
-        cut_after(&dir, 9, Some(b)).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), b.end());
-        assert_eq!(r.read(1, b).unwrap(), b"second");
-        // A session with nothing referenced loses its files.
+        f.write_all(&[0xAB; 60]).unwrap();
+        assert!(
+            walk(&dir, 9, &starts, 3)[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("not this block")
+        );
+        let mut c = BlockCursor::new(dir.clone(), 9, starts.clone(), 2);
+        c.skip().unwrap();
+        c.skip().unwrap();
+        assert_eq!(c.position(), Some((0, committed_end)));
+        cut_after(&dir, 9, c.position()).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), committed_end);
+        // A session with nothing committed loses its files.
         cut_after(&dir, 9, None).unwrap();
         assert!(sessions_on_disk(&dir).unwrap().is_empty());
     }
 
     #[test]
-    fn references_round_trip_and_unknown_formats_are_refused() {
-        let r = BlockRef {
+    fn starts_round_trip_and_unknown_formats_are_refused() {
+        let s = SegmentStart {
             seq: 3,
-            offset: 1 << 40,
-            len: 262_144,
+            first: 1 << 20,
         };
-        assert_eq!(BlockRef::decode(&r.encode()).unwrap(), r);
-        assert!(BlockRef::decode(&[2; 17]).is_err());
-        assert!(BlockRef::decode(b"raw block bytes").is_err());
+        assert_eq!(SegmentStart::decode(&s.key(7), &s.value()).unwrap(), s);
+        assert!(SegmentStart::decode(&s.key(7), &[2, 0, 0, 0, 0]).is_err());
+        assert!(SegmentStart::decode(&s.key(7), b"raw").is_err());
         assert_eq!(parse_name("00000000000000ff-00000002.seg"), Some((255, 2)));
         assert_eq!(parse_name("conf"), None);
     }

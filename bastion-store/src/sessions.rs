@@ -1,12 +1,10 @@
-//! Session records: metadata in `sessions` (JSON, keyed by id); per block, a reference to its
-//! bytes in the session's segment files in `record_refs` and the chain value after it in
-//! `record_chain` (both keyed by id and block number, big endian, so a prefix scan reads a
-//! session's blocks in order). Schema 5 and earlier kept the bytes themselves in
-//! `record_blocks`; step 6 moves them out.
-
-use std::path::Path;
-
-use sled::Transactional;
+//! Session records: metadata in `sessions` (JSON, keyed by id), whose block count is the
+//! record's commit point; where each of the session's segment files starts in
+//! `record_segments` (keyed by id and segment number, big endian, so a prefix scan lists them in
+//! order; see `segments.rs`). Schema 5 and earlier kept the bytes themselves in
+//! `record_blocks` (step 6 moved them to segments); schemas 6 and 7 kept a reference and a
+//! chain value per block in `record_refs` and `record_chain` (step 8 moved the chain values
+//! into the segments' headers and dropped both).
 
 use bastion_core::{
     integrity::StoredBlock,
@@ -16,39 +14,19 @@ use bastion_core::{
 
 use super::{
     Store, StoreError,
-    segments::{self, BlockRef, SegmentReader, SegmentWriter},
+    segments::{self, BlockCursor, SegmentStart, SegmentWriter},
 };
 
-/// A block appended to its session's segment, not yet committed.
-#[derive(Debug, Clone, Copy)]
-pub struct AppendedBlock {
-    pub n: u32,
-    pub at: BlockRef,
-    /// The chain value after the block.
-    pub chain: [u8; 32],
-}
-
 pub(super) const SESSIONS_TREE: &str = "sessions";
+/// Where each of a session's segments starts ([`SegmentStart`]).
+pub(super) const SEGMENTS_TREE: &str = "record_segments";
 /// Schema ≤ 5: the blocks' bytes (emptied by step 6).
 pub(super) const LEGACY_BLOCKS_TREE: &str = "record_blocks";
-/// Where each block's bytes are ([`BlockRef`]).
+/// Schemas 6 and 7: where each block's bytes were (emptied by step 8).
 pub(super) const REFS_TREE: &str = "record_refs";
-/// The chain value after each block (same keys as `record_refs`).
+/// Schemas ≤ 7: the chain value after each block (same keys as `record_refs`; emptied by
+/// step 8, which copies them into the segments' headers).
 pub(super) const CHAIN_TREE: &str = "record_chain";
-
-fn block_key(id: u64, n: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
-/// The block number in a [`block_key`].
-fn block_number(key: &[u8]) -> u32 {
-    key.get(8..12)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(u32::MAX, u32::from_be_bytes)
-}
 
 impl Store {
     /// A fresh session id (unique across restarts).
@@ -74,7 +52,7 @@ impl Store {
     }
 
     /// Stores block `n` of `meta`'s session at once: [`SegmentWriter::append`] then
-    /// [`Store::commit_blocks`] of that one block.
+    /// [`Store::commit_blocks`].
     #[allow(clippy::too_many_arguments)]
     pub fn put_block(
         &self,
@@ -86,26 +64,17 @@ impl Store {
         first_seq: u32,
         commands: &[NewCommand],
     ) -> Result<(), StoreError> {
-        let at = segment.append(n, stored, chain)?;
-        self.commit_blocks(
-            segment,
-            meta,
-            &[AppendedBlock {
-                n,
-                at,
-                chain: *chain,
-            }],
-            first_seq,
-            commands,
-        )
+        segment.append(n, stored, chain)?;
+        self.commit_blocks(segment, meta, first_seq, commands)
     }
 
     /// Makes the blocks appended to `segment` since the last commit part of the record: the
-    /// segment is synced (`fdatasync`) first, then each block's reference and chain value are
-    /// stored, then the commands they recorded (numbered from `first_seq`), and last the
-    /// metadata that counts them, which is the commit point; all made durable. Until then no
-    /// reader sees them; a crash before the metadata leaves references past what it counts,
-    /// removed with the segment tail when the store reopens ([`Store::mark_interrupted`]).
+    /// segment is synced (`fdatasync`) first, then the segments started since are recorded,
+    /// then the commands the blocks carried (numbered from `first_seq`), and last the metadata
+    /// that counts the blocks, which is the commit point; all made durable. Until then no
+    /// reader sees them; a crash before the metadata leaves segment data (and perhaps segment
+    /// starts) past what it counts, removed when the store reopens
+    /// ([`Store::mark_interrupted`]).
     ///
     /// Plain inserts in that order, not a sled transaction: sled 0.34 runs transactions (and
     /// batches) under a process-wide write lock that every other operation then queues behind,
@@ -116,20 +85,16 @@ impl Store {
         &self,
         segment: &mut SegmentWriter,
         meta: &SessionMeta,
-        blocks: &[AppendedBlock],
         first_seq: u32,
         commands: &[NewCommand],
     ) -> Result<(), StoreError> {
         segment.sync()?;
-        let refs = self.tree(REFS_TREE)?;
-        let chains = self.tree(CHAIN_TREE)?;
         let v = serde_json::to_vec(meta)
             .map_err(|e| self.io(sled::Error::Unsupported(e.to_string())))?;
-        for b in blocks {
-            refs.insert(block_key(meta.id, b.n), &b.at.encode()[..])
-                .map_err(|e| self.io(e))?;
-            chains
-                .insert(block_key(meta.id, b.n), &b.chain[..])
+        let starts = self.tree(SEGMENTS_TREE)?;
+        for s in segment.take_started() {
+            starts
+                .insert(s.key(meta.id), &s.value()[..])
                 .map_err(|e| self.io(e))?;
         }
         super::commands::insert(
@@ -145,6 +110,27 @@ impl Store {
         self.flush()?;
         self.index_commands(meta, first_seq, commands);
         Ok(())
+    }
+
+    /// Where session `id`'s segments start, in order.
+    fn segment_starts(&self, id: u64) -> Result<Vec<SegmentStart>, StoreError> {
+        self.tree(SEGMENTS_TREE)?
+            .scan_prefix(id.to_be_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.io(e))?;
+                Ok(SegmentStart::decode(&k, &v)?)
+            })
+            .collect()
+    }
+
+    /// A cursor over the blocks `meta` counts.
+    fn cursor(&self, meta: &SessionMeta) -> Result<BlockCursor, StoreError> {
+        Ok(BlockCursor::new(
+            self.segments.clone(),
+            meta.id,
+            self.segment_starts(meta.id)?,
+            meta.blocks,
+        ))
     }
 
     /// Every session, newest first.
@@ -189,61 +175,68 @@ impl Store {
         max_blocks: u32,
     ) -> Result<(Vec<Frame>, u32), StoreError> {
         let mut frames = Vec::new();
+        let Some(meta) = self.session(id)? else {
+            return Ok((frames, first));
+        };
+        if first >= meta.blocks {
+            return Ok((frames, first));
+        }
+        let mut cursor = self.cursor(&meta)?;
+        cursor.seek(first)?;
         let mut next = first;
-        let mut reader = SegmentReader::new(self.segments.clone(), id);
-        let range = block_key(id, first)..=block_key(id, u32::MAX);
-        for item in self.tree(REFS_TREE)?.range(range).take(max_blocks as usize) {
-            let (k, v) = item.map_err(|e| self.io(e))?;
-            let n = block_number(&k);
-            let stored = reader.read(n, BlockRef::decode(&v)?)?;
+        for _ in 0..max_blocks {
+            let Some(b) = cursor.next_block() else {
+                break;
+            };
+            let b = b?;
             frames
-                .extend(block::decompress(&stored).map_err(|e| {
+                .extend(block::decompress(&b.bytes).map_err(|e| {
                     self.io(sled::Error::Unsupported(format!("session {id}: {e}")))
                 })?);
-            next = n.saturating_add(1);
+            next = b.n.saturating_add(1);
         }
         Ok((frames, next))
     }
 
-    /// Session `id`'s blocks as stored (number, bytes, chain value kept after it), in order.
-    /// A block whose bytes cannot be read back is given as empty: its chain then breaks there,
-    /// and `verify` names the block.
-    pub fn session_blocks(&self, id: u64) -> Result<Vec<StoredBlock>, StoreError> {
+    /// The blocks `meta` counts as stored (number, bytes, chain value kept after it), in
+    /// order. A block whose bytes cannot be read back is given as empty: its chain then breaks
+    /// there, and `verify` names the block.
+    pub fn session_blocks(&self, meta: &SessionMeta) -> Result<Vec<StoredBlock>, StoreError> {
         let mut out = Vec::new();
-        self.for_each_block(id, |b| {
+        self.for_each_block(meta, |b| {
             out.push(b);
             true
         })?;
         Ok(out)
     }
 
-    /// Hands session `id`'s blocks to `f` one at a time, in order, while it returns true (as
-    /// [`Store::session_blocks`] gives them, holding one at a time).
+    /// Hands the blocks `meta` counts to `f` one at a time, in order, while it returns true
+    /// (as [`Store::session_blocks`] gives them, holding one at a time).
     pub fn for_each_block(
         &self,
-        id: u64,
+        meta: &SessionMeta,
         mut f: impl FnMut(StoredBlock) -> bool,
     ) -> Result<(), StoreError> {
-        let chains = self.tree(CHAIN_TREE)?;
-        let mut reader = SegmentReader::new(self.segments.clone(), id);
-        for item in self.tree(REFS_TREE)?.scan_prefix(id.to_be_bytes()) {
-            let (k, v) = item.map_err(|e| self.io(e))?;
-            let n = block_number(&k);
-            let kept = chains
-                .get(&k)
-                .map_err(|e| self.io(e))?
-                .and_then(|c| <[u8; 32]>::try_from(c.as_ref()).ok());
-            let bytes = BlockRef::decode(&v)
-                .and_then(|r| reader.read(n, r))
+        let mut cursor = self.cursor(meta)?;
+        for n in 0..meta.blocks {
+            let Some(read) = cursor.next_block() else {
+                break;
+            };
+            let block = read
+                .map(|b| StoredBlock {
+                    n: b.n,
+                    bytes: b.bytes,
+                    chain: b.chain,
+                })
                 .unwrap_or_else(|e| {
-                    tracing::warn!(session = id, block = n, error = %e, "recorded block unreadable");
-                    Vec::new()
+                    tracing::warn!(session = meta.id, block = n, error = %e, "recorded block unreadable");
+                    StoredBlock {
+                        n,
+                        bytes: Vec::new(),
+                        chain: None,
+                    }
                 });
-            if !f(StoredBlock {
-                n,
-                bytes,
-                chain: kept,
-            }) {
+            if !f(block) {
                 break;
             }
         }
@@ -255,7 +248,7 @@ impl Store {
     /// crash part-way leaves unreferenced blocks (swept at the next open), never a session with
     /// blocks missing.
     pub fn expire_sessions(&self, cutoff: u64) -> Result<Vec<u64>, StoreError> {
-        let (blocks, chains) = (self.tree(REFS_TREE)?, self.tree(CHAIN_TREE)?);
+        let starts = self.tree(SEGMENTS_TREE)?;
         let commands = self.tree(super::commands::COMMANDS_TREE)?;
         let sessions = self.tree(SESSIONS_TREE)?;
         let mut gone = Vec::new();
@@ -273,7 +266,7 @@ impl Store {
             sessions
                 .remove(s.id.to_be_bytes())
                 .map_err(|e| self.io(e))?;
-            for tree in [&blocks, &chains, &commands] {
+            for tree in [&starts, &commands] {
                 for key in tree.scan_prefix(s.id.to_be_bytes()).keys() {
                     tree.remove(key.map_err(|e| self.io(e))?)
                         .map_err(|e| self.io(e))?;
@@ -292,16 +285,15 @@ impl Store {
     }
 
     /// After a bastiond that died: marks the sessions it left live as interrupted (returning
-    /// their ids), cuts their segments back to the last referenced block (a crash mid-append
-    /// leaves a torn record) and removes segment files no session refers to (a crash
-    /// mid-retention).
+    /// their ids), cuts their segments back to the last committed block (a crash mid-append
+    /// leaves a torn record, a crash mid-commit data the metadata does not count) and removes
+    /// segment files no session refers to (a crash mid-retention).
     pub fn mark_interrupted(&self) -> Result<Vec<u64>, StoreError> {
         let mut ids = Vec::new();
         let sessions = self.sessions()?;
         for mut s in sessions.iter().cloned() {
             if s.state == SessionState::Live {
-                self.drop_uncommitted(&s)?;
-                segments::cut_after(&self.segments, s.id, self.last_ref(s.id)?)?;
+                self.cut_uncommitted(&s)?;
                 s.state = SessionState::Interrupted;
                 self.put_session(&s)?;
                 ids.push(s.id);
@@ -318,91 +310,31 @@ impl Store {
         Ok(ids)
     }
 
-    /// Removes the references and chain values of blocks past what `meta` counts: a commit
-    /// a crash interrupted before its metadata (the commit point) was stored.
-    fn drop_uncommitted(&self, meta: &SessionMeta) -> Result<(), StoreError> {
-        for name in [REFS_TREE, CHAIN_TREE] {
-            let tree = self.tree(name)?;
-            let past = block_key(meta.id, meta.blocks)..=block_key(meta.id, u32::MAX);
-            for key in tree.range(past).keys() {
-                let key = key.map_err(|e| self.io(e))?;
+    /// Removes what a crash left past what `meta` counts (the commit point): the starts of
+    /// segments that begin after its last block, and the segments' bytes after that block.
+    /// A record that cannot be walked to its end is left as it is, for `verify` to name.
+    fn cut_uncommitted(&self, meta: &SessionMeta) -> Result<(), StoreError> {
+        let tree = self.tree(SEGMENTS_TREE)?;
+        for s in self.segment_starts(meta.id)? {
+            if s.first >= meta.blocks {
                 tracing::warn!(
                     session = meta.id,
-                    block = block_number(&key),
-                    "removing a block a crash left uncommitted"
+                    segment = s.seq,
+                    "removing a segment a crash left uncommitted"
                 );
-                tree.remove(key).map_err(|e| self.io(e))?;
+                tree.remove(s.key(meta.id)).map_err(|e| self.io(e))?;
             }
         }
+        let mut cursor = self.cursor(meta)?;
+        for _ in 0..meta.blocks {
+            if let Err(e) = cursor.skip() {
+                tracing::warn!(session = meta.id, error = %e, "record unreadable; nothing cut");
+                return Ok(());
+            }
+        }
+        segments::cut_after(&self.segments, meta.id, cursor.position())?;
         Ok(())
     }
-
-    /// The reference of session `id`'s last stored block.
-    fn last_ref(&self, id: u64) -> Result<Option<BlockRef>, StoreError> {
-        let last = self
-            .tree(REFS_TREE)?
-            .scan_prefix(id.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(|e| self.io(e))?;
-        Ok(last.map(|(_, v)| BlockRef::decode(&v)).transpose()?)
-    }
-}
-
-/// Schema step 6: moves each session's blocks from `record_blocks` into a segment file, then
-/// swaps the bytes for references in one transaction per session. A step interrupted part-way
-/// resumes: a session whose blocks are still in `record_blocks` has its segment written anew.
-pub(super) fn move_blocks_to_segments(
-    db: &sled::Db,
-    dir: &Path,
-) -> Result<(), super::migrate::StepError> {
-    let legacy = db.open_tree(LEGACY_BLOCKS_TREE)?;
-    let refs = db.open_tree(REFS_TREE)?;
-    let chains = db.open_tree(CHAIN_TREE)?;
-    let ids: std::collections::BTreeSet<u64> = legacy
-        .iter()
-        .keys()
-        .map(|k| k.map(|k| id_of(&k)))
-        .collect::<Result<_, _>>()?;
-    for id in ids {
-        let mut writer = SegmentWriter::rewrite(dir.to_owned(), id);
-        let mut moved = Vec::new();
-        for item in legacy.scan_prefix(id.to_be_bytes()) {
-            let (k, bytes) = item?;
-            let n = block_number(&k);
-            // A legacy block without a chain value gets zeros in its header: the header's
-            // chain is a copy for repair, `record_chain` stays the one verify reads.
-            let chain = chains
-                .get(&k)?
-                .and_then(|c| <[u8; 32]>::try_from(c.as_ref()).ok())
-                .unwrap_or([0; 32]);
-            moved.push((k, writer.append(n, &bytes, &chain)?));
-        }
-        writer.sync()?;
-        (&legacy, &refs)
-            .transaction(|(l, r)| {
-                for (k, at) in &moved {
-                    r.insert(k, &at.encode()[..])?;
-                    l.remove(k)?;
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => e,
-                sled::transaction::TransactionError::Abort(()) => {
-                    sled::Error::Unsupported("aborted".into())
-                }
-            })?;
-        db.flush()?;
-    }
-    Ok(())
-}
-
-/// The session id in a [`block_key`].
-fn id_of(key: &[u8]) -> u64 {
-    key.get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
 }
 
 #[cfg(test)]
@@ -465,61 +397,6 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_5_store_moves_its_blocks_to_segments_and_still_verifies() {
-        use bastion_core::integrity;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        let mut meta = SessionMeta::starting(5, "203.0.113.10:22".parse().unwrap());
-        {
-            // What a schema-5 bastiond left: the bytes in `record_blocks`.
-            let db = sled::open(&path).unwrap();
-            db.open_tree(super::super::META_TREE)
-                .unwrap()
-                .insert(super::super::SCHEMA_KEY, &5u32.to_be_bytes())
-                .unwrap();
-            let (blocks, chains) = (
-                db.open_tree(LEGACY_BLOCKS_TREE).unwrap(),
-                db.open_tree(CHAIN_TREE).unwrap(),
-            );
-            let mut c = integrity::genesis(5);
-            for (n, text) in ["old ", "recording"].iter().enumerate() {
-                let stored = text_block(text);
-                c = integrity::next(&c, n as u32, &stored);
-                blocks.insert(block_key(5, n as u32), stored).unwrap();
-                chains.insert(block_key(5, n as u32), &c[..]).unwrap();
-            }
-            meta.blocks = 2;
-            meta.chain = Some(integrity::hex(&c));
-            meta.state = SessionState::Closed;
-            db.open_tree(SESSIONS_TREE)
-                .unwrap()
-                .insert(5u64.to_be_bytes(), serde_json::to_vec(&meta).unwrap())
-                .unwrap();
-            db.flush().unwrap();
-        }
-        // An earlier run of step 6 was interrupted after writing a segment it never referred
-        // to: the step starts that session over.
-        let seg_dir = segments::dir(&path);
-        std::fs::create_dir_all(&seg_dir).unwrap();
-        std::fs::write(seg_dir.join("0000000000000005-00000000.seg"), b"half").unwrap();
-
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), crate::SCHEMA_VERSION);
-        assert_eq!(store.tree(LEGACY_BLOCKS_TREE).unwrap().len(), 0);
-        let text: String = store
-            .session_frames(5)
-            .unwrap()
-            .iter()
-            .map(|f| String::from_utf8_lossy(&f.data).into_owned())
-            .collect();
-        assert_eq!(text, "old recording");
-        let head = integrity::parse_hex(meta.chain.as_deref().unwrap()).unwrap();
-        let blocks = store.session_blocks(5).unwrap();
-        assert_eq!(integrity::check(5, &blocks, 2, &head), Ok(()));
-        assert!(store.size_on_disk().unwrap() > segments::MAGIC.len() as u64);
-    }
-
-    #[test]
     fn reopening_after_a_crash_cuts_torn_tails_and_sweeps_orphans() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
@@ -535,15 +412,21 @@ mod tests {
                 .unwrap();
             let file = seg_dir.join("000000000000000b-00000000.seg");
             let len = std::fs::metadata(&file).unwrap().len();
-            // A commit a crash cut short: block 1 appended and referenced, the metadata (the
-            // commit point) never updated.
-            let at = w.append(1, &text_block("lost"), &[1; 32]).unwrap();
+            // A commit a crash cut short: block 1 appended and synced, the next segment
+            // started and recorded, the metadata (the commit point) never updated.
+            w.append(1, &text_block("lost"), &[1; 32]).unwrap();
             w.sync().unwrap();
+            let next = SegmentStart { seq: 1, first: 2 };
             store
-                .tree(REFS_TREE)
+                .tree(SEGMENTS_TREE)
                 .unwrap()
-                .insert(block_key(11, 1), &at.encode()[..])
+                .insert(next.key(11), &next.value()[..])
                 .unwrap();
+            std::fs::write(
+                seg_dir.join("000000000000000b-00000001.seg"),
+                segments::MAGIC,
+            )
+            .unwrap();
             store.flush().unwrap();
             // A crash mid-append, and files of a session retention removed (not theirs).
             let mut torn = std::fs::read(&file).unwrap();
@@ -560,6 +443,12 @@ mod tests {
             segments::sessions_on_disk(&seg_dir).unwrap(),
             [11].into_iter().collect()
         );
+        assert_eq!(
+            store.segment_starts(11).unwrap(),
+            vec![SegmentStart { seq: 0, first: 0 }],
+            "the uncommitted segment is gone"
+        );
+        assert!(!seg_dir.join("000000000000000b-00000001.seg").exists());
         let frames = store.session_frames(11).unwrap();
         assert_eq!(frames.len(), 1, "the uncommitted block is gone");
         assert_eq!(frames[0].data, "kept");

@@ -41,7 +41,7 @@ fn delete_session(store: &Path, db: &sled::Db, id: u64) {
         .remove(id.to_be_bytes())
         .unwrap()
         .expect("the session is stored");
-    for tree in ["record_refs", "record_chain", "commands"] {
+    for tree in ["record_segments", "commands"] {
         let tree = db.open_tree(tree).unwrap();
         for key in tree.scan_prefix(id.to_be_bytes()).keys() {
             tree.remove(key.unwrap()).unwrap();

@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::Write,
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -27,83 +25,71 @@ mod common;
 
 use common::sessions;
 
-fn block_key(id: u64, n: u32) -> Vec<u8> {
-    let mut k = id.to_be_bytes().to_vec();
-    k.extend_from_slice(&n.to_be_bytes());
-    k
-}
-
-/// A stopped store's recorded blocks as an attacker with disk access sees them: references in
-/// `record_refs` (version, segment, offset, length), bytes in the session's segment files behind
-/// a header (session, block, length, CRC-32, chain). A rewritten block is appended with a header
-/// and checksum that match, and its reference moved to it: only the chain can tell.
+/// A stopped store's recorded blocks as an attacker with disk access sees them: the session's
+/// segment files, each the magic then block after block behind a header (session, block,
+/// length, CRC-32, chain). A rewritten block is written in place with a header and checksum
+/// that match, the blocks after it moved along: only the chain can tell.
 struct Blocks {
-    refs: sled::Tree,
     segments: PathBuf,
 }
 
-const HEADER: u64 = 52;
+const MAGIC: usize = 8;
+const HEADER: usize = 52;
 
 impl Blocks {
-    fn open(db: &sled::Db, store: &Path) -> Blocks {
+    fn open(store: &Path) -> Blocks {
         Blocks {
-            refs: db.open_tree("record_refs").unwrap(),
             segments: store.join("segments"),
         }
     }
 
     fn sessions(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .refs
-            .iter()
-            .keys()
-            .map(|k| u64::from_be_bytes(k.unwrap()[..8].try_into().unwrap()))
+        let mut ids: Vec<u64> = std::fs::read_dir(&self.segments)
+            .unwrap()
+            .map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                u64::from_str_radix(&name[..16], 16).unwrap()
+            })
             .collect();
+        ids.sort();
         ids.dedup();
         ids
     }
 
-    /// (segment file, offset of the header, length) of block `n` of session `id`.
-    fn locate(&self, id: u64, n: u32) -> Option<(PathBuf, u64, u32)> {
-        let r = self.refs.get(block_key(id, n)).unwrap()?;
-        let seq = u32::from_be_bytes(r[1..5].try_into().unwrap());
-        let offset = u64::from_be_bytes(r[5..13].try_into().unwrap());
-        let len = u32::from_be_bytes(r[13..17].try_into().unwrap());
-        Some((
-            self.segments.join(format!("{id:016x}-{seq:08x}.seg")),
-            offset,
-            len,
-        ))
+    /// (segment file, its bytes, offset of the header, length) of block `n` of session `id`,
+    /// found by walking the headers.
+    fn locate(&self, id: u64, n: u32) -> Option<(PathBuf, Vec<u8>, usize, usize)> {
+        for seq in 0u32.. {
+            let file = self.segments.join(format!("{id:016x}-{seq:08x}.seg"));
+            let raw = std::fs::read(&file).ok()?;
+            let mut at = MAGIC;
+            while at + HEADER <= raw.len() {
+                let block = u32::from_be_bytes(raw[at + 8..at + 12].try_into().unwrap());
+                let len = u32::from_be_bytes(raw[at + 12..at + 16].try_into().unwrap()) as usize;
+                if block == n {
+                    return Some((file, raw, at, len));
+                }
+                at += HEADER + len;
+            }
+        }
+        None
     }
 
     fn get(&self, id: u64, n: u32) -> Option<Vec<u8>> {
-        let (file, offset, len) = self.locate(id, n)?;
-        let mut bytes = vec![0u8; len as usize];
-        std::fs::File::open(file)
-            .unwrap()
-            .read_exact_at(&mut bytes, offset + HEADER)
-            .unwrap();
-        Some(bytes)
+        let (_, raw, at, len) = self.locate(id, n)?;
+        Some(raw[at + HEADER..at + HEADER + len].to_vec())
     }
 
     fn put(&self, id: u64, n: u32, bytes: &[u8]) {
-        let (file, offset, _) = self.locate(id, n).unwrap();
-        let f = std::fs::File::open(&file).unwrap();
-        let mut header = [0u8; HEADER as usize];
-        f.read_exact_at(&mut header, offset).unwrap();
+        let (file, raw, at, len) = self.locate(id, n).unwrap();
+        let mut header = raw[at..at + HEADER].to_vec();
         header[12..16].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
         header[16..20].copy_from_slice(&crc32fast::hash(bytes).to_be_bytes());
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&file)
-            .unwrap();
-        let at = f.metadata().unwrap().len();
-        f.write_all(&header).unwrap();
-        f.write_all(bytes).unwrap();
-        let mut r = self.refs.get(block_key(id, n)).unwrap().unwrap().to_vec();
-        r[5..13].copy_from_slice(&at.to_be_bytes());
-        r[13..17].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
-        self.refs.insert(block_key(id, n), r).unwrap();
+        let mut out = raw[..at].to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&raw[at + HEADER + len..]);
+        std::fs::write(file, out).unwrap();
     }
 }
 
@@ -183,8 +169,7 @@ fn verify_names_every_tampered_session_and_position() {
 
     let (ids, positions): (Vec<u64>, [u32; 3]) = {
         let store = &lab.info().bastiond.store;
-        let db = sled::open(store).unwrap();
-        let blocks = Blocks::open(&db, store);
+        let blocks = Blocks::open(store);
         let ids = blocks.sessions();
         let (flip, delete, swap) = (ids[0], ids[1], ids[2]);
         let mut bytes = blocks.get(flip, 0).unwrap();
@@ -195,7 +180,6 @@ fn verify_names_every_tampered_session_and_position() {
             f.remove(1);
         });
         let swapped = rewrite_frames(&blocks, swap, |f| f.swap(1, 2));
-        db.flush().unwrap();
         (ids, [0, deleted, swapped])
     };
 

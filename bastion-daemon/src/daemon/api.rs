@@ -330,7 +330,10 @@ impl Daemon {
             ExportFormat::Asciicast => export::asciicast(&meta, &frames),
             ExportFormat::Json => export::json(&meta, &frames).to_string(),
             ExportFormat::Sealed => {
-                let blocks = self.store.session_blocks(id).map_err(ApiError::internal)?;
+                let blocks = self
+                    .store
+                    .session_blocks(&meta)
+                    .map_err(ApiError::internal)?;
                 let audit_key = self
                     .proxy
                     .keys
@@ -469,13 +472,7 @@ impl Daemon {
             // One block at a time: a recording of any size verifies in bounded memory.
             let mut walk = bastion_core::integrity::Walk::new(meta.id, meta.blocks);
             self.store
-                .for_each_block(meta.id, |b| {
-                    // A live session's recorder may be committing: blocks past what its
-                    // metadata (the commit point) counts are not part of the record yet.
-                    if meta.state == bastion_core::session::SessionState::Live && b.n >= meta.blocks
-                    {
-                        return false;
-                    }
+                .for_each_block(meta, |b| {
                     walk.feed(&b);
                     true
                 })
@@ -483,7 +480,7 @@ impl Daemon {
             // Only when the chain breaks: the frames before the broken block, read again.
             let frames_before = |n: u32| {
                 let mut frames = 0;
-                let _ = self.store.for_each_block(meta.id, |b| {
+                let _ = self.store.for_each_block(meta, |b| {
                     if b.n >= n {
                         return false;
                     }
