@@ -2,8 +2,11 @@
 //! own (up to 8 per core) and keeps what is freed in them for reuse; under recording load the
 //! blocking pool's threads come and go, each new one could take a new heap, and bastiond's RSS
 //! climbed with the volume recorded as more heaps reached their high-water marks, well after
-//! the sessions that needed them ended. So: two heaps in all ([`bound_heaps`], at start), and
-//! the free pages in them returned to the kernel every few seconds ([`trim_periodically`]).
+//! the sessions that needed them ended. So: two heaps in all ([`bound_heaps`], at start), large
+//! blocks always mapped on their own (glibc otherwise raises its mmap threshold each time one is
+//! freed, up to 32 MiB, after which block buffers and zstd contexts land in the heaps and
+//! fragment them), and the free pages in the heaps returned to the kernel every few seconds
+//! ([`trim_periodically`]).
 //! `cargo xtask bench --volume-only` measures RSS at 1 GiB and 10 GiB recorded.
 
 use std::{future::Future, time::Duration};
@@ -27,12 +30,17 @@ pub async fn trim_periodically(shutdown: impl Future<Output = ()>) {
 /// reached at once keeps RSS from creeping up as new threads appear.
 const HEAPS: i32 = 2;
 
-/// Caps the allocator's heaps. Call before any thread starts.
+/// Allocations of this size and up get a mapping of their own, returned whole when freed.
+/// Set, it stays put (glibc's threshold is dynamic only while never set).
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Caps the allocator's heaps and fixes its mmap threshold. Call before any thread starts.
 pub fn bound_heaps() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt changes an allocator parameter; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, HEAPS);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

@@ -86,6 +86,40 @@ fn carry(lab: &Lab, down: bool, mib: u64, random: &Path, text: &Path) -> anyhow:
     Ok(want)
 }
 
+/// Where bastiond's anonymous memory is (KiB): the main heap, the other malloc heaps (mapped
+/// at 64 MiB boundaries), and the rest (stacks, large blocks mapped on their own, sled).
+fn anon_layout(b: &Bastiond) -> String {
+    let Some(pid) = b.pid() else {
+        return String::new();
+    };
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut arenas, mut other, mut maps) = (0u64, 0u64, 0u64, 0u64);
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((lo, _)) = first.split_once('-')
+            && let Ok(lo) = u64::from_str_radix(lo, 16)
+        {
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            kind = match name {
+                "[heap]" => 1,
+                "" if lo % (64 << 20) == 0 => 2,
+                _ => 3,
+            };
+            maps += 1;
+        } else if first == "Anonymous:" {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                1 => heap += kib,
+                2 => arenas += kib,
+                _ => other += kib,
+            }
+        }
+    }
+    format!("heap {heap}, other heaps {arenas}, rest {other} in {maps} maps")
+}
+
 /// A number field of bastiond's /proc status (`VmRSS:`, `RssAnon:`, `Threads:`...).
 fn status(b: &Bastiond, field: &str) -> u64 {
     crate::bench::status_field(b, field)
@@ -135,9 +169,10 @@ pub fn volume(lab: &Lab, b: &Bastiond, marks_mib: &[u64]) -> anyhow::Result<Valu
         std::thread::sleep(Duration::from_secs(7));
         let rss = rss_kib(b);
         eprintln!(
-            "    {} MiB recorded: bastiond RSS {rss} KiB ({} anon, {} file; peak {}), {} threads",
+            "    {} MiB recorded: bastiond RSS {rss} KiB ({} anon: {}; {} file; peak {}), {} threads",
             carried >> 20,
             status(b, "RssAnon:"),
+            anon_layout(b),
             status(b, "RssFile:"),
             status(b, "VmHWM:"),
             status(b, "Threads:")
