@@ -68,6 +68,7 @@ fn start(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(bastion::allocator::BLOCKING_IDLE)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
