@@ -27,6 +27,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use bastion_core::integrity::StoredBlock;
+
 /// Every segment file starts with these bytes (the format's version is the last two).
 pub const MAGIC: &[u8; 8] = b"BSTSEG01";
 /// Bytes before each block: session (8), block number (4), length (4), CRC-32 (4), chain (32).
@@ -93,15 +95,6 @@ impl SegmentStart {
             _ => Err(SegmentError::Start(value.len())),
         }
     }
-}
-
-/// One block as read back: its number, stored bytes and the chain value its header carries
-/// (`None` when that is all zeros: a block recorded before integrity existed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadBlock {
-    pub n: u32,
-    pub bytes: Vec<u8>,
-    pub chain: Option<[u8; 32]>,
 }
 
 pub fn dir(store: &Path) -> PathBuf {
@@ -312,24 +305,22 @@ impl BlockCursor {
         Ok(())
     }
 
-    /// The next block, or `None` past the end. A block whose bytes fail their checksum is an
-    /// error and the cursor moves past it; one whose header is not what is expected there
-    /// ends the walk (nothing after it can be found).
-    pub fn next_block(&mut self) -> Option<Result<ReadBlock, SegmentError>> {
+    /// The next block, or `None` past the end; its chain value is the one its header carries
+    /// (`None` when that is all zeros: a block recorded before integrity existed). A block
+    /// whose bytes fail their checksum is an error and the cursor moves past it; one whose
+    /// header is not what is expected there ends the walk (nothing after it can be found).
+    pub fn next_block(&mut self) -> Option<Result<StoredBlock, SegmentError>> {
         if self.n >= self.end {
             return None;
         }
         let n = self.n;
-        let header = match self.header() {
-            Ok(h) => h,
+        let (at, header) = match self.advance() {
+            Ok(found) => found,
             Err(e) => {
                 self.end = n;
                 return Some(Err(e));
             }
         };
-        let at = self.offset;
-        self.offset += HEADER + u64::from(header.len);
-        self.n += 1;
         let mut bytes = vec![0u8; header.len as usize];
         let Some((_, file, _)) = self.open.as_ref() else {
             return Some(Err(self.missing(n, "no open segment")));
@@ -348,7 +339,7 @@ impl BlockCursor {
                 "its bytes do not match their checksum".into(),
             )));
         }
-        Some(Ok(ReadBlock {
+        Some(Ok(StoredBlock {
             n,
             bytes,
             chain: (header.chain != [0; 32]).then_some(header.chain),
@@ -357,10 +348,16 @@ impl BlockCursor {
 
     /// Moves past the next block without reading its bytes.
     pub fn skip(&mut self) -> Result<(), SegmentError> {
+        self.advance().map(drop)
+    }
+
+    /// Reads the next block's header and moves past the block; returns where the header is.
+    fn advance(&mut self) -> Result<(u64, Header), SegmentError> {
         let header = self.header()?;
+        let at = self.offset;
         self.offset += HEADER + u64::from(header.len);
         self.n += 1;
-        Ok(())
+        Ok((at, header))
     }
 
     /// Where the blocks walked so far end: the open segment and the offset past the last one.

@@ -222,20 +222,14 @@ impl Store {
             let Some(read) = cursor.next_block() else {
                 break;
             };
-            let block = read
-                .map(|b| StoredBlock {
-                    n: b.n,
-                    bytes: b.bytes,
-                    chain: b.chain,
-                })
-                .unwrap_or_else(|e| {
-                    tracing::warn!(session = meta.id, block = n, error = %e, "recorded block unreadable");
-                    StoredBlock {
-                        n,
-                        bytes: Vec::new(),
-                        chain: None,
-                    }
-                });
+            let block = read.unwrap_or_else(|e| {
+                tracing::warn!(session = meta.id, block = n, error = %e, "recorded block unreadable");
+                StoredBlock {
+                    n,
+                    bytes: Vec::new(),
+                    chain: None,
+                }
+            });
             if !f(block) {
                 break;
             }
@@ -325,12 +319,13 @@ impl Store {
                 tree.remove(s.key(meta.id)).map_err(|e| self.io(e))?;
             }
         }
+        // Past the committed blocks of the last segment that holds any: the end to cut at.
         let mut cursor = self.cursor(meta)?;
-        for _ in 0..meta.blocks {
-            if let Err(e) = cursor.skip() {
-                tracing::warn!(session = meta.id, error = %e, "record unreadable; nothing cut");
-                return Ok(());
-            }
+        if meta.blocks > 0
+            && let Err(e) = cursor.seek(meta.blocks)
+        {
+            tracing::warn!(session = meta.id, error = %e, "record unreadable; nothing cut");
+            return Ok(());
         }
         segments::cut_after(&self.segments, meta.id, cursor.position())?;
         Ok(())

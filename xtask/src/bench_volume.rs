@@ -86,38 +86,48 @@ fn carry(lab: &Lab, down: bool, mib: u64, random: &Path, text: &Path) -> anyhow:
     Ok(want)
 }
 
-/// Where bastiond's anonymous memory is (KiB): the main heap, the other malloc heaps (mapped
-/// at 64 MiB boundaries), and the rest (stacks, large blocks mapped on their own, sled).
+/// Where bastiond's anonymous memory is (KiB): the main heap, the other malloc heaps, and the
+/// rest (stacks, large blocks mapped on their own, sled). glibc reserves each other heap as a
+/// 64 MiB-aligned region and splits it into several mappings as it grows, so a mapping belongs
+/// to one when an unnamed mapping starts at its 64 MiB boundary.
 fn anon_layout(b: &Bastiond) -> String {
+    const HEAP_MAX: u64 = 64 << 20;
     let Some(pid) = b.pid() else {
         return String::new();
     };
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut heap, mut arenas, mut other, mut maps) = (0u64, 0u64, 0u64, 0u64);
-    let mut kind = 0;
+    // (start, name, anonymous KiB) per mapping.
+    let mut maps: Vec<(u64, &str, u64)> = Vec::new();
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or("");
         if let Some((lo, _)) = first.split_once('-')
             && let Ok(lo) = u64::from_str_radix(lo, 16)
         {
-            let name = line.split_whitespace().nth(5).unwrap_or("");
-            kind = match name {
-                "[heap]" => 1,
-                "" if lo % (64 << 20) == 0 => 2,
-                _ => 3,
-            };
-            maps += 1;
-        } else if first == "Anonymous:" {
-            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            match kind {
-                1 => heap += kib,
-                2 => arenas += kib,
-                _ => other += kib,
-            }
+            maps.push((lo, line.split_whitespace().nth(5).unwrap_or(""), 0));
+        } else if first == "Anonymous:"
+            && let Some(m) = maps.last_mut()
+        {
+            m.2 += words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         }
     }
-    format!("heap {heap}, other heaps {arenas}, rest {other} in {maps} maps")
+    let heap_bases: std::collections::BTreeSet<u64> = maps
+        .iter()
+        .filter(|(lo, name, _)| name.is_empty() && lo % HEAP_MAX == 0)
+        .map(|(lo, _, _)| *lo)
+        .collect();
+    let (mut heap, mut arenas, mut other) = (0u64, 0u64, 0u64);
+    for (lo, name, kib) in &maps {
+        match *name {
+            "[heap]" => heap += kib,
+            "" if heap_bases.contains(&(lo - lo % HEAP_MAX)) => arenas += kib,
+            _ => other += kib,
+        }
+    }
+    format!(
+        "heap {heap}, other heaps {arenas}, rest {other} in {} maps",
+        maps.len()
+    )
 }
 
 /// A number field of bastiond's /proc status (`VmRSS:`, `RssAnon:`, `Threads:`...).
