@@ -4,7 +4,7 @@
 //! something is missing or mismatched this stops with one line that says what and how to fix it,
 //! before aya-build would fail deep inside the nested build (e.g. LLVM's "Invalid record").
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
@@ -30,14 +30,44 @@ fn main() -> anyhow::Result<()> {
     let root_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
-    aya_build::build_ebpf(
+    let out_dir = PathBuf::from(
+        std::env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR not set"))?,
+    );
+    let shared = shared_dir(&out_dir);
+    std::fs::create_dir_all(&shared)?;
+    // aya-build keeps its nested cargo's target directory under OUT_DIR, which is new for every
+    // profile the daemon is built in (check, dev, test, release): `cargo xtask test` compiled
+    // core and the eBPF crate four times, about a minute each. Pointed at one directory under
+    // the workspace's target directory instead, the nested cargo's own fingerprints make every
+    // build after the first a no-op; the programs are then copied where `enforce::programs`
+    // includes them from.
+    // SAFETY: a build script is single-threaded; aya-build reads OUT_DIR once, before it spawns.
+    unsafe { std::env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: "bastion-ebpf",
             root_dir,
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&pin.channel),
-    )
+    );
+    // SAFETY: as above.
+    unsafe { std::env::set_var("OUT_DIR", &out_dir) };
+    built?;
+    std::fs::copy(shared.join(PROGRAMS), out_dir.join(PROGRAMS))?;
+    Ok(())
+}
+
+/// The binary of bastion-ebpf that holds every program.
+const PROGRAMS: &str = "bastion-ebpf-programs";
+
+/// `<target>/ebpf` for an OUT_DIR of `<target>/<profile>/build/bastion-daemon-<hash>/out`.
+fn shared_dir(out_dir: &Path) -> PathBuf {
+    match out_dir.ancestors().nth(4) {
+        Some(target) => target.join("ebpf"),
+        // An unexpected layout only loses the sharing, not the build.
+        None => out_dir.join("ebpf"),
+    }
 }
 
 /// The pinned toolchain is installed with rust-src, and its LLVM is bpf-linker's.

@@ -125,16 +125,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     step(
         "build release bastiond and bastionctl",
-        cargo().args([
-            "build",
-            "--locked",
-            "--release",
-            "-p",
-            "bastion-daemon",
-            "-p",
-            "bastionctl",
-            "--bins",
-        ]),
+        &mut release_build(),
     )?;
     let bins = workspace().join("target/release");
     let rootfs = out.join("rootfs");
@@ -251,6 +242,22 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
 /// The data partition's contents for `--break keys`: bastiond's keys directory with its host
 /// key replaced by text that is no OpenSSH key (mode 0600, so the key loader gets as far as
 /// parsing it and fails on the content, not on the permissions).
+/// The build of what the image ships: release bastiond and bastionctl.
+pub fn release_build() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "bastion-daemon",
+        "-p",
+        "bastionctl",
+        "--bins",
+    ]);
+    cmd
+}
+
 fn broken_keys_seed(out: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let seed = out.join("data-seed");
