@@ -2,8 +2,9 @@
 //! own (up to 8 per core) and keeps what is freed in them for reuse; under recording load the
 //! blocking pool's threads come and go, each new one could take a new heap, and bastiond's RSS
 //! climbed with the volume recorded as more heaps reached their high-water marks, well after
-//! the sessions that needed them ended. So: two heaps in all ([`bound_heaps`], at start), large
-//! blocks always mapped on their own (glibc otherwise raises its mmap threshold each time one is
+//! the sessions that needed them ended. So: a heap for each thread that stays, and no more
+//! ([`bound_heaps`], at start; the recorder's disk threads are among those that stay, see
+//! `bastion_record::disk_thread`), large blocks always mapped on their own (glibc otherwise raises its mmap threshold each time one is
 //! freed, up to 32 MiB, after which block buffers and zstd contexts land in the heaps and
 //! fragment them), and the free pages in the heaps returned to the kernel every few seconds
 //! ([`trim_periodically`]).
@@ -31,9 +32,13 @@ pub async fn trim_periodically(shutdown: impl Future<Output = ()>) {
     }
 }
 
-/// Heaps the allocator may keep: one per core is enough for two workers, and a bound that is
-/// reached at once keeps RSS from creeping up as new threads appear.
-const HEAPS: i32 = 2;
+/// Heaps the allocator may keep: one for the main thread and one for each thread that stays,
+/// tokio's workers and the recorder's disk threads (one per core each). A bound reached at once
+/// keeps RSS from creeping up as the blocking pool's threads come and go: they share these.
+fn heaps() -> i32 {
+    let per_core = bastion_record::disk_thread::threads();
+    i32::try_from(1 + 2 * per_core).unwrap_or(i32::MAX)
+}
 
 /// Allocations of this size and up get a mapping of their own, returned whole when freed.
 /// Set, it stays put (glibc's threshold is dynamic only while never set).
@@ -44,7 +49,7 @@ pub fn bound_heaps() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt changes an allocator parameter; called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, HEAPS);
+        libc::mallopt(libc::M_ARENA_MAX, heaps());
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }

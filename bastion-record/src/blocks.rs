@@ -22,6 +22,8 @@ use bastion_core::{
 };
 use bastion_store::{SegmentWriter, Store};
 
+use crate::disk_thread;
+
 /// Raw bytes collected before a block is compressed and written.
 pub(crate) const BLOCK_TARGET: usize = 256 * 1024;
 /// Appended (compressed) bytes after which a commit does not wait for the next tick: bounds
@@ -37,14 +39,14 @@ pub(crate) struct Limits {
     pub quota_bytes: Option<u64>,
 }
 
-/// The part that does disk IO, moved whole into a blocking task for each step.
+/// The part that does disk IO, moved whole to the session's disk thread for each step.
 struct Disk {
     store: Arc<Store>,
     segment: SegmentWriter,
     /// Created with the first block (its error is then that block's).
     compressor: Option<block::Compressor>,
     /// The last block as stored, its allocation reused for the next: in steady state a
-    /// block costs no large allocation (which would spread over the blocking pool's threads'
+    /// block costs no large allocation (which would spread over the disk threads'
     /// heaps and keep RSS climbing with the volume recorded).
     stored: Vec<u8>,
     limits: Limits,
@@ -117,12 +119,12 @@ impl BlockWriter {
         let loose = std::mem::take(&mut self.loose);
         let counts = (self.bytes_in, self.bytes_out);
         let blocks = self.committed.blocks;
-        // The disk part goes to the blocking task and comes back with its result; one that
+        // The disk part goes to the disk thread and comes back with its result; one that
         // does not come back (the task panicked) leaves the session failed, as it must.
         let Some(mut disk) = self.disk.take() else {
             return Err(format!("block {blocks} not stored: the writer was lost"));
         };
-        let done = tokio::task::spawn_blocking(move || {
+        let done = disk_thread::run(self.committed.id, move || {
             let mut raw = raw;
             let result = disk.step(&raw, loose, counts, commit);
             raw.clear();
@@ -130,7 +132,7 @@ impl BlockWriter {
         })
         .await;
         match done {
-            Ok((disk, raw, Ok(committed))) => {
+            Some((disk, raw, Ok(committed))) => {
                 if let Some(c) = committed {
                     self.committed = c;
                 }
@@ -138,10 +140,8 @@ impl BlockWriter {
                 self.buf = raw;
                 Ok(())
             }
-            Ok((_, _, Err(e))) => Err(format!("block {} not stored: {e}", blocks)),
-            Err(e) => Err(format!(
-                "block {blocks} not stored: writer task failed: {e}"
-            )),
+            Some((_, _, Err(e))) => Err(format!("block {} not stored: {e}", blocks)),
+            None => Err(format!("block {blocks} not stored: the disk thread failed")),
         }
     }
 }

@@ -30,6 +30,7 @@ use bastion_core::{
 use bastion_store::Store;
 
 mod blocks;
+pub mod disk_thread;
 
 use blocks::{BlockWriter, Limits};
 
@@ -183,9 +184,13 @@ async fn write_loop(
     }
     let s = store.clone();
     let m = meta.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || s.put_session(&m))
+    if let Err(e) = disk_thread::run(m.id, move || s.put_session(&m))
         .await
-        .unwrap_or_else(|e| Err(bastion_store::StoreError::Task(e.to_string())))
+        .unwrap_or_else(|| {
+            Err(bastion_store::StoreError::Task(
+                "the disk thread failed".into(),
+            ))
+        })
     {
         tracing::error!(session = meta.id, error = %e, "cannot mark session closed");
     }
@@ -208,7 +213,7 @@ async fn fail(
     meta.ended_micros = Some(bastion_core::audit::now_micros());
     let s = store.clone();
     let m = meta.clone();
-    let written = tokio::task::spawn_blocking(move || {
+    let written = disk_thread::run(m.id, move || {
         s.put_session(&m)?;
         s.append_audit(
             Actor::Daemon,
@@ -220,7 +225,7 @@ async fn fail(
         )
     })
     .await;
-    if !matches!(written, Ok(Ok(_))) {
+    if !matches!(written, Some(Ok(_))) {
         tracing::error!(
             session = meta.id,
             "cannot mark the failed recording in the store"

@@ -187,7 +187,6 @@ pub fn volume(lab: &Lab, b: &Bastiond, marks_mib: &[u64]) -> anyhow::Result<Valu
             status(b, "VmHWM:"),
             status(b, "Threads:")
         );
-        if let Ok(p) = std::env::var("BENCH_PAUSE") { std::thread::sleep(Duration::from_secs(p.parse().unwrap_or(0))); }
         marks.push(json!({
             "recorded_mib": carried >> 20,
             "rss_kib": rss,
