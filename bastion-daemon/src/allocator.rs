@@ -2,12 +2,12 @@
 //! own (up to 8 per core) and keeps what is freed in them for reuse; under recording load the
 //! blocking pool's threads come and go, each new one could take a new heap, and bastiond's RSS
 //! climbed with the volume recorded as more heaps reached their high-water marks, well after
-//! the sessions that needed them ended. So: a heap for each thread that stays, and no more
+//! the sessions that needed them ended. So: a heap for each thread that stays and no more
 //! ([`bound_heaps`], at start; the recorder's disk threads are among those that stay, see
-//! `bastion_record::disk_thread`), large blocks always mapped on their own (glibc otherwise raises its mmap threshold each time one is
-//! freed, up to 32 MiB, after which block buffers and zstd contexts land in the heaps and
-//! fragment them), and the free pages in the heaps returned to the kernel every few seconds
-//! ([`trim_periodically`]).
+//! `bastion_record::disk_thread`), large blocks always mapped on their own (glibc otherwise
+//! raises its mmap threshold each time one is freed, up to 32 MiB, after which block buffers
+//! and zstd contexts land in the heaps and fragment them), and the free pages in the heaps
+//! returned to the kernel every few seconds ([`trim_periodically`]).
 //! `cargo xtask bench --volume-only` measures RSS at 1 GiB and 10 GiB recorded.
 
 use std::{future::Future, time::Duration};

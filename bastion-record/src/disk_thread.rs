@@ -63,7 +63,8 @@ pub(crate) async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
     let queues = queues();
-    let queue = queues.get(usize::try_from(session).ok()? % queues.len().max(1))?;
+    let index = session.checked_rem(queues.len() as u64)?;
+    let queue = queues.get(usize::try_from(index).ok()?)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
