@@ -239,9 +239,6 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The data partition's contents for `--break keys`: bastiond's keys directory with its host
-/// key replaced by text that is no OpenSSH key (mode 0600, so the key loader gets as far as
-/// parsing it and fails on the content, not on the permissions).
 /// The build of what the image ships: release bastiond and bastionctl.
 pub fn release_build() -> Command {
     let mut cmd = cargo();
@@ -258,6 +255,9 @@ pub fn release_build() -> Command {
     cmd
 }
 
+/// The data partition's contents for `--break keys`: bastiond's keys directory with its host
+/// key replaced by text that is no OpenSSH key (mode 0600, so the key loader gets as far as
+/// parsing it and fails on the content, not on the permissions).
 fn broken_keys_seed(out: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let seed = out.join("data-seed");
