@@ -14,9 +14,9 @@ use std::{future::Future, time::Duration};
 
 const EVERY: Duration = Duration::from_secs(5);
 
-/// How long an idle thread of the blocking pool (block writes, sled) waits for work before it
-/// exits (tokio's default is 10 s). A burst of recording starts threads; once they exit, their
-/// stacks go back to the kernel, so RSS after a burst follows what is running, not the burst.
+/// How long an idle thread of the blocking pool (sled reads, audit writes, control requests)
+/// waits for work before it exits (tokio's default is 10 s). A burst starts threads; once they
+/// exit, their stacks go back to the kernel, so RSS after a burst follows what is running.
 pub const BLOCKING_IDLE: Duration = Duration::from_secs(2);
 
 /// Returns the allocator's free pages to the kernel every [`EVERY`] until `shutdown`.
