@@ -45,6 +45,22 @@ impl Cidr {
         Ok(canonical)
     }
 
+    /// The prefix around `ip` that counts as one source: `v4_len` bits of an IPv4 address,
+    /// `v6_len` of an IPv6 one (an IPv4-mapped IPv6 address is its IPv4 address). One machine
+    /// is usually handed a whole IPv6 /64, so counting per /128 would count nothing.
+    pub fn source(ip: IpAddr, v4_len: u8, v6_len: u8) -> Cidr {
+        let ip = ip.to_canonical();
+        let len = if ip.is_ipv4() {
+            v4_len.min(32)
+        } else {
+            v6_len.min(128)
+        };
+        Cidr {
+            addr: mask(ip, len),
+            prefix_len: len,
+        }
+    }
+
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
@@ -121,6 +137,22 @@ impl<'de> Deserialize<'de> for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_is_its_prefix() {
+        let cases = [
+            ("198.51.100.77", "198.51.100.0/24"),
+            ("::ffff:198.51.100.77", "198.51.100.0/24"),
+            ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(
+                Cidr::source(ip.parse().unwrap(), 24, 64).to_string(),
+                want,
+                "{ip}"
+            );
+        }
+    }
 
     #[test]
     fn parses_and_rejects() {

@@ -107,6 +107,27 @@ pub struct SshConfig {
     /// per-source limit: anyone can spend another user's budget.
     #[serde(default = "default_max_failures_per_user")]
     pub max_failures_per_user: u32,
+    /// What the listeners offer: `modern` (what a scanner finds clean) or `compatible` (adds
+    /// algorithms old clients need).
+    #[serde(default)]
+    pub algorithms: Algorithms,
+    /// New connections one source (an IPv4 address, an IPv6 /64) may open per second, past a
+    /// burst of `connection_burst_per_source`, before key exchange: a faster source waits for its
+    /// server banner (at most the login grace), which is what keeps a DHEat-style flood of key
+    /// exchanges from costing the appliance CPU. 0 disables.
+    #[serde(default = "default_connections_per_source")]
+    pub connections_per_source_per_sec: u32,
+    #[serde(default = "default_connection_burst")]
+    pub connection_burst_per_source: u32,
+}
+
+/// The algorithm sets of `ssh.algorithms` (what each holds: `bastion_proxy::algorithms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithms {
+    #[default]
+    Modern,
+    Compatible,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +181,12 @@ fn default_max_failures() -> u32 {
 fn default_max_failures_per_user() -> u32 {
     100
 }
+fn default_connections_per_source() -> u32 {
+    5
+}
+fn default_connection_burst() -> u32 {
+    10
+}
 fn default_failure_window() -> u64 {
     60
 }
@@ -182,6 +209,9 @@ impl Default for SshConfig {
             failure_window_secs: default_failure_window(),
             failure_penalty_secs: default_failure_penalty(),
             max_failures_per_user: default_max_failures_per_user(),
+            algorithms: Algorithms::default(),
+            connections_per_source_per_sec: default_connections_per_source(),
+            connection_burst_per_source: default_connection_burst(),
         }
     }
 }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod algorithms;
 pub mod channel;
 pub mod events;
 pub mod handler;
@@ -23,6 +24,7 @@ pub mod relay;
 pub mod rights;
 pub mod session;
 pub mod shell;
+pub mod throttle;
 pub mod upstream;
 pub mod username;
 
@@ -65,6 +67,10 @@ pub struct ProxyContext {
     /// A connection that has not signed in by then is closed.
     pub login_grace: Duration,
     pub limiter: Mutex<ratelimit::Limiter<std::net::IpAddr>>,
+    /// New connections per source before their banner (`None`: `ssh.connections_per_source_per_sec = 0`).
+    pub throttle: Option<Mutex<throttle::Throttle>>,
+    /// What the listeners offer (`ssh.algorithms`).
+    pub algorithms: bastion_core::config::Algorithms,
     /// Per SSH user name (`login@target`); `None` when disabled.
     pub user_limiter: Option<Mutex<ratelimit::Limiter<String>>>,
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
@@ -84,6 +90,14 @@ impl ProxyContext {
         match &self.user_limiter {
             Some(l) => lock(l).check(&username.to_owned(), now),
             None => Ok(()),
+        }
+    }
+
+    /// Whether a new connection from `ip` is served now, after a wait, or closed.
+    pub fn admit(&self, ip: std::net::IpAddr) -> throttle::Admission {
+        match &self.throttle {
+            Some(t) => lock(t).admit(Cidr::source(ip, 32, 64), std::time::Instant::now()),
+            None => throttle::Admission::Now,
         }
     }
 
@@ -108,7 +122,11 @@ impl ProxyContext {
             .host_certs
             .for_target(&resolved)
             .map_err(|e| format!("internal: {e}"))?;
-        Ok(Arc::new(server_config(&self.keys, vec![cert])))
+        Ok(Arc::new(server_config(
+            &self.keys,
+            vec![cert],
+            self.algorithms,
+        )))
     }
 
     /// Stores `meta` as a live session, then starts its recorder: nothing is carried that is
@@ -185,10 +203,12 @@ impl ProxyContext {
 pub fn server_config(
     keys: &ApplianceKeys,
     certificates: Vec<ssh_key::Certificate>,
+    algorithms: bastion_core::config::Algorithms,
 ) -> russh::server::Config {
     russh::server::Config {
         keys: vec![keys.host_key.clone()],
         certificates,
+        preferred: algorithms::server_preferred(algorithms),
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: Some(Duration::from_secs(3600)),

@@ -21,7 +21,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{ProxyContext, handler::ClientHandler, session::SessionActor, username::Arrival};
+use super::{
+    ProxyContext, handler::ClientHandler, session::SessionActor, throttle::Admission,
+    username::Arrival,
+};
 
 /// Events buffered between a connection's russh handler and its actor.
 const EVENT_QUEUE: usize = 64;
@@ -42,6 +45,14 @@ pub async fn run(
     accept_each(listener, shutdown, move |stream, peer| {
         let ctx = ctx.clone();
         async move {
+            match ctx.admit(peer.ip()) {
+                Admission::Now => {}
+                Admission::After(wait) => tokio::time::sleep(wait).await,
+                Admission::Refuse => {
+                    tracing::debug!(%peer, "connection closed: its source opens connections faster than ssh.connections_per_source_per_sec");
+                    return;
+                }
+            }
             let _ = stream.set_nodelay(true);
             let (arrival, config) = match (mode, stream.local_addr()) {
                 (Mode::Explicit, _) => (Arrival::Explicit, ctx.server_config.clone()),

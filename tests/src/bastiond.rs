@@ -49,7 +49,9 @@ impl BastiondPaths {
 /// No limit in it may depend on how fast the machine is: a loaded machine (CI beside other jobs,
 /// labs running in parallel) takes seconds to sign in, so the login grace and connect timeout
 /// leave room for that, and failure windows and penalties outlast any test (a penalty that
-/// expired while a flood was still running let the throttled name through).
+/// expired while a flood was still running let the throttled name through). Nor is there a
+/// connection-rate throttle: tests open dozens of connections at once from one source; the
+/// throttle's own test (`ssh_surface`) removes the line and runs with the product's default.
 pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()> {
     if let Some(dir) = paths.config.parent() {
         std::fs::create_dir_all(dir)?;
@@ -62,7 +64,8 @@ pub fn write_config(name: &LabName, paths: &BastiondPaths) -> anyhow::Result<()>
              [store]\npath = \"{store}\"\n\n\
              [enforce]\nbpffs_dir = \"{bpffs}\"\ncgroup_root = \"{root}\"\n\
              daemon_cgroup = \"{daemon}\"\nprotected_subnets = [\"{PROTECTED_SUBNET}\"]\nprotected_interfaces = [\"{BASTION_PROTECTED_IF}\"]\n\n\
-             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 10\nlogin_grace_secs = 15\nmax_failures_per_user = 50\nfailure_window_secs = 3600\nfailure_penalty_secs = 3600\n\n\
+             [ssh]\nlisten = \"0.0.0.0:{SSH_PORT}\"\nkeys_dir = \"{keys}\"\nconnect_timeout_secs = 10\nlogin_grace_secs = 15\nmax_failures_per_user = 50\nfailure_window_secs = 3600\nfailure_penalty_secs = 3600\n\
+             connections_per_source_per_sec = 0\n\n\
              [record]\nflush_interval_ms = 100\n\n\
              [intercept]\ninterfaces = [\"{BASTION_ADMIN_IF}\"]\nlisten_port = {INTERCEPT_PORT}\n",
             socket = paths.control_socket.display(),
@@ -141,6 +144,20 @@ impl Bastiond {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// A number field of bastiond's `/proc/PID/status` (`VmRSS:`, `VmHWM:`, `RssAnon:`,
+    /// `Threads:`...), in its unit there (kB for sizes); 0 when bastiond is not running.
+    pub fn status_field(&self, field: &str) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
     }
 
     /// Runs `bastionctl --socket <lab socket> args...`.

@@ -9,6 +9,7 @@
 //! - [`cleanup`]: teardown by name, the registry used on Ctrl-C, and the sweep of stale runs;
 //! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop;
 //! - [`interactive`]: [`interactive::Interactive`], an `ssh -tt` session a test types at;
+//! - [`tools`]: ssh-audit, as setup installs it;
 //! - [`wait`]: bounded waits for what a test cannot be told about directly.
 //!
 //! Network rules (shared/notes/lab-network.md): only 198.51.100.0/24 (admin side) and
@@ -22,6 +23,7 @@ pub mod lab;
 pub mod names;
 pub mod sshd;
 pub mod sys;
+pub mod tools;
 pub mod topology;
 pub mod wait;
 

@@ -389,3 +389,27 @@ fn retention_deletes_old_recordings_and_audits_it() {
     let verdict = b.ctl_ok(&["verify", "--all"]).unwrap();
     assert!(verdict.contains("chain intact"), "{verdict}");
 }
+
+/// A client may claim a 65535×65535 terminal (and resize to another): the target sees that, but
+/// bastiond's terminal emulator keeps a bounded screen, so the session costs it megabytes.
+#[test]
+fn a_huge_terminal_leaves_bastiond_small() {
+    let (lab, b) = Lab::with_alice().unwrap();
+    let mut shell = lab
+        .interactive_on_pty("root@web1", &[], 65_535, 65_535)
+        .unwrap();
+    shell.send(b"stty size\r").unwrap();
+    shell.wait_for("65535 65535").unwrap();
+    shell.resize(65_534, 65_535).unwrap();
+    shell.send(b"stty size; echo done-$((6*7))\r").unwrap();
+    shell.wait_for("done-42").unwrap();
+    let rss_mib = b.status_field("VmRSS:") >> 10;
+    let peak_mib = b.status_field("VmHWM:") >> 10;
+    assert!(
+        peak_mib < 100,
+        "bastiond peaked at {peak_mib} MiB (now {rss_mib} MiB) for one huge terminal"
+    );
+    assert!(shell.output().contains("65534 65535"), "{}", shell.output());
+    shell.send(b"exit\r").unwrap();
+    shell.wait_exit().unwrap();
+}

@@ -534,15 +534,7 @@ fn echo_latency(p: &Path, samples: usize) -> anyhow::Result<(f64, f64)> {
 }
 
 pub(crate) fn status_field(b: &Bastiond, field: &str) -> u64 {
-    let Some(pid) = b.pid() else { return 0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    b.status_field(field)
 }
 
 fn rss_kib(b: &Bastiond) -> u64 {

@@ -32,7 +32,15 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     // The bench reads the kernel's per-program run time of the eBPF hooks.
     "bpftool",
+    // ssh-audit (from PyPI) runs in a virtual environment of Debian's Python; oathtool computes
+    // the lab's TOTP codes independently of bastiond.
+    "python3-venv",
+    "oathtool",
 ];
+/// The SSH scanner the lab runs against bastiond's listeners, in its own virtual environment.
+/// The lab library names the same path (`bastion_lab::tools::SSH_AUDIT`).
+const SSH_AUDIT_VENV: &str = "/opt/bastion-lab/ssh-audit";
+const SSH_AUDIT_VERSION: &str = "3.9.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
@@ -42,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
     apt(llvm)?;
     default_components()?;
     bpf_linker(llvm)?;
+    ssh_audit()?;
     eprintln!("    setup: done");
     Ok(())
 }
@@ -272,4 +281,39 @@ fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
         Some(have) => bail!("bpf-linker was rebuilt but reports LLVM {have}, not {llvm}"),
         None => bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH"),
     }
+}
+
+/// ssh-audit from PyPI, pinned, in a virtual environment of Debian's own Python (whatever other
+/// Python is first on PATH).
+fn ssh_audit() -> anyhow::Result<()> {
+    let venv = Path::new(SSH_AUDIT_VENV);
+    let bin = venv.join("bin/ssh-audit");
+    let have = toolchain::stdout_of(Command::new(venv.join("bin/pip")).args(["show", "ssh-audit"]))
+        .is_some_and(|s| {
+            s.lines()
+                .any(|l| l == format!("Version: {SSH_AUDIT_VERSION}"))
+        });
+    if have && bin.exists() {
+        eprintln!("    ssh-audit: present ({SSH_AUDIT_VERSION})");
+        return Ok(());
+    }
+    eprintln!("    ssh-audit: installing {SSH_AUDIT_VERSION} into {SSH_AUDIT_VENV}");
+    if !venv.join("bin/pip").exists() {
+        let status = Command::new("/usr/bin/python3")
+            .args(["-m", "venv", SSH_AUDIT_VENV])
+            .status()
+            .context("running /usr/bin/python3 -m venv")?;
+        if !status.success() {
+            bail!("cannot create the virtual environment {SSH_AUDIT_VENV} (python3-venv)");
+        }
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("ssh-audit=={SSH_AUDIT_VERSION}"))
+        .status()
+        .context("running pip install ssh-audit")?;
+    if !status.success() || !bin.exists() {
+        bail!("pip could not install ssh-audit {SSH_AUDIT_VERSION} (PyPI must be reachable)");
+    }
+    Ok(())
 }

@@ -178,7 +178,12 @@ pub struct ShellTracker {
 impl ShellTracker {
     pub fn new(cols: u32, rows: u32) -> ShellTracker {
         ShellTracker {
-            term: vt100::Parser::new_with_callbacks(dim(rows, 24), dim(cols, 80), 0, Scrolled(0)),
+            term: vt100::Parser::new_with_callbacks(
+                dim(rows, 24, MAX_ROWS),
+                dim(cols, 80, MAX_COLS),
+                0,
+                Scrolled(0),
+            ),
             current: None,
             pending: VecDeque::new(),
             resolved: Vec::new(),
@@ -192,7 +197,7 @@ impl ShellTracker {
     pub fn resize(&mut self, cols: u32, rows: u32) {
         self.term
             .screen_mut()
-            .set_size(dim(rows, 24), dim(cols, 80));
+            .set_size(dim(rows, 24, MAX_ROWS), dim(cols, 80, MAX_COLS));
     }
 
     /// Takes the client's keys up to the first Enter. Returns `Some(i)` when `keys[i]` is an
@@ -442,17 +447,41 @@ fn row_text(screen: &vt100::Screen, row: u16, start: u16, end: u16) -> String {
         .unwrap_or_default()
 }
 
-fn dim(v: u32, default: u16) -> std::num::NonZeroU16 {
-    u16::try_from(v)
-        .ok()
-        .and_then(std::num::NonZeroU16::new)
-        .or(std::num::NonZeroU16::new(default))
-        .unwrap_or(std::num::NonZeroU16::MIN)
+/// The largest screen the emulator keeps. A client may claim any size, and the target sees what
+/// it claims; but each cell costs 32 bytes here, twice once the alternate screen is used, so
+/// 65535×65535 would be 256 GiB. 512×256 is wider and taller than real terminals, and keeps one
+/// session's screens under 8 MiB. A wider terminal's long lines wrap here a little earlier,
+/// which reading a command line already handles.
+pub const MAX_COLS: u16 = 512;
+pub const MAX_ROWS: u16 = 256;
+
+/// A claimed dimension as the emulator's: 0 means `default`, anything past `max` is `max`.
+fn dim(v: u32, default: u16, max: u16) -> std::num::NonZeroU16 {
+    let v = if v == 0 {
+        default
+    } else {
+        u16::try_from(v).unwrap_or(max).min(max)
+    };
+    std::num::NonZeroU16::new(v).unwrap_or(std::num::NonZeroU16::MIN)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_screen_is_clamped_for_the_emulator() {
+        let size = |t: &ShellTracker| {
+            let (rows, cols) = t.term.screen().size();
+            (rows.get(), cols.get())
+        };
+        let mut t = ShellTracker::new(65_535, 65_535);
+        assert_eq!(size(&t), (MAX_ROWS, MAX_COLS));
+        t.resize(u32::MAX, 3);
+        assert_eq!(size(&t), (3, MAX_COLS));
+        t.resize(0, 0);
+        assert_eq!(size(&t), (24, 80));
+    }
 
     /// Plays `(keys, output)` steps; returns the lines.
     fn run(steps: &[(&[u8], &[u8])]) -> Vec<CommandLine> {

@@ -137,7 +137,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policy: policy.clone(),
         config_subnets: config_subnets.clone(),
         keys: keys.clone(),
-        server_config: Arc::new(bastion_proxy::server_config(&keys, Vec::new())),
+        server_config: Arc::new(bastion_proxy::server_config(
+            &keys,
+            Vec::new(),
+            config.ssh.algorithms,
+        )),
+        algorithms: config.ssh.algorithms,
+        throttle: bastion_proxy::throttle::Throttle::new(
+            config.ssh.connections_per_source_per_sec,
+            config.ssh.connection_burst_per_source,
+        )
+        .map(Mutex::new),
         host_certs: bastion_proxy::hostcert::HostCerts::new(keys.clone()),
         live: bastion_proxy::live::Registry::default(),
         store_floor: config.store.min_free_mb.saturating_mul(1 << 20),
