@@ -22,6 +22,7 @@ pub mod audit_flood;
 pub mod cidr;
 pub mod config;
 pub mod flow;
+pub mod host;
 pub mod integrity;
 pub mod keys;
 pub mod policy;

@@ -13,6 +13,7 @@
 pub mod algorithms;
 pub mod channel;
 pub mod events;
+pub mod forward;
 pub mod handler;
 pub mod hostcert;
 pub mod identity;

@@ -26,6 +26,7 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 use super::{
     ProxyContext, channel,
     events::{Event, OpenKind, Request},
+    forward::{self, Destination},
     identity, live,
     rights::{first_grant, open_label, request_name, right_for},
     shell::RuleHit,
@@ -307,16 +308,28 @@ impl SessionActor {
     /// starts pumping (a target may talk first, e.g. a forwarded service's banner).
     async fn open(
         &mut self,
-        kind: OpenKind,
+        mut kind: OpenKind,
         down: russh::Channel<russh::server::Msg>,
         reply: russh::server::ChannelOpenHandle,
     ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
-        if let OpenKind::DirectTcpip { host, port, .. } = &kind {
-            match self.jump_target(host, *port) {
+        if let OpenKind::DirectTcpip { host, port, .. } = &mut kind {
+            let judged = forward::destination(&self.ctx.policy(), &self.ctx.config_subnets, host)
+                .await
+                .and_then(|dest| match dest {
+                    // The target dials the address that was judged, not the name.
+                    Destination::Outside(addr) => {
+                        *host = addr.to_string();
+                        Ok(None)
+                    }
+                    Destination::Protected(as_host) => self
+                        .jump_target(&as_host, *port)
+                        .map(|config| Some((as_host, config))),
+                });
+            match judged {
                 Ok(None) => {}
-                Ok(Some((port, config))) => {
+                Ok(Some((as_host, (port, config)))) => {
                     reply.accept().await;
-                    self.jump(down, host.clone(), port, config);
+                    self.jump(down, as_host, port, config);
                     return Ok(());
                 }
                 Err(reason) => {
@@ -352,21 +365,19 @@ impl SessionActor {
         }
     }
 
-    /// `Some((port, server config))` when a `direct-tcpip` to `host:port` is SSH to a protected
-    /// target, which bastiond answers itself (ProxyJump); `None` when `host` is not protected (a
-    /// forward through the target, under the forward right). Other ports of protected addresses
-    /// are refused: a forward must never become a way around the audited path.
+    /// `(port, server config)` for a `direct-tcpip` to protected `host` (as
+    /// [`forward::destination`] names it) when it is SSH, which bastiond answers itself
+    /// (ProxyJump). Other ports of protected addresses are refused: a forward must never become
+    /// a way around the audited path.
     fn jump_target(
         &self,
         host: &str,
         port: u32,
-    ) -> Result<Option<(u16, Arc<russh::server::Config>)>, String> {
-        let Ok(target) = policy::resolve_target(&self.ctx.policy(), host, &self.ctx.config_subnets)
-        else {
-            return Ok(None);
-        };
+    ) -> Result<(u16, Arc<russh::server::Config>), String> {
+        let target = policy::resolve_target(&self.ctx.policy(), host, &self.ctx.config_subnets)
+            .map_err(|e| e.to_string())?;
         match u16::try_from(port) {
-            Ok(p) if p == target.port || p == 22 => Ok(Some((p, self.ctx.answer_as(host)?))),
+            Ok(p) if p == target.port || p == 22 => Ok((p, self.ctx.answer_as(host)?)),
             _ => Err(format!(
                 "{host} is protected: only SSH to it is carried (as an audited session), not port {port}"
             )),
@@ -519,10 +530,23 @@ impl SessionActor {
             .map_err(|e| format!("internal: stored key for {login}@{target}: {e}"))
     }
 
-    /// Records and audits a refused request or channel (the caller tells the client).
+    /// Records and audits a refused request or channel (the caller tells the client). Before
+    /// the session is routed (a forward is judged first) there is no record yet: the refusal is
+    /// audited against the signed-in user.
     async fn refuse(&self, channel: u32, what: String, reason: String) {
-        let Phase::Routed { route, .. } = &self.phase else {
-            return;
+        let route = match &self.phase {
+            Phase::Routed { route, .. } => route,
+            Phase::SignedIn(identity) => {
+                self.audit(AuditKind::SessionRefused {
+                    client: self.client.to_string(),
+                    user: identity.user.clone(),
+                    username: identity.username.clone(),
+                    reason: format!("{what}: {reason}"),
+                })
+                .await;
+                return;
+            }
+            Phase::Connecting | Phase::Refused { .. } => return,
         };
         // A refusal stands whether or not it could still be recorded (it is audited below).
         let _ = route

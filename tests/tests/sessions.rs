@@ -462,6 +462,78 @@ fn local_forwarding_follows_the_forward_right() {
     );
 }
 
+/// A forward's destination is judged by the address it reaches, however it is spelled: web2
+/// (203.0.113.11) in decimal, hex, as an IPv4-mapped IPv6 address or with a trailing dot is web2,
+/// whose port 80 is no more reachable than when written plainly. A name is resolved by bastiond
+/// and the target dials the address that was judged.
+#[test]
+fn forward_destinations_are_judged_by_the_address_they_reach() {
+    let (lab, b) = Lab::with_alice().unwrap();
+    grant(&b, "alice-fwd", "alice", "web1", "root", "forward").unwrap();
+    for spelling in [
+        "203.0.113.11",
+        "3405803787",
+        "0xcb.0.113.11",
+        "0313.0.0161.013",
+        "[::ffff:203.0.113.11]",
+        "203.0.113.11.",
+    ] {
+        let out = lab
+            .ssh_via_bastion(
+                "root@web1",
+                &["-o", "LogLevel=INFO", "-W", &format!("{spelling}:80")],
+            )
+            .unwrap()
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{spelling}: {err}");
+        assert!(
+            err.contains("only SSH to it is carried"),
+            "{spelling}: {err}"
+        );
+    }
+    let out = lab
+        .ssh_via_bastion(
+            "root@web1",
+            &["-o", "LogLevel=INFO", "-W", "web2.invalid:80"],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot resolve `web2.invalid`"), "{err}");
+
+    // 0x7f.1 is 127.0.0.1: web1's own loopback service, reached as an ordinary forward.
+    let mut service = lab
+        .command_unenforced("web1", bastion_lab::sys::bin("lab-connect").unwrap())
+        .unwrap()
+        .args(["--serve", "7071"])
+        .spawn()
+        .unwrap();
+    let mut forward = lab
+        .ssh_via_bastion("root@web1", &["-N", "-L", "127.0.0.1:10025:0x7f.1:7071"])
+        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = connect_local(&lab, 10025);
+    assert!(got.contains("lab-echo"), "{got}");
+    let _ = forward.kill();
+    let _ = forward.wait();
+    let _ = service.kill();
+    let _ = service.wait();
+    let audit = ok(&b, &["audit"]);
+    assert!(
+        audit.contains("forward to 3405803787:80: 203.0.113.11 is protected"),
+        "every refused spelling is audited as sent: {audit}"
+    );
+}
+
 #[test]
 fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
     let (lab, b) = Lab::with_alice().unwrap();
