@@ -119,6 +119,22 @@ pub struct SshConfig {
     pub connections_per_source_per_sec: u32,
     #[serde(default = "default_connection_burst")]
     pub connection_burst_per_source: u32,
+    /// Environment variables a client may pass to the target (`env` requests; a trailing `*`
+    /// is a prefix). Every one asked for is recorded; others are refused and audited.
+    #[serde(default = "default_accept_env")]
+    pub accept_env: Vec<String>,
+    /// What values they may have: `locale` (`en_US.UTF-8`, `C`) or `any` printable value.
+    #[serde(default)]
+    pub env_values: EnvValues,
+}
+
+/// `ssh.env_values`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvValues {
+    #[default]
+    Locale,
+    Any,
 }
 
 /// The algorithm sets of `ssh.algorithms` (what each holds: `bastion_proxy::algorithms`).
@@ -181,6 +197,9 @@ fn default_max_failures() -> u32 {
 fn default_max_failures_per_user() -> u32 {
     100
 }
+fn default_accept_env() -> Vec<String> {
+    vec!["LANG".into(), "LC_*".into()]
+}
 fn default_connections_per_source() -> u32 {
     5
 }
@@ -212,6 +231,8 @@ impl Default for SshConfig {
             algorithms: Algorithms::default(),
             connections_per_source_per_sec: default_connections_per_source(),
             connection_burst_per_source: default_connection_burst(),
+            accept_env: default_accept_env(),
+            env_values: EnvValues::default(),
         }
     }
 }

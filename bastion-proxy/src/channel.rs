@@ -404,7 +404,11 @@ async fn record_request(rec: &Recorder, id: u32, request: &Request) -> Result<()
         Request::Shell => (Kind::Shell, Bytes::new()),
         Request::Exec { command } => (Kind::Exec, Bytes::copy_from_slice(command)),
         Request::Subsystem { name } => (Kind::Subsystem, Bytes::copy_from_slice(name.as_bytes())),
-        Request::Env { .. } | Request::Agent => return Ok(()),
+        Request::Env { name, value } => (
+            Kind::Env,
+            Bytes::from(serde_json::json!({ "name": name, "value": value }).to_string()),
+        ),
+        Request::Agent => return Ok(()),
     };
     rec.record(kind, id, data).await
 }

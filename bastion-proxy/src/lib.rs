@@ -12,6 +12,7 @@
 
 pub mod algorithms;
 pub mod channel;
+pub mod env;
 pub mod events;
 pub mod forward;
 pub mod handler;
@@ -70,6 +71,8 @@ pub struct ProxyContext {
     pub limiter: Mutex<ratelimit::Limiter<std::net::IpAddr>>,
     /// New connections per source before their banner (`None`: `ssh.connections_per_source_per_sec = 0`).
     pub throttle: Option<Mutex<throttle::Throttle>>,
+    /// Which `env` requests reach the target.
+    pub env: env::EnvGate,
     /// What the listeners offer (`ssh.algorithms`).
     pub algorithms: bastion_core::config::Algorithms,
     /// Per SSH user name (`login@target`); `None` when disabled.

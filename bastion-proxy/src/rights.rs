@@ -71,7 +71,13 @@ pub fn request_name(request: &Request) -> String {
         Request::Shell => "shell".into(),
         Request::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
         Request::Subsystem { name } => format!("subsystem {name}"),
-        Request::Env { name, .. } => format!("env {name}"),
+        // The value too: a refused variable is on record with what it tried to carry.
+        Request::Env { name, value } => {
+            format!(
+                "env {name}={}",
+                value.chars().take(1024).collect::<String>()
+            )
+        }
         Request::Agent => "agent".into(),
     }
 }

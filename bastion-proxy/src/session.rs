@@ -666,7 +666,11 @@ impl SessionActor {
             Err(reason) => Err(reason),
             Ok(None) => Ok(None),
             Ok(Some(rights)) => self.allowed(rights).map(Some),
-        };
+        }
+        .and_then(|grant| match &request {
+            Request::Env { name, value } => self.ctx.env.judge(name, value).map(|()| grant),
+            _ => Ok(grant),
+        });
         if let Ok(Some(grant)) = &verdict
             && let Err((reason, terminate)) = self.command_rules(grant, channel, &request).await
         {

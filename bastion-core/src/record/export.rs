@@ -129,6 +129,14 @@ pub fn activity(frames: &[Frame]) -> Vec<Activity> {
                 Kind::Subsystem => format!("subsystem {}", text(f)),
                 Kind::SftpOp => format!("sftp {}", sftp_line(&f.data)),
                 Kind::Command => command_line(&f.data),
+                Kind::Env => match serde_json::from_slice::<serde_json::Value>(&f.data) {
+                    Ok(v) => format!(
+                        "env {}={}",
+                        v["name"].as_str().unwrap_or("?"),
+                        v["value"].as_str().unwrap_or("?")
+                    ),
+                    Err(_) => "env ?".into(),
+                },
                 Kind::Refused => format!("refused: {}", text(f)),
                 Kind::Signal => format!("signal {}", text(f)),
                 Kind::ExitStatus => match <[u8; 4]>::try_from(f.data.as_ref()) {
@@ -208,7 +216,7 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
             });
             // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
             match f.kind {
-                Kind::SftpOp | Kind::Close | Kind::Command => {
+                Kind::SftpOp | Kind::Close | Kind::Command | Kind::Env => {
                     v["json"] = serde_json::from_slice(&f.data).unwrap_or_default()
                 }
                 Kind::Exec | Kind::Subsystem | Kind::Open | Kind::Refused | Kind::Signal => {

@@ -50,6 +50,9 @@ pub enum Kind {
     /// A line entered at an interactive shell (JSON: line, doubts, refused), read off the
     /// terminal when the shell took it.
     Command = 17,
+    /// An environment variable the client asked to pass (JSON: name, value), recorded when it
+    /// was passed; a refused one is a `Refused` frame naming it.
+    Env = 18,
 }
 
 impl Kind {
@@ -73,6 +76,7 @@ impl Kind {
             Refused,
             SftpOp,
             Command,
+            Env,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)
