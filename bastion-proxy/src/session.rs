@@ -38,6 +38,8 @@ use super::{
 struct Identity {
     user: String,
     username: String,
+    /// What the certificate it signed in with allows (everything, for a plain key).
+    restrictions: identity::Restrictions,
 }
 
 /// What the first channel established: where the session goes and under which grant, and the
@@ -216,7 +218,7 @@ impl SessionActor {
                     Some(owner) => {
                         self.audit_login(&user, &key, Some(owner.clone()), true, None)
                             .await;
-                        self.sign_in(owner, user)
+                        self.sign_in(owner, user, identity::Restrictions::NONE)
                     }
                     None => {
                         self.failed(&user, &key, None).await;
@@ -231,11 +233,13 @@ impl SessionActor {
                     return ControlFlow::Continue(());
                 }
                 let key = russh::keys::PublicKey::from(cert.public_key().clone());
-                let accepted = match identity::cert_owner(&self.ctx.policy(), &cert, now_secs()) {
-                    Ok(owner) => {
+                let owner =
+                    identity::cert_owner(&self.ctx.policy(), &cert, self.client.ip(), now_secs());
+                let accepted = match owner {
+                    Ok((owner, restrictions)) => {
                         self.audit_login(&user, &key, Some(owner.clone()), true, None)
                             .await;
-                        self.sign_in(owner, user)
+                        self.sign_in(owner, user, restrictions)
                     }
                     Err(why) => {
                         tracing::info!(client = %self.client, %why, "certificate refused");
@@ -289,9 +293,18 @@ impl SessionActor {
     }
 
     /// Connecting → signed in. SSH signs a connection in once; a later success changes nothing.
-    fn sign_in(&mut self, user: String, username: String) -> bool {
+    fn sign_in(
+        &mut self,
+        user: String,
+        username: String,
+        restrictions: identity::Restrictions,
+    ) -> bool {
         if matches!(self.phase, Phase::Connecting) {
-            self.phase = Phase::SignedIn(Identity { user, username });
+            self.phase = Phase::SignedIn(Identity {
+                user,
+                username,
+                restrictions,
+            });
             self.signed_in.store(true, Ordering::SeqCst);
         }
         !matches!(self.phase, Phase::Connecting)
@@ -313,18 +326,23 @@ impl SessionActor {
         reply: russh::server::ChannelOpenHandle,
     ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
         if let OpenKind::DirectTcpip { host, port, .. } = &mut kind {
-            let judged = forward::destination(&self.ctx.policy(), &self.ctx.config_subnets, host)
-                .await
-                .and_then(|dest| match dest {
-                    // The target dials the address that was judged, not the name.
-                    Destination::Outside(addr) => {
-                        *host = addr.to_string();
-                        Ok(None)
-                    }
-                    Destination::Protected(as_host) => self
-                        .jump_target(&as_host, *port)
-                        .map(|config| Some((as_host, config))),
-                });
+            let permitted = self.restrictions().forward();
+            let judged = match permitted {
+                Ok(()) => {
+                    forward::destination(&self.ctx.policy(), &self.ctx.config_subnets, host).await
+                }
+                Err(e) => Err(e),
+            }
+            .and_then(|dest| match dest {
+                // The target dials the address that was judged, not the name.
+                Destination::Outside(addr) => {
+                    *host = addr.to_string();
+                    Ok(None)
+                }
+                Destination::Protected(as_host) => self
+                    .jump_target(&as_host, *port)
+                    .map(|config| Some((as_host, config))),
+            });
             match judged {
                 Ok(None) => {}
                 Ok(Some((as_host, (port, config)))) => {
@@ -480,6 +498,20 @@ impl SessionActor {
                 self.phase = phase;
                 result
             }
+        }
+    }
+
+    /// What the signed-in identity's certificate allows (nothing before sign-in).
+    fn restrictions(&self) -> &identity::Restrictions {
+        const NOTHING: identity::Restrictions = identity::Restrictions {
+            force_command: None,
+            pty: false,
+            port_forwarding: false,
+            agent_forwarding: false,
+        };
+        match &self.phase {
+            Phase::SignedIn(identity) | Phase::Routed { identity, .. } => &identity.restrictions,
+            Phase::Connecting | Phase::Refused { .. } => &NOTHING,
         }
     }
 
@@ -667,9 +699,12 @@ impl SessionActor {
             Ok(None) => Ok(None),
             Ok(Some(rights)) => self.allowed(rights).map(Some),
         }
-        .and_then(|grant| match &request {
-            Request::Env { name, value } => self.ctx.env.judge(name, value).map(|()| grant),
-            _ => Ok(grant),
+        .and_then(|grant| {
+            self.restrictions().request(&request)?;
+            match &request {
+                Request::Env { name, value } => self.ctx.env.judge(name, value).map(|()| grant),
+                _ => Ok(grant),
+            }
         });
         if let Ok(Some(grant)) = &verdict
             && let Err((reason, terminate)) = self.command_rules(grant, channel, &request).await

@@ -24,6 +24,7 @@ pub(super) fn tree_name(kind: EntityKind) -> &'static str {
         EntityKind::Target => "policy_targets",
         EntityKind::Subnet => "policy_subnets",
         EntityKind::Grant => "policy_grants",
+        EntityKind::Revocation => "policy_revocations",
     }
 }
 

@@ -8,7 +8,8 @@ use bastion_core::{
     config::DEFAULT_SOCKET,
     keys::Secret,
     policy::{
-        Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Right, Rights, Target, User,
+        Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Revocation, Right, Rights,
+        Target, User,
         commands::{CommandRule, RuleAction},
         window::Window,
     },
@@ -41,7 +42,7 @@ pub enum Command {
     /// Bastion users: people identified by their SSH keys.
     User {
         #[command(subcommand)]
-        cmd: Noun<UserAdd>,
+        cmd: UserCmd,
     },
     /// Groups of users.
     Group {
@@ -298,6 +299,40 @@ pub enum Noun<A: Args> {
     Show { name: String },
     /// Remove one.
     Remove { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    #[command(flatten)]
+    Noun(Noun<UserAdd>),
+    /// Certificates from trusted user CAs.
+    Ca {
+        #[command(subcommand)]
+        cmd: UserCaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCaCmd {
+    /// Revoke certificates: those with this serial, this key id, or both (from one CA, or any).
+    Revoke(RevokeArgs),
+    /// List revocations.
+    Revoked,
+    /// Lift a revocation.
+    Unrevoke { name: String },
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// A name for this revocation (to list or lift it).
+    name: String,
+    #[arg(long)]
+    serial: Option<u64>,
+    #[arg(long = "key-id")]
+    key_id: Option<String>,
+    /// Only certificates from this CA (an OpenSSH public key line or .pub file).
+    #[arg(long)]
+    ca: Option<String>,
 }
 
 #[derive(Args)]
@@ -708,12 +743,36 @@ impl Command {
                     format: ExportFormat::Asciicast,
                 },
             }),
-            Command::User { cmd } => noun(EntityKind::User, cmd, |a| {
+            Command::User {
+                cmd: UserCmd::Noun(cmd),
+            } => noun(EntityKind::User, cmd, |a| {
                 Ok(Entity::User(User {
                     name: a.name,
                     keys: key_lines(&a.keys)?,
                     trusted_cas: key_lines(&a.cas)?,
                 }))
+            }),
+            Command::User {
+                cmd: UserCmd::Ca { cmd },
+            } => Ok(match cmd {
+                UserCaCmd::Revoke(a) => Request::PolicyAdd {
+                    entity: Entity::Revocation(Revocation {
+                        name: a.name,
+                        serial: a.serial,
+                        key_id: a.key_id,
+                        ca: match a.ca {
+                            Some(ca) => key_lines(&[ca])?.into_iter().next(),
+                            None => None,
+                        },
+                    }),
+                },
+                UserCaCmd::Revoked => Request::PolicyList {
+                    kind: EntityKind::Revocation,
+                },
+                UserCaCmd::Unrevoke { name } => Request::PolicyRemove {
+                    kind: EntityKind::Revocation,
+                    name,
+                },
             }),
             Command::Group { cmd } => noun(EntityKind::Group, cmd, |a| {
                 Ok(Entity::Group(Group {

@@ -360,6 +360,21 @@ fn entity(e: &Entity) {
             }
         ),
         Entity::Subnet(c) => println!("subnet {c}"),
+        Entity::Revocation(r) => {
+            let mut what = Vec::new();
+            if let Some(serial) = r.serial {
+                what.push(format!("serial {serial}"));
+            }
+            if let Some(id) = &r.key_id {
+                what.push(format!("key id {id:?}"));
+            }
+            let ca =
+                r.ca.as_deref()
+                    .and_then(|k| ssh_key::PublicKey::from_openssh(k).ok())
+                    .map(|k| format!("CA {}", k.fingerprint(ssh_key::HashAlg::Sha256)))
+                    .unwrap_or_else(|| "any CA".into());
+            println!("revoked {:<15} {} from {ca}", r.name, what.join(", "));
+        }
         Entity::Grant(g) => {
             let subject = match &g.subject {
                 GrantSubject::User(u) => format!("user {u}"),

@@ -785,6 +785,152 @@ fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_check
     );
 }
 
+/// A certificate is honoured in full: its critical options (`force-command`, `source-address`,
+/// anything else refuses it), its extensions (what it does not permit is refused whatever the
+/// grant allows) and revocations by serial.
+#[test]
+fn user_certificates_are_honoured_in_full() {
+    let (lab, b) = Lab::with_alice().unwrap();
+    let dir = lab.info().run_dir.join("user-ca-full");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_owned();
+    let keygen = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh-keygen {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("ca")]);
+    ok(&b, &["user", "add", "carol", "--ca", &p("ca.pub")]);
+    grant(
+        &b,
+        "carol-web1",
+        "carol",
+        "web1",
+        "root",
+        "shell,exec,sftp,forward",
+    )
+    .unwrap();
+    let cert = |name: &str, options: &[&str]| {
+        keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p(name)]);
+        let ca = p("ca");
+        let mut args = vec!["-q", "-s", &ca, "-I", name, "-n", "carol"];
+        args.extend(options.iter().flat_map(|o| ["-O", o]));
+        let public = p(&format!("{name}.pub"));
+        args.push(&public);
+        keygen(&args);
+    };
+    let run = |name: &str, extra: &[&str], command: &str| {
+        lab.ssh_via_bastion_as(&dir.join(name), "root@web1", extra)
+            .unwrap()
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let said = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    cert("forced", &["force-command=echo forced-ok"]);
+    assert_eq!(
+        String::from_utf8_lossy(&run("forced", &[], "echo forced-ok").stdout).trim(),
+        "forced-ok"
+    );
+    let out = run("forced", &[], "id");
+    assert!(
+        !out.status.success() && !said(&out).contains("uid="),
+        "{}",
+        said(&out)
+    );
+
+    cert("elsewhere", &["source-address=203.0.113.0/24"]);
+    assert!(!run("elsewhere", &[], "true").status.success());
+
+    cert("unknown", &["critical:no-such-option=1"]);
+    assert!(!run("unknown", &[], "true").status.success());
+
+    cert("nopty", &["no-pty"]);
+    let out = run("nopty", &["-tt"], "echo no-pty-ok");
+    assert!(
+        said(&out).contains("PTY allocation request failed"),
+        "{}",
+        said(&out)
+    );
+    let out = run("nopty", &[], "echo no-pty-ok");
+    assert!(said(&out).contains("no-pty-ok"), "{}", said(&out));
+
+    cert("noforward", &["no-port-forwarding"]);
+    let out = lab
+        .ssh_via_bastion_as(
+            &dir.join("noforward"),
+            "root@web1",
+            &["-o", "LogLevel=INFO", "-W", "127.0.0.1:22"],
+        )
+        .unwrap()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        said(&out).contains("does not permit port forwarding"),
+        "{}",
+        said(&out)
+    );
+
+    // Revoked by serial: refused until the revocation is lifted.
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("laptop")]);
+    keygen(&[
+        "-q",
+        "-s",
+        &p("ca"),
+        "-I",
+        "laptop",
+        "-n",
+        "carol",
+        "-z",
+        "4242",
+        &p("laptop.pub"),
+    ]);
+    assert!(run("laptop", &[], "true").status.success());
+    ok(
+        &b,
+        &[
+            "user",
+            "ca",
+            "revoke",
+            "lost-laptop",
+            "--serial",
+            "4242",
+            "--ca",
+            &p("ca.pub"),
+        ],
+    );
+    assert!(ok(&b, &["user", "ca", "revoked"]).contains("serial 4242"));
+    assert!(!run("laptop", &[], "true").status.success());
+    ok(&b, &["user", "ca", "unrevoke", "lost-laptop"]);
+    assert!(run("laptop", &[], "true").status.success());
+
+    let audit = ok(&b, &["audit", "--limit", "1000"]);
+    for reason in [
+        "source-address (203.0.113.0/24) does not include 198.51.100.10",
+        "critical option `no-such-option`",
+        "(no permit-pty)",
+        "is revoked (lost-laptop)",
+        "allows only the command `echo forced-ok`",
+    ] {
+        assert!(audit.contains(reason), "{reason} not audited:\n{audit}");
+    }
+}
+
 #[test]
 fn agent_forwarding_follows_the_agent_right() {
     let (lab, b) = Lab::with_alice().unwrap();

@@ -23,7 +23,7 @@ pub use evaluate::{
 };
 pub use live::Live;
 pub use model::{
-    Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Right, Rights, Target,
-    User,
+    Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Revocation, Right, Rights,
+    Target, User,
 };
 pub use validate::{PolicyError, check_add, check_remove};

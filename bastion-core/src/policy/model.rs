@@ -145,6 +145,20 @@ pub struct Grant {
     pub command_rules: Vec<super::commands::CommandRule>,
 }
 
+/// Revoked user certificates (`bastionctl user ca revoke`): a certificate matching every field
+/// that is set (a serial, a key id, or both; from one CA or any) no longer signs anyone in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub name: String,
+    /// The CA's OpenSSH public key; any CA when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
 /// A snapshot of the whole policy, as the evaluator sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -153,6 +167,7 @@ pub struct Policy {
     pub targets: BTreeMap<String, Target>,
     pub subnets: Vec<Cidr>,
     pub grants: BTreeMap<String, Grant>,
+    pub revocations: BTreeMap<String, Revocation>,
 }
 
 /// A name for a user, group, target or grant: short, printable, and safe to use inside
@@ -197,6 +212,7 @@ pub enum Entity {
     Target(Target),
     Subnet(Cidr),
     Grant(Grant),
+    Revocation(Revocation),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -207,15 +223,17 @@ pub enum EntityKind {
     Target,
     Subnet,
     Grant,
+    Revocation,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 5] = [
+    pub const ALL: [EntityKind; 6] = [
         EntityKind::User,
         EntityKind::Group,
         EntityKind::Target,
         EntityKind::Subnet,
         EntityKind::Grant,
+        EntityKind::Revocation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -225,6 +243,7 @@ impl EntityKind {
             EntityKind::Target => "target",
             EntityKind::Subnet => "subnet",
             EntityKind::Grant => "grant",
+            EntityKind::Revocation => "revocation",
         }
     }
 }
@@ -237,6 +256,7 @@ impl Entity {
             Entity::Target(_) => EntityKind::Target,
             Entity::Subnet(_) => EntityKind::Subnet,
             Entity::Grant(_) => EntityKind::Grant,
+            Entity::Revocation(_) => EntityKind::Revocation,
         }
     }
 
@@ -248,6 +268,7 @@ impl Entity {
             Entity::Target(t) => t.name.clone(),
             Entity::Subnet(c) => c.to_string(),
             Entity::Grant(g) => g.id.clone(),
+            Entity::Revocation(r) => r.name.clone(),
         }
     }
 }
@@ -265,6 +286,7 @@ impl Policy {
                 }
             }
             Entity::Grant(g) => drop(self.grants.insert(g.id.clone(), g)),
+            Entity::Revocation(r) => drop(self.revocations.insert(r.name.clone(), r)),
         }
     }
 
@@ -275,6 +297,7 @@ impl Policy {
             EntityKind::Target => drop(self.targets.remove(key)),
             EntityKind::Subnet => self.subnets.retain(|c| c.to_string() != key),
             EntityKind::Grant => drop(self.grants.remove(key)),
+            EntityKind::Revocation => drop(self.revocations.remove(key)),
         }
     }
 
@@ -286,6 +309,12 @@ impl Policy {
             EntityKind::Target => self.targets.values().cloned().map(Entity::Target).collect(),
             EntityKind::Subnet => self.subnets.iter().copied().map(Entity::Subnet).collect(),
             EntityKind::Grant => self.grants.values().cloned().map(Entity::Grant).collect(),
+            EntityKind::Revocation => self
+                .revocations
+                .values()
+                .cloned()
+                .map(Entity::Revocation)
+                .collect(),
         }
     }
 }

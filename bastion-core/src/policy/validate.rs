@@ -42,6 +42,23 @@ pub fn parse_key(what: &str, line: &str) -> Result<String, PolicyError> {
         })
 }
 
+/// Whether two OpenSSH key lines are the same key (whatever their comments).
+fn same_key(a: &str, b: &str) -> bool {
+    match (
+        ssh_key::PublicKey::from_openssh(a),
+        ssh_key::PublicKey::from_openssh(b),
+    ) {
+        (Ok(a), Ok(b)) => a.key_data() == b.key_data(),
+        _ => false,
+    }
+}
+
+fn fingerprint(line: &str) -> String {
+    ssh_key::PublicKey::from_openssh(line)
+        .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn name(n: &str) -> Result<(), PolicyError> {
     if valid_name(n) {
         Ok(())
@@ -57,6 +74,7 @@ fn exists(p: &Policy, kind: &'static str, n: &str) -> bool {
         "target" => p.targets.contains_key(n),
         "grant" => p.grants.contains_key(n),
         "subnet" => p.subnets.iter().any(|c| c.to_string() == n),
+        "revocation" => p.revocations.contains_key(n),
         _ => false,
     }
 }
@@ -100,6 +118,21 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
                 .iter()
                 .map(|k| parse_key(&format!("user {} CA", u.name), k))
                 .collect::<Result<_, _>>()?;
+            // One key, one person: sessions are attributed by key.
+            for key in &u.keys {
+                if let Some(owner) = p
+                    .users
+                    .values()
+                    .find(|o| o.keys.iter().any(|k| same_key(k, key)))
+                {
+                    return Err(PolicyError::Invalid(format!(
+                        "user `{}`: key {} is already registered to user `{}`; a key identifies one person",
+                        u.name,
+                        fingerprint(key),
+                        owner.name
+                    )));
+                }
+            }
             Entity::User(u)
         }
         Entity::Group(g) => {
@@ -120,6 +153,18 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
             Entity::Target(t)
         }
         Entity::Subnet(c) => Entity::Subnet(c),
+        Entity::Revocation(mut r) => {
+            if r.serial.is_none() && r.key_id.is_none() {
+                return Err(PolicyError::Invalid(format!(
+                    "revocation `{}` names no certificate: give a serial, a key id or both",
+                    r.name
+                )));
+            }
+            r.ca =
+                r.ca.map(|k| parse_key(&format!("revocation {} CA", r.name), &k))
+                    .transpose()?;
+            Entity::Revocation(r)
+        }
         Entity::Grant(g) => {
             match &g.subject {
                 GrantSubject::User(u) => need(p, "user", u)?,
@@ -216,5 +261,49 @@ pub fn check_remove(p: &Policy, kind: super::EntityKind, key: &str) -> Result<()
             name: key.to_owned(),
             users: users.join(", "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Revocation, User};
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGrXTNWkk3wSX0qUgc5HJCjI1F4R2sFYlh6tjDQ8ZJ5b alice@laptop";
+
+    fn user(name: &str, key: &str) -> Entity {
+        Entity::User(User {
+            name: name.into(),
+            keys: vec![key.into()],
+            trusted_cas: vec![],
+        })
+    }
+
+    #[test]
+    fn a_key_belongs_to_one_user() {
+        let mut p = Policy::default();
+        p.insert(check_add(&p, user("alice", KEY)).unwrap());
+        // The same key with another comment is the same key.
+        let same = KEY.replace("alice@laptop", "bob@desk");
+        let e = check_add(&p, user("bob", &same)).unwrap_err().to_string();
+        assert!(e.contains("already registered to user `alice`"), "{e}");
+    }
+
+    #[test]
+    fn a_revocation_names_a_certificate() {
+        let p = Policy::default();
+        let revocation = |serial, key_id: Option<&str>, ca: Option<&str>| {
+            Entity::Revocation(Revocation {
+                name: "r1".into(),
+                serial,
+                key_id: key_id.map(Into::into),
+                ca: ca.map(Into::into),
+            })
+        };
+        let e = check_add(&p, revocation(None, None, None)).unwrap_err();
+        assert!(e.to_string().contains("names no certificate"), "{e}");
+        let e = check_add(&p, revocation(Some(1), None, Some("not a key"))).unwrap_err();
+        assert!(e.to_string().contains("revocation r1 CA"), "{e}");
+        assert!(check_add(&p, revocation(None, Some("laptop"), Some(KEY))).is_ok());
     }
 }
