@@ -102,9 +102,10 @@ pub struct SshConfig {
     pub failure_window_secs: u64,
     #[serde(default = "default_failure_penalty")]
     pub failure_penalty_secs: u64,
-    /// Failed connections for one SSH user name (`login@target`), from any source, within the
-    /// window that refuse that name for the penalty. 0 disables. Kept higher than the
-    /// per-source limit: anyone can spend another user's budget.
+    /// Failed connections for one SSH user name (`login@target`) from one source network (an
+    /// IPv4 /24, an IPv6 /64) within the window that refuse that name from that network for the
+    /// penalty: a spread guess at one name is slowed, and nobody elsewhere can lock the name out
+    /// for its owner. 0 disables.
     #[serde(default = "default_max_failures_per_user")]
     pub max_failures_per_user: u32,
     /// What the listeners offer: `modern` (what a scanner finds clean) or `compatible` (adds

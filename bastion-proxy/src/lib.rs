@@ -68,15 +68,18 @@ pub struct ProxyContext {
     pub flush_interval: Duration,
     /// A connection that has not signed in by then is closed.
     pub login_grace: Duration,
-    pub limiter: Mutex<ratelimit::Limiter<std::net::IpAddr>>,
-    /// New connections per source before their banner (`None`: `ssh.connections_per_source_per_sec = 0`).
+    /// Failed sign-ins per source (an IPv4 address, an IPv6 /64).
+    pub limiter: Mutex<ratelimit::Limiter<Cidr>>,
+    /// Failed sign-ins per SSH user name (`login@target`) from one source network (/24, /64);
+    /// `None` when disabled.
+    pub user_limiter: Option<Mutex<ratelimit::Limiter<(String, Cidr)>>>,
+    /// New connections per source before their banner (`None`:
+    /// `ssh.connections_per_source_per_sec = 0`).
     pub throttle: Option<Mutex<throttle::Throttle>>,
     /// Which `env` requests reach the target.
     pub env: env::EnvGate,
     /// What the listeners offer (`ssh.algorithms`).
     pub algorithms: bastion_core::config::Algorithms,
-    /// Per SSH user name (`login@target`); `None` when disabled.
-    pub user_limiter: Option<Mutex<ratelimit::Limiter<String>>>,
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
     /// once a session's end is on the stream, so the anchor covers it.
     pub anchor_now: Arc<tokio::sync::Notify>,
@@ -90,9 +93,9 @@ impl ProxyContext {
     /// `Err(remaining)` while sign-ins from `ip`, or as `username`, are refused after failures.
     pub fn limited(&self, ip: std::net::IpAddr, username: &str) -> Result<(), Duration> {
         let now = std::time::Instant::now();
-        lock(&self.limiter).check(&ip, now)?;
+        lock(&self.limiter).check(&Cidr::source(ip, 32, 64), now)?;
         match &self.user_limiter {
-            Some(l) => lock(l).check(&username.to_owned(), now),
+            Some(l) => lock(l).check(&(username.to_owned(), Cidr::source(ip, 24, 64)), now),
             None => Ok(()),
         }
     }
@@ -108,9 +111,9 @@ impl ProxyContext {
     /// Charges a connection that never signed in; true if it started a penalty.
     pub fn failed_login(&self, ip: std::net::IpAddr, username: &str) -> bool {
         let now = std::time::Instant::now();
-        let by_ip = lock(&self.limiter).failure(ip, now);
+        let by_ip = lock(&self.limiter).failure(Cidr::source(ip, 32, 64), now);
         let by_user = match &self.user_limiter {
-            Some(l) => lock(l).failure(username.to_owned(), now),
+            Some(l) => lock(l).failure((username.to_owned(), Cidr::source(ip, 24, 64)), now),
             None => false,
         };
         by_ip || by_user

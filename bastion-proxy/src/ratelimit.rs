@@ -1,6 +1,7 @@
-//! Failed sign-in limiting (per source address, per user name): after `max_failures` within
-//! `window`, a key is refused outright for `penalty`. Pure bookkeeping over instants the caller
-//! passes in.
+//! Failed sign-in limiting: after `max_failures` within `window`, a key is refused outright for
+//! `penalty`. Keyed per source (an IPv4 address, an IPv6 /64) and per (user name, source /24 or
+//! /64), so nobody can lock a user name (`root`, transparent mode's) out for everyone by failing
+//! as it from elsewhere. Pure bookkeeping over instants the caller passes in.
 
 use std::{
     collections::HashMap,
@@ -8,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Sources tracked at most; beyond it, expired entries are pruned first, then the oldest.
+/// Keys tracked at most. When full, expired entries are pruned first, then the key whose
+/// counting started longest ago among those not blocked; a blocked key is never forgotten (that
+/// would let a flood of other sources lift its penalty). When every entry is blocked, a new key
+/// is not tracked until one expires.
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
@@ -29,17 +33,23 @@ struct Entry {
 pub struct Limiter<K> {
     limits: Limits,
     sources: HashMap<K, Entry>,
+    capacity: usize,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(limits: Limits) -> Self {
+        Self::with_capacity(limits, MAX_TRACKED)
+    }
+
+    fn with_capacity(limits: Limits, capacity: usize) -> Self {
         Limiter {
             limits,
             sources: HashMap::new(),
+            capacity,
         }
     }
 
-    /// `Err(remaining)` while `ip` is being refused.
+    /// `Err(remaining)` while `key` is being refused.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         match self.sources.get(key).and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(until - now),
@@ -49,8 +59,11 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     /// Counts a failure; returns true if this failure started a penalty.
     pub fn failure(&mut self, key: K, now: Instant) -> bool {
-        if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&key) {
+        if self.sources.len() >= self.capacity && !self.sources.contains_key(&key) {
             self.prune(now);
+            if self.sources.len() >= self.capacity {
+                return false;
+            }
         }
         let limits = self.limits;
         let e = self.sources.entry(key).or_default();
@@ -77,9 +90,15 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
                 || e.window_start
                     .is_some_and(|s| now.duration_since(s) < limits.window)
         });
-        if self.sources.len() >= MAX_TRACKED {
-            // Still full of live entries: forget one arbitrary source rather than grow.
-            if let Some(k) = self.sources.keys().next().cloned() {
+        if self.sources.len() >= self.capacity {
+            // Still full of live entries: forget the oldest count that blocks nobody.
+            let oldest = self
+                .sources
+                .iter()
+                .filter(|(_, e)| e.blocked_until.is_none_or(|u| u <= now))
+                .min_by_key(|(_, e)| e.window_start)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
                 self.sources.remove(&k);
             }
         }
@@ -122,5 +141,31 @@ mod tests {
         for i in 0..10 {
             assert!(!l.failure(a, t0 + Duration::from_secs(i * 6)));
         }
+    }
+
+    #[test]
+    fn a_full_table_never_forgets_a_blocked_key() {
+        let limits = Limits {
+            max_failures: 2,
+            window: Duration::from_secs(600),
+            penalty: Duration::from_secs(600),
+        };
+        let mut l = Limiter::with_capacity(limits, 3);
+        let t0 = Instant::now();
+        l.failure(0u32, t0);
+        assert!(l.failure(0, t0), "key 0 blocked");
+        // Fill the table with counting keys, then flood it with new ones.
+        for k in 1..100u32 {
+            l.failure(k, t0 + Duration::from_secs(u64::from(k)));
+        }
+        assert!(l.check(&0, t0 + Duration::from_secs(200)).is_err());
+        // Block every tracked key: a new one is then not tracked, and none is freed.
+        let mut l = Limiter::with_capacity(limits, 2);
+        for k in 0..2u32 {
+            l.failure(k, t0);
+            l.failure(k, t0);
+        }
+        assert!(!l.failure(7, t0) && !l.failure(7, t0));
+        assert!(l.check(&0, t0).is_err() && l.check(&1, t0).is_err());
     }
 }

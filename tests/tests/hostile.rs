@@ -86,7 +86,8 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
         "throttled source got through"
     );
     assert_alice_works(&lab, &["-b", "198.51.100.11"]);
-    // The user name the flood went after is refused from any source, at sign-in.
+    // The user name the flood went after is refused from the flood's network (its /24), at
+    // sign-in: the name, not only the address, is slowed there (elsewhere it is not).
     let named = ssh(
         &lab,
         "guess@web1",
