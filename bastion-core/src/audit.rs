@@ -44,6 +44,23 @@ pub enum AuditKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The second factor at sign-in (after the key or certificate): `outcome` is `asked`,
+    /// `accepted` or `refused` (with why: a wrong code, a code used before, not enrolled...).
+    SecondFactor {
+        client: String,
+        username: String,
+        user: String,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A user enrolled a TOTP second factor, or had it removed.
+    MfaEnrolled {
+        user: String,
+    },
+    MfaRemoved {
+        user: String,
+    },
     /// Sign-in attempts refused because the source failed too often recently.
     SignInThrottled {
         client: String,
@@ -217,6 +234,12 @@ impl AuditKind {
                 ..
             }
             | AuditKind::SignInThrottled { client: c, .. } => {
+                Some(client(c).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+            }
+            // Someone holding a key, but not signed in until the code is right.
+            AuditKind::SecondFactor {
+                client: c, outcome, ..
+            } if outcome != "accepted" => {
                 Some(client(c).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
             }
             _ => None,

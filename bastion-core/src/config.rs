@@ -127,6 +127,9 @@ pub struct SshConfig {
     /// What values they may have: `locale` (`en_US.UTF-8`, `C`) or `any` printable value.
     #[serde(default)]
     pub env_values: EnvValues,
+    /// Every sign-in needs the second factor (TOTP), whatever the grant says.
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 /// `ssh.env_values`.
@@ -234,6 +237,7 @@ impl Default for SshConfig {
             connection_burst_per_source: default_connection_burst(),
             accept_env: default_accept_env(),
             env_values: EnvValues::default(),
+            require_mfa: false,
         }
     }
 }

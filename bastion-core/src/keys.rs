@@ -39,6 +39,11 @@ pub fn account_context(target: &str, login: &str) -> String {
     format!("bastion-account:{target}:{login}")
 }
 
+/// What a user's TOTP secret is sealed to: it opens only for that user.
+pub fn totp_context(user: &str) -> String {
+    format!("bastion-totp:{user}")
+}
+
 /// The SHA256 fingerprint of an OpenSSH public key line (or the line's error).
 pub fn fingerprint(key_line: &str) -> String {
     PublicKey::from_openssh(key_line.trim())

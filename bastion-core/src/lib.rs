@@ -29,6 +29,7 @@ pub mod policy;
 pub mod protocol;
 pub mod record;
 pub mod session;
+pub mod totp;
 
 /// The version every component reports (`bastionctl status`, `bastiond --version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

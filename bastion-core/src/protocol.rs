@@ -127,6 +127,14 @@ pub enum Request {
         login: String,
     },
     AccountList,
+    /// Gives `user` a new TOTP secret (refused if they have one: remove it first); the answer
+    /// carries the otpauth URI, shown once.
+    MfaEnroll {
+        user: String,
+    },
+    MfaRemove {
+        user: String,
+    },
     /// The host key `addr` presents, fetched by bastiond (for confirmation before pinning).
     FetchHostKey {
         addr: SocketAddr,
@@ -167,6 +175,11 @@ pub enum Response {
         live: bool,
     },
     StoreStats(StoreStats),
+    /// A new TOTP enrolment: the otpauth URI for the user's authenticator (and its event).
+    MfaEnrolled {
+        uri: String,
+        event: AuditEvent,
+    },
     /// Search results, newest first; `searched` commands (or output lines) were looked at in
     /// `micros`; `complete` is false when an output search stopped at its budget.
     Search {

@@ -2,8 +2,32 @@
 //! answer carry a oneshot; the handler waits for it before russh reads the client's next message,
 //! which keeps the client's ordering intact.
 
+use bastion_core::keys::Secret;
 use russh::{ChannelId, keys::PublicKey, server};
 use tokio::sync::oneshot;
+
+/// The actor's answer to a verified key or certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignIn {
+    Accepted,
+    Refused,
+    /// Accepted as the first factor: the code comes next (keyboard-interactive).
+    SecondFactor,
+}
+
+/// The actor's answer in keyboard-interactive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// Ask for the code, with these instructions.
+    Prompt {
+        instructions: String,
+    },
+    Accepted,
+    /// Refused; `retry` when the client may answer again.
+    Refused {
+        retry: bool,
+    },
+}
 
 /// A channel request from the client that the target must see (and may refuse).
 #[derive(Debug, Clone)]
@@ -55,13 +79,20 @@ pub enum Event {
     CertVerified {
         user: String,
         cert: Box<russh::keys::Certificate>,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<SignIn>,
     },
     /// The client proved possession of `key`.
     KeyVerified {
         user: String,
         key: PublicKey,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<SignIn>,
+    },
+    /// keyboard-interactive: the client starts the method (`answers` is `None`) or answers
+    /// its prompt. It only ever completes a sign-in whose key was accepted on this connection.
+    KeyboardInteractive {
+        user: String,
+        answers: Option<Vec<Secret>>,
+        reply: oneshot::Sender<Challenge>,
     },
     /// A channel the client wants to open: a session, or a local forward (`ssh -L`).
     Open {

@@ -1,13 +1,18 @@
 //! The russh server handler. It only translates callbacks into [`Event`]s for the session actor
 //! and relays the actor's answers; all state and decisions live in the actor.
 
+use std::borrow::Cow;
+
+use bastion_core::keys::Secret;
 use russh::{
-    Channel, ChannelId, Pty,
-    server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey},
+    Channel, ChannelId, MethodKind, MethodSet, Pty,
+    server::{
+        self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
+    },
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::{Event, OpenKind, Request};
+use super::events::{Challenge, Event, OpenKind, Request, SignIn};
 
 pub struct ClientHandler {
     events: mpsc::Sender<Event>,
@@ -20,11 +25,14 @@ impl ClientHandler {
 
     /// Sends an event and waits for the actor's yes/no; a gone actor means no.
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<bool>) -> Event) -> bool {
+        self.answer(make).await.unwrap_or(false)
+    }
+
+    /// Sends an event and waits for the actor's answer; `None` when the actor is gone.
+    async fn answer<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        if self.events.send(make(tx)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.events.send(make(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     async fn request(
@@ -49,14 +57,30 @@ impl ClientHandler {
 }
 
 fn verdict(ok: bool) -> Auth {
-    if ok {
-        Auth::Accept
-    } else {
-        Auth::Reject {
-            proceed_with_methods: None,
-            partial_success: false,
-        }
+    if ok { Auth::Accept } else { Auth::reject() }
+}
+
+/// What russh answers for a verified key or certificate. A second factor is asked for as a
+/// partial success that leaves keyboard-interactive as the only method.
+fn sign_in(answer: Option<SignIn>) -> Auth {
+    match answer {
+        Some(SignIn::Accepted) => Auth::Accept,
+        Some(SignIn::SecondFactor) => Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+            partial_success: true,
+        },
+        Some(SignIn::Refused) | None => Auth::reject(),
     }
+}
+
+/// Answers read from a keyboard-interactive response: one is expected, so at most two are
+/// kept (a client sending thousands costs nothing more), each at most 64 bytes.
+fn answers(response: Option<Response<'_>>) -> Option<Vec<Secret>> {
+    response.map(|r| {
+        r.take(2)
+            .map(|b| Secret::new(String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned()))
+            .collect()
+    })
 }
 
 impl server::Handler for ClientHandler {
@@ -82,8 +106,8 @@ impl server::Handler for ClientHandler {
     ) -> Result<Auth, Self::Error> {
         let key = key.public_key.clone();
         let user = user.to_owned();
-        Ok(verdict(
-            self.ask(|reply| Event::KeyVerified { user, key, reply })
+        Ok(sign_in(
+            self.answer(|reply| Event::KeyVerified { user, key, reply })
                 .await,
         ))
     }
@@ -95,10 +119,37 @@ impl server::Handler for ClientHandler {
     ) -> Result<Auth, Self::Error> {
         let cert = Box::new(certificate.clone());
         let user = user.to_owned();
-        Ok(verdict(
-            self.ask(|reply| Event::CertVerified { user, cert, reply })
+        Ok(sign_in(
+            self.answer(|reply| Event::CertVerified { user, cert, reply })
                 .await,
         ))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let user = user.to_owned();
+        let answers = answers(response);
+        let challenge = self
+            .answer(|reply| Event::KeyboardInteractive {
+                user,
+                answers,
+                reply,
+            })
+            .await;
+        Ok(match challenge {
+            Some(Challenge::Prompt { instructions }) => Auth::Partial {
+                name: Cow::Borrowed("bastion"),
+                instructions: Cow::Owned(instructions),
+                prompts: Cow::Owned(vec![(Cow::Borrowed("Verification code: "), false)]),
+            },
+            Some(Challenge::Accepted) => Auth::Accept,
+            Some(Challenge::Refused { retry: true }) => sign_in(Some(SignIn::SecondFactor)),
+            Some(Challenge::Refused { retry: false }) | None => Auth::reject(),
+        })
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

@@ -24,6 +24,7 @@ pub mod live;
 pub mod ratelimit;
 pub mod relay;
 pub mod rights;
+pub mod second_factor;
 pub mod session;
 pub mod shell;
 pub mod throttle;
@@ -76,6 +77,8 @@ pub struct ProxyContext {
     /// New connections per source before their banner (`None`:
     /// `ssh.connections_per_source_per_sec = 0`).
     pub throttle: Option<Mutex<throttle::Throttle>>,
+    /// Every sign-in needs the second factor (`ssh.require_mfa`); otherwise grants say.
+    pub require_mfa: bool,
     /// Which `env` requests reach the target.
     pub env: env::EnvGate,
     /// What the listeners offer (`ssh.algorithms`).
@@ -216,6 +219,14 @@ pub fn server_config(
         keys: vec![keys.host_key.clone()],
         certificates,
         preferred: algorithms::server_preferred(algorithms),
+        // Keys and certificates; keyboard-interactive only ever completes a sign-in as the
+        // second factor after one of them.
+        methods: russh::MethodSet::from(
+            &[
+                russh::MethodKind::PublicKey,
+                russh::MethodKind::KeyboardInteractive,
+            ][..],
+        ),
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: Some(Duration::from_secs(3600)),

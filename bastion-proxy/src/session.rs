@@ -25,10 +25,11 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use super::{
     ProxyContext, channel,
-    events::{Event, OpenKind, Request},
+    events::{Challenge, Event, OpenKind, Request, SignIn},
     forward::{self, Destination},
     identity, live,
     rights::{first_grant, open_label, request_name, right_for},
+    second_factor,
     shell::RuleHit,
     upstream::{self, AgentChannel, Upstream},
     username,
@@ -39,6 +40,14 @@ struct Identity {
     user: String,
     username: String,
     /// What the certificate it signed in with allows (everything, for a plain key).
+    restrictions: identity::Restrictions,
+}
+
+/// A key or certificate accepted as the first factor, waiting for its code.
+struct Pending {
+    user: String,
+    username: String,
+    key: russh::keys::PublicKey,
     restrictions: identity::Restrictions,
 }
 
@@ -102,6 +111,8 @@ pub struct SessionActor {
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
     last_username: String,
+    /// A first factor accepted on this connection, waiting for the second.
+    pending: Option<Pending>,
 }
 
 fn now_secs() -> u64 {
@@ -134,6 +145,7 @@ impl SessionActor {
             client_handle: None,
             refused_attempts: 0,
             last_username: String::new(),
+            pending: None,
         }
     }
 
@@ -210,44 +222,49 @@ impl SessionActor {
             }
             Event::KeyVerified { user, key, reply } => {
                 if self.rate_limited(&user).await {
-                    let _ = reply.send(false);
+                    let _ = reply.send(SignIn::Refused);
                     return ControlFlow::Continue(());
                 }
                 let owner = identity::key_owner(&self.ctx.policy(), &key);
-                let accepted = match owner {
+                let answer = match owner {
                     Some(owner) => {
-                        self.audit_login(&user, &key, Some(owner.clone()), true, None)
-                            .await;
-                        self.sign_in(owner, user, identity::Restrictions::NONE)
+                        self.accepted(user, key, owner, identity::Restrictions::NONE)
+                            .await
                     }
                     None => {
                         self.failed(&user, &key, None).await;
-                        false
+                        SignIn::Refused
                     }
                 };
-                let _ = reply.send(accepted);
+                let _ = reply.send(answer);
+            }
+            Event::KeyboardInteractive {
+                user,
+                answers,
+                reply,
+            } => {
+                let answer = self.keyboard_interactive(user, answers).await;
+                let _ = reply.send(answer);
             }
             Event::CertVerified { user, cert, reply } => {
                 if self.rate_limited(&user).await {
-                    let _ = reply.send(false);
+                    let _ = reply.send(SignIn::Refused);
                     return ControlFlow::Continue(());
                 }
                 let key = russh::keys::PublicKey::from(cert.public_key().clone());
                 let owner =
                     identity::cert_owner(&self.ctx.policy(), &cert, self.client.ip(), now_secs());
-                let accepted = match owner {
+                let answer = match owner {
                     Ok((owner, restrictions)) => {
-                        self.audit_login(&user, &key, Some(owner.clone()), true, None)
-                            .await;
-                        self.sign_in(owner, user, restrictions)
+                        self.accepted(user, key, owner, restrictions).await
                     }
                     Err(why) => {
                         tracing::info!(client = %self.client, %why, "certificate refused");
                         self.failed(&user, &key, Some(why)).await;
-                        false
+                        SignIn::Refused
                     }
                 };
-                let _ = reply.send(accepted);
+                let _ = reply.send(answer);
             }
             Event::Open {
                 kind,
@@ -290,6 +307,117 @@ impl SessionActor {
             .await;
         }
         true
+    }
+
+    /// A key or certificate proved `owner`: signed in, or (when a grant or the config asks for
+    /// it) waiting for the second factor, which the user must have enrolled.
+    async fn accepted(
+        &mut self,
+        username: String,
+        key: russh::keys::PublicKey,
+        owner: String,
+        restrictions: identity::Restrictions,
+    ) -> SignIn {
+        if !second_factor::required(&self.ctx, &self.arrival, &owner, &username, now_secs()) {
+            self.audit_login(&username, &key, Some(owner.clone()), true, None)
+                .await;
+            return match self.sign_in(owner, username, restrictions) {
+                true => SignIn::Accepted,
+                false => SignIn::Refused,
+            };
+        }
+        let store = self.ctx.store.clone();
+        let who = owner.clone();
+        let enrolled = tokio::task::spawn_blocking(move || store.totp(&who))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .is_some();
+        let (outcome, reason, answer) = if enrolled {
+            let reason = format!("after key {}", key.fingerprint(HashAlg::Sha256));
+            ("asked", reason, SignIn::SecondFactor)
+        } else {
+            self.refused_attempts += 1;
+            (
+                "refused",
+                format!(
+                    "a second factor is required and {owner} has none (bastionctl user mfa enroll {owner})"
+                ),
+                SignIn::Refused,
+            )
+        };
+        self.audit(AuditKind::SecondFactor {
+            client: self.client.to_string(),
+            username: username.chars().take(256).collect(),
+            user: owner.clone(),
+            outcome: outcome.into(),
+            reason: Some(reason),
+        })
+        .await;
+        if answer == SignIn::SecondFactor {
+            self.pending = Some(Pending {
+                user: owner,
+                username,
+                key,
+                restrictions,
+            });
+        }
+        answer
+    }
+
+    /// keyboard-interactive: only the second factor of a key accepted on this connection, for
+    /// the same user name; on its own it never signs anyone in.
+    async fn keyboard_interactive(
+        &mut self,
+        username: String,
+        answers: Option<Vec<bastion_core::keys::Secret>>,
+    ) -> Challenge {
+        let Some(user) = self
+            .pending
+            .as_ref()
+            .filter(|p| p.username == username)
+            .map(|p| p.user.clone())
+        else {
+            return Challenge::Refused { retry: false };
+        };
+        let Some(answers) = answers else {
+            return Challenge::Prompt {
+                instructions: format!(
+                    "bastion: {user} needs a second factor: the 6-digit code from your authenticator app."
+                ),
+            };
+        };
+        if self.rate_limited(&username).await {
+            return Challenge::Refused { retry: false };
+        }
+        let checked = second_factor::check(&self.ctx, &user, answers, now_secs()).await;
+        self.audit(AuditKind::SecondFactor {
+            client: self.client.to_string(),
+            username: username.chars().take(256).collect(),
+            user,
+            outcome: if checked.is_ok() {
+                "accepted"
+            } else {
+                "refused"
+            }
+            .into(),
+            reason: checked.as_ref().err().cloned(),
+        })
+        .await;
+        if checked.is_err() {
+            self.refused_attempts += 1;
+            return Challenge::Refused { retry: true };
+        }
+        let Some(p) = self.pending.take() else {
+            return Challenge::Refused { retry: false };
+        };
+        self.audit_login(&p.username, &p.key, Some(p.user.clone()), true, None)
+            .await;
+        match self.sign_in(p.user, p.username, p.restrictions) {
+            true => Challenge::Accepted,
+            false => Challenge::Refused { retry: false },
+        }
     }
 
     /// Connecting → signed in. SSH signs a connection in once; a later success changes nothing.

@@ -10,6 +10,7 @@
 mod accounts;
 mod audit_upkeep;
 mod commands;
+mod mfa;
 mod migrate;
 mod policy;
 mod segments;
@@ -20,6 +21,7 @@ mod to_segments;
 pub use accounts::StoredAccount;
 pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
 pub use commands::CommandIndex;
+pub use mfa::StoredTotp;
 pub use segments::{SegmentError, SegmentWriter};
 
 use std::path::{Path, PathBuf};

@@ -310,6 +310,19 @@ pub enum UserCmd {
         #[command(subcommand)]
         cmd: UserCaCmd,
     },
+    /// The second factor (TOTP).
+    Mfa {
+        #[command(subcommand)]
+        cmd: UserMfaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserMfaCmd {
+    /// Give a user a new TOTP secret: prints its otpauth URI and QR code, once.
+    Enroll { name: String },
+    /// Remove a user's second factor.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -402,6 +415,9 @@ pub struct GrantAdd {
     /// With the tcp right: record the relayed payload too.
     #[arg(long)]
     capture: bool,
+    /// Sessions under this grant need the second factor (TOTP) at sign-in.
+    #[arg(long = "require-mfa")]
+    require_mfa: bool,
     /// Exec commands matching this pattern (`*`, `?`) are refused (repeatable). Rules apply in
     /// the order deny, terminate, alert; exec is checked exactly, PTY input is not filtered.
     #[arg(long = "deny-command")]
@@ -774,6 +790,12 @@ impl Command {
                     name,
                 },
             }),
+            Command::User {
+                cmd: UserCmd::Mfa { cmd },
+            } => Ok(match cmd {
+                UserMfaCmd::Enroll { name } => Request::MfaEnroll { user: name },
+                UserMfaCmd::Remove { name } => Request::MfaRemove { user: name },
+            }),
             Command::Group { cmd } => noun(EntityKind::Group, cmd, |a| {
                 Ok(Entity::Group(Group {
                     name: a.name,
@@ -817,6 +839,7 @@ impl Command {
                     tcp_ports: a.tcp_ports,
                     sources: a.sources,
                     capture: a.capture,
+                    require_mfa: a.require_mfa,
                     command_rules: [
                         (a.deny_commands, RuleAction::Deny),
                         (a.terminate_commands, RuleAction::Terminate),

@@ -12,6 +12,7 @@ pub fn response(r: &Response) {
         Response::Status(s) => status(s),
         Response::Probe(p) => probe(p),
         Response::Changed(e) => println!("{}", event_line(e)),
+        Response::MfaEnrolled { uri, event } => mfa_enrolled(uri, event),
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
@@ -328,6 +329,27 @@ fn probe(p: &ProbeResult) {
     );
 }
 
+/// The enrolment as a person scans it: the QR code of the otpauth URI, drawn with half-block
+/// characters (two modules per character cell, dark on light with a quiet zone), then the URI.
+fn mfa_enrolled(uri: &str, event: &AuditEvent) {
+    println!("{}", event_line(event));
+    match qrcode::QrCode::new(uri.as_bytes()) {
+        Ok(code) => println!(
+            "\n{}\n",
+            code.render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build()
+        ),
+        Err(e) => eprintln!("(no QR code: {e})"),
+    }
+    println!("{uri}");
+    println!(
+        "Scan the code (or enter the URI) in an authenticator app; it is shown only now. \
+         Sign-ins under grants with --require-mfa then ask for a verification code."
+    );
+}
+
 fn entity(e: &Entity) {
     match e {
         Entity::User(u) => {
@@ -398,6 +420,9 @@ fn entity(e: &Entity) {
             for r in &g.command_rules {
                 when.push(format!("{} command `{}`", r.action.as_str(), r.pattern));
             }
+            if g.require_mfa {
+                when.push("second factor required".into());
+            }
             if !g.tcp_ports.is_empty() {
                 let ports: Vec<String> = g.tcp_ports.iter().map(u16::to_string).collect();
                 let from: Vec<String> = g.sources.iter().map(|c| c.to_string()).collect();
@@ -452,6 +477,21 @@ pub fn event_line(e: &AuditEvent) -> String {
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         ),
+        AuditKind::SecondFactor {
+            client,
+            username,
+            user,
+            outcome,
+            reason,
+        } => format!(
+            "second factor {outcome} for {user} (`{username}`) from {client}{}",
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        AuditKind::MfaEnrolled { user } => format!("{user} enrolled a TOTP second factor"),
+        AuditKind::MfaRemoved { user } => format!("{user}'s TOTP second factor removed"),
         AuditKind::SessionRefused {
             client,
             user,

@@ -327,6 +327,7 @@ mod tests {
             sources: vec![],
             capture: false,
             command_rules: vec![],
+            require_mfa: false,
         };
         let mut g1 = grant(
             "g-alice-web1",

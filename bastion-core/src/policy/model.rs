@@ -143,6 +143,9 @@ pub struct Grant {
     /// Rules for exec requests under this grant; the first that matches decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command_rules: Vec<super::commands::CommandRule>,
+    /// Sessions under this grant need the second factor (TOTP) at sign-in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_mfa: bool,
 }
 
 /// Revoked user certificates (`bastionctl user ca revoke`): a certificate matching every field

@@ -102,6 +102,8 @@ impl Daemon {
             Request::AccountRemove { target, login } => self
                 .account_remove(peer, &target, &login)
                 .map(Response::Changed),
+            Request::MfaEnroll { user } => self.mfa_enroll(peer, &user),
+            Request::MfaRemove { user } => self.mfa_remove(peer, &user).map(Response::Changed),
             Request::AccountList => self
                 .store
                 .accounts()
@@ -218,6 +220,55 @@ impl Daemon {
     }
 
     /// Seals and stores a private key for `login` on the registered `target`.
+    /// A fresh TOTP secret for `user`, sealed to them; the URI is returned once and never
+    /// stored in clear.
+    fn mfa_enroll(&self, peer: Peer, user: &str) -> Result<Response, ApiError> {
+        use bastion_core::totp;
+        if !self.policy.snapshot().users.contains_key(user) {
+            return Err(ApiError::NotFound(format!("user `{user}` does not exist")));
+        }
+        if self.store.totp(user).map_err(ApiError::internal)?.is_some() {
+            return Err(ApiError::Invalid(format!(
+                "user `{user}` already has a second factor; `bastionctl user mfa remove {user}` first"
+            )));
+        }
+        let mut secret = zeroize::Zeroizing::new([0u8; totp::SECRET_LEN]);
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret[..])
+            .map_err(|_| ApiError::internal("no randomness for a TOTP secret"))?;
+        let sealed = self
+            .proxy
+            .keys
+            .seal(
+                &bastion_core::keys::totp_context(user),
+                totp::sealable(&secret[..]).as_bytes(),
+            )
+            .map_err(ApiError::internal)?;
+        let stored = bastion_store::StoredTotp {
+            user: user.to_owned(),
+            sealed,
+            last_step: 0,
+        };
+        let event = self
+            .store
+            .put_totp(&stored, admin(peer))
+            .map_err(ApiError::internal)?;
+        Ok(Response::MfaEnrolled {
+            uri: totp::uri("bastion", user, &secret[..]),
+            event,
+        })
+    }
+
+    fn mfa_remove(&self, peer: Peer, user: &str) -> Result<AuditEvent, ApiError> {
+        if self.store.totp(user).map_err(ApiError::internal)?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "user `{user}` has no second factor"
+            )));
+        }
+        self.store
+            .remove_totp(user, admin(peer))
+            .map_err(ApiError::internal)
+    }
+
     fn account_add(
         &self,
         peer: Peer,
@@ -391,6 +442,13 @@ impl Daemon {
                     logins.join(", ")
                 )));
             }
+        }
+        // A later user of the same name must not inherit the secret.
+        if kind == EntityKind::User && self.store.totp(name).map_err(ApiError::internal)?.is_some()
+        {
+            return Err(ApiError::Conflict(format!(
+                "user `{name}` has a second factor; remove it first with `bastionctl user mfa remove {name}`"
+            )));
         }
         policy::check_remove(&policy, kind, name)?;
         let mut next = (*policy).clone();

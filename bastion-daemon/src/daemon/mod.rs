@@ -143,6 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.ssh.algorithms,
         )),
         algorithms: config.ssh.algorithms,
+        require_mfa: config.ssh.require_mfa,
         env: bastion_proxy::env::EnvGate::new(config.ssh.accept_env.clone(), config.ssh.env_values),
         throttle: bastion_proxy::throttle::Throttle::new(
             config.ssh.connections_per_source_per_sec,
