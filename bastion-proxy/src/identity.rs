@@ -278,6 +278,50 @@ mod tests {
         assert_eq!(full, Restrictions::NONE);
     }
 
+    /// A certificate whose signing key is itself a certificate (OpenSSH forbids chains) never
+    /// signs anyone in: it does not even parse.
+    #[test]
+    fn a_certificate_signed_by_a_certificate_is_refused() {
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let intermediate = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        // The intermediate's own certificate, from the trusted CA.
+        let mut b = certificate::Builder::new_with_random_nonce(
+            &mut rand::rng(),
+            intermediate.public_key(),
+            1_000_000 - 10,
+            1_000_000 + 10,
+        )
+        .unwrap();
+        b.cert_type(certificate::CertType::User).unwrap();
+        b.valid_principal("carol").unwrap();
+        let intermediate_cert = b.sign(&ca).unwrap();
+        // A certificate signed by the intermediate's key, then made to name the intermediate's
+        // certificate as its signing key.
+        let leaf = build(&intermediate, "carol", |_| Ok(()));
+        let string = |blob: Vec<u8>| [&(blob.len() as u32).to_be_bytes()[..], &blob].concat();
+        let plain = string(intermediate.public_key().to_bytes().unwrap());
+        let chained = string(intermediate_cert.to_bytes().unwrap());
+        let bytes = leaf.to_bytes().unwrap();
+        let at = bytes
+            .windows(plain.len())
+            .position(|w| w == plain.as_slice())
+            .expect("the signing key's blob is in the certificate");
+        let forged = [&bytes[..at], &chained[..], &bytes[at + plain.len()..]].concat();
+        let mut policy = Policy::default();
+        policy.users.insert(
+            "carol".into(),
+            User {
+                name: "carol".into(),
+                keys: vec![],
+                trusted_cas: vec![ca.public_key().to_openssh().unwrap()],
+            },
+        );
+        if let Ok(parsed) = Certificate::from_bytes(&forged) {
+            let client = "198.51.100.10".parse().unwrap();
+            assert!(cert_owner(&policy, &parsed, client, 1_000_000).is_err());
+        }
+    }
+
     #[test]
     fn certificates_table() {
         let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();

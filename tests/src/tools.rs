@@ -1,11 +1,13 @@
-//! Tools `cargo xtask setup` installs for the lab besides OpenSSH: ssh-audit (PyPI, pinned, in
-//! its own virtual environment; xtask's setup names the same path).
+//! Tools `cargo xtask setup` installs for the lab besides OpenSSH, from PyPI, pinned, in a
+//! virtual environment of their own (xtask's setup names the same path): ssh-audit, and
+//! paramiko for `tests/scripts/hostile_ssh.py`, a client that sends what OpenSSH never would.
 
 use anyhow::Context;
 
 use crate::Lab;
 
-pub const SSH_AUDIT: &str = "/opt/bastion-lab/ssh-audit/bin/ssh-audit";
+pub const SSH_AUDIT: &str = "/opt/bastion-lab/venv/bin/ssh-audit";
+pub const PYTHON: &str = "/opt/bastion-lab/venv/bin/python";
 
 /// What ssh-audit found on one listener.
 pub struct Audit {

@@ -414,3 +414,99 @@ fn a_huge_terminal_leaves_bastiond_small() {
     shell.send(b"exit\r").unwrap();
     shell.wait_exit().unwrap();
 }
+
+/// What SSH servers' advisories teach, sent as a hostile client would (paramiko and a raw
+/// socket, `tests/scripts/hostile_ssh.py`): each costs only the connection that sent it, and
+/// bastiond serves alice right after.
+#[test]
+fn what_ssh_advisories_teach_costs_only_the_hostile_connection() {
+    let (lab, b) = Lab::with_alice().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hostile_ssh.py");
+    let key = lab.info().admin_key.to_str().unwrap().to_owned();
+    let port = bastion_lab::bastiond::SSH_PORT.to_string();
+    let host = bastion_lab::names::BASTION_ADMIN_ADDR;
+    let hostile = |args: &[&str]| {
+        let out = lab
+            .command_unenforced("admin", bastion_lab::tools::PYTHON)
+            .unwrap()
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // A key offered without a signature is answered "would be accepted" and nothing more:
+    // OpenSSH offers alice's key, hears that, and cannot sign (the copy it holds is locked by a
+    // passphrase it may not ask for).
+    let dir = lab.info().run_dir.join("offer-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    let locked = dir.join("admin_ed25519");
+    std::fs::copy(&lab.info().admin_key, &locked).unwrap();
+    std::fs::copy(&lab.info().admin_key_pub, locked.with_extension("pub")).unwrap();
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-N", "locked", "-f"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = lab
+        .ssh_via_bastion_as(&locked, "root@web1", &["-v"])
+        .unwrap()
+        .arg("echo offered")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("Server accepts key"),
+        "the key was offered and answered: {err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("offered"));
+
+    let out = hostile(&["huge-packet", host, &port]);
+    assert!(out.contains("huge packet: connection closed"), "{out}");
+    assert_alice_works(&lab, &[]);
+
+    let out = hostile(&["window", host, &port, "root@web1", &key]);
+    assert!(out.contains("largest window: window-ok"), "{out}");
+    assert!(out.contains("window past 2^32:"), "{out}");
+    assert_alice_works(&lab, &[]);
+
+    b.ctl_ok(&["user", "mfa", "enroll", "alice"]).unwrap();
+    b.ctl_ok(&["grant", "remove", "alice-web1"]).unwrap();
+    b.ctl_ok(&[
+        "grant",
+        "add",
+        "alice-web1",
+        "--user",
+        "alice",
+        "--target",
+        "web1",
+        "--login",
+        "root",
+        "--rights",
+        "shell,exec",
+        "--require-mfa",
+    ])
+    .unwrap();
+    // 10,000 answers to the one prompt: two are read at most, and the reply is refused.
+    let out = hostile(&["answers", host, &port, "root@web1", &key, "10000"]);
+    assert!(
+        out.contains("methods left: keyboard-interactive")
+            && out.contains("10000 answers: refused"),
+        "{out}"
+    );
+    let audit = b.ctl_ok(&["audit", "--limit", "50"]).unwrap();
+    assert!(audit.contains(": 2 answers to one prompt"), "{audit}");
+    assert!(!audit.contains("second factor accepted"), "{audit}");
+    assert!(
+        b.pid().is_some() && b.status_field("VmRSS:") > 0,
+        "bastiond is gone"
+    );
+}

@@ -807,6 +807,15 @@ fn user_certificates_are_honoured_in_full() {
     };
     keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("ca")]);
     ok(&b, &["user", "add", "carol", "--ca", &p("ca.pub")]);
+    // A key identifies one person: alice's cannot be registered to mallory too.
+    let alice_key = lab.info().admin_key_pub.to_str().unwrap().to_owned();
+    let out = b
+        .ctl(&["user", "add", "mallory", "--key", &alice_key])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already registered to user `alice`"),
+        "{out:?}"
+    );
     grant(
         &b,
         "carol-web1",

@@ -37,10 +37,11 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "oathtool",
 ];
-/// The SSH scanner the lab runs against bastiond's listeners, in its own virtual environment.
-/// The lab library names the same path (`bastion_lab::tools::SSH_AUDIT`).
-const SSH_AUDIT_VENV: &str = "/opt/bastion-lab/ssh-audit";
-const SSH_AUDIT_VERSION: &str = "3.9.0";
+/// The lab's Python tools, pinned, in a virtual environment of their own: ssh-audit (the
+/// scanner run against bastiond's listeners) and paramiko (a client that sends what OpenSSH never
+/// would). The lab library names the same path (`bastion_lab::tools`).
+const LAB_VENV: &str = "/opt/bastion-lab/venv";
+const LAB_PYTHON_PACKAGES: &[(&str, &str)] = &[("ssh-audit", "3.9.0"), ("paramiko", "3.5.1")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
@@ -50,7 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     apt(llvm)?;
     default_components()?;
     bpf_linker(llvm)?;
-    ssh_audit()?;
+    lab_python()?;
     eprintln!("    setup: done");
     Ok(())
 }
@@ -283,37 +284,46 @@ fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
     }
 }
 
-/// ssh-audit from PyPI, pinned, in a virtual environment of Debian's own Python (whatever other
-/// Python is first on PATH).
-fn ssh_audit() -> anyhow::Result<()> {
-    let venv = Path::new(SSH_AUDIT_VENV);
-    let bin = venv.join("bin/ssh-audit");
-    let have = toolchain::stdout_of(Command::new(venv.join("bin/pip")).args(["show", "ssh-audit"]))
-        .is_some_and(|s| {
-            s.lines()
-                .any(|l| l == format!("Version: {SSH_AUDIT_VERSION}"))
-        });
-    if have && bin.exists() {
-        eprintln!("    ssh-audit: present ({SSH_AUDIT_VERSION})");
+/// The lab's Python packages from PyPI, pinned, in a virtual environment of Debian's own Python
+/// (whatever other Python is first on PATH).
+fn lab_python() -> anyhow::Result<()> {
+    let venv = Path::new(LAB_VENV);
+    let pip = venv.join("bin/pip");
+    let missing: Vec<String> = LAB_PYTHON_PACKAGES
+        .iter()
+        .filter(|(name, version)| {
+            !toolchain::stdout_of(Command::new(&pip).args(["show", name]))
+                .is_some_and(|s| s.lines().any(|l| l == format!("Version: {version}")))
+        })
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    lab python: present ({LAB_VENV})");
         return Ok(());
     }
-    eprintln!("    ssh-audit: installing {SSH_AUDIT_VERSION} into {SSH_AUDIT_VENV}");
-    if !venv.join("bin/pip").exists() {
+    eprintln!(
+        "    lab python: installing {} into {LAB_VENV}",
+        missing.join(" ")
+    );
+    if !pip.exists() {
         let status = Command::new("/usr/bin/python3")
-            .args(["-m", "venv", SSH_AUDIT_VENV])
+            .args(["-m", "venv", LAB_VENV])
             .status()
             .context("running /usr/bin/python3 -m venv")?;
         if !status.success() {
-            bail!("cannot create the virtual environment {SSH_AUDIT_VENV} (python3-venv)");
+            bail!("cannot create the virtual environment {LAB_VENV} (python3-venv)");
         }
     }
-    let status = Command::new(venv.join("bin/pip"))
+    let status = Command::new(&pip)
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("ssh-audit=={SSH_AUDIT_VERSION}"))
+        .args(&missing)
         .status()
-        .context("running pip install ssh-audit")?;
-    if !status.success() || !bin.exists() {
-        bail!("pip could not install ssh-audit {SSH_AUDIT_VERSION} (PyPI must be reachable)");
+        .context("running pip install")?;
+    if !status.success() {
+        bail!(
+            "pip could not install {} (PyPI must be reachable)",
+            missing.join(" ")
+        );
     }
     Ok(())
 }
