@@ -406,6 +406,7 @@ fn a_huge_terminal_leaves_bastiond_small() {
     shell.wait_for("done-42").unwrap();
     let rss_mib = b.status_field("VmRSS:") >> 10;
     let peak_mib = b.status_field("VmHWM:") >> 10;
+    eprintln!("bastiond with a 65535x65535 terminal: {rss_mib} MiB now, {peak_mib} MiB at peak");
     assert!(
         peak_mib < 100,
         "bastiond peaked at {peak_mib} MiB (now {rss_mib} MiB) for one huge terminal"
