@@ -94,8 +94,9 @@ pub struct SshConfig {
     /// Seconds a client has to sign in before its connection is closed.
     #[serde(default = "default_login_grace")]
     pub login_grace_secs: u64,
-    /// Failed sign-ins from one source address within `failure_window_secs` that trigger a
-    /// refusal of that source for `failure_penalty_secs`.
+    /// Failed sign-ins (refused keys and certificates, wrong second-factor codes) from one source
+    /// (an IPv4 address, an IPv6 /64) within `failure_window_secs` that trigger a refusal of
+    /// that source for `failure_penalty_secs`.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
     #[serde(default = "default_failure_window")]

@@ -2,8 +2,8 @@
 //! resolver would read it, so that policy judges the address that will be reached and not a
 //! spelling of it. glibc's `getaddrinfo` (what OpenSSH's sshd calls) accepts every `inet_aton`
 //! form: `3405803787`, `0xcb.0.113.11`, `0313.0.0161.013`, `203.0.28939`, `203.28939`; IPv6
-//! includes IPv4-mapped addresses (`::ffff:203.0.113.11`), which reach the IPv4 host; a name may
-//! end in dots. Pure.
+//! includes IPv4-mapped addresses (`::ffff:203.0.113.11`), and NAT64 ones where the target's
+//! network has NAT64, which reach the IPv4 host; a name may end in dots. Pure.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -31,7 +31,7 @@ pub fn parse(text: &str) -> Result<Host, HostError> {
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
     if let Ok(v6) = inner.parse::<std::net::Ipv6Addr>() {
-        return Ok(Host::Addr(IpAddr::V6(v6).to_canonical()));
+        return Ok(Host::Addr(embedded_v4(v6)));
     }
     let trimmed = inner.trim_end_matches('.');
     if trimmed.is_empty() || trimmed.len() > 253 || inner.len() != text.len() {
@@ -54,6 +54,20 @@ pub fn parse(text: &str) -> Result<Host, HostError> {
         return Err(invalid());
     }
     Ok(Host::Name(trimmed.to_ascii_lowercase()))
+}
+
+/// An IPv6 address that reaches an IPv4 host is that host: IPv4-mapped (`::ffff:a.b.c.d`),
+/// the well-known NAT64 prefix (`64:ff9b::/96`, RFC 6052), and IPv4-compatible (`::a.b.c.d`,
+/// deprecated but still parsed), apart from `::` and `::1`.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> IpAddr {
+    let bits = u128::from(v6);
+    let low = Ipv4Addr::from(bits as u32);
+    let nat64 = bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000;
+    let compatible = bits >> 32 == 0 && bits > 1;
+    if nat64 || compatible {
+        return IpAddr::V4(low);
+    }
+    IpAddr::V6(v6).to_canonical()
 }
 
 /// glibc's `inet_aton`: one to four parts, each decimal, octal (leading 0) or hex (0x); the
@@ -113,10 +127,14 @@ mod tests {
             "::ffff:203.0.113.11",
             "[::ffff:203.0.113.11]",
             "::ffff:cb00:710b",
+            "64:ff9b::cb00:710b",
+            "64:ff9b::203.0.113.11",
+            "::203.0.113.11",
         ] {
             assert_eq!(parse(text), Ok(Host::Addr(web2.parse().unwrap())), "{text}");
         }
         assert_eq!(parse("127.1"), Ok(Host::Addr("127.0.0.1".parse().unwrap())));
+        assert_eq!(parse("::1"), Ok(Host::Addr("::1".parse().unwrap())));
         assert_eq!(
             parse("[2001:db8::1]"),
             Ok(Host::Addr("2001:db8::1".parse().unwrap()))

@@ -31,6 +31,14 @@ impl Restrictions {
         agent_forwarding: true,
     };
 
+    /// Before sign-in: nothing.
+    pub const DENY_ALL: Restrictions = Restrictions {
+        force_command: None,
+        pty: false,
+        port_forwarding: false,
+        agent_forwarding: false,
+    };
+
     fn of(cert: &Certificate) -> Restrictions {
         let ext = |name: &str| cert.extensions().contains_key(name);
         Restrictions {
@@ -97,6 +105,13 @@ pub fn cert_owner(
 ) -> Result<(String, Restrictions), String> {
     if cert.cert_type() != ssh_key::certificate::CertType::User {
         return Err("not a user certificate".into());
+    }
+    // OpenSSH has no certificate chains: a CA is a plain key.
+    if matches!(
+        cert.signature_key(),
+        ssh_key::public::KeyData::Certificate(_)
+    ) {
+        return Err("signed by a certificate, not by a CA key".into());
     }
     for (name, value) in cert.critical_options().iter() {
         match name.as_str() {
@@ -278,8 +293,8 @@ mod tests {
         assert_eq!(full, Restrictions::NONE);
     }
 
-    /// A certificate whose signing key is itself a certificate (OpenSSH forbids chains) never
-    /// signs anyone in: it does not even parse.
+    /// A certificate whose signing key is itself a certificate (OpenSSH has no chains) never
+    /// signs anyone in, whoever signed that certificate.
     #[test]
     fn a_certificate_signed_by_a_certificate_is_refused() {
         let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
@@ -316,10 +331,10 @@ mod tests {
                 trusted_cas: vec![ca.public_key().to_openssh().unwrap()],
             },
         );
-        if let Ok(parsed) = Certificate::from_bytes(&forged) {
-            let client = "198.51.100.10".parse().unwrap();
-            assert!(cert_owner(&policy, &parsed, client, 1_000_000).is_err());
-        }
+        let parsed = Certificate::from_bytes(&forged).unwrap();
+        let client = "198.51.100.10".parse().unwrap();
+        let refused = cert_owner(&policy, &parsed, client, 1_000_000).unwrap_err();
+        assert!(refused.contains("signed by a certificate"), "{refused}");
     }
 
     #[test]

@@ -21,8 +21,14 @@ const RIGHTS: [Right; 5] = [
     Right::Agent,
 ];
 
-/// Whether `user`, arriving as `arrival` with SSH user name `username`, must give a code. A
-/// destination that does not resolve needs none here: the session is refused when it routes.
+/// Wrong codes one connection may give before keyboard-interactive is closed to it.
+pub const MAX_CODES: u32 = 3;
+
+/// Whether `user`, arriving as `arrival` with SSH user name `username`, must give a code. A user
+/// name that names no destination needs none: such a connection routes no session of its own
+/// and can only ProxyJump, whose inner session signs in (and gives its code) itself; asking
+/// twice would need two codes from one time step. Every grant is checked again when it is used
+/// ([`given_for`]), so a destination that does not resolve here cannot slip through later.
 pub fn required(
     ctx: &ProxyContext,
     arrival: &Arrival,
@@ -30,12 +36,12 @@ pub fn required(
     username: &str,
     now: u64,
 ) -> bool {
-    if ctx.require_mfa {
-        return true;
-    }
     let Ok((dest, port)) = arrival.destination(username) else {
         return false;
     };
+    if ctx.require_mfa {
+        return true;
+    }
     let policy = ctx.policy();
     let Ok(mut target) = policy::resolve_target(&policy, &dest.target, &ctx.config_subnets) else {
         return false;
@@ -49,6 +55,23 @@ pub fn required(
             .and_then(|grant| policy.grants.get(&grant).map(|g| g.require_mfa))
             .unwrap_or(false)
     })
+}
+
+/// Ok if `grant` may be used by an identity that did (`given`) or did not give the second
+/// factor at sign-in.
+pub fn given_for(
+    ctx: &ProxyContext,
+    policy: &policy::Policy,
+    grant: &str,
+    given: bool,
+) -> Result<(), String> {
+    let needs = ctx.require_mfa || policy.grants.get(grant).is_some_and(|g| g.require_mfa);
+    if needs && !given {
+        return Err(format!(
+            "grant {grant} requires the second factor, which this connection did not give: sign in again"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `answers` (one code) for `user` at `now`: Ok once per code, else why not.

@@ -41,6 +41,9 @@ struct Identity {
     username: String,
     /// What the certificate it signed in with allows (everything, for a plain key).
     restrictions: identity::Restrictions,
+    /// Whether it gave the second factor: grants that require one are refused otherwise,
+    /// whenever they are asked (a window opening or a policy change after sign-in included).
+    second_factor: bool,
 }
 
 /// A key or certificate accepted as the first factor, waiting for its code.
@@ -113,6 +116,8 @@ pub struct SessionActor {
     last_username: String,
     /// A first factor accepted on this connection, waiting for the second.
     pending: Option<Pending>,
+    /// Wrong second-factor codes on this connection.
+    wrong_codes: u32,
 }
 
 fn now_secs() -> u64 {
@@ -146,6 +151,7 @@ impl SessionActor {
             refused_attempts: 0,
             last_username: String::new(),
             pending: None,
+            wrong_codes: 0,
         }
     }
 
@@ -321,7 +327,7 @@ impl SessionActor {
         if !second_factor::required(&self.ctx, &self.arrival, &owner, &username, now_secs()) {
             self.audit_login(&username, &key, Some(owner.clone()), true, None)
                 .await;
-            return match self.sign_in(owner, username, restrictions) {
+            return match self.sign_in(owner, username, restrictions, false) {
                 true => SignIn::Accepted,
                 false => SignIn::Refused,
             };
@@ -406,7 +412,16 @@ impl SessionActor {
         })
         .await;
         if checked.is_err() {
-            self.refused_attempts += 1;
+            // Charged at once, like a refused key, whatever the connection does next; and a
+            // connection gets MAX_CODES tries.
+            self.wrong_codes += 1;
+            if self.ctx.failed_login(self.client.ip(), &username) {
+                tracing::warn!(client = %self.client.ip(), %username, "too many failed sign-ins: source or user name refused for a while");
+            }
+            if self.wrong_codes >= second_factor::MAX_CODES {
+                self.pending = None;
+                return Challenge::Refused { retry: false };
+            }
             return Challenge::Refused { retry: true };
         }
         let Some(p) = self.pending.take() else {
@@ -414,7 +429,7 @@ impl SessionActor {
         };
         self.audit_login(&p.username, &p.key, Some(p.user.clone()), true, None)
             .await;
-        match self.sign_in(p.user, p.username, p.restrictions) {
+        match self.sign_in(p.user, p.username, p.restrictions, true) {
             true => Challenge::Accepted,
             false => Challenge::Refused { retry: false },
         }
@@ -426,12 +441,14 @@ impl SessionActor {
         user: String,
         username: String,
         restrictions: identity::Restrictions,
+        second_factor: bool,
     ) -> bool {
         if matches!(self.phase, Phase::Connecting) {
             self.phase = Phase::SignedIn(Identity {
                 user,
                 username,
                 restrictions,
+                second_factor,
             });
             self.signed_in.store(true, Ordering::SeqCst);
         }
@@ -631,15 +648,9 @@ impl SessionActor {
 
     /// What the signed-in identity's certificate allows (nothing before sign-in).
     fn restrictions(&self) -> &identity::Restrictions {
-        const NOTHING: identity::Restrictions = identity::Restrictions {
-            force_command: None,
-            pty: false,
-            port_forwarding: false,
-            agent_forwarding: false,
-        };
         match &self.phase {
             Phase::SignedIn(identity) | Phase::Routed { identity, .. } => &identity.restrictions,
-            Phase::Connecting | Phase::Refused { .. } => &NOTHING,
+            Phase::Connecting | Phase::Refused { .. } => &identity::Restrictions::DENY_ALL,
         }
     }
 
@@ -649,14 +660,17 @@ impl SessionActor {
         let Phase::Routed { identity, route } = &self.phase else {
             return Err("not signed in".into());
         };
-        first_grant(
-            &self.ctx.policy(),
+        let policy = self.ctx.policy();
+        let grant = first_grant(
+            &policy,
             &identity.user,
             &route.target,
             &route.login,
             rights,
             now_secs(),
-        )
+        )?;
+        second_factor::given_for(&self.ctx, &policy, &grant, identity.second_factor)?;
+        Ok(grant)
     }
 
     /// The stored account key for `login` on the named target, unsealed, if there is one.
@@ -744,6 +758,7 @@ impl SessionActor {
             &[Right::Shell, Right::Exec, Right::Sftp],
             now_secs(),
         )?;
+        second_factor::given_for(&self.ctx, &policy, &grant, identity.second_factor)?;
         let pinned = target
             .name
             .as_ref()

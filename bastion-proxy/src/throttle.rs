@@ -12,11 +12,14 @@ use std::{
 
 use bastion_core::cidr::Cidr;
 
-/// Sources tracked at most. When full, sources back at their full burst are forgotten first
-/// (forgetting them changes nothing); a source still being slowed is never forgotten, so a
-/// flood from many addresses cannot reset one it is hiding behind. Past that, new sources are
-/// turned away until some catch up.
+/// Sources tracked at most. When full, sources back at their full burst are forgotten (at most
+/// once a second: forgetting them changes nothing); a source still being slowed is never
+/// forgotten, so a flood from many addresses cannot reset one it is hiding behind. Sources that
+/// still find no room share one schedule: slowed together, not locked out.
 const MAX_TRACKED: usize = 65_536;
+
+/// The fastest rate taken from the config: a faster one would make the interval zero.
+const MAX_RATE: u32 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -36,34 +39,43 @@ pub struct Throttle {
     tolerance: Duration,
     /// Per source: when its schedule would next be empty.
     sources: HashMap<Cidr, Instant>,
+    last_prune: Option<Instant>,
 }
 
 impl Throttle {
     /// `None` when `rate` is 0 (no throttle).
     pub fn new(rate: u32, burst: u32) -> Option<Throttle> {
         (rate > 0).then(|| {
-            let interval = Duration::from_secs(1) / rate;
+            let interval = Duration::from_secs(1) / rate.min(MAX_RATE);
             Throttle {
                 interval,
-                tolerance: interval * burst.max(1),
+                tolerance: interval.saturating_mul(burst.max(1)),
                 sources: HashMap::new(),
+                last_prune: None,
             }
         })
     }
 
     /// A connection from `source` arrives at `now`; reserves its turn unless refused.
     pub fn admit(&mut self, source: Cidr, now: Instant) -> Admission {
+        let mut source = source;
         if self.sources.len() >= MAX_TRACKED && !self.sources.contains_key(&source) {
-            self.sources.retain(|_, tat| *tat > now);
+            if self
+                .last_prune
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.last_prune = Some(now);
+                self.sources.retain(|_, tat| *tat > now);
+            }
             if self.sources.len() >= MAX_TRACKED {
-                return Admission::Refuse;
+                source = Cidr::source(source.addr(), 0, 0);
             }
         }
         let tat = self.sources.get(&source).copied().unwrap_or(now).max(now);
         // `tat - now` is the work already scheduled for this source: the burst is served at
         // once, then one connection per interval, and past a second burst's worth it is refused.
         let ahead = tat - now;
-        if ahead >= self.tolerance * 2 {
+        if ahead >= self.tolerance.saturating_mul(2) {
             return Admission::Refuse;
         }
         self.sources.insert(source, tat + self.interval);

@@ -87,7 +87,8 @@ fn stalled_clients_and_a_flood_of_failed_logins_do_not_disturb_others() {
     );
     assert_alice_works(&lab, &["-b", "198.51.100.11"]);
     // The user name the flood went after is refused from the flood's network (its /24), at
-    // sign-in: the name, not only the address, is slowed there (elsewhere it is not).
+    // sign-in: the name, not only the address, is slowed there. (The lab has one admin /24;
+    // that another network is not slowed is the limiter's unit test.)
     let named = ssh(
         &lab,
         "guess@web1",
@@ -476,7 +477,8 @@ fn what_ssh_advisories_teach_costs_only_the_hostile_connection() {
 
     let out = hostile(&["window", host, &port, "root@web1", &key]);
     assert!(out.contains("largest window: window-ok"), "{out}");
-    assert!(out.contains("window past 2^32:"), "{out}");
+    // russh saturates the window at 2^32 - 1, as RFC 4254 caps it: the connection goes on.
+    assert!(out.contains("window past 2^32: connection open"), "{out}");
     assert_alice_works(&lab, &[]);
 
     b.ctl_ok(&["user", "mfa", "enroll", "alice"]).unwrap();

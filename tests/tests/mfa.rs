@@ -140,6 +140,21 @@ fn a_grant_with_require_mfa_asks_every_arrival_for_a_code_that_works_once() {
     ));
     assert!(said(&out).contains("mfa-ok"), "{}", said(&out));
 
+    // A connection signed in before the grant asks for the code (kept open for ssh's
+    // connection sharing) gets nothing under it afterwards.
+    let master_sock = dir.join("master.sock");
+    let master_sock = master_sock.to_str().unwrap();
+    let mut master = lab
+        .ssh_via_bastion("root@web1", &["-M", "-S", master_sock, "-N"])
+        .unwrap()
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    bastion_lab::wait::eventually("the shared connection", bastion_lab::wait::LIMIT, || {
+        Path::new(master_sock).exists().then_some(())
+    })
+    .unwrap();
+
     b.ctl_ok(&["grant", "remove", "alice-web1"]).unwrap();
     b.ctl_ok(&[
         "grant",
@@ -156,6 +171,17 @@ fn a_grant_with_require_mfa_asks_every_arrival_for_a_code_that_works_once() {
         "--require-mfa",
     ])
     .unwrap();
+
+    let out = lab
+        .ssh_via_bastion("root@web1", &["-S", master_sock, "-o", "ControlMaster=no"])
+        .unwrap()
+        .arg("echo mfa-ok")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!said(&out).contains("mfa-ok"), "{}", said(&out));
+    let _ = master.kill();
+    let _ = master.wait();
 
     // A client that cannot answer (BatchMode) is refused, naming the method it lacks.
     let out = lab
@@ -211,6 +237,7 @@ fn a_grant_with_require_mfa_asks_every_arrival_for_a_code_that_works_once() {
 
     let audit = b.ctl_ok(&["audit", "--limit", "1000"]).unwrap();
     for line in [
+        "grant alice-web1 requires the second factor, which this connection did not give",
         "alice enrolled a TOTP second factor",
         "second factor asked for alice",
         "second factor accepted for alice",

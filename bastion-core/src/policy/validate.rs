@@ -187,6 +187,12 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
                     g.id
                 )));
             }
+            if tcp && g.require_mfa {
+                return Err(PolicyError::Invalid(format!(
+                    "grant `{}`: raw TCP carries no sign-in, so it cannot require a second factor",
+                    g.id
+                )));
+            }
             if !tcp && (!g.tcp_ports.is_empty() || !g.sources.is_empty() || g.capture) {
                 return Err(PolicyError::Invalid(format!(
                     "grant `{}`: TCP ports, sources and capture need the tcp right",
@@ -287,6 +293,23 @@ mod tests {
         let same = KEY.replace("alice@laptop", "bob@desk");
         let e = check_add(&p, user("bob", &same)).unwrap_err().to_string();
         assert!(e.contains("already registered to user `alice`"), "{e}");
+    }
+
+    #[test]
+    fn raw_tcp_cannot_require_a_second_factor() {
+        let mut p = Policy::default();
+        p.insert(check_add(&p, user("alice", KEY)).unwrap());
+        let grant: crate::policy::Grant = serde_json::from_value(serde_json::json!({
+            "id": "db", "subject": {"user": "alice"}, "object": {"subnet": "203.0.113.0/24"},
+            "logins": [], "rights": ["tcp"], "tcp_ports": [5432],
+            "sources": ["198.51.100.0/24"], "require_mfa": true
+        }))
+        .unwrap();
+        let e = check_add(&p, Entity::Grant(grant)).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot require a second factor"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -219,7 +219,6 @@ impl Daemon {
         })
     }
 
-    /// Seals and stores a private key for `login` on the registered `target`.
     /// A fresh TOTP secret for `user`, sealed to them; the URI is returned once and never
     /// stored in clear.
     fn mfa_enroll(&self, peer: Peer, user: &str) -> Result<Response, ApiError> {
@@ -269,6 +268,7 @@ impl Daemon {
             .map_err(ApiError::internal)
     }
 
+    /// Seals and stores a private key for `login` on the registered `target`.
     fn account_add(
         &self,
         peer: Peer,
