@@ -201,6 +201,47 @@ mod tests {
     use bastion_core::policy::User;
     use ssh_key::{Algorithm, PrivateKey, certificate};
 
+    /// A certificate of `kind` for `subject` and `principal`, valid from `after` to `before`,
+    /// shaped by `f`, signed by `ca`.
+    fn issue(
+        ca: &PrivateKey,
+        subject: &PrivateKey,
+        principal: &str,
+        (after, before): (u64, u64),
+        kind: certificate::CertType,
+        f: impl FnOnce(&mut certificate::Builder) -> ssh_key::Result<()>,
+    ) -> Certificate {
+        let mut b = certificate::Builder::new_with_random_nonce(
+            &mut rand::rng(),
+            subject.public_key(),
+            after,
+            before,
+        )
+        .unwrap();
+        b.cert_type(kind).unwrap();
+        b.valid_principal(principal).unwrap();
+        f(&mut b).unwrap();
+        b.sign(ca).unwrap()
+    }
+
+    /// A policy where carol signs in only with certificates from `ca`.
+    fn carol_trusting(ca: &PrivateKey) -> Policy {
+        let mut policy = Policy::default();
+        policy.users.insert(
+            "carol".into(),
+            User {
+                name: "carol".into(),
+                keys: vec![],
+                trusted_cas: vec![ca.public_key().to_openssh().unwrap()],
+            },
+        );
+        policy
+    }
+
+    fn random_key() -> PrivateKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+    }
+
     fn cert(
         ca: &PrivateKey,
         principal: &str,
@@ -208,17 +249,9 @@ mod tests {
         before: u64,
         kind: certificate::CertType,
     ) -> Certificate {
-        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let mut b = certificate::Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.public_key(),
-            after,
-            before,
-        )
-        .unwrap();
-        b.cert_type(kind).unwrap();
-        b.valid_principal(principal).unwrap();
-        b.sign(ca).unwrap()
+        issue(ca, &random_key(), principal, (after, before), kind, |_| {
+            Ok(())
+        })
     }
 
     /// A user certificate for `principal` valid around 1 000 000, shaped by `f`.
@@ -227,23 +260,20 @@ mod tests {
         principal: &str,
         f: impl FnOnce(&mut certificate::Builder) -> ssh_key::Result<()>,
     ) -> Certificate {
-        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let mut b = certificate::Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.public_key(),
-            1_000_000 - 10,
-            1_000_000 + 10,
+        let around = (1_000_000 - 10, 1_000_000 + 10);
+        issue(
+            ca,
+            &random_key(),
+            principal,
+            around,
+            certificate::CertType::User,
+            f,
         )
-        .unwrap();
-        b.cert_type(certificate::CertType::User).unwrap();
-        b.valid_principal(principal).unwrap();
-        f(&mut b).unwrap();
-        b.sign(ca).unwrap()
     }
 
     #[test]
     fn extensions_and_force_command_narrow_what_may_be_asked() {
-        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let ca = random_key();
         let bare = Restrictions::of(&build(&ca, "carol", |b| {
             b.critical_option("force-command", "uptime").map(drop)
         }));
@@ -297,19 +327,11 @@ mod tests {
     /// signs anyone in, whoever signed that certificate.
     #[test]
     fn a_certificate_signed_by_a_certificate_is_refused() {
-        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let intermediate = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let (ca, intermediate) = (random_key(), random_key());
         // The intermediate's own certificate, from the trusted CA.
-        let mut b = certificate::Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            intermediate.public_key(),
-            1_000_000 - 10,
-            1_000_000 + 10,
-        )
-        .unwrap();
-        b.cert_type(certificate::CertType::User).unwrap();
-        b.valid_principal("carol").unwrap();
-        let intermediate_cert = b.sign(&ca).unwrap();
+        let around = (1_000_000 - 10, 1_000_000 + 10);
+        let user = certificate::CertType::User;
+        let intermediate_cert = issue(&ca, &intermediate, "carol", around, user, |_| Ok(()));
         // A certificate signed by the intermediate's key, then made to name the intermediate's
         // certificate as its signing key.
         let leaf = build(&intermediate, "carol", |_| Ok(()));
@@ -322,15 +344,7 @@ mod tests {
             .position(|w| w == plain.as_slice())
             .expect("the signing key's blob is in the certificate");
         let forged = [&bytes[..at], &chained[..], &bytes[at + plain.len()..]].concat();
-        let mut policy = Policy::default();
-        policy.users.insert(
-            "carol".into(),
-            User {
-                name: "carol".into(),
-                keys: vec![],
-                trusted_cas: vec![ca.public_key().to_openssh().unwrap()],
-            },
-        );
+        let policy = carol_trusting(&ca);
         let parsed = Certificate::from_bytes(&forged).unwrap();
         let client = "198.51.100.10".parse().unwrap();
         let refused = cert_owner(&policy, &parsed, client, 1_000_000).unwrap_err();
@@ -339,17 +353,8 @@ mod tests {
 
     #[test]
     fn certificates_table() {
-        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let other_ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-        let mut policy = Policy::default();
-        policy.users.insert(
-            "carol".into(),
-            User {
-                name: "carol".into(),
-                keys: vec![],
-                trusted_cas: vec![ca.public_key().to_openssh().unwrap()],
-            },
-        );
+        let (ca, other_ca) = (random_key(), random_key());
+        let mut policy = carol_trusting(&ca);
         let now = 1_000_000;
         policy.revocations.insert(
             "lost-laptop".into(),

@@ -381,9 +381,24 @@ pub fn grant(
     login: &str,
     rights: &str,
 ) -> anyhow::Result<()> {
-    b.ctl_ok(&[
+    grant_with(b, id, user, target, login, rights, &[])
+}
+
+/// [`grant`] with more options (`--require-mfa`, `--window ...`).
+pub fn grant_with(
+    b: &Bastiond,
+    id: &str,
+    user: &str,
+    target: &str,
+    login: &str,
+    rights: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut args = vec![
         "grant", "add", id, "--user", user, "--target", target, "--login", login, "--rights",
         rights,
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    b.ctl_ok(&args)?;
     Ok(())
 }

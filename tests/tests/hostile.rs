@@ -483,20 +483,15 @@ fn what_ssh_advisories_teach_costs_only_the_hostile_connection() {
 
     b.ctl_ok(&["user", "mfa", "enroll", "alice"]).unwrap();
     b.ctl_ok(&["grant", "remove", "alice-web1"]).unwrap();
-    b.ctl_ok(&[
-        "grant",
-        "add",
+    bastion_lab::lab::grant_with(
+        &b,
         "alice-web1",
-        "--user",
         "alice",
-        "--target",
         "web1",
-        "--login",
         "root",
-        "--rights",
         "shell,exec",
-        "--require-mfa",
-    ])
+        &["--require-mfa"],
+    )
     .unwrap();
     // 10,000 answers to the one prompt: two are read at most, and the reply is refused.
     let out = hostile(&["answers", host, &port, "root@web1", &key, "10000"]);

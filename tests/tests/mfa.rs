@@ -156,20 +156,15 @@ fn a_grant_with_require_mfa_asks_every_arrival_for_a_code_that_works_once() {
     .unwrap();
 
     b.ctl_ok(&["grant", "remove", "alice-web1"]).unwrap();
-    b.ctl_ok(&[
-        "grant",
-        "add",
+    bastion_lab::lab::grant_with(
+        &b,
         "alice-web1",
-        "--user",
         "alice",
-        "--target",
         "web1",
-        "--login",
         "root",
-        "--rights",
         "shell,exec,sftp",
-        "--require-mfa",
-    ])
+        &["--require-mfa"],
+    )
     .unwrap();
 
     let out = lab
