@@ -695,22 +695,24 @@ fn ecdsa_and_rsa_client_keys_sign_in() {
     );
 }
 
+/// Runs `ssh-keygen args` (keys, certificates), which must succeed.
+fn keygen(args: &[&str]) {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn user_certificates_from_a_trusted_ca_sign_in_with_principal_and_validity_checked() {
     let (lab, b) = Lab::with_alice().unwrap();
     let dir = lab.info().run_dir.join("user-ca");
     std::fs::create_dir_all(&dir).unwrap();
-    let keygen = |args: &[&str]| {
-        let out = std::process::Command::new("ssh-keygen")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh-keygen {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let p = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_owned();
     keygen(&[
         "-q",
@@ -794,17 +796,6 @@ fn user_certificates_are_honoured_in_full() {
     let dir = lab.info().run_dir.join("user-ca-full");
     std::fs::create_dir_all(&dir).unwrap();
     let p = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_owned();
-    let keygen = |args: &[&str]| {
-        let out = std::process::Command::new("ssh-keygen")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh-keygen {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     keygen(&["-q", "-t", "ed25519", "-N", "", "-f", &p("ca")]);
     ok(&b, &["user", "add", "carol", "--ca", &p("ca.pub")]);
     // A key identifies one person: alice's cannot be registered to mallory too.
