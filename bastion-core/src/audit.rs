@@ -143,6 +143,51 @@ pub enum AuditKind {
         session: u64,
         reason: String,
     },
+    /// A live session was warned that its access ends at `ends_at` (Unix seconds).
+    AccessEnding {
+        session: u64,
+        ends_at: u64,
+        grant: String,
+    },
+    /// A live session or relay flow was ended because the access it used no longer holds
+    /// (expiry, a window closing, a grant, user or target removed, rights narrowed).
+    AccessEnded {
+        session: u64,
+        reason: String,
+    },
+    /// A user asked for access (or a command was held for review): ticket `request`.
+    AccessRequested {
+        request: u64,
+        requester: String,
+        what: String,
+        reason: String,
+        approvers: String,
+    },
+    /// An approver approved ticket `request`; with `grant` when it was the last approval
+    /// needed (the grant it created; none for a held command).
+    RequestApproved {
+        request: u64,
+        requester: String,
+        approver: String,
+        approvals: u8,
+        needed: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    RequestDenied {
+        request: u64,
+        requester: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Ticket `request` was not decided in time.
+    RequestExpired {
+        request: u64,
+        requester: String,
+    },
     /// A protected interface's egress program changed: attached to an interface that
     /// appeared, replaced after the interface was re-created, or missing (only the static floor
     /// holds on it until it is back).

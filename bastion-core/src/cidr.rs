@@ -72,6 +72,11 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix_len) == self.addr
     }
+
+    /// Whether every address of `inner` is in this prefix.
+    pub fn covers(&self, inner: &Cidr) -> bool {
+        inner.prefix_len >= self.prefix_len && self.contains(inner.addr)
+    }
 }
 
 fn max_len(addr: IpAddr) -> u8 {

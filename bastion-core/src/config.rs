@@ -27,6 +27,8 @@ pub struct Config {
     pub record: RecordConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Transparent interception; off when the section is absent.
     pub intercept: Option<InterceptConfig>,
 }
@@ -167,6 +169,49 @@ pub struct AuditConfig {
     /// A store cut or rolled back later than an exported anchor no longer matches it.
     #[serde(default = "default_anchor_interval")]
     pub anchor_interval_secs: u64,
+}
+
+/// How policy acts on access in use and on access requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Seconds before a known end of access (a grant's expiry, its window closing) at which
+    /// live sessions using it are warned on every channel.
+    #[serde(default = "default_end_warning")]
+    pub end_warning_secs: u64,
+    /// Seconds an access request waits for its decision before it expires.
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl_secs: u64,
+    /// The longest access one request can ask for, in seconds.
+    #[serde(default = "default_max_request")]
+    pub max_request_secs: u64,
+    /// Seconds a command held for review waits for approval before it is refused.
+    #[serde(default = "default_review_timeout")]
+    pub review_timeout_secs: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            end_warning_secs: default_end_warning(),
+            request_ttl_secs: default_request_ttl(),
+            max_request_secs: default_max_request(),
+            review_timeout_secs: default_review_timeout(),
+        }
+    }
+}
+
+fn default_end_warning() -> u64 {
+    300
+}
+fn default_request_ttl() -> u64 {
+    3600
+}
+fn default_max_request() -> u64 {
+    8 * 3600
+}
+fn default_review_timeout() -> u64 {
+    300
 }
 
 impl Default for AuditConfig {
@@ -494,6 +539,21 @@ impl Config {
                 "audit.anchor_interval_secs must be between 1 and 86400, got {}",
                 self.audit.anchor_interval_secs
             )));
+        }
+        let p = &self.policy;
+        for (key, value, range) in [
+            ("end_warning_secs", p.end_warning_secs, 0..=86_400),
+            ("request_ttl_secs", p.request_ttl_secs, 1..=30 * 86_400),
+            ("max_request_secs", p.max_request_secs, 1..=366 * 86_400),
+            ("review_timeout_secs", p.review_timeout_secs, 1..=86_400),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(format!(
+                    "policy.{key} must be between {} and {}, got {value}",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         if let Some(i) = &self.intercept {
             if i.interfaces.is_empty() || i.ssh_ports.is_empty() {

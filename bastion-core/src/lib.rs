@@ -13,7 +13,8 @@
 //! - [`policy`]: the access model and its evaluation;
 //! - [`protocol`]: the control API's wire types (versioned apart from the stored formats);
 //! - [`record`]: the record formats (frames, zstd blocks, commands, SFTP, text, exports, sealed files);
-//! - [`session`]: session metadata, filters and command types.
+//! - [`session`]: session metadata, filters and command types;
+//! - [`ticket`]: access requests and held commands, and the rules for deciding them.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod policy;
 pub mod protocol;
 pub mod record;
 pub mod session;
+pub mod ticket;
 pub mod totp;
 
 /// The version every component reports (`bastionctl status`, `bastiond --version`).

@@ -50,6 +50,9 @@ pub enum Request {
     PolicyRemove {
         kind: EntityKind,
         name: String,
+        /// For a grant: sessions and relay flows using it now keep it until they end.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_sessions: bool,
     },
     /// Every entity of a kind.
     PolicyList {
@@ -135,6 +138,20 @@ pub enum Request {
     MfaRemove {
         user: String,
     },
+    /// Access requests (pending ones only, unless `all`).
+    TicketList {
+        all: bool,
+    },
+    TicketShow {
+        id: u64,
+    },
+    /// An administrator approves or denies a request.
+    TicketDecide {
+        id: u64,
+        approve: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The host key `addr` presents, fetched by bastiond (for confirmation before pinning).
     FetchHostKey {
         addr: SocketAddr,
@@ -179,6 +196,9 @@ pub enum Response {
     MfaEnrolled {
         uri: String,
         event: AuditEvent,
+    },
+    Tickets {
+        tickets: Vec<crate::ticket::Ticket>,
     },
     /// Search results, newest first; `searched` commands (or output lines) were looked at in
     /// `micros`; `complete` is false when an output search stopped at its budget.
@@ -453,6 +473,7 @@ mod tests {
             Request::PolicyRemove {
                 kind: EntityKind::Subnet,
                 name: "203.0.113.0/24".into(),
+                keep_sessions: false,
             },
             Request::AuditList { limit: 5 },
             Request::PolicyAdd {

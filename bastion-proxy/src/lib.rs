@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod algorithms;
 pub mod channel;
 pub mod env;
@@ -21,6 +22,8 @@ pub mod identity;
 pub mod keys;
 pub mod listener;
 pub mod live;
+pub mod menu;
+pub mod menu_cmd;
 pub mod ratelimit;
 pub mod relay;
 pub mod rights;
@@ -28,6 +31,7 @@ pub mod second_factor;
 pub mod session;
 pub mod shell;
 pub mod throttle;
+pub mod tickets;
 pub mod upstream;
 pub mod username;
 
@@ -83,6 +87,12 @@ pub struct ProxyContext {
     pub env: env::EnvGate,
     /// What the listeners offer (`ssh.algorithms`).
     pub algorithms: bastion_core::config::Algorithms,
+    /// Policy changes, heard by every live session and relay flow ([`access`]).
+    pub policy_changes: tokio::sync::broadcast::Sender<access::Change>,
+    /// How long before a known end of access live sessions are warned (`policy.end_warning_secs`).
+    pub end_warning: Duration,
+    /// How access requests are bounded (`[policy]`).
+    pub requests: bastion_core::config::PolicyConfig,
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
     /// once a session's end is on the stream, so the anchor covers it.
     pub anchor_now: Arc<tokio::sync::Notify>,
@@ -201,6 +211,14 @@ impl ProxyContext {
             ));
         }
         Ok(())
+    }
+
+    /// Puts `next` in force (the caller holds the change lock) and has every live session and
+    /// relay flow judge its access again.
+    pub fn put_in_force(&self, changing: &policy::live::Changing<'_>, next: Policy) {
+        self.policy.replace(changing, next);
+        // No receiver (nothing live) is not an error.
+        let _ = self.policy_changes.send(access::Change::Changed);
     }
 
     /// The policy in force now: a pointer copy of the current snapshot.

@@ -107,10 +107,26 @@ async fn relay(ctx: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr, dest
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let rec = capture.as_ref().map(|(r, _)| r);
-    let (up, down) = tokio::join!(
-        pump(cr, uw, rec, Kind::Input),
-        pump(ur, cw, rec, Kind::Output)
-    );
+    let (mut up, mut down) = (0, 0);
+    let ended = tokio::select! {
+        _ = async {
+            tokio::join!(
+                pump(cr, uw, rec, Kind::Input, &mut up),
+                pump(ur, cw, rec, Kind::Output, &mut down)
+            )
+        } => None,
+        reason = access_ends(&ctx, peer, dest, &allowed.target) => Some(reason),
+    };
+    if let Some(reason) = ended {
+        // Both sockets were dropped with the pumps: the flow is closed.
+        tracing::info!(client = %peer, %dest, %reason, "TCP relay ended: access no longer holds");
+        if let Some((recorder, _)) = &capture {
+            let note = Bytes::from(format!("bastion: access ended: {reason}"));
+            let _ = recorder.record(Kind::Notice, 0, note).await;
+        }
+        // The flow's audit event carries why it ended.
+        set(&mut flow, |r| r.reason = Some(format!("ended: {reason}")));
+    }
     set(&mut flow, |r| {
         r.bytes_up = up;
         r.bytes_down = down;
@@ -155,15 +171,44 @@ fn decide(ctx: &ProxyContext, peer: SocketAddr, dest: SocketAddr) -> Result<Allo
     })
 }
 
+/// Resolves with the reason once the relayed flow's access no longer holds (judged again at
+/// each policy change and known end, like a session's); never while it does.
+async fn access_ends(
+    ctx: &ProxyContext,
+    peer: SocketAddr,
+    dest: SocketAddr,
+    target: &policy::ResolvedTarget,
+) -> String {
+    let mut watch = super::access::Watch::new(&ctx.policy_changes, ctx.end_warning);
+    loop {
+        let now = bastion_core::audit::now_micros() / 1_000_000;
+        let req = TcpRequest {
+            source: peer.ip(),
+            target,
+            port: dest.port(),
+            now,
+        };
+        let verdict = watch.judge(&ctx.policy(), now, |p| {
+            policy::standing::tcp_standing(p, &req, |_| Ok(()))
+        });
+        // Raw TCP has no channel to warn on; the flow simply ends.
+        if let super::access::Verdict::End(reason) = verdict {
+            return reason;
+        }
+        watch.due().await;
+    }
+}
+
 /// Copies one direction until EOF or error, recording first when capturing, then shuts the
-/// other side's write half so a half-close reaches the peer. Returns the bytes carried.
+/// other side's write half so a half-close reaches the peer. Counts the bytes carried in
+/// `total` (read even when the flow is cut short).
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     recorder: Option<&Recorder>,
     kind: Kind,
-) -> u64 {
-    let mut total = 0u64;
+    total: &mut u64,
+) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match from.read(&mut buf).await {
@@ -181,10 +226,9 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
-        total += n as u64;
+        *total += n as u64;
     }
     let _ = to.shutdown().await;
-    total
 }
 
 async fn start_capture(

@@ -24,10 +24,10 @@ use russh::{ChannelId, ChannelOpenFailure, keys::HashAlg};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use super::{
-    ProxyContext, channel,
+    ProxyContext, access, channel,
     events::{Challenge, Event, OpenKind, Request, SignIn},
     forward::{self, Destination},
-    identity, live,
+    identity, live, menu,
     rights::{first_grant, open_label, request_name, right_for},
     second_factor,
     shell::RuleHit,
@@ -68,6 +68,26 @@ struct Route {
     agent_allowed: bool,
     /// Administrator controls (kill), registered live under the session id.
     control_rx: mpsc::Receiver<live::Control>,
+    /// The access the session uses, judged again on policy changes and at known ends.
+    access: access::Watch,
+    /// The rights its channels use (each entry: any one of them suffices).
+    needs: Vec<&'static [Right]>,
+}
+
+/// The target name the menu's own recording carries.
+const MENU_TARGET: &str = "bastion-menu";
+
+/// What a routed session needs before any channel asks for more: something a session channel
+/// can use (as routing checked).
+const SESSION_RIGHTS: &[Right] = &[Right::Shell, Right::Exec, Right::Sftp];
+
+impl Route {
+    /// Notes that a channel of the session uses one of `rights`.
+    fn uses(&mut self, rights: &'static [Right]) {
+        if !self.needs.contains(&rights) {
+            self.needs.push(rights);
+        }
+    }
 }
 
 /// Where the connection is in its life. Each phase holds exactly what it has established, so a
@@ -86,6 +106,20 @@ enum Phase {
     },
     /// Routing was refused; every later channel is refused with the same reason.
     Refused { reason: String },
+    /// Signed in without naming a target: the self-service menu runs on the first session
+    /// channel, recorded as a session of its own.
+    Menu {
+        identity: Identity,
+        menu: Box<MenuRoute>,
+    },
+}
+
+/// The menu's recording, and where its channel comes back when the user picks a target.
+struct MenuRoute {
+    session: u64,
+    recorder: Recorder,
+    writer: tokio::task::JoinHandle<SessionMeta>,
+    picks: mpsc::Receiver<menu::Pick>,
 }
 
 struct ChannelEntry {
@@ -158,21 +192,32 @@ impl SessionActor {
     pub async fn run(mut self) {
         loop {
             // A routed session's own mailboxes; before routing these branches never fire.
-            let recorder = match &self.phase {
-                Phase::Routed { route, .. } => Some(route.recorder.clone()),
+            // Not a `Recorder` clone: the menu's record must be able to close while this waits.
+            let failure = match &self.phase {
+                Phase::Routed { route, .. } => Some(route.recorder.failure()),
+                Phase::Menu { menu, .. } => Some(menu.recorder.failure()),
                 _ => None,
             };
-            let (agents, controls) = match &mut self.phase {
-                Phase::Routed { route, .. } => {
-                    (Some(&mut route.agent_rx), Some(&mut route.control_rx))
-                }
-                _ => (None, None),
+
+            let (agents, controls, access, picks) = match &mut self.phase {
+                Phase::Routed { route, .. } => (
+                    Some(&mut route.agent_rx),
+                    Some(&mut route.control_rx),
+                    Some(&mut route.access),
+                    None,
+                ),
+                Phase::Menu { menu, .. } => (None, None, None, Some(&mut menu.picks)),
+                _ => (None, None, None, None),
             };
             let event = tokio::select! {
                 e = self.events.recv() => match e {
                     Some(e) => e,
                     None => break,
                 },
+                Some(pick) = recv_opt(picks) => {
+                    self.picked(pick).await;
+                    continue;
+                }
                 Some(agent) = recv_opt(agents) => {
                     self.target_agent(agent).await;
                     continue;
@@ -183,12 +228,18 @@ impl SessionActor {
                         ControlFlow::Break(()) => break,
                     }
                 }
-                why = recording_failed(recorder.as_ref()) => {
+                why = recording_failed(failure) => {
                     self.kill(&format!(
                         "recording failed ({why}): the session is ended so nothing is carried off the record"
                     ))
                     .await;
                     break;
+                }
+                () = access_due(access) => {
+                    match self.judge_access().await {
+                        ControlFlow::Continue(()) => continue,
+                        ControlFlow::Break(()) => break,
+                    }
                 }
                 Some(control) = recv_opt(controls) => {
                     match control {
@@ -506,6 +557,9 @@ impl SessionActor {
                 }
             }
         }
+        if matches!(kind, OpenKind::Session) && self.menu_sign_in() {
+            return self.open_menu(down, reply).await;
+        }
         match self.open_target(&kind, u32::from(down.id())).await {
             Err(reason) => Err((reason, reply)),
             Ok((up, recorder)) => {
@@ -524,6 +578,147 @@ impl SessionActor {
                 self.channels
                     .insert(channel_id, ChannelEntry { ctl, stderr });
                 Ok(())
+            }
+        }
+    }
+
+    /// Signed in on the explicit listener with a user name naming no target: the menu.
+    fn menu_sign_in(&self) -> bool {
+        matches!(&self.phase, Phase::SignedIn(identity)
+            if self.arrival == username::Arrival::Explicit && !identity.username.contains('@'))
+    }
+
+    /// Starts the menu on the connection's first session channel, recorded as a session.
+    async fn open_menu(
+        &mut self,
+        down: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+    ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
+        let Phase::SignedIn(identity) = std::mem::replace(&mut self.phase, Phase::Connecting)
+        else {
+            return Err(("not signed in".into(), reply));
+        };
+        if self.ctx.require_mfa && !identity.second_factor {
+            let reason = "the menu needs the second factor (ssh.require_mfa), which this connection did not give".to_owned();
+            self.phase = Phase::SignedIn(identity);
+            return Err((reason, reply));
+        }
+        match self.start_menu(&identity).await {
+            Ok((session, recorder, writer)) => {
+                reply.accept().await;
+                let channel_id = down.id();
+                let _ = recorder
+                    .record(Kind::Open, u32::from(channel_id), "session".into())
+                    .await;
+                let (picks_tx, picks) = mpsc::channel(1);
+                let stderr = Box::new(down.make_writer_ext(Some(1)));
+                let ctl = menu::spawn(
+                    self.ctx.clone(),
+                    identity.user.clone(),
+                    recorder.clone(),
+                    down,
+                    picks_tx,
+                );
+                self.channels
+                    .insert(channel_id, ChannelEntry { ctl, stderr });
+                self.phase = Phase::Menu {
+                    identity,
+                    menu: Box::new(MenuRoute {
+                        session,
+                        recorder,
+                        writer,
+                        picks,
+                    }),
+                };
+                Ok(())
+            }
+            Err(reason) => {
+                self.phase = Phase::SignedIn(identity);
+                Err((reason, reply))
+            }
+        }
+    }
+
+    async fn start_menu(
+        &self,
+        identity: &Identity,
+    ) -> Result<(u64, Recorder, tokio::task::JoinHandle<SessionMeta>), String> {
+        let session = self
+            .ctx
+            .store
+            .new_session_id()
+            .map_err(|e| format!("internal: {e}"))?;
+        let meta = SessionMeta {
+            user: identity.user.clone(),
+            login: identity.user.clone(),
+            target: MENU_TARGET.into(),
+            client_addr: Some(self.client),
+            grant: MENU_TARGET.into(),
+            arrival: self.arrival.label().into(),
+            ..SessionMeta::starting(session, SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        let (recorder, writer) = self.ctx.start_recording(meta).await?;
+        self.audit_checked(AuditKind::SessionStarted {
+            session,
+            client: self.client.to_string(),
+            user: identity.user.clone(),
+            login: identity.user.clone(),
+            target: MENU_TARGET.into(),
+            grant: MENU_TARGET.into(),
+            arrival: self.arrival.label().into(),
+        })
+        .await
+        .map_err(|e| format!("internal: the audit stream cannot be written ({e})"))?;
+        Ok((session, recorder, writer))
+    }
+
+    /// The user picked a target in the menu: the menu's record is closed, and its channel
+    /// becomes a normal session to `login@target` (routed, judged and recorded as any other).
+    async fn picked(&mut self, pick: menu::Pick) {
+        let Phase::Menu { mut identity, menu } =
+            std::mem::replace(&mut self.phase, Phase::Connecting)
+        else {
+            return;
+        };
+        self.close_record(menu.session, menu.recorder, menu.writer)
+            .await;
+        identity.username = pick.destination;
+        self.phase = Phase::SignedIn(identity);
+        let channel = pick.down.id();
+        let opened = self
+            .open_target(&OpenKind::Session, u32::from(channel))
+            .await;
+        let (up, recorder) = match opened {
+            Ok(o) => o,
+            Err(reason) => {
+                let _ = pick
+                    .down
+                    .extended_data_bytes(
+                        1,
+                        format!(
+                            "bastion: {reason}
+"
+                        )
+                        .into_bytes(),
+                    )
+                    .await;
+                let _ = pick.down.exit_status(1).await;
+                let _ = pick.down.close().await;
+                return;
+            }
+        };
+        let _ = recorder
+            .record(Kind::Open, u32::from(channel), "session".into())
+            .await;
+        let ctl = channel::spawn(pick.down, up, recorder, self.hits_tx.clone());
+        if let Some(entry) = self.channels.get_mut(&channel) {
+            entry.ctl = ctl;
+        }
+        // The terminal the menu had, then a shell: judged like the client's own requests.
+        for request in pick.pty.into_iter().chain([Request::Shell]) {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            if self.request(channel, request, reply).await.is_break() {
+                return;
             }
         }
     }
@@ -583,9 +778,12 @@ impl SessionActor {
                 .await;
             return Err(reason);
         }
-        let Phase::Routed { route, .. } = &self.phase else {
+        let Phase::Routed { route, .. } = &mut self.phase else {
             return Err("not routed".into());
         };
+        if let OpenKind::DirectTcpip { .. } = kind {
+            route.uses(&[Right::Forward]);
+        }
         let handle = &route.upstream.handle;
         let channel = match kind {
             OpenKind::Session => handle.channel_open_session().await,
@@ -639,6 +837,7 @@ impl SessionActor {
                     Phase::Routed { .. } => Ok(()),
                     Phase::Refused { reason } => Err(reason.clone()),
                     Phase::Connecting | Phase::SignedIn(_) => Err("not signed in".into()),
+                    Phase::Menu { .. } => Err("this connection runs the menu".into()),
                 };
                 self.phase = phase;
                 result
@@ -649,7 +848,9 @@ impl SessionActor {
     /// What the signed-in identity's certificate allows (nothing before sign-in).
     fn restrictions(&self) -> &identity::Restrictions {
         match &self.phase {
-            Phase::SignedIn(identity) | Phase::Routed { identity, .. } => &identity.restrictions,
+            Phase::SignedIn(identity)
+            | Phase::Routed { identity, .. }
+            | Phase::Menu { identity, .. } => &identity.restrictions,
             Phase::Connecting | Phase::Refused { .. } => &identity::Restrictions::DENY_ALL,
         }
     }
@@ -720,7 +921,7 @@ impl SessionActor {
                 .await;
                 return;
             }
-            Phase::Connecting | Phase::Refused { .. } => return,
+            Phase::Connecting | Phase::Refused { .. } | Phase::Menu { .. } => return,
         };
         // A refusal stands whether or not it could still be recorded (it is audited below).
         let _ = route
@@ -826,6 +1027,8 @@ impl SessionActor {
             agent_rx,
             agent_allowed: false,
             control_rx: self.ctx.live.register(session),
+            access: access::Watch::new(&self.ctx.policy_changes, self.ctx.end_warning),
+            needs: vec![SESSION_RIGHTS],
         })
     }
 
@@ -837,6 +1040,19 @@ impl SessionActor {
         request: Request,
         reply: tokio::sync::oneshot::Sender<bool>,
     ) -> ControlFlow<()> {
+        // The menu answers its channel's requests itself: nothing reaches a target.
+        if let Phase::Menu { .. } = self.phase {
+            match self.channels.get(&channel) {
+                Some(entry) => {
+                    let _ = entry
+                        .ctl
+                        .send(channel::Ctl::Request { request, reply })
+                        .await;
+                }
+                None => drop(reply.send(false)),
+            }
+            return ControlFlow::Continue(());
+        }
         let verdict = match right_for(&request) {
             Err(reason) => Err(reason),
             Ok(None) => Ok(None),
@@ -874,8 +1090,13 @@ impl SessionActor {
                 .await;
             return ControlFlow::Continue(());
         }
-        if let (Request::Agent, Phase::Routed { route, .. }) = (&request, &mut self.phase) {
-            route.agent_allowed = true;
+        if let Phase::Routed { route, .. } = &mut self.phase {
+            if let Ok(Some(rights)) = right_for(&request) {
+                route.uses(rights);
+            }
+            if matches!(request, Request::Agent) {
+                route.agent_allowed = true;
+            }
         }
         match self.channels.get(&channel) {
             Some(entry) => {
@@ -1054,6 +1275,61 @@ impl SessionActor {
         }
     }
 
+    /// Judges the routed session's access again (a policy change or a known end came): warns
+    /// on every channel when its end is near, ends the session once it no longer holds.
+    async fn judge_access(&mut self) -> ControlFlow<()> {
+        let Phase::Routed { identity, route } = &mut self.phase else {
+            return ControlFlow::Continue(());
+        };
+        let (ctx, now) = (&self.ctx, now_secs());
+        let who = (identity.user.as_str(), &route.target, route.login.as_str());
+        let gave = identity.second_factor;
+        let verdict = route.access.judge(&ctx.policy(), now, |p| {
+            policy::standing::session_standing(p, who, &route.needs, now, |g| {
+                second_factor::given_for(ctx, p, &g.id, gave)
+            })
+        });
+        let session = route.session;
+        match verdict {
+            access::Verdict::Holds => ControlFlow::Continue(()),
+            access::Verdict::Warn { at, grant } => {
+                let text = access::warning_text(at, now, &grant);
+                let _ = route
+                    .recorder
+                    .record(Kind::Notice, 0, format!("bastion: {text}").into())
+                    .await;
+                self.tell_every_channel(&format!("bastion: {text}")).await;
+                self.audit(AuditKind::AccessEnding {
+                    session,
+                    ends_at: at,
+                    grant,
+                })
+                .await;
+                ControlFlow::Continue(())
+            }
+            access::Verdict::End(reason) => {
+                self.audit(AuditKind::AccessEnded {
+                    session,
+                    reason: reason.clone(),
+                })
+                .await;
+                self.kill(&format!("access ended: {reason}")).await;
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Writes `message` on its own line to the client's stderr on every open channel.
+    async fn tell_every_channel(&mut self, message: &str) {
+        for entry in self.channels.values_mut() {
+            let _ = entry
+                .stderr
+                .write_all(format!("\r\n{message}\r\n").as_bytes())
+                .await;
+            let _ = entry.stderr.flush().await;
+        }
+    }
+
     /// Ends the session (an administrator's kill, a terminate rule): the client is told `why` on
     /// every channel and in the disconnect message, and the record shows it before it closes.
     async fn kill(&mut self, why: &str) {
@@ -1065,13 +1341,7 @@ impl SessionActor {
                 .record(Kind::Refused, 0, message.clone().into())
                 .await;
         }
-        for entry in self.channels.values_mut() {
-            let _ = entry
-                .stderr
-                .write_all(format!("\r\n{message}\r\n").as_bytes())
-                .await;
-            let _ = entry.stderr.flush().await;
-        }
+        self.tell_every_channel(&message).await;
         if let Some(h) = &self.client_handle {
             let _ = h
                 .disconnect(russh::Disconnect::ByApplication, message, String::new())
@@ -1090,31 +1360,47 @@ impl SessionActor {
             tracing::warn!(client = %self.client.ip(), username = %self.last_username, "too many failed sign-ins: source or user name refused for a while");
         }
         self.channels.clear();
-        if let Phase::Routed { route, .. } = std::mem::replace(&mut self.phase, Phase::Connecting) {
-            self.ctx.live.remove(route.session);
-            drop(route.recorder);
-            drop(route.upstream);
-            match route.writer.await {
-                Ok(meta) => {
-                    tracing::info!(
-                        session = meta.id,
-                        bytes_in = meta.bytes_in,
-                        bytes_out = meta.bytes_out,
-                        "session ended"
-                    );
-                    self.audit(AuditKind::SessionEnded {
-                        session: meta.id,
-                        bytes_in: meta.bytes_in,
-                        bytes_out: meta.bytes_out,
-                    })
+        match std::mem::replace(&mut self.phase, Phase::Connecting) {
+            Phase::Routed { route, .. } => {
+                self.ctx.live.remove(route.session);
+                drop(route.upstream);
+                self.close_record(route.session, route.recorder, route.writer)
                     .await;
-                    // The seal and the end on the stream, then an anchor over both.
-                    self.ctx.anchor_now.notify_one();
-                }
-                Err(e) => {
-                    tracing::error!(session = route.session, error = %e, "recorder task failed")
-                }
             }
+            Phase::Menu { menu, .. } => {
+                self.close_record(menu.session, menu.recorder, menu.writer)
+                    .await
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes a session's record (the writer seals it) and audits its end.
+    async fn close_record(
+        &self,
+        session: u64,
+        recorder: Recorder,
+        writer: tokio::task::JoinHandle<SessionMeta>,
+    ) {
+        drop(recorder);
+        match writer.await {
+            Ok(meta) => {
+                tracing::info!(
+                    session = meta.id,
+                    bytes_in = meta.bytes_in,
+                    bytes_out = meta.bytes_out,
+                    "session ended"
+                );
+                self.audit(AuditKind::SessionEnded {
+                    session: meta.id,
+                    bytes_in: meta.bytes_in,
+                    bytes_out: meta.bytes_out,
+                })
+                .await;
+                // The seal and the end on the stream, then an anchor over both.
+                self.ctx.anchor_now.notify_one();
+            }
+            Err(e) => tracing::error!(session, error = %e, "recorder task failed"),
         }
     }
 
@@ -1159,11 +1445,19 @@ impl SessionActor {
     }
 }
 
+/// Resolves when a routed session's access must be judged again; never otherwise.
+async fn access_due(watch: Option<&mut access::Watch>) {
+    match watch {
+        Some(w) => w.due().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
-/// Resolves with why once a routed session's recording has failed; never otherwise.
-async fn recording_failed(recorder: Option<&Recorder>) -> String {
-    match recorder {
-        Some(r) => r.failed().await,
+/// Resolves with why once the session's recording has failed; never otherwise.
+async fn recording_failed(failure: Option<impl std::future::Future<Output = String>>) -> String {
+    match failure {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }

@@ -92,16 +92,24 @@ impl Recorder {
 
     /// Resolves with the reason once the recording has failed; never while it works.
     pub async fn failed(&self) -> String {
+        self.failure().await
+    }
+
+    /// [`Recorder::failed`] as a future that holds no `Recorder`: waiting on it does not keep
+    /// the record open (it closes when the last `Recorder` is dropped).
+    pub fn failure(&self) -> impl std::future::Future<Output = String> + Send + 'static {
         let mut rx = self.failed.clone();
-        let why = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .map(|why| why.clone().unwrap_or_default());
-        match why {
-            Some(why) => why,
-            // The writer finished normally: there is nothing to wait for.
-            None => std::future::pending().await,
+        async move {
+            let why = rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .map(|why| why.clone().unwrap_or_default());
+            match why {
+                Some(why) => why,
+                // The writer finished normally: there is nothing to wait for.
+                None => std::future::pending().await,
+            }
         }
     }
 }

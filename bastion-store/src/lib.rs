@@ -16,6 +16,7 @@ mod policy;
 mod segments;
 mod sessions;
 mod since;
+mod tickets;
 mod to_segments;
 
 pub use accounts::StoredAccount;
@@ -71,6 +72,9 @@ pub struct Store {
     commands: std::sync::RwLock<CommandIndex>,
     /// The flood budget for events unauthenticated sources cause (`audit_upkeep.rs`).
     flood: std::sync::Mutex<bastion_core::audit_flood::FloodGate>,
+    /// Held while a ticket is read, decided and written back (`tickets.rs`), so two approvers
+    /// deciding at once are counted one after the other.
+    tickets: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +104,7 @@ impl Store {
             flood: std::sync::Mutex::new(bastion_core::audit_flood::FloodGate::new(
                 DEFAULT_FLOOD_LIMITS,
             )),
+            tickets: std::sync::Mutex::new(()),
         };
         store.migrate()?;
         store.audit_tail = std::sync::Mutex::new(store.load_audit_tail()?);

@@ -25,6 +25,7 @@ pub(super) fn tree_name(kind: EntityKind) -> &'static str {
         EntityKind::Subnet => "policy_subnets",
         EntityKind::Grant => "policy_grants",
         EntityKind::Revocation => "policy_revocations",
+        EntityKind::Approvers => "policy_approvers",
     }
 }
 

@@ -8,8 +8,8 @@ use bastion_core::{
     config::DEFAULT_SOCKET,
     keys::Secret,
     policy::{
-        Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Revocation, Right, Rights,
-        Target, User,
+        Approvers, Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Revocation, Right,
+        Rights, Target, User,
         commands::{CommandRule, RuleAction},
         window::Window,
     },
@@ -52,12 +52,17 @@ pub enum Command {
     /// Protected hosts registered by name.
     Target {
         #[command(subcommand)]
-        cmd: Noun<TargetAdd>,
+        cmd: TargetCmd,
     },
     /// Protected subnets (enforced by the kernel as soon as they are added).
     Subnet {
         #[command(subcommand)]
-        cmd: Noun<SubnetAdd>,
+        cmd: SubnetCmd,
+    },
+    /// Access requests: list, show, approve or deny them (as an administrator).
+    Request {
+        #[command(subcommand)]
+        cmd: RequestCmd,
     },
     /// Grants: who may reach what, as which login, with which rights, when.
     Grant {
@@ -297,8 +302,13 @@ pub enum Noun<A: Args> {
     List,
     /// Show one.
     Show { name: String },
-    /// Remove one.
-    Remove { name: String },
+    /// Remove one. Live sessions and relay flows that depended on it are warned and ended.
+    Remove {
+        name: String,
+        /// (grants) Let sessions and relay flows using it now run on until they end.
+        #[arg(long)]
+        keep_sessions: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -315,6 +325,74 @@ pub enum UserCmd {
         #[command(subcommand)]
         cmd: UserMfaCmd,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TargetCmd {
+    #[command(flatten)]
+    Noun(Noun<TargetAdd>),
+    /// Set who approves access requests for a target.
+    Set {
+        name: String,
+        #[command(flatten)]
+        approvers: ApproversArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SubnetCmd {
+    #[command(flatten)]
+    Noun(Noun<SubnetAdd>),
+    /// Set who approves access requests for addresses of a subnet.
+    Set {
+        cidr: Cidr,
+        #[command(flatten)]
+        approvers: ApproversArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ApproversArgs {
+    /// The group whose members approve requests.
+    #[arg(long, required_unless_present = "no_approvers")]
+    pub approvers: Option<String>,
+    /// Distinct approvers each request needs (2: four eyes).
+    #[arg(long, default_value_t = 1)]
+    pub approvals: u8,
+    /// The longest access one request may ask for (e.g. 4h); the config's maximum otherwise.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_duration: Option<u64>,
+    /// Nobody approves requests any more (they are refused).
+    #[arg(long, conflicts_with = "approvers")]
+    pub no_approvers: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RequestCmd {
+    /// Requests, newest last (pending ones only, unless --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    Show {
+        id: u64,
+    },
+    /// Approve a request (as an administrator of the appliance).
+    Approve {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Deny {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    bastion_core::ticket::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 30m, 4h, 1h30m)"))
 }
 
 #[derive(Subcommand)]
@@ -516,6 +594,27 @@ fn key_lines(args: &[String]) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
+/// `target set` / `subnet set`: who approves requests for `object`.
+fn approvers_request(object: GrantObject, a: ApproversArgs) -> Result<Request, String> {
+    let approvers = Approvers {
+        object,
+        group: a.approvers.unwrap_or_default(),
+        approvals: a.approvals,
+        max_secs: a.max_duration,
+    };
+    Ok(if a.no_approvers {
+        Request::PolicyRemove {
+            kind: EntityKind::Approvers,
+            name: approvers.key(),
+            keep_sessions: false,
+        }
+    } else {
+        Request::PolicyAdd {
+            entity: Entity::Approvers(approvers),
+        }
+    })
+}
+
 /// Turns a noun's verb into a request; `add` builds the entity with `build`.
 fn noun<A: Args>(
     kind: EntityKind,
@@ -526,7 +625,14 @@ fn noun<A: Args>(
         Noun::Add(a) => Request::PolicyAdd { entity: build(a)? },
         Noun::List => Request::PolicyList { kind },
         Noun::Show { name } => Request::PolicyShow { kind, name },
-        Noun::Remove { name } => Request::PolicyRemove { kind, name },
+        Noun::Remove {
+            name,
+            keep_sessions,
+        } => Request::PolicyRemove {
+            kind,
+            name,
+            keep_sessions,
+        },
     })
 }
 
@@ -535,9 +641,9 @@ impl Command {
     /// whether it is confirmed in advance.
     pub fn host_key_to_fetch(&self) -> Option<(SocketAddr, bool)> {
         match self {
-            Command::Target { cmd: Noun::Add(a) } if a.fetch_host_key => {
-                Some((SocketAddr::new(a.addr, a.port), a.yes))
-            }
+            Command::Target {
+                cmd: TargetCmd::Noun(Noun::Add(a)),
+            } if a.fetch_host_key => Some((SocketAddr::new(a.addr, a.port), a.yes)),
             _ => None,
         }
     }
@@ -788,6 +894,7 @@ impl Command {
                 UserCaCmd::Unrevoke { name } => Request::PolicyRemove {
                     kind: EntityKind::Revocation,
                     name,
+                    keep_sessions: false,
                 },
             }),
             Command::User {
@@ -802,7 +909,29 @@ impl Command {
                     members: a.members,
                 }))
             }),
-            Command::Target { cmd } => noun(EntityKind::Target, cmd, |a| {
+            Command::Target {
+                cmd: TargetCmd::Set { name, approvers },
+            } => approvers_request(GrantObject::Target(name), approvers),
+            Command::Subnet {
+                cmd: SubnetCmd::Set { cidr, approvers },
+            } => approvers_request(GrantObject::Subnet(cidr), approvers),
+            Command::Request { cmd } => Ok(match cmd {
+                RequestCmd::List { all } => Request::TicketList { all },
+                RequestCmd::Show { id } => Request::TicketShow { id },
+                RequestCmd::Approve { id, reason } => Request::TicketDecide {
+                    id,
+                    approve: true,
+                    reason,
+                },
+                RequestCmd::Deny { id, reason } => Request::TicketDecide {
+                    id,
+                    approve: false,
+                    reason,
+                },
+            }),
+            Command::Target {
+                cmd: TargetCmd::Noun(cmd),
+            } => noun(EntityKind::Target, cmd, |a| {
                 Ok(Entity::Target(Target {
                     name: a.name,
                     addr: a.addr,
@@ -813,9 +942,9 @@ impl Command {
                     },
                 }))
             }),
-            Command::Subnet { cmd } => {
-                noun(EntityKind::Subnet, cmd, |a| Ok(Entity::Subnet(a.cidr)))
-            }
+            Command::Subnet {
+                cmd: SubnetCmd::Noun(cmd),
+            } => noun(EntityKind::Subnet, cmd, |a| Ok(Entity::Subnet(a.cidr))),
             Command::Grant { cmd } => noun(EntityKind::Grant, cmd, |a| {
                 let subject = match (a.user, a.group) {
                     (Some(u), _) => GrantSubject::User(u),

@@ -135,6 +135,7 @@ pub fn rfc5424(ev: &AuditEvent, host: &str) -> String {
             | AuditKind::RequestRefused { .. }
             | AuditKind::SignInThrottled { .. }
             | AuditKind::SessionKilled { .. }
+            | AuditKind::AccessEnded { .. }
             | AuditKind::StoreFloorReached { .. }
             | AuditKind::FlowsUncounted { .. }
             | AuditKind::SessionsInterrupted { .. }

@@ -13,6 +13,8 @@ pub fn response(r: &Response) {
         Response::Probe(p) => probe(p),
         Response::Changed(e) => println!("{}", event_line(e)),
         Response::MfaEnrolled { uri, event } => mfa_enrolled(uri, event),
+        Response::Tickets { tickets } if tickets.is_empty() => println!("(no requests)"),
+        Response::Tickets { tickets } => tickets.iter().for_each(|t| println!("{}", t.summary())),
         Response::Entities { entities } if entities.is_empty() => println!("(none)"),
         Response::Entities { entities } => entities.iter().for_each(entity),
         Response::Audit { events } => events.iter().for_each(|e| println!("{}", event_line(e))),
@@ -382,6 +384,15 @@ fn entity(e: &Entity) {
             }
         ),
         Entity::Subnet(c) => println!("subnet {c}"),
+        Entity::Approvers(a) => println!(
+            "approvers of {:<10} group {}, {} approval(s), requests up to {}",
+            a.key(),
+            a.group,
+            a.approvals,
+            a.max_secs
+                .map(bastion_core::ticket::duration_text)
+                .unwrap_or_else(|| "the configured maximum".into())
+        ),
         Entity::Revocation(r) => {
             let mut what = Vec::new();
             if let Some(serial) = r.serial {
@@ -632,6 +643,60 @@ pub fn event_line(e: &AuditEvent) -> String {
         ),
         AuditKind::SessionKilled { session, reason } => {
             format!("session {session} killed: {reason}")
+        }
+        AuditKind::AccessEnding {
+            session,
+            ends_at,
+            grant,
+        } => format!(
+            "session {session} warned: access ends at {} under grant {grant}",
+            utc(ends_at.saturating_mul(1_000_000))
+        ),
+        AuditKind::AccessRequested {
+            request,
+            requester,
+            what,
+            reason,
+            approvers,
+        } => format!(
+            "request #{request} by {requester}: {what}, reason \"{reason}\" (approvers: {approvers})"
+        ),
+        AuditKind::RequestApproved {
+            request,
+            requester,
+            approver,
+            approvals,
+            needed,
+            grant,
+            reason,
+        } => format!(
+            "request #{request} of {requester} approved by {approver} ({approvals}/{needed}){}{}",
+            grant
+                .as_ref()
+                .map(|g| format!(": grant {g} created"))
+                .unwrap_or_default(),
+            reason
+                .as_ref()
+                .map(|r| format!(", reason \"{r}\""))
+                .unwrap_or_default()
+        ),
+        AuditKind::RequestDenied {
+            request,
+            requester,
+            by,
+            reason,
+        } => format!(
+            "request #{request} of {requester} denied by {by}{}",
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        AuditKind::RequestExpired { request, requester } => {
+            format!("request #{request} of {requester} expired undecided")
+        }
+        AuditKind::AccessEnded { session, reason } => {
+            format!("session {session} ended: access no longer holds: {reason}")
         }
         AuditKind::Anchor { at_seq, head, .. } => {
             format!("anchor: the audit key signs chain head {head} at #{at_seq}")

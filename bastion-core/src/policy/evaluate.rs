@@ -237,31 +237,38 @@ pub fn evaluate_tcp<'p>(policy: &'p Policy, req: &TcpRequest<'_>) -> Result<&'p 
 fn first_valid(grants: Vec<&Grant>, now: u64) -> Result<&Grant, Option<Denied>> {
     let mut first_reason = None;
     for g in grants {
-        let reason = match (g.not_before, g.not_after, g.window) {
-            (Some(from), _, _) if now < from => Denied::NotYetValid {
-                grant: g.id.clone(),
-                from,
-            },
-            (_, Some(at), _) if now >= at => Denied::Expired {
-                grant: g.id.clone(),
-                at,
-            },
-            (_, _, Some(w)) if !w.contains(now) => Denied::OutsideWindow {
-                grant: g.id.clone(),
-                window: w,
-            },
-            _ => return Ok(g),
-        };
-        first_reason.get_or_insert(reason);
+        match grant_valid_at(g, now) {
+            Ok(()) => return Ok(g),
+            Err(reason) => drop(first_reason.get_or_insert(reason)),
+        }
     }
     Err(first_reason)
+}
+
+/// Whether `g` applies at `now`: begun, not expired, inside its window.
+pub fn grant_valid_at(g: &Grant, now: u64) -> Result<(), Denied> {
+    match (g.not_before, g.not_after, g.window) {
+        (Some(from), _, _) if now < from => Err(Denied::NotYetValid {
+            grant: g.id.clone(),
+            from,
+        }),
+        (_, Some(at), _) if now >= at => Err(Denied::Expired {
+            grant: g.id.clone(),
+            at,
+        }),
+        (_, _, Some(w)) if !w.contains(now) => Err(Denied::OutsideWindow {
+            grant: g.id.clone(),
+            window: w,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn deny(d: Denied) -> Decision {
     Decision::Deny(d)
 }
 
-fn subject_matches(policy: &Policy, subject: &GrantSubject, user: &str) -> bool {
+pub fn subject_matches(policy: &Policy, subject: &GrantSubject, user: &str) -> bool {
     match subject {
         GrantSubject::User(u) => u == user,
         GrantSubject::Group(g) => policy
@@ -271,7 +278,7 @@ fn subject_matches(policy: &Policy, subject: &GrantSubject, user: &str) -> bool 
     }
 }
 
-fn object_matches(object: &GrantObject, target: &ResolvedTarget) -> bool {
+pub(super) fn object_matches(object: &GrantObject, target: &ResolvedTarget) -> bool {
     match object {
         GrantObject::Target(name) => target.name.as_deref() == Some(name.as_str()),
         GrantObject::Subnet(c) => c.contains(target.addr),

@@ -5,6 +5,7 @@
 //! - [`validate`]: checks a change against the current policy before it is stored;
 //! - [`window`]: validity windows (days of week, time of day, UTC);
 //! - [`evaluate`]: the decision, a pure function of the policy, the request and the time;
+//! - [`standing`]: whether access a live session uses still holds, and until when;
 //! - [`live`]: the policy in force, an `Arc` snapshot swapped whole on change.
 //!
 //! Invariant: nothing in this module does IO or touches tokio. The session actor takes a
@@ -14,6 +15,7 @@ pub mod commands;
 pub mod evaluate;
 pub mod live;
 pub mod model;
+pub mod standing;
 pub mod validate;
 pub mod window;
 
@@ -23,7 +25,7 @@ pub use evaluate::{
 };
 pub use live::Live;
 pub use model::{
-    Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Revocation, Right, Rights,
-    Target, User,
+    Approvers, Entity, EntityKind, Grant, GrantObject, GrantSubject, Group, Policy, Revocation,
+    Right, Rights, Target, User,
 };
 pub use validate::{PolicyError, check_add, check_remove};

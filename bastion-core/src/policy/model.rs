@@ -162,6 +162,28 @@ pub struct Revocation {
     pub key_id: Option<String>,
 }
 
+/// Who decides access requests for a target or subnet (`bastionctl target set web1
+/// --approvers oncall-leads`): `approvals` distinct members of `group` must approve, and a
+/// request asks for at most `max_secs` (the config's `policy.max_request_secs` when unset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approvers {
+    pub object: GrantObject,
+    pub group: String,
+    pub approvals: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_secs: Option<u64>,
+}
+
+impl Approvers {
+    /// The name it is stored under: the target's name or the subnet.
+    pub fn key(&self) -> String {
+        match &self.object {
+            GrantObject::Target(t) => t.clone(),
+            GrantObject::Subnet(c) => c.to_string(),
+        }
+    }
+}
+
 /// A snapshot of the whole policy, as the evaluator sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -171,6 +193,35 @@ pub struct Policy {
     pub subnets: Vec<Cidr>,
     pub grants: BTreeMap<String, Grant>,
     pub revocations: BTreeMap<String, Revocation>,
+    pub approvers: BTreeMap<String, Approvers>,
+}
+
+impl Policy {
+    /// Who decides requests for `object`: its own approvers, else those of the narrowest
+    /// subnet holding it (a target by its address).
+    pub fn approvers_for(&self, object: &GrantObject) -> Option<&Approvers> {
+        let key = match object {
+            GrantObject::Target(t) => t.clone(),
+            GrantObject::Subnet(c) => c.to_string(),
+        };
+        if let Some(a) = self.approvers.get(&key) {
+            return Some(a);
+        }
+        let within = |a: &Approvers| match (&a.object, object) {
+            (GrantObject::Subnet(outer), GrantObject::Target(t)) => {
+                self.targets.get(t).is_some_and(|t| outer.contains(t.addr))
+            }
+            (GrantObject::Subnet(outer), GrantObject::Subnet(inner)) => outer.covers(inner),
+            _ => false,
+        };
+        self.approvers
+            .values()
+            .filter(|a| within(a))
+            .max_by_key(|a| match &a.object {
+                GrantObject::Subnet(c) => c.prefix_len(),
+                GrantObject::Target(_) => 0,
+            })
+    }
 }
 
 /// A name for a user, group, target or grant: short, printable, and safe to use inside
@@ -216,6 +267,7 @@ pub enum Entity {
     Subnet(Cidr),
     Grant(Grant),
     Revocation(Revocation),
+    Approvers(Approvers),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,16 +279,18 @@ pub enum EntityKind {
     Subnet,
     Grant,
     Revocation,
+    Approvers,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 6] = [
+    pub const ALL: [EntityKind; 7] = [
         EntityKind::User,
         EntityKind::Group,
         EntityKind::Target,
         EntityKind::Subnet,
         EntityKind::Grant,
         EntityKind::Revocation,
+        EntityKind::Approvers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -247,6 +301,7 @@ impl EntityKind {
             EntityKind::Subnet => "subnet",
             EntityKind::Grant => "grant",
             EntityKind::Revocation => "revocation",
+            EntityKind::Approvers => "approvers",
         }
     }
 }
@@ -260,6 +315,7 @@ impl Entity {
             Entity::Subnet(_) => EntityKind::Subnet,
             Entity::Grant(_) => EntityKind::Grant,
             Entity::Revocation(_) => EntityKind::Revocation,
+            Entity::Approvers(_) => EntityKind::Approvers,
         }
     }
 
@@ -272,6 +328,7 @@ impl Entity {
             Entity::Subnet(c) => c.to_string(),
             Entity::Grant(g) => g.id.clone(),
             Entity::Revocation(r) => r.name.clone(),
+            Entity::Approvers(a) => a.key(),
         }
     }
 }
@@ -290,6 +347,7 @@ impl Policy {
             }
             Entity::Grant(g) => drop(self.grants.insert(g.id.clone(), g)),
             Entity::Revocation(r) => drop(self.revocations.insert(r.name.clone(), r)),
+            Entity::Approvers(a) => drop(self.approvers.insert(a.key(), a)),
         }
     }
 
@@ -301,6 +359,7 @@ impl Policy {
             EntityKind::Subnet => self.subnets.retain(|c| c.to_string() != key),
             EntityKind::Grant => drop(self.grants.remove(key)),
             EntityKind::Revocation => drop(self.revocations.remove(key)),
+            EntityKind::Approvers => drop(self.approvers.remove(key)),
         }
     }
 
@@ -317,6 +376,12 @@ impl Policy {
                 .values()
                 .cloned()
                 .map(Entity::Revocation)
+                .collect(),
+            EntityKind::Approvers => self
+                .approvers
+                .values()
+                .cloned()
+                .map(Entity::Approvers)
                 .collect(),
         }
     }

@@ -75,6 +75,7 @@ fn exists(p: &Policy, kind: &'static str, n: &str) -> bool {
         "grant" => p.grants.contains_key(n),
         "subnet" => p.subnets.iter().any(|c| c.to_string() == n),
         "revocation" => p.revocations.contains_key(n),
+        "approvers" => p.approvers.contains_key(n),
         _ => false,
     }
 }
@@ -94,10 +95,17 @@ fn need(p: &Policy, kind: &'static str, n: &str) -> Result<(), PolicyError> {
 pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
     let kind = entity.kind().as_str();
     let key = entity.key();
-    if entity.kind() != super::EntityKind::Subnet {
+    // A subnet's approvers are keyed by the subnet, checked below.
+    let subnet_key = match &entity {
+        Entity::Subnet(_) => true,
+        Entity::Approvers(a) => matches!(a.object, GrantObject::Subnet(_)),
+        _ => false,
+    };
+    if !subnet_key {
         name(&key)?;
     }
-    if exists(p, kind, &key) {
+    // Setting a target's or subnet's approvers again replaces them.
+    if entity.kind() != super::EntityKind::Approvers && exists(p, kind, &key) {
         return Err(PolicyError::Exists { kind, name: key });
     }
     Ok(match entity {
@@ -153,6 +161,24 @@ pub fn check_add(p: &Policy, entity: Entity) -> Result<Entity, PolicyError> {
             Entity::Target(t)
         }
         Entity::Subnet(c) => Entity::Subnet(c),
+        Entity::Approvers(a) => {
+            need(p, "group", &a.group)?;
+            if let GrantObject::Target(t) = &a.object {
+                need(p, "target", t)?;
+            }
+            if !(1..=5).contains(&a.approvals) {
+                return Err(PolicyError::Invalid(format!(
+                    "approvers of {key}: --approvals must be 1 to 5, got {}",
+                    a.approvals
+                )));
+            }
+            if a.max_secs == Some(0) {
+                return Err(PolicyError::Invalid(format!(
+                    "approvers of {key}: the longest request must be positive"
+                )));
+            }
+            Entity::Approvers(a)
+        }
         Entity::Revocation(mut r) => {
             if r.serial.is_none() && r.key_id.is_none() {
                 return Err(PolicyError::Invalid(format!(
@@ -251,6 +277,16 @@ pub fn check_remove(p: &Policy, kind: super::EntityKind, key: &str) -> Result<()
             users.push(format!("grant {}", g.id));
         }
     }
+    users.extend(
+        p.approvers
+            .values()
+            .filter(|a| match (kind, &a.object) {
+                (super::EntityKind::Group, _) => a.group == key,
+                (super::EntityKind::Target, GrantObject::Target(t)) => t == key,
+                _ => false,
+            })
+            .map(|a| format!("approvers of {}", a.key())),
+    );
     if kind == super::EntityKind::User {
         users.extend(
             p.groups

@@ -39,6 +39,32 @@ impl Window {
         }
     }
 
+    /// When the window, open at `unix_secs`, closes: the end of this occurrence, or of the
+    /// occurrences that follow it without a gap (`mon-fri 00:00-24:00` closes on Saturday).
+    /// `Some(unix_secs)` when it is not open; `None` when it never closes (`daily 00:00-24:00`).
+    pub fn closes_after(&self, unix_secs: u64) -> Option<u64> {
+        if !self.contains(unix_secs) {
+            return Some(unix_secs);
+        }
+        let mut t = unix_secs;
+        // A week of back-to-back occurrences at most; longer means always open.
+        for _ in 0..8 {
+            let midnight = t - t % 86_400;
+            let minute = ((t % 86_400) / 60) as u16;
+            let end = u64::from(self.end) * 60;
+            let close = if self.start > self.end && minute >= self.start {
+                midnight + 86_400 + end
+            } else {
+                midnight + end
+            };
+            if !self.contains(close) {
+                return Some(close);
+            }
+            t = close;
+        }
+        None
+    }
+
     fn on(&self, weekday: u8) -> bool {
         self.days & (1 << weekday) != 0
     }
@@ -157,6 +183,29 @@ mod tests {
         for (spec, t, want) in cases {
             let w: Window = spec.parse().unwrap();
             assert_eq!(w.contains(*t), *want, "{spec} at +{}s", t - FRI);
+        }
+    }
+
+    #[test]
+    fn closing_times() {
+        let cases: &[(&str, u64, Option<u64>)] = &[
+            ("mon-fri 08:00-18:00", FRI + 10 * H, Some(FRI + 18 * H)),
+            ("mon-fri 08:00-18:00", FRI + 19 * H, Some(FRI + 19 * H)), // closed already
+            ("fri 22:00-06:00", FRI + 23 * H, Some(FRI + 30 * H)),
+            ("fri 22:00-06:00", FRI + 24 * H + H, Some(FRI + 30 * H)), // the early part
+            // Back-to-back days close when the run of days ends (Friday's midnight here).
+            ("mon-fri 00:00-24:00", FRI + 10 * H, Some(FRI + 24 * H)),
+            ("thu,fri 20:00-24:00", FRI + 21 * H, Some(FRI + 24 * H)),
+            ("daily 00:00-24:00", FRI + 10 * H, None),
+            (
+                "daily 12:00-12:01",
+                FRI + 12 * H + 30,
+                Some(FRI + 12 * H + 60),
+            ),
+        ];
+        for (spec, t, want) in cases {
+            let w: Window = spec.parse().unwrap();
+            assert_eq!(w.closes_after(*t), *want, "{spec} at +{}s", t - FRI);
         }
     }
 

@@ -138,6 +138,7 @@ pub fn activity(frames: &[Frame]) -> Vec<Activity> {
                     Err(_) => "env ?".into(),
                 },
                 Kind::Refused => format!("refused: {}", text(f)),
+                Kind::Notice => format!("told: {}", text(f)),
                 Kind::Signal => format!("signal {}", text(f)),
                 Kind::ExitStatus => match <[u8; 4]>::try_from(f.data.as_ref()) {
                     Ok(b) => format!("exit status {}", u32::from_le_bytes(b)),
@@ -219,9 +220,12 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
                 Kind::SftpOp | Kind::Close | Kind::Command | Kind::Env => {
                     v["json"] = serde_json::from_slice(&f.data).unwrap_or_default()
                 }
-                Kind::Exec | Kind::Subsystem | Kind::Open | Kind::Refused | Kind::Signal => {
-                    v["text"] = String::from_utf8_lossy(&f.data).into_owned().into()
-                }
+                Kind::Exec
+                | Kind::Subsystem
+                | Kind::Open
+                | Kind::Refused
+                | Kind::Signal
+                | Kind::Notice => v["text"] = String::from_utf8_lossy(&f.data).into_owned().into(),
                 _ => {}
             }
             v

@@ -53,6 +53,9 @@ pub enum Kind {
     /// An environment variable the client asked to pass (JSON: name, value), recorded when it
     /// was passed; a refused one is a `Refused` frame naming it.
     Env = 18,
+    /// What bastion told the user on every channel of a live session (text), e.g. that its
+    /// access ends soon.
+    Notice = 19,
 }
 
 impl Kind {
@@ -77,6 +80,7 @@ impl Kind {
             SftpOp,
             Command,
             Env,
+            Notice,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

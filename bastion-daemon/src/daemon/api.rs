@@ -64,9 +64,13 @@ impl Daemon {
         match request {
             Request::Status => self.status().map(Response::Status),
             Request::PolicyAdd { entity } => self.add(peer, entity).map(Response::Changed),
-            Request::PolicyRemove { kind, name } => {
-                self.remove(peer, kind, &name).map(Response::Changed)
-            }
+            Request::PolicyRemove {
+                kind,
+                name,
+                keep_sessions,
+            } => self
+                .remove(peer, kind, &name, keep_sessions)
+                .map(Response::Changed),
             Request::PolicyList { kind } => Ok(Response::Entities {
                 entities: self.policy.snapshot().entities(kind),
             }),
@@ -104,6 +108,49 @@ impl Daemon {
                 .map(Response::Changed),
             Request::MfaEnroll { user } => self.mfa_enroll(peer, &user),
             Request::MfaRemove { user } => self.mfa_remove(peer, &user).map(Response::Changed),
+            Request::TicketList { all } => {
+                let now = bastion_core::audit::now_micros() / 1_000_000;
+                let tickets = bastion_proxy::tickets::all(&self.proxy, now)
+                    .map_err(ApiError::Internal)?
+                    .into_iter()
+                    .filter(|t| all || t.state == bastion_core::ticket::State::Pending)
+                    .collect();
+                Ok(Response::Tickets { tickets })
+            }
+            Request::TicketShow { id } => {
+                let now = bastion_core::audit::now_micros() / 1_000_000;
+                bastion_proxy::tickets::all(&self.proxy, now)
+                    .map_err(ApiError::Internal)?
+                    .into_iter()
+                    .find(|t| t.id == id)
+                    .map(|t| Response::Tickets { tickets: vec![t] })
+                    .ok_or_else(|| ApiError::NotFound(format!("no request #{id}")))
+            }
+            Request::TicketDecide {
+                id,
+                approve,
+                reason,
+            } => {
+                use bastion_proxy::tickets::{self, Decision};
+                let now = bastion_core::audit::now_micros() / 1_000_000;
+                let who = format!("uid {}", peer.uid);
+                let decision = if approve {
+                    Decision::Approve
+                } else {
+                    Decision::Deny
+                };
+                tickets::decide(
+                    &self.proxy,
+                    id,
+                    &bastion_core::ticket::Decider::Admin(&who),
+                    decision,
+                    reason,
+                    admin(peer),
+                    now,
+                )
+                .map(|t| Response::Tickets { tickets: vec![t] })
+                .map_err(ApiError::Conflict)
+            }
             Request::AccountList => self
                 .store
                 .accounts()
@@ -422,14 +469,29 @@ impl Daemon {
             .store
             .put_entity(&entity, admin(peer))
             .map_err(ApiError::internal)?;
-        self.policy.replace(&changing, next);
+        self.proxy.put_in_force(&changing, next);
         tracing::info!(uid = peer.uid, kind = entity.kind().as_str(), name = %entity.key(), "policy added");
         Ok(event)
     }
 
-    fn remove(&self, peer: Peer, kind: EntityKind, name: &str) -> Result<AuditEvent, ApiError> {
+    fn remove(
+        &self,
+        peer: Peer,
+        kind: EntityKind,
+        name: &str,
+        keep_sessions: bool,
+    ) -> Result<AuditEvent, ApiError> {
         let changing = self.policy.begin_change();
         let policy = self.policy.snapshot();
+        let kept = match (keep_sessions, kind) {
+            (false, _) => None,
+            (true, EntityKind::Grant) => policy.grants.get(name).cloned(),
+            (true, _) => {
+                return Err(ApiError::Invalid(
+                    "--keep-sessions applies to removing a grant".into(),
+                ));
+            }
+        };
         if kind == EntityKind::Target {
             let logins: Vec<String> = (self.store.accounts().map_err(ApiError::internal)?)
                 .into_iter()
@@ -459,7 +521,14 @@ impl Daemon {
             .remove_entity(kind, name, admin(peer))
             .map_err(ApiError::internal)?;
         self.apply_enforcement(kind, &next)?;
-        self.policy.replace(&changing, next);
+        // Live sessions hear of a kept grant before the policy without it is in force.
+        if let Some(grant) = kept {
+            let _ = self
+                .proxy
+                .policy_changes
+                .send(bastion_proxy::access::Change::Keep(Arc::new(grant)));
+        }
+        self.proxy.put_in_force(&changing, next);
         tracing::info!(uid = peer.uid, kind = kind.as_str(), name, "policy removed");
         Ok(event)
     }

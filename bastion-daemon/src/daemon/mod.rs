@@ -171,6 +171,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 config.ssh.max_failures_per_user,
             )))
         }),
+        policy_changes: bastion_proxy::access::channel(),
+        end_warning: Duration::from_secs(config.policy.end_warning_secs),
+        requests: config.policy.clone(),
         anchor_now: anchor_now.clone(),
     });
     let daemon = Arc::new(Daemon {
