@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     events::Request,
-    shell::{Keys, RuleHit, Shell},
+    shell::{Hold, Keys, Shell, ToActor},
 };
 
 pub enum Ctl {
@@ -58,7 +58,7 @@ struct Shared {
     rec: Recorder,
     shell: Shell,
     /// Lines that matched a command rule, to the session actor.
-    hits: mpsc::Sender<RuleHit>,
+    hits: ToActor,
 }
 
 /// SFTP operations of the channel, once it runs the `sftp` subsystem. The flag keeps other
@@ -138,10 +138,28 @@ pub fn spawn(
     down: Channel<server::Msg>,
     up: Channel<client::Msg>,
     recorder: Recorder,
-    hits: mpsc::Sender<RuleHit>,
+    hits: ToActor,
 ) -> mpsc::Sender<Ctl> {
+    let (ctl_tx, ctl_rx) = control();
+    start(down, up, recorder, hits, ctl_rx);
+    ctl_tx
+}
+
+/// A pump's control channel, for [`start`]: requests queued on it before the pump starts are
+/// carried before any of the client's data.
+pub fn control() -> (mpsc::Sender<Ctl>, mpsc::Receiver<Ctl>) {
+    mpsc::channel(16)
+}
+
+/// [`spawn`] with a control channel made beforehand.
+pub fn start(
+    down: Channel<server::Msg>,
+    up: Channel<client::Msg>,
+    recorder: Recorder,
+    hits: ToActor,
+    ctl_rx: mpsc::Receiver<Ctl>,
+) {
     let id = u32::from(down.id());
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let (down_r, down_w) = down.split();
     let (up_r, up_w) = up.split();
     let shared = Shared {
@@ -162,7 +180,6 @@ pub fn spawn(
         shared.clone(),
     ));
     tokio::spawn(target_to_client(up_r, down_w, shared));
-    ctl_tx
 }
 
 async fn client_to_target(
@@ -184,6 +201,9 @@ async fn client_to_target(
     let mut ctl_open = true;
     loop {
         tokio::select! {
+            // Requests first: a target opens a session channel's window only once its shell
+            // or command is requested, so client data waiting ahead of them would wait forever.
+            biased;
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::Request { request, reply }) => {
@@ -264,13 +284,14 @@ async fn client_to_target(
 }
 
 /// Forwards the client's keys; on a shell, a line a rule stops never gets its Enter: the shell
-/// is sent Ctrl-C to drop it, the client is told why, and the actor audits it.
+/// is sent Ctrl-C to drop it, the client is told why, and the actor audits it. A line a review
+/// rule holds keeps its Enter (and every key after it) until it is decided.
 async fn keys(
     up: &russh::ChannelWriteHalf<client::Msg>,
     notice: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
     shell: &Shell,
     rec: &Recorder,
-    hits: &mpsc::Sender<RuleHit>,
+    hits: &ToActor,
     id: u32,
     data: Bytes,
 ) -> Result<(), russh::Error> {
@@ -280,36 +301,73 @@ async fn keys(
         return up.data_bytes(data).await;
     }
     let mut alerts = Vec::new();
-    for run in shell.keys(id, data, &mut alerts) {
-        match run {
-            Keys::Forward(bytes) if bytes.is_empty() => {}
-            Keys::Forward(bytes) => up.data_bytes(bytes).await?,
-            Keys::Withhold(hit) => {
-                up.data_bytes(Bytes::from_static(b"\x03")).await?;
-                let verb = if hit.rule.action == RuleAction::Terminate {
-                    "ends the session"
-                } else {
-                    "denied"
-                };
-                let why = format!(
-                    "bastion: command {verb} by rule `{}` of grant {}",
-                    hit.rule.pattern, hit.grant
-                );
-                let _ = notice.write_all(format!("\r\n{why}\r\n").as_bytes()).await;
-                let _ = notice.flush().await;
-                let line = CommandLine {
-                    line: hit.line.clone(),
-                    doubts: Vec::new(),
-                    refused: Some(format!("{} {}", hit.rule.action.as_str(), hit.rule.pattern)),
-                };
-                // A failed recording ends the session anyway; the refusal stands either way.
-                let _ = record_lines(rec, id, vec![line]).await;
-                let _ = hits.send(hit).await;
+    let mut next = Some(data);
+    while let Some(data) = next.take() {
+        for run in shell.keys(id, data, &mut alerts) {
+            match run {
+                Keys::Hold { hit, rest } => {
+                    let (decided, decision) = tokio::sync::oneshot::channel();
+                    let line = hit.line.clone();
+                    let sent = hits.holds.send(Hold { hit, decided }).await.is_ok();
+                    // No actor, no approval: the line is refused.
+                    let outcome = match sent {
+                        true => decision
+                            .await
+                            .unwrap_or_else(|_| Err("the session is ending".into())),
+                        false => Err("the session is ending".into()),
+                    };
+                    shell.decided(outcome.is_ok());
+                    match outcome {
+                        Ok(()) => up.data_bytes(Bytes::from_static(b"\r")).await?,
+                        Err(why) => {
+                            up.data_bytes(Bytes::from_static(b"\x03")).await?;
+                            let _ = notice
+                                .write_all(
+                                    format!("\r\nbastion: `{line}` refused: {why}\r\n").as_bytes(),
+                                )
+                                .await;
+                            let _ = notice.flush().await;
+                            let refused = CommandLine {
+                                line,
+                                doubts: Vec::new(),
+                                refused: Some(format!("review: {why}")),
+                            };
+                            let _ = record_lines(rec, id, vec![refused]).await;
+                        }
+                    }
+                    if !rest.is_empty() {
+                        next = Some(rest);
+                    }
+                }
+                Keys::Forward(bytes) if bytes.is_empty() => {}
+                Keys::Forward(bytes) => up.data_bytes(bytes).await?,
+                Keys::Withhold(hit) => {
+                    up.data_bytes(Bytes::from_static(b"\x03")).await?;
+                    let verb = if hit.rule.action == RuleAction::Terminate {
+                        "ends the session"
+                    } else {
+                        "denied"
+                    };
+                    let why = format!(
+                        "bastion: command {verb} by rule `{}` of grant {}",
+                        hit.rule.pattern, hit.grant
+                    );
+                    let _ = notice.write_all(format!("\r\n{why}\r\n").as_bytes()).await;
+                    let _ = notice.flush().await;
+                    let line = CommandLine {
+                        line: hit.line.clone(),
+                        doubts: Vec::new(),
+                        refused: Some(format!("{} {}", hit.rule.action.as_str(), hit.rule.pattern)),
+                    };
+                    // A failed recording ends the session anyway; the refusal stands either way.
+                    let _ = record_lines(rec, id, vec![line]).await;
+                    let _ = hits.hits.send(hit).await;
+                }
             }
         }
     }
     for hit in alerts {
-        let _ = hits.send(hit).await;
+        let _ = hits.hits.send(hit).await;
     }
     Ok(())
 }

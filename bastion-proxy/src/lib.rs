@@ -26,6 +26,7 @@ pub mod menu;
 pub mod menu_cmd;
 pub mod ratelimit;
 pub mod relay;
+pub mod review;
 pub mod rights;
 pub mod second_factor;
 pub mod session;
@@ -93,6 +94,8 @@ pub struct ProxyContext {
     pub end_warning: Duration,
     /// How access requests are bounded (`[policy]`).
     pub requests: bastion_core::config::PolicyConfig,
+    /// Woken at every decision on a ticket (held commands wait on it).
+    pub tickets_changed: tokio::sync::Notify,
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
     /// once a session's end is on the stream, so the anchor covers it.
     pub anchor_now: Arc<tokio::sync::Notify>,

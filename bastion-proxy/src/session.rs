@@ -27,10 +27,10 @@ use super::{
     ProxyContext, access, channel,
     events::{Challenge, Event, OpenKind, Request, SignIn},
     forward::{self, Destination},
-    identity, live, menu,
+    identity, live, menu, review,
     rights::{first_grant, open_label, request_name, right_for},
     second_factor,
-    shell::RuleHit,
+    shell::{self, RuleHit},
     upstream::{self, AgentChannel, Upstream},
     username,
 };
@@ -72,6 +72,13 @@ struct Route {
     access: access::Watch,
     /// The rights its channels use (each entry: any one of them suffices).
     needs: Vec<&'static [Right]>,
+}
+
+/// An exec request held for review, decided.
+struct Released {
+    channel: ChannelId,
+    request: Request,
+    outcome: Result<(), String>,
 }
 
 /// The target name the menu's own recording carries.
@@ -142,8 +149,13 @@ pub struct SessionActor {
     /// Opens channels toward the client (agent forwarding).
     client_handle: Option<russh::server::Handle>,
     /// Shell lines that matched a command rule, from the channel pumps.
-    hits_tx: mpsc::Sender<RuleHit>,
+    to_actor: shell::ToActor,
     hits_rx: mpsc::Receiver<RuleHit>,
+    /// Shell lines a review rule holds, waiting for their decision.
+    holds_rx: mpsc::Receiver<shell::Hold>,
+    /// Exec requests held for review, back once decided.
+    released_tx: mpsc::Sender<Released>,
+    released_rx: mpsc::Receiver<Released>,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
@@ -170,9 +182,17 @@ impl SessionActor {
         signed_in: Arc<AtomicBool>,
     ) -> Self {
         let (hits_tx, hits_rx) = mpsc::channel(16);
+        let (holds_tx, holds_rx) = mpsc::channel(4);
+        let (released_tx, released_rx) = mpsc::channel(4);
         SessionActor {
-            hits_tx,
+            to_actor: shell::ToActor {
+                hits: hits_tx,
+                holds: holds_tx,
+            },
             hits_rx,
+            holds_rx,
+            released_tx,
+            released_rx,
             ctx,
             client,
             arrival,
@@ -220,6 +240,14 @@ impl SessionActor {
                 }
                 Some(agent) = recv_opt(agents) => {
                     self.target_agent(agent).await;
+                    continue;
+                }
+                Some(hold) = self.holds_rx.recv() => {
+                    self.hold_line(hold).await;
+                    continue;
+                }
+                Some(released) = self.released_rx.recv() => {
+                    self.released(released).await;
                     continue;
                 }
                 Some(hit) = self.hits_rx.recv() => {
@@ -574,7 +602,7 @@ impl SessionActor {
                     return Ok(());
                 }
                 let stderr = Box::new(down.make_writer_ext(Some(1)));
-                let ctl = channel::spawn(down, up, recorder, self.hits_tx.clone());
+                let ctl = channel::spawn(down, up, recorder, self.to_actor.clone());
                 self.channels
                     .insert(channel_id, ChannelEntry { ctl, stderr });
                 Ok(())
@@ -710,17 +738,19 @@ impl SessionActor {
         let _ = recorder
             .record(Kind::Open, u32::from(channel), "session".into())
             .await;
-        let ctl = channel::spawn(pick.down, up, recorder, self.hits_tx.clone());
+        let (ctl, ctl_rx) = channel::control();
         if let Some(entry) = self.channels.get_mut(&channel) {
             entry.ctl = ctl;
         }
-        // The terminal the menu had, then a shell: judged like the client's own requests.
+        // The terminal the menu had, then a shell: judged like the client's own requests, and
+        // queued before the pump starts so they reach the target ahead of what the user types.
         for request in pick.pty.into_iter().chain([Request::Shell]) {
             let (reply, _) = tokio::sync::oneshot::channel();
             if self.request(channel, request, reply).await.is_break() {
                 return;
             }
         }
+        channel::start(pick.down, up, recorder, self.to_actor.clone(), ctl_rx);
     }
 
     /// `(port, server config)` for a `direct-tcpip` to protected `host` (as
@@ -1065,17 +1095,22 @@ impl SessionActor {
                 _ => Ok(grant),
             }
         });
-        if let Ok(Some(grant)) = &verdict
-            && let Err((reason, terminate)) = self.command_rules(grant, channel, &request).await
-        {
-            self.end_exec(channel, reply, &reason).await;
-            self.refuse(u32::from(channel), request_name(&request), reason.clone())
-                .await;
-            if terminate {
-                self.kill(&format!("session ended: {reason}")).await;
-                return ControlFlow::Break(());
+        let mut review = None;
+        if let Ok(Some(grant)) = &verdict {
+            match self.command_rules(grant, channel, &request).await {
+                Ok(rule) => review = rule,
+                Err((reason, terminate)) => {
+                    let _ = reply.send(true);
+                    self.end_exec(channel, &reason).await;
+                    self.refuse(u32::from(channel), request_name(&request), reason.clone())
+                        .await;
+                    if terminate {
+                        self.kill(&format!("session ended: {reason}")).await;
+                        return ControlFlow::Break(());
+                    }
+                    return ControlFlow::Continue(());
+                }
             }
-            return ControlFlow::Continue(());
         }
         if let Err(reason) = verdict {
             if let Some(entry) = self.channels.get_mut(&channel) {
@@ -1097,6 +1132,13 @@ impl SessionActor {
             if matches!(request, Request::Agent) {
                 route.agent_allowed = true;
             }
+        }
+        if let Some(rule) = review {
+            // Accepted toward the client, so it reads why it waits; the target sees nothing
+            // until the command is approved.
+            let _ = reply.send(true);
+            self.hold_exec(channel, request, rule).await;
+            return ControlFlow::Continue(());
         }
         match self.channels.get(&channel) {
             Some(entry) => {
@@ -1138,15 +1180,15 @@ impl SessionActor {
 
     /// Applies `grant`'s command rules to an exec request (exactly as the client sent it):
     /// `Err((why, terminate))` stops it, and a terminate rule ends the session; an alert is
-    /// audited and lets it run.
+    /// audited and lets it run; `Ok(Some(rule))`: a review rule holds it.
     async fn command_rules(
         &mut self,
         grant: &str,
         channel: ChannelId,
         request: &Request,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<Option<policy::commands::CommandRule>, (String, bool)> {
         let Request::Exec { command } = request else {
-            return Ok(());
+            return Ok(None);
         };
         let command = String::from_utf8_lossy(command).into_owned();
         let policy = self.ctx.policy();
@@ -1155,10 +1197,10 @@ impl SessionActor {
             .get(grant)
             .and_then(|g| policy::commands::first_match(&g.command_rules, &command))
         else {
-            return Ok(());
+            return Ok(None);
         };
         let Phase::Routed { route, .. } = &self.phase else {
-            return Ok(());
+            return Ok(None);
         };
         let session = route.session;
         self.audit(AuditKind::CommandRule {
@@ -1171,7 +1213,8 @@ impl SessionActor {
         })
         .await;
         match rule.action {
-            policy::commands::RuleAction::Alert => Ok(()),
+            policy::commands::RuleAction::Alert => Ok(None),
+            policy::commands::RuleAction::Review => Ok(Some(rule.clone())),
             policy::commands::RuleAction::Deny => Err((
                 format!("command denied by rule `{}` of grant {grant}", rule.pattern),
                 false,
@@ -1183,6 +1226,139 @@ impl SessionActor {
                 ),
                 true,
             )),
+        }
+    }
+
+    /// Holds an exec request a review rule matched: files its ticket, tells the user, and waits
+    /// (in a task of its own) for the decision, which comes back as [`Released`].
+    async fn hold_exec(
+        &mut self,
+        channel: ChannelId,
+        request: Request,
+        rule: policy::commands::CommandRule,
+    ) {
+        let Request::Exec { command } = &request else {
+            return;
+        };
+        let command = String::from_utf8_lossy(command).into_owned();
+        match self.file_review(channel, &command, &rule).await {
+            Ok(id) => {
+                let (ctx, tx) = (self.ctx.clone(), self.released_tx.clone());
+                tokio::spawn(async move {
+                    let outcome = review::decision(ctx, id).await;
+                    let _ = tx
+                        .send(Released {
+                            channel,
+                            request,
+                            outcome,
+                        })
+                        .await;
+                });
+            }
+            Err(why) => {
+                self.released(Released {
+                    channel,
+                    request,
+                    outcome: Err(why),
+                })
+                .await
+            }
+        }
+    }
+
+    /// Files the review ticket for `command` on `channel` and tells the user it waits.
+    async fn file_review(
+        &self,
+        channel: ChannelId,
+        command: &str,
+        rule: &policy::commands::CommandRule,
+    ) -> Result<u64, String> {
+        let Phase::Routed { identity, route } = &self.phase else {
+            return Err("not routed".into());
+        };
+        let held = review::Held {
+            session: route.session,
+            user: &identity.user,
+            target: &route.target,
+            login: &route.login,
+            command,
+            rule,
+        };
+        let (id, text) = review::hold(&self.ctx, held).await?;
+        let text = format!("bastion: {text}");
+        let _ = route
+            .recorder
+            .record(Kind::Notice, u32::from(channel), text.clone().into())
+            .await;
+        if let Some(h) = &self.client_handle {
+            let _ = h
+                .extended_data(channel, 1, format!("{text}\r\n").into_bytes())
+                .await;
+        }
+        Ok(id)
+    }
+
+    /// A held exec request was decided: it goes to the target now, or is refused with why.
+    async fn released(&mut self, released: Released) {
+        let Released {
+            channel,
+            request,
+            outcome,
+        } = released;
+        match outcome {
+            Ok(()) => match self.channels.get(&channel) {
+                Some(entry) => {
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    let _ = entry
+                        .ctl
+                        .send(channel::Ctl::Request { request, reply })
+                        .await;
+                }
+                None => tracing::debug!("held command approved after its channel closed"),
+            },
+            Err(why) => {
+                self.refuse(u32::from(channel), request_name(&request), why.clone())
+                    .await;
+                self.end_exec(channel, &why).await;
+            }
+        }
+    }
+
+    /// A channel's shell holds a line a review rule matched: audited, filed, the user told; the
+    /// pump gets the decision when it comes.
+    async fn hold_line(&mut self, hold: shell::Hold) {
+        let shell::Hold { hit, decided } = hold;
+        let Phase::Routed { route, .. } = &self.phase else {
+            let _ = decided.send(Err("not routed".into()));
+            return;
+        };
+        self.audit(AuditKind::CommandRule {
+            session: route.session,
+            channel: hit.channel,
+            command: hit.line.chars().take(1024).collect(),
+            rule: hit.rule.pattern.clone(),
+            action: hit.rule.action.as_str().into(),
+            grant: hit.grant.clone(),
+        })
+        .await;
+        // russh makes channel ids only from the wire: find the open one this number names.
+        let Some(channel) = self
+            .channels
+            .keys()
+            .copied()
+            .find(|c| u32::from(*c) == hit.channel)
+        else {
+            let _ = decided.send(Err("the channel closed".into()));
+            return;
+        };
+        match self.file_review(channel, &hit.line, &hit.rule).await {
+            Ok(id) => {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = decided.send(review::decision(ctx, id).await);
+                });
+            }
+            Err(why) => drop(decided.send(Err(why))),
         }
     }
 
@@ -1215,13 +1391,7 @@ impl SessionActor {
 
     /// Answers an exec request the target never sees: accepted toward the client so it reads
     /// the reason (a refused request can overtake it), then exit status 126 and close.
-    async fn end_exec(
-        &mut self,
-        channel: ChannelId,
-        reply: tokio::sync::oneshot::Sender<bool>,
-        reason: &str,
-    ) {
-        let _ = reply.send(true);
+    async fn end_exec(&mut self, channel: ChannelId, reason: &str) {
         let Some(h) = &self.client_handle else { return };
         let _ = h
             .extended_data(channel, 1, format!("bastion: {reason}\r\n").into_bytes())
@@ -1265,7 +1435,7 @@ impl SessionActor {
                     down,
                     agent.channel,
                     route.recorder.clone(),
-                    self.hits_tx.clone(),
+                    self.to_actor.clone(),
                 );
             }
             Err(e) => {

@@ -28,12 +28,32 @@ pub struct RuleHit {
     pub grant: String,
 }
 
+/// A held line on its way to the session actor, which answers once it is decided (Err: why
+/// it was refused).
+pub struct Hold {
+    pub hit: RuleHit,
+    pub decided: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Where a channel's shell reports to the session actor: lines rules matched, lines held.
+#[derive(Clone)]
+pub struct ToActor {
+    pub hits: tokio::sync::mpsc::Sender<RuleHit>,
+    pub holds: tokio::sync::mpsc::Sender<Hold>,
+}
+
 /// What to do with a run of the client's keys.
 pub enum Keys {
     Forward(Bytes),
     /// The Enter of this line is withheld (deny or terminate): the shell is told to drop the
     /// line and the client why.
     Withhold(RuleHit),
+    /// A line a `review` rule holds: its Enter waits for the decision, and so does `rest`
+    /// (the keys typed after it), fed again once the line is decided.
+    Hold {
+        hit: RuleHit,
+        rest: Bytes,
+    },
 }
 
 #[derive(Default)]
@@ -128,6 +148,14 @@ impl Shell {
                     grant: grant.clone(),
                 });
             match hit {
+                Some(hit) if hit.rule.action == RuleAction::Review => {
+                    out.push(Keys::Forward(data.slice(start..enter)));
+                    out.push(Keys::Hold {
+                        hit,
+                        rest: data.slice(pos..),
+                    });
+                    return out;
+                }
                 Some(hit) if hit.rule.action != RuleAction::Alert => {
                     tracker.cancel();
                     out.push(Keys::Forward(data.slice(start..enter)));
@@ -147,6 +175,19 @@ impl Shell {
     }
 
     /// Feeds the target's output; returns the lines it completes.
+    /// A held line was decided: entered (it runs) or dropped.
+    pub fn decided(&self, approved: bool) {
+        if let Ok(mut s) = self.state.lock()
+            && let Some(t) = &mut s.tracker
+        {
+            if approved {
+                t.enter();
+            } else {
+                t.cancel();
+            }
+        }
+    }
+
     pub fn output(&self, data: &[u8]) -> Vec<CommandLine> {
         let mut lines = Vec::new();
         if self.active.load(Ordering::Acquire)

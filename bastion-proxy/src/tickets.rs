@@ -202,6 +202,7 @@ pub fn decide(
     if let (State::Approved { .. }, Some(grant)) = (&updated.state, updated.grant(now)) {
         add_grant(ctx, grant, actor)?;
     }
+    ctx.tickets_changed.notify_waiters();
     Ok(updated)
 }
 

@@ -497,12 +497,17 @@ pub struct GrantAdd {
     #[arg(long = "require-mfa")]
     require_mfa: bool,
     /// Exec commands matching this pattern (`*`, `?`) are refused (repeatable). Rules apply in
-    /// the order deny, terminate, alert; exec is checked exactly, PTY input is not filtered.
+    /// the order deny, terminate, review, alert; exec is checked exactly, PTY input is not filtered.
     #[arg(long = "deny-command")]
     deny_commands: Vec<String>,
     /// Exec commands matching this pattern end the session (repeatable).
     #[arg(long = "terminate-command")]
     terminate_commands: Vec<String>,
+    /// Exec commands (and, best effort, shell lines) matching this pattern wait until an
+    /// approver approves them with `bastionctl request approve`; refused on timeout
+    /// (repeatable).
+    #[arg(long = "review-command")]
+    review_commands: Vec<String>,
     /// Exec commands matching this pattern run and raise an audit alert (repeatable).
     #[arg(long = "alert-command")]
     alert_commands: Vec<String>,
@@ -972,6 +977,7 @@ impl Command {
                     command_rules: [
                         (a.deny_commands, RuleAction::Deny),
                         (a.terminate_commands, RuleAction::Terminate),
+                        (a.review_commands, RuleAction::Review),
                         (a.alert_commands, RuleAction::Alert),
                     ]
                     .into_iter()

@@ -17,6 +17,9 @@ pub enum RuleAction {
     Alert,
     /// The command is not sent and the session ends with a message.
     Terminate,
+    /// The command waits until an approver approves it (a ticket); refused when it is denied
+    /// or not approved within `policy.review_timeout_secs`.
+    Review,
 }
 
 impl RuleAction {
@@ -25,6 +28,7 @@ impl RuleAction {
             RuleAction::Deny => "deny",
             RuleAction::Alert => "alert",
             RuleAction::Terminate => "terminate",
+            RuleAction::Review => "review",
         }
     }
 }
