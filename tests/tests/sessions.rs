@@ -224,7 +224,9 @@ fn refusals_reach_the_client_in_one_line_and_are_audited() {
             "postgres@web1",
             "login `postgres` on web1 is not granted to alice",
         ),
-        ("root", "is not LOGIN@TARGET"),
+        // A name without a target opens the self-service menu (tests/access.rs); an empty
+        // target is refused.
+        ("root@", "is not LOGIN@TARGET"),
         (
             "root@198.51.100.10",
             "198.51.100.10 is not in a protected subnet",

@@ -2,6 +2,15 @@
 //! sign-in, resolves `login@target`, applies policy, dials the target once, opens a channel pump
 //! per client channel, and writes the session's audit events and record.
 
+mod held;
+mod self_service;
+mod sign_in;
+mod standing;
+
+use held::Released;
+use self_service::MenuRoute;
+use standing::access_due;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -74,16 +83,6 @@ struct Route {
     needs: Vec<&'static [Right]>,
 }
 
-/// An exec request held for review, decided.
-struct Released {
-    channel: ChannelId,
-    request: Request,
-    outcome: Result<(), String>,
-}
-
-/// The target name the menu's own recording carries.
-const MENU_TARGET: &str = "bastion-menu";
-
 /// What a routed session needs before any channel asks for more: something a session channel
 /// can use (as routing checked).
 const SESSION_RIGHTS: &[Right] = &[Right::Shell, Right::Exec, Right::Sftp];
@@ -119,14 +118,6 @@ enum Phase {
         identity: Identity,
         menu: Box<MenuRoute>,
     },
-}
-
-/// The menu's recording, and where its channel comes back when the user picks a target.
-struct MenuRoute {
-    session: u64,
-    recorder: Recorder,
-    writer: tokio::task::JoinHandle<SessionMeta>,
-    picks: mpsc::Receiver<menu::Pick>,
 }
 
 struct ChannelEntry {
@@ -374,173 +365,6 @@ impl SessionActor {
         ControlFlow::Continue(())
     }
 
-    /// True (and audited once per connection) while the client's source or user name is refused.
-    async fn rate_limited(&mut self, username: &str) -> bool {
-        self.last_username = username.chars().take(256).collect();
-        let Err(remaining) = self.ctx.limited(self.client.ip(), username) else {
-            return false;
-        };
-        // A throttled attempt is still a failed connection (for the user name's count too).
-        self.refused_attempts += 1;
-        if !self.limited_logged {
-            self.limited_logged = true;
-            self.audit(AuditKind::SignInThrottled {
-                client: self.client.to_string(),
-                username: username.chars().take(256).collect(),
-                remaining_secs: remaining.as_secs(),
-            })
-            .await;
-        }
-        true
-    }
-
-    /// A key or certificate proved `owner`: signed in, or (when a grant or the config asks for
-    /// it) waiting for the second factor, which the user must have enrolled.
-    async fn accepted(
-        &mut self,
-        username: String,
-        key: russh::keys::PublicKey,
-        owner: String,
-        restrictions: identity::Restrictions,
-    ) -> SignIn {
-        if !second_factor::required(&self.ctx, &self.arrival, &owner, &username, now_secs()) {
-            self.audit_login(&username, &key, Some(owner.clone()), true, None)
-                .await;
-            return match self.sign_in(owner, username, restrictions, false) {
-                true => SignIn::Accepted,
-                false => SignIn::Refused,
-            };
-        }
-        let store = self.ctx.store.clone();
-        let who = owner.clone();
-        let enrolled = tokio::task::spawn_blocking(move || store.totp(&who))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .is_some();
-        let (outcome, reason, answer) = if enrolled {
-            let reason = format!("after key {}", key.fingerprint(HashAlg::Sha256));
-            ("asked", reason, SignIn::SecondFactor)
-        } else {
-            self.refused_attempts += 1;
-            (
-                "refused",
-                format!(
-                    "a second factor is required and {owner} has none (bastionctl user mfa enroll {owner})"
-                ),
-                SignIn::Refused,
-            )
-        };
-        self.audit(AuditKind::SecondFactor {
-            client: self.client.to_string(),
-            username: username.chars().take(256).collect(),
-            user: owner.clone(),
-            outcome: outcome.into(),
-            reason: Some(reason),
-        })
-        .await;
-        if answer == SignIn::SecondFactor {
-            self.pending = Some(Pending {
-                user: owner,
-                username,
-                key,
-                restrictions,
-            });
-        }
-        answer
-    }
-
-    /// keyboard-interactive: only the second factor of a key accepted on this connection, for
-    /// the same user name; on its own it never signs anyone in.
-    async fn keyboard_interactive(
-        &mut self,
-        username: String,
-        answers: Option<Vec<bastion_core::keys::Secret>>,
-    ) -> Challenge {
-        let Some(user) = self
-            .pending
-            .as_ref()
-            .filter(|p| p.username == username)
-            .map(|p| p.user.clone())
-        else {
-            return Challenge::Refused { retry: false };
-        };
-        let Some(answers) = answers else {
-            return Challenge::Prompt {
-                instructions: format!(
-                    "bastion: {user} needs a second factor: the 6-digit code from your authenticator app."
-                ),
-            };
-        };
-        if self.rate_limited(&username).await {
-            return Challenge::Refused { retry: false };
-        }
-        let checked = second_factor::check(&self.ctx, &user, answers, now_secs()).await;
-        self.audit(AuditKind::SecondFactor {
-            client: self.client.to_string(),
-            username: username.chars().take(256).collect(),
-            user,
-            outcome: if checked.is_ok() {
-                "accepted"
-            } else {
-                "refused"
-            }
-            .into(),
-            reason: checked.as_ref().err().cloned(),
-        })
-        .await;
-        if checked.is_err() {
-            // Charged at once, like a refused key, whatever the connection does next; and a
-            // connection gets MAX_CODES tries.
-            self.wrong_codes += 1;
-            if self.ctx.failed_login(self.client.ip(), &username) {
-                tracing::warn!(client = %self.client.ip(), %username, "too many failed sign-ins: source or user name refused for a while");
-            }
-            if self.wrong_codes >= second_factor::MAX_CODES {
-                self.pending = None;
-                return Challenge::Refused { retry: false };
-            }
-            return Challenge::Refused { retry: true };
-        }
-        let Some(p) = self.pending.take() else {
-            return Challenge::Refused { retry: false };
-        };
-        self.audit_login(&p.username, &p.key, Some(p.user.clone()), true, None)
-            .await;
-        match self.sign_in(p.user, p.username, p.restrictions, true) {
-            true => Challenge::Accepted,
-            false => Challenge::Refused { retry: false },
-        }
-    }
-
-    /// Connecting → signed in. SSH signs a connection in once; a later success changes nothing.
-    fn sign_in(
-        &mut self,
-        user: String,
-        username: String,
-        restrictions: identity::Restrictions,
-        second_factor: bool,
-    ) -> bool {
-        if matches!(self.phase, Phase::Connecting) {
-            self.phase = Phase::SignedIn(Identity {
-                user,
-                username,
-                restrictions,
-                second_factor,
-            });
-            self.signed_in.store(true, Ordering::SeqCst);
-        }
-        !matches!(self.phase, Phase::Connecting)
-    }
-
-    /// Audits a refused key or certificate. The source is charged once, when the connection ends
-    /// without signing in: a client offering its plain key before its certificate is not failing.
-    async fn failed(&mut self, username: &str, key: &russh::keys::PublicKey, why: Option<String>) {
-        self.audit_login(username, key, None, false, why).await;
-        self.refused_attempts += 1;
-    }
-
     /// Opens the target side of a client channel, accepts the client's channel, and only then
     /// starts pumping (a target may talk first, e.g. a forwarded service's banner).
     async fn open(
@@ -608,149 +432,6 @@ impl SessionActor {
                 Ok(())
             }
         }
-    }
-
-    /// Signed in on the explicit listener with a user name naming no target: the menu.
-    fn menu_sign_in(&self) -> bool {
-        matches!(&self.phase, Phase::SignedIn(identity)
-            if self.arrival == username::Arrival::Explicit && !identity.username.contains('@'))
-    }
-
-    /// Starts the menu on the connection's first session channel, recorded as a session.
-    async fn open_menu(
-        &mut self,
-        down: russh::Channel<russh::server::Msg>,
-        reply: russh::server::ChannelOpenHandle,
-    ) -> Result<(), (String, russh::server::ChannelOpenHandle)> {
-        let Phase::SignedIn(identity) = std::mem::replace(&mut self.phase, Phase::Connecting)
-        else {
-            return Err(("not signed in".into(), reply));
-        };
-        if self.ctx.require_mfa && !identity.second_factor {
-            let reason = "the menu needs the second factor (ssh.require_mfa), which this connection did not give".to_owned();
-            self.phase = Phase::SignedIn(identity);
-            return Err((reason, reply));
-        }
-        match self.start_menu(&identity).await {
-            Ok((session, recorder, writer)) => {
-                reply.accept().await;
-                let channel_id = down.id();
-                let _ = recorder
-                    .record(Kind::Open, u32::from(channel_id), "session".into())
-                    .await;
-                let (picks_tx, picks) = mpsc::channel(1);
-                let stderr = Box::new(down.make_writer_ext(Some(1)));
-                let ctl = menu::spawn(
-                    self.ctx.clone(),
-                    identity.user.clone(),
-                    recorder.clone(),
-                    down,
-                    picks_tx,
-                );
-                self.channels
-                    .insert(channel_id, ChannelEntry { ctl, stderr });
-                self.phase = Phase::Menu {
-                    identity,
-                    menu: Box::new(MenuRoute {
-                        session,
-                        recorder,
-                        writer,
-                        picks,
-                    }),
-                };
-                Ok(())
-            }
-            Err(reason) => {
-                self.phase = Phase::SignedIn(identity);
-                Err((reason, reply))
-            }
-        }
-    }
-
-    async fn start_menu(
-        &self,
-        identity: &Identity,
-    ) -> Result<(u64, Recorder, tokio::task::JoinHandle<SessionMeta>), String> {
-        let session = self
-            .ctx
-            .store
-            .new_session_id()
-            .map_err(|e| format!("internal: {e}"))?;
-        let meta = SessionMeta {
-            user: identity.user.clone(),
-            login: identity.user.clone(),
-            target: MENU_TARGET.into(),
-            client_addr: Some(self.client),
-            grant: MENU_TARGET.into(),
-            arrival: self.arrival.label().into(),
-            ..SessionMeta::starting(session, SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
-        let (recorder, writer) = self.ctx.start_recording(meta).await?;
-        self.audit_checked(AuditKind::SessionStarted {
-            session,
-            client: self.client.to_string(),
-            user: identity.user.clone(),
-            login: identity.user.clone(),
-            target: MENU_TARGET.into(),
-            grant: MENU_TARGET.into(),
-            arrival: self.arrival.label().into(),
-        })
-        .await
-        .map_err(|e| format!("internal: the audit stream cannot be written ({e})"))?;
-        Ok((session, recorder, writer))
-    }
-
-    /// The user picked a target in the menu: the menu's record is closed, and its channel
-    /// becomes a normal session to `login@target` (routed, judged and recorded as any other).
-    async fn picked(&mut self, pick: menu::Pick) {
-        let Phase::Menu { mut identity, menu } =
-            std::mem::replace(&mut self.phase, Phase::Connecting)
-        else {
-            return;
-        };
-        self.close_record(menu.session, menu.recorder, menu.writer)
-            .await;
-        identity.username = pick.destination;
-        self.phase = Phase::SignedIn(identity);
-        let channel = pick.down.id();
-        let opened = self
-            .open_target(&OpenKind::Session, u32::from(channel))
-            .await;
-        let (up, recorder) = match opened {
-            Ok(o) => o,
-            Err(reason) => {
-                let _ = pick
-                    .down
-                    .extended_data_bytes(
-                        1,
-                        format!(
-                            "bastion: {reason}
-"
-                        )
-                        .into_bytes(),
-                    )
-                    .await;
-                let _ = pick.down.exit_status(1).await;
-                let _ = pick.down.close().await;
-                return;
-            }
-        };
-        let _ = recorder
-            .record(Kind::Open, u32::from(channel), "session".into())
-            .await;
-        let (ctl, ctl_rx) = channel::control();
-        if let Some(entry) = self.channels.get_mut(&channel) {
-            entry.ctl = ctl;
-        }
-        // The terminal the menu had, then a shell: judged like the client's own requests, and
-        // queued before the pump starts so they reach the target ahead of what the user types.
-        for request in pick.pty.into_iter().chain([Request::Shell]) {
-            let (reply, _) = tokio::sync::oneshot::channel();
-            if self.request(channel, request, reply).await.is_break() {
-                return;
-            }
-        }
-        channel::start(pick.down, up, recorder, self.to_actor.clone(), ctl_rx);
     }
 
     /// `(port, server config)` for a `direct-tcpip` to protected `host` (as
@@ -1159,6 +840,7 @@ impl SessionActor {
                         })
                         .await;
                 }
+                let shell = matches!(request, Request::Shell);
                 if entry
                     .ctl
                     .send(channel::Ctl::Request { request, reply })
@@ -1169,6 +851,9 @@ impl SessionActor {
                         channel = u32::from(channel),
                         "channel pump gone before the request"
                     );
+                }
+                if shell {
+                    self.tell_news(channel).await;
                 }
             }
             None => {
@@ -1226,139 +911,6 @@ impl SessionActor {
                 ),
                 true,
             )),
-        }
-    }
-
-    /// Holds an exec request a review rule matched: files its ticket, tells the user, and waits
-    /// (in a task of its own) for the decision, which comes back as [`Released`].
-    async fn hold_exec(
-        &mut self,
-        channel: ChannelId,
-        request: Request,
-        rule: policy::commands::CommandRule,
-    ) {
-        let Request::Exec { command } = &request else {
-            return;
-        };
-        let command = String::from_utf8_lossy(command).into_owned();
-        match self.file_review(channel, &command, &rule).await {
-            Ok(id) => {
-                let (ctx, tx) = (self.ctx.clone(), self.released_tx.clone());
-                tokio::spawn(async move {
-                    let outcome = review::decision(ctx, id).await;
-                    let _ = tx
-                        .send(Released {
-                            channel,
-                            request,
-                            outcome,
-                        })
-                        .await;
-                });
-            }
-            Err(why) => {
-                self.released(Released {
-                    channel,
-                    request,
-                    outcome: Err(why),
-                })
-                .await
-            }
-        }
-    }
-
-    /// Files the review ticket for `command` on `channel` and tells the user it waits.
-    async fn file_review(
-        &self,
-        channel: ChannelId,
-        command: &str,
-        rule: &policy::commands::CommandRule,
-    ) -> Result<u64, String> {
-        let Phase::Routed { identity, route } = &self.phase else {
-            return Err("not routed".into());
-        };
-        let held = review::Held {
-            session: route.session,
-            user: &identity.user,
-            target: &route.target,
-            login: &route.login,
-            command,
-            rule,
-        };
-        let (id, text) = review::hold(&self.ctx, held).await?;
-        let text = format!("bastion: {text}");
-        let _ = route
-            .recorder
-            .record(Kind::Notice, u32::from(channel), text.clone().into())
-            .await;
-        if let Some(h) = &self.client_handle {
-            let _ = h
-                .extended_data(channel, 1, format!("{text}\r\n").into_bytes())
-                .await;
-        }
-        Ok(id)
-    }
-
-    /// A held exec request was decided: it goes to the target now, or is refused with why.
-    async fn released(&mut self, released: Released) {
-        let Released {
-            channel,
-            request,
-            outcome,
-        } = released;
-        match outcome {
-            Ok(()) => match self.channels.get(&channel) {
-                Some(entry) => {
-                    let (reply, _) = tokio::sync::oneshot::channel();
-                    let _ = entry
-                        .ctl
-                        .send(channel::Ctl::Request { request, reply })
-                        .await;
-                }
-                None => tracing::debug!("held command approved after its channel closed"),
-            },
-            Err(why) => {
-                self.refuse(u32::from(channel), request_name(&request), why.clone())
-                    .await;
-                self.end_exec(channel, &why).await;
-            }
-        }
-    }
-
-    /// A channel's shell holds a line a review rule matched: audited, filed, the user told; the
-    /// pump gets the decision when it comes.
-    async fn hold_line(&mut self, hold: shell::Hold) {
-        let shell::Hold { hit, decided } = hold;
-        let Phase::Routed { route, .. } = &self.phase else {
-            let _ = decided.send(Err("not routed".into()));
-            return;
-        };
-        self.audit(AuditKind::CommandRule {
-            session: route.session,
-            channel: hit.channel,
-            command: hit.line.chars().take(1024).collect(),
-            rule: hit.rule.pattern.clone(),
-            action: hit.rule.action.as_str().into(),
-            grant: hit.grant.clone(),
-        })
-        .await;
-        // russh makes channel ids only from the wire: find the open one this number names.
-        let Some(channel) = self
-            .channels
-            .keys()
-            .copied()
-            .find(|c| u32::from(*c) == hit.channel)
-        else {
-            let _ = decided.send(Err("the channel closed".into()));
-            return;
-        };
-        match self.file_review(channel, &hit.line, &hit.rule).await {
-            Ok(id) => {
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let _ = decided.send(review::decision(ctx, id).await);
-                });
-            }
-            Err(why) => drop(decided.send(Err(why))),
         }
     }
 
@@ -1441,50 +993,6 @@ impl SessionActor {
             Err(e) => {
                 tracing::info!(client = %self.client, error = %e, "client refused the agent channel");
                 agent.reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            }
-        }
-    }
-
-    /// Judges the routed session's access again (a policy change or a known end came): warns
-    /// on every channel when its end is near, ends the session once it no longer holds.
-    async fn judge_access(&mut self) -> ControlFlow<()> {
-        let Phase::Routed { identity, route } = &mut self.phase else {
-            return ControlFlow::Continue(());
-        };
-        let (ctx, now) = (&self.ctx, now_secs());
-        let who = (identity.user.as_str(), &route.target, route.login.as_str());
-        let gave = identity.second_factor;
-        let verdict = route.access.judge(&ctx.policy(), now, |p| {
-            policy::standing::session_standing(p, who, &route.needs, now, |g| {
-                second_factor::given_for(ctx, p, &g.id, gave)
-            })
-        });
-        let session = route.session;
-        match verdict {
-            access::Verdict::Holds => ControlFlow::Continue(()),
-            access::Verdict::Warn { at, grant } => {
-                let text = access::warning_text(at, now, &grant);
-                let _ = route
-                    .recorder
-                    .record(Kind::Notice, 0, format!("bastion: {text}").into())
-                    .await;
-                self.tell_every_channel(&format!("bastion: {text}")).await;
-                self.audit(AuditKind::AccessEnding {
-                    session,
-                    ends_at: at,
-                    grant,
-                })
-                .await;
-                ControlFlow::Continue(())
-            }
-            access::Verdict::End(reason) => {
-                self.audit(AuditKind::AccessEnded {
-                    session,
-                    reason: reason.clone(),
-                })
-                .await;
-                self.kill(&format!("access ended: {reason}")).await;
-                ControlFlow::Break(())
             }
         }
     }
@@ -1574,25 +1082,6 @@ impl SessionActor {
         }
     }
 
-    async fn audit_login(
-        &self,
-        username: &str,
-        key: &russh::keys::PublicKey,
-        user: Option<String>,
-        accepted: bool,
-        reason: Option<String>,
-    ) {
-        self.audit(AuditKind::Login {
-            client: self.client.to_string(),
-            username: username.chars().take(256).collect(),
-            fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-            user,
-            accepted,
-            reason,
-        })
-        .await;
-    }
-
     async fn audit(&self, kind: AuditKind) {
         // Logged by `audit_checked`; the callers here have nothing left to refuse.
         let _ = self.audit_checked(kind).await;
@@ -1612,14 +1101,6 @@ impl SessionActor {
         };
         tracing::error!(error = %e, "audit event could not be stored");
         Err(e)
-    }
-}
-
-/// Resolves when a routed session's access must be judged again; never otherwise.
-async fn access_due(watch: Option<&mut access::Watch>) {
-    match watch {
-        Some(w) => w.due().await,
-        None => std::future::pending().await,
     }
 }
 
