@@ -6,6 +6,7 @@
 //! - [`audit`]: the typed audit event stream (product output, not logs);
 //! - [`audit_flood`]: the budget for events unauthenticated sources cause;
 //! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
+//! - [`clock`]: now, and Unix seconds as UTC dates;
 //! - [`cidr`]: protected-prefix parsing and the bytes the eBPF tries are keyed by;
 //! - [`flow`]: flows to protected prefixes as audited (decoded, folded per window, filtered);
 //! - [`integrity`]: the one owner of hash chains, seals and the canonical bytes they cover;
@@ -21,6 +22,7 @@
 pub mod audit;
 pub mod audit_flood;
 pub mod cidr;
+pub mod clock;
 pub mod config;
 pub mod flow;
 pub mod host;

@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Grant, GrantObject, GrantSubject, Policy, Right, Rights};
+use crate::policy::{
+    Grant, GrantObject, GrantSubject, Policy, Right, Rights,
+    commands::{CommandRule, RuleAction},
+};
 
 /// What a ticket asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +87,7 @@ pub struct Ticket {
     #[serde(default)]
     pub approvals: Vec<Approval>,
     pub state: State,
-    /// The requester has been told of the decision (at their next sign-in).
+    /// The requester has been told of the decision (at their next shell or in the menu).
     #[serde(default)]
     pub told: bool,
 }
@@ -102,6 +105,8 @@ pub enum TicketError {
     AlreadyApproved(String, u64),
     #[error("{0} is not among the approvers of request {1} (group {2})")]
     NotApprover(String, u64, String),
+    #[error("request {0} cannot be granted: {1}")]
+    Grant(u64, String),
 }
 
 /// Who decides: a bastion user (over SSH, a member of the ticket's approver group) or an
@@ -142,11 +147,7 @@ impl Ticket {
             if *u == self.requester {
                 return Err(TicketError::OwnRequest(u.to_string(), self.id));
             }
-            let member = policy
-                .groups
-                .get(&self.approvers)
-                .is_some_and(|g| g.members.iter().any(|m| m == u));
-            if !member {
+            if !policy.is_member(&self.approvers, u) {
                 return Err(TicketError::NotApprover(
                     u.to_string(),
                     self.id,
@@ -205,8 +206,10 @@ impl Ticket {
     }
 
     /// The grant an approved access ticket creates, named after it, valid from `now` for the
-    /// duration asked.
-    pub fn grant(&self, now: u64) -> Option<Grant> {
+    /// duration asked. It is as strict as the strictest grant on the same target or subnet in
+    /// `policy`: it needs the second factor if any of them does, and carries all their command
+    /// rules (the strictest action first), so access on request never loosens a rule.
+    pub fn grant(&self, now: u64, policy: &Policy) -> Option<Grant> {
         let Asked::Access {
             object,
             login,
@@ -216,6 +219,17 @@ impl Ticket {
         else {
             return None;
         };
+        let alike: Vec<&Grant> = policy
+            .grants
+            .values()
+            .filter(|g| g.object == *object)
+            .collect();
+        let mut command_rules: Vec<CommandRule> = alike
+            .iter()
+            .flat_map(|g| g.command_rules.iter().cloned())
+            .collect();
+        command_rules.sort_by_key(|r| strictness(r.action));
+        command_rules.dedup();
         Some(Grant {
             id: self.grant_id(),
             subject: GrantSubject::User(self.requester.clone()),
@@ -228,8 +242,8 @@ impl Ticket {
             tcp_ports: vec![],
             sources: vec![],
             capture: false,
-            command_rules: vec![],
-            require_mfa: false,
+            command_rules,
+            require_mfa: alike.iter().any(|g| g.require_mfa),
         })
     }
 
@@ -247,7 +261,7 @@ impl Ticket {
                 duration_secs,
             } => format!(
                 "{login}@{} ({}) for {}",
-                object_name(object),
+                object,
                 rights
                     .iter()
                     .map(Right::as_str)
@@ -261,7 +275,10 @@ impl Ticket {
                 login,
                 command,
                 ..
-            } => format!("command `{command}` as {login}@{target} in session {session}"),
+            } => format!(
+                "command `{}` as {login}@{target} in session {session}",
+                command.escape_debug()
+            ),
         };
         let approvals = format!("{}/{}", self.approvals.len(), self.approvals_needed);
         format!(
@@ -269,16 +286,19 @@ impl Ticket {
             self.id,
             self.state.label(),
             self.requester,
-            self.reason,
+            self.reason.escape_debug(),
             self.approvers
         )
     }
 }
 
-pub fn object_name(o: &GrantObject) -> String {
-    match o {
-        GrantObject::Target(t) => t.clone(),
-        GrantObject::Subnet(c) => c.to_string(),
+/// First-match order for inherited rules: what stops a command comes before what lets it run.
+fn strictness(action: RuleAction) -> u8 {
+    match action {
+        RuleAction::Terminate => 0,
+        RuleAction::Deny => 1,
+        RuleAction::Review => 2,
+        RuleAction::Alert => 3,
     }
 }
 
@@ -302,6 +322,7 @@ pub fn duration_text(secs: u64) -> String {
 pub fn parse_duration(s: &str) -> Option<u64> {
     let mut total = 0u64;
     let mut num = String::new();
+    let mut units = false;
     for c in s.trim().chars() {
         if c.is_ascii_digit() {
             num.push(c);
@@ -316,9 +337,14 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         };
         total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
         num.clear();
+        units = true;
     }
     if !num.is_empty() {
-        total = total.checked_add(num.parse().ok()?)?;
+        // A bare number is seconds; after a unit (`1h30`) it is ambiguous.
+        if units {
+            return None;
+        }
+        total = num.parse().ok()?;
     }
     (total > 0).then_some(total)
 }
@@ -386,7 +412,7 @@ mod tests {
                 grant: Some("req-7".into())
             }
         );
-        let g = t.grant(1200).unwrap();
+        let g = t.grant(1200, &p).unwrap();
         assert_eq!((g.not_before, g.not_after), (Some(1200), Some(4800)));
         assert_eq!(g.subject, GrantSubject::User("alice".into()));
         assert!(matches!(
@@ -427,7 +453,7 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Some(secs), "{text}");
         }
-        for bad in ["", "0", "1x", "h", "-1h"] {
+        for bad in ["", "0", "1x", "h", "-1h", "1h30"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
         assert_eq!(duration_text(5400), "1h30m");

@@ -45,8 +45,9 @@ pub enum Verdict {
 /// One live session's or flow's watch over its access.
 pub struct Watch {
     changes: broadcast::Receiver<Change>,
-    /// Grants removed with `--keep-sessions` while this was live.
-    kept: Vec<Arc<Grant>>,
+    /// Grants removed with `--keep-sessions` while this was live, and whether the policy has
+    /// been seen without them (the removal in force).
+    kept: Vec<(Arc<Grant>, bool)>,
     /// The end already warned about.
     warned: Option<u64>,
     next: tokio::time::Instant,
@@ -75,7 +76,7 @@ impl Watch {
 
     fn heard(&mut self, change: Result<Change, broadcast::error::RecvError>) {
         match change {
-            Ok(Change::Keep(g)) => self.kept.push(g),
+            Ok(Change::Keep(g)) => self.kept.push((g, false)),
             Ok(Change::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             // The daemon is stopping; nothing more will change.
             Err(broadcast::error::RecvError::Closed) => self.next = far_future(),
@@ -93,11 +94,19 @@ impl Watch {
         while let Ok(change) = self.changes.try_recv() {
             self.heard(Ok(change));
         }
+        // A kept grant whose name is in force again after its removal is that grant now: a
+        // later removal without --keep-sessions ends what used it. (Until its removal is in
+        // force, the announced grant is still in the policy, and stays kept.)
+        self.kept.retain_mut(|(g, gone)| {
+            let present = policy.grants.contains_key(&g.id);
+            *gone |= !present;
+            !(present && *gone)
+        });
         let holds = if self.kept.is_empty() {
             standing(policy)
         } else {
             let mut with_kept = (**policy).clone();
-            for g in &self.kept {
+            for (g, _) in &self.kept {
                 with_kept
                     .grants
                     .entry(g.id.clone())
@@ -143,31 +152,9 @@ pub fn warning_text(at: u64, now: u64, grant: &str) -> String {
     let left = at.saturating_sub(now);
     format!(
         "access ends at {} UTC (in {}m{:02}s): grant {grant} ends then; save your work",
-        utc(at),
+        bastion_core::clock::utc_text(at),
         left / 60,
         left % 60
-    )
-}
-
-/// `YYYY-MM-DD HH:MM:SS` for Unix seconds (proleptic Gregorian, UTC).
-pub fn utc(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
     )
 }
 
@@ -206,7 +193,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_kept_grant_is_judged_as_if_still_there() {
+    async fn a_kept_grant_lasts_until_its_name_is_in_force_again() {
         let tx = channel();
         let mut w = Watch::new(&tx, Duration::from_secs(300));
         let g: Grant = serde_json::from_value(serde_json::json!({
@@ -214,23 +201,26 @@ mod tests {
             "logins": ["root"], "rights": ["shell"]
         }))
         .unwrap();
-        tx.send(Change::Keep(Arc::new(g))).unwrap();
-        tx.send(Change::Changed).unwrap();
-        let p = Arc::new(Policy::default());
-        let verdict = w.judge(&p, 0, |p| match p.grants.contains_key("kept") {
+        let with = Arc::new({
+            let mut p = Policy::default();
+            p.grants.insert("kept".into(), g.clone());
+            p
+        });
+        let without = Arc::new(Policy::default());
+        let uses_kept = |p: &Policy| match p.grants.contains_key("kept") {
             true => Ok(Holds {
                 until: None,
                 grant: "kept".into(),
             }),
             false => Err("gone".into()),
-        });
-        assert_eq!(verdict, Verdict::Holds);
-    }
-
-    #[test]
-    fn utc_text() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_795_737_600 + 3661), "2026-11-27 01:01:01");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        };
+        // Announced before the removal is in force: judged then, it stays kept.
+        tx.send(Change::Keep(Arc::new(g))).unwrap();
+        assert_eq!(w.judge(&with, 0, uses_kept), Verdict::Holds);
+        tx.send(Change::Changed).unwrap();
+        assert_eq!(w.judge(&without, 1, uses_kept), Verdict::Holds, "kept");
+        // Added again, then removed without --keep-sessions: that removal ends it.
+        assert_eq!(w.judge(&with, 2, uses_kept), Verdict::Holds);
+        assert_eq!(w.judge(&without, 3, uses_kept), Verdict::End("gone".into()));
     }
 }

@@ -243,7 +243,8 @@ async fn client_to_target(
                         {
                             break;
                         }
-                        keys(&up, &mut notice, &shell, &rec, &hits, id, data).await
+                        let to = Upward { up: &up, shell: &shell, rec: &rec, hits: &hits, id };
+                        keys(&to, &mut notice, &mut ctl, data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
                         if rec.record(Kind::Input, id, data.clone()).await.is_err() {
@@ -283,19 +284,32 @@ async fn client_to_target(
     let _ = up.close().await;
 }
 
+/// Where the client's keys go, and what watches them on the way.
+struct Upward<'a> {
+    up: &'a russh::ChannelWriteHalf<client::Msg>,
+    shell: &'a Shell,
+    rec: &'a Recorder,
+    hits: &'a ToActor,
+    id: u32,
+}
+
 /// Forwards the client's keys; on a shell, a line a rule stops never gets its Enter: the shell
 /// is sent Ctrl-C to drop it, the client is told why, and the actor audits it. A line a review
 /// rule holds keeps its Enter (and every key after it) until it is decided.
 async fn keys(
-    up: &russh::ChannelWriteHalf<client::Msg>,
+    to: &Upward<'_>,
     notice: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
-    shell: &Shell,
-    rec: &Recorder,
-    hits: &ToActor,
-    id: u32,
+    ctl: &mut mpsc::Receiver<Ctl>,
     data: Bytes,
 ) -> Result<(), russh::Error> {
     use tokio::io::AsyncWriteExt;
+    let Upward {
+        up,
+        shell,
+        rec,
+        hits,
+        id,
+    } = *to;
     // Every channel's input passes here: no shell, no work.
     if !shell.active() {
         return up.data_bytes(data).await;
@@ -308,13 +322,10 @@ async fn keys(
                 Keys::Hold { hit, rest } => {
                     let (decided, decision) = tokio::sync::oneshot::channel();
                     let line = hit.line.clone();
-                    let sent = hits.holds.send(Hold { hit, decided }).await.is_ok();
-                    // No actor, no approval: the line is refused.
-                    let outcome = match sent {
-                        true => decision
-                            .await
-                            .unwrap_or_else(|_| Err("the session is ending".into())),
-                        false => Err("the session is ending".into()),
+                    // Never waits on the actor: a full queue refuses the line.
+                    let outcome = match hits.holds.try_send(Hold { hit, decided }) {
+                        Ok(()) => decision_for(decision, ctl, shell).await,
+                        Err(_) => Err("too many commands are waiting for approval".into()),
                     };
                     shell.decided(outcome.is_ok());
                     match outcome {
@@ -370,6 +381,27 @@ async fn keys(
         let _ = hits.hits.send(hit).await;
     }
     Ok(())
+}
+
+/// Waits for a held line's decision while still serving the actor's control queue (requests
+/// on this channel are refused while the line waits), so the actor never blocks on this
+/// pump; the queue closing (the session ending) refuses the line and ends the wait.
+async fn decision_for(
+    mut decision: oneshot::Receiver<Result<(), String>>,
+    ctl: &mut mpsc::Receiver<Ctl>,
+    shell: &Shell,
+) -> Result<(), String> {
+    let ending = || Err("the session is ending".to_owned());
+    loop {
+        tokio::select! {
+            d = &mut decision => return d.unwrap_or_else(|_| ending()),
+            c = ctl.recv() => match c {
+                Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
+                Some(Ctl::Request { reply, .. }) => drop(reply.send(false)),
+                None => return ending(),
+            },
+        }
+    }
 }
 
 async fn target_to_client(

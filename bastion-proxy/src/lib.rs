@@ -90,10 +90,8 @@ pub struct ProxyContext {
     pub algorithms: bastion_core::config::Algorithms,
     /// Policy changes, heard by every live session and relay flow ([`access`]).
     pub policy_changes: tokio::sync::broadcast::Sender<access::Change>,
-    /// How long before a known end of access live sessions are warned (`policy.end_warning_secs`).
-    pub end_warning: Duration,
-    /// How access requests are bounded (`[policy]`).
-    pub requests: bastion_core::config::PolicyConfig,
+    /// How policy acts on live access and on requests (`[policy]`).
+    pub policy_config: bastion_core::config::PolicyConfig,
     /// Woken at every decision on a ticket (held commands wait on it).
     pub tickets_changed: tokio::sync::Notify,
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
@@ -222,6 +220,14 @@ impl ProxyContext {
         self.policy.replace(changing, next);
         // No receiver (nothing live) is not an error.
         let _ = self.policy_changes.send(access::Change::Changed);
+    }
+
+    /// A live session's or relay flow's watch over its access, from now on.
+    pub fn access_watch(&self) -> access::Watch {
+        access::Watch::new(
+            &self.policy_changes,
+            Duration::from_secs(self.policy_config.end_warning_secs),
+        )
     }
 
     /// The policy in force now: a pointer copy of the current snapshot.

@@ -157,7 +157,7 @@ impl Menu {
                 let reply = match menu_cmd::parse(&line) {
                     Ok(menu_cmd::Command::Connect(which)) => Reply {
                         text: format!(
-                            "bastion: to connect, sign in to the target itself: ssh -p 2222 LOGIN@{which}@bastion\n"
+                            "bastion: to connect, sign in to the target itself: ssh LOGIN@{which}@bastion (on this port)\n"
                         ),
                         status: 2,
                         ..Reply::default()
@@ -195,7 +195,7 @@ impl Menu {
     /// Decisions on the user's requests not told yet.
     async fn news(&self) -> String {
         let (ctx, user) = (self.ctx.clone(), self.user.clone());
-        let now = now_secs();
+        let now = bastion_core::clock::now_secs();
         let lines = tokio::task::spawn_blocking(move || tickets::news(&ctx, &user, now))
             .await
             .unwrap_or_default();
@@ -204,7 +204,7 @@ impl Menu {
 
     async fn command(&self, cmd: menu_cmd::Command) -> Reply {
         let (ctx, user) = (self.ctx.clone(), self.user.clone());
-        let now = now_secs();
+        let now = bastion_core::clock::now_secs();
         tokio::task::spawn_blocking(move || menu_cmd::run(&ctx, &user, cmd, now))
             .await
             .unwrap_or_else(|e| Reply {
@@ -333,8 +333,4 @@ enum Step {
     Stay,
     Close,
     Connect(String),
-}
-
-fn now_secs() -> u64 {
-    bastion_core::audit::now_micros() / 1_000_000
 }

@@ -10,7 +10,7 @@ use bastion_core::{
 use serde::Serialize;
 
 use super::{
-    ProxyContext, access,
+    ProxyContext,
     tickets::{self, Decision, NewAccess},
 };
 
@@ -50,7 +50,7 @@ commands:
   requests [--json]         your access requests, and those you may decide
   request TARGET --login LOGIN --for DURATION --reason WHY [--rights shell,exec,sftp]
   approve ID [--reason WHY] / deny ID [--reason WHY]
-  NUMBER, NAME or LOGIN@NAME connect (at the prompt)
+  NUMBER, NAME, LOGIN@NAME or LOGIN@ADDRESS connect (at the prompt)
   quit";
 
 /// Splits a command line into words: spaces separate, quotes ('...' or \"...\") group.
@@ -82,6 +82,18 @@ pub fn parse(line: &str) -> Result<Command, String> {
     let Some((verb, rest)) = words.split_first() else {
         return Ok(Command::Help);
     };
+    let options: &[&str] = match verb.as_str() {
+        "targets" | "t" | "list" | "requests" | "r" => &["--json"],
+        "approve" | "deny" => &["--reason"],
+        "request" => &["--login", "--for", "--reason", "--rights"],
+        _ => &[],
+    };
+    if let Some(bad) = rest
+        .iter()
+        .find(|w| w.starts_with("--") && !options.contains(&w.as_str()))
+    {
+        return Err(format!("{verb}: unknown option `{bad}` (type help)"));
+    }
     let json = rest.iter().any(|w| w == "--json");
     // `--flag value...`: a flag's value runs to the next flag (so a reason needs no quotes).
     let flag = |name: &str| -> Option<String> {
@@ -169,7 +181,7 @@ pub fn reachable(policy: &Policy, user: &str, now: u64) -> Vec<Reachable> {
         .map(|g| {
             let valid = grant_valid_at(g, now);
             Reachable {
-                target: ticket::object_name(&g.object),
+                target: g.object.to_string(),
                 logins: g.logins.clone(),
                 rights: g.rights.iter().map(Right::as_str).collect(),
                 grant: g.id.clone(),
@@ -195,7 +207,7 @@ pub fn targets_text(rows: &[Reachable]) -> String {
     for (i, r) in rows.iter().enumerate() {
         let when = match (&r.why_not, r.until) {
             (Some(why), _) => format!("not now: {why}"),
-            (None, Some(t)) => format!("until {} UTC", access::utc(t)),
+            (None, Some(t)) => format!("until {} UTC", bastion_core::clock::utc_text(t)),
             (None, None) => "now".into(),
         };
         out.push_str(&format!(
@@ -277,8 +289,12 @@ pub fn run(ctx: &ProxyContext, user: &str, command: Command, now: u64) -> Reply 
             Err(e) => Reply::failed(e),
         },
         Command::Request(a) => {
-            let object = match a.object.parse() {
-                Ok(cidr) if a.object.contains('/') => GrantObject::Subnet(cidr),
+            // A subnet, an address (its /32 or /128), or a target's name.
+            let object = match (a.object.parse(), a.object.parse::<std::net::IpAddr>()) {
+                (Ok(cidr), _) if a.object.contains('/') => GrantObject::Subnet(cidr),
+                (_, Ok(addr)) => {
+                    GrantObject::Subnet(bastion_core::cidr::Cidr::source(addr, 32, 128))
+                }
                 _ => GrantObject::Target(a.object.clone()),
             };
             let new = NewAccess {
@@ -295,7 +311,7 @@ pub fn run(ctx: &ProxyContext, user: &str, command: Command, now: u64) -> Reply 
                     t.id,
                     t.approvals_needed,
                     t.approvers,
-                    access::utc(t.decide_by)
+                    bastion_core::clock::utc_text(t.decide_by)
                 )),
                 Err(e) => Reply::failed(e),
             }
@@ -326,9 +342,22 @@ pub fn run(ctx: &ProxyContext, user: &str, command: Command, now: u64) -> Reply 
                 Ok(n) if n >= 1 => rows.get(n - 1),
                 _ => rows.iter().find(|r| r.target == name),
             };
+            // An address (in a subnet granted by prefix) is judged when it is routed.
+            if let (None, Ok(addr), Some(login)) = (row, name.parse::<std::net::IpAddr>(), &login) {
+                return Reply {
+                    connect: Some(format!("{login}@{addr}")),
+                    ..Reply::default()
+                };
+            }
             let Some(row) = row else {
                 return Reply::failed(format!("`{which}` is not a listed target (type targets)"));
             };
+            if row.target.contains('/') {
+                return Reply::failed(format!(
+                    "{} is a subnet: connect to an address in it, as LOGIN@ADDRESS",
+                    row.target
+                ));
+            }
             let Some(login) = login.or_else(|| row.logins.first().cloned()) else {
                 return Reply::failed(format!("no login on {}", row.target));
             };
@@ -373,6 +402,8 @@ mod tests {
             "request web1 --login root --for 1h",
             "approve",
             "frobnicate now",
+            "request web1 --login root --for 1h --reason x --right exec",
+            "targets --jsn",
             "request 'web1",
         ] {
             assert!(parse(bad).is_err(), "{bad}");

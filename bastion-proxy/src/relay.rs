@@ -156,7 +156,7 @@ fn decide(ctx: &ProxyContext, peer: SocketAddr, dest: SocketAddr) -> Result<Allo
             source: peer.ip(),
             target: &target,
             port: dest.port(),
-            now: bastion_core::audit::now_micros() / 1_000_000,
+            now: bastion_core::clock::now_secs(),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -179,9 +179,9 @@ async fn access_ends(
     dest: SocketAddr,
     target: &policy::ResolvedTarget,
 ) -> String {
-    let mut watch = super::access::Watch::new(&ctx.policy_changes, ctx.end_warning);
+    let mut watch = ctx.access_watch();
     loop {
-        let now = bastion_core::audit::now_micros() / 1_000_000;
+        let now = bastion_core::clock::now_secs();
         let req = TcpRequest {
             source: peer.ip(),
             target,

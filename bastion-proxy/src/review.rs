@@ -49,7 +49,7 @@ pub async fn hold(
     };
     let reason = format!("command rule `{}`", held.rule.pattern);
     let (ctx2, user) = (ctx.clone(), held.user.to_owned());
-    let now = bastion_core::audit::now_micros() / 1_000_000;
+    let now = bastion_core::clock::now_secs();
     let ticket = tokio::task::spawn_blocking(move || {
         tickets::file(&ctx2, user, asked, reason, group, needed.max(1), now)
     })
@@ -68,7 +68,7 @@ pub async fn hold(
         held.command,
         ticket.id,
         held.rule.pattern,
-        bastion_core::ticket::duration_text(ctx.requests.review_timeout_secs)
+        bastion_core::ticket::duration_text(ctx.policy_config.review_timeout_secs)
     );
     Ok((ticket.id, text))
 }
@@ -79,10 +79,10 @@ pub async fn decision(ctx: std::sync::Arc<ProxyContext>, id: u64) -> Result<(), 
     loop {
         let notified = ctx.tickets_changed.notified();
         let c = ctx.clone();
-        let now = bastion_core::audit::now_micros() / 1_000_000;
+        let now = bastion_core::clock::now_secs();
         // Marks it expired when its deadline has passed.
         let ticket = tokio::task::spawn_blocking(move || {
-            tickets::expire_due(&c, now)?;
+            tickets::expire(&c, id, now)?;
             c.store.ticket(id).map_err(|e| format!("internal: {e}"))
         })
         .await

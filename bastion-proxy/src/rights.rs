@@ -13,7 +13,6 @@ pub fn first_grant(
     rights: &[Right],
     now: u64,
 ) -> Result<String, String> {
-    let mut closest: Option<policy::Denied> = None;
     for &right in rights {
         let req = AccessRequest {
             user,
@@ -22,21 +21,11 @@ pub fn first_grant(
             right,
             now,
         };
-        match policy::evaluate(policy, &req) {
-            Decision::Allow { grant } => return Ok(grant),
-            Decision::Deny(d) => {
-                if closest
-                    .as_ref()
-                    .is_none_or(|c| d.closeness() > c.closeness())
-                {
-                    closest = Some(d);
-                }
-            }
+        if let Decision::Allow { grant } = policy::evaluate(policy, &req) {
+            return Ok(grant);
         }
     }
-    Err(closest
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "no right requested".into()))
+    Err(policy::standing::closest_refusal(policy, user, target, login, rights, now).to_string())
 }
 
 /// Which rights allow a request (any one suffices); `None` for requests policy does not gate.

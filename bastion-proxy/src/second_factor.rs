@@ -25,9 +25,9 @@ const RIGHTS: [Right; 5] = [
 pub const MAX_CODES: u32 = 3;
 
 /// Whether `user`, arriving as `arrival` with SSH user name `username`, must give a code. A user
-/// name that names no destination needs none: such a connection routes no session of its own
-/// and can only ProxyJump, whose inner session signs in (and gives its code) itself; asking
-/// twice would need two codes from one time step. Every grant is checked again when it is used
+/// name that names no destination needs none: such a connection ProxyJumps (whose inner session
+/// signs in, and gives its code, itself; asking twice would need two codes from one time step)
+/// or runs the menu, which `ssh.require_mfa` closes to a connection that gave no code. Every grant is checked again when it is used
 /// ([`given_for`]), so a destination that does not resolve here cannot slip through later.
 pub fn required(
     ctx: &ProxyContext,

@@ -174,7 +174,6 @@ impl Shell {
         out
     }
 
-    /// Feeds the target's output; returns the lines it completes.
     /// A held line was decided: entered (it runs) or dropped.
     pub fn decided(&self, approved: bool) {
         if let Ok(mut s) = self.state.lock()
@@ -188,6 +187,7 @@ impl Shell {
         }
     }
 
+    /// Feeds the target's output; returns the lines it completes.
     pub fn output(&self, data: &[u8]) -> Vec<CommandLine> {
         let mut lines = Vec::new();
         if self.active.load(Ordering::Acquire)

@@ -35,7 +35,7 @@ const REQUESTABLE: [Right; 5] = [
 /// Files a request (pending until approvers decide, or `policy.request_ttl_secs`).
 pub fn request_access(ctx: &ProxyContext, new: NewAccess, now: u64) -> Result<Ticket, String> {
     let policy = ctx.policy();
-    let name = ticket::object_name(&new.object);
+    let name = new.object.to_string();
     match &new.object {
         GrantObject::Target(t) if !policy.targets.contains_key(t) => {
             return Err(format!("unknown target `{t}`"));
@@ -51,18 +51,24 @@ pub fn request_access(ctx: &ProxyContext, new: NewAccess, now: u64) -> Result<Ti
         }
         _ => {}
     }
+    // A subnet's approvers never decide for a registered target inside it that has its own.
+    if let GrantObject::Subnet(c) = &new.object
+        && let Some(t) = policy
+            .targets
+            .values()
+            .find(|t| c.contains(t.addr) && policy.approvers.contains_key(&t.name))
+    {
+        return Err(format!(
+            "{} ({}) is in {c} and has approvers of its own: request {} itself",
+            t.name, t.addr, t.name
+        ));
+    }
     let approvers = policy.approvers_for(&new.object).ok_or_else(|| {
         format!(
             "nobody approves requests for {name}: an administrator sets approvers with `bastionctl target set {name} --approvers GROUP`"
         )
     })?;
-    if new.login.is_empty()
-        || new.login.len() > 64
-        || new
-            .login
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '@')
-    {
+    if !super::username::valid_login(&new.login) {
         return Err(format!("login `{}` is not a login name", new.login));
     }
     if let Some(r) = new.rights.iter().find(|r| !REQUESTABLE.contains(r)) {
@@ -73,8 +79,8 @@ pub fn request_access(ctx: &ProxyContext, new: NewAccess, now: u64) -> Result<Ti
     }
     let max = approvers
         .max_secs
-        .unwrap_or(ctx.requests.max_request_secs)
-        .min(ctx.requests.max_request_secs);
+        .unwrap_or(ctx.policy_config.max_request_secs)
+        .min(ctx.policy_config.max_request_secs);
     if new.duration_secs == 0 || new.duration_secs > max {
         return Err(format!(
             "--for {} is longer than requests for {name} may ask ({})",
@@ -115,8 +121,8 @@ pub fn file(
     now: u64,
 ) -> Result<Ticket, String> {
     let ttl = match asked {
-        Asked::Access { .. } => ctx.requests.request_ttl_secs,
-        Asked::Command { .. } => ctx.requests.review_timeout_secs,
+        Asked::Access { .. } => ctx.policy_config.request_ttl_secs,
+        Asked::Command { .. } => ctx.policy_config.review_timeout_secs,
     };
     ctx.store
         .create_ticket(
@@ -146,7 +152,7 @@ pub fn file(
         .map_err(|e| format!("internal: {e}"))
 }
 
-/// How a decision went: the ticket after it.
+/// What a decider does with a ticket.
 pub enum Decision {
     Approve,
     Deny,
@@ -163,14 +169,28 @@ pub fn decide(
     actor: Actor,
     now: u64,
 ) -> Result<Ticket, String> {
-    expire_due(ctx, now)?;
+    if let Some(r) = &reason
+        && (r.len() > 512 || r.chars().any(char::is_control))
+    {
+        return Err("a reason is one line of up to 512 characters".into());
+    }
+    expire(ctx, id, now)?;
     let policy = ctx.policy();
+    let mut granted = None;
     let updated = ctx
         .store
         .update_ticket(id, actor.clone(), |t| {
             let event = match decision {
                 Decision::Approve => {
-                    t.approve(&policy, who, reason.clone(), now)?;
+                    if t.approve(&policy, who, reason.clone(), now)?
+                        && let Some(grant) = t.grant(now, &policy)
+                    {
+                        // Checked before the approval is stored: an approval never stands
+                        // without its grant.
+                        let entity = policy::check_add(&policy, Entity::Grant(grant))
+                            .map_err(|e| ticket::TicketError::Grant(t.id, e.to_string()))?;
+                        granted = Some(entity);
+                    }
                     AuditKind::RequestApproved {
                         request: t.id,
                         requester: t.requester.clone(),
@@ -199,18 +219,18 @@ pub fn decide(
         .map_err(|e| format!("internal: {e}"))?
         .ok_or_else(|| format!("no request #{id}"))?
         .map_err(|e| e.to_string())?;
-    if let (State::Approved { .. }, Some(grant)) = (&updated.state, updated.grant(now)) {
-        add_grant(ctx, grant, actor)?;
+    if let Some(entity) = granted {
+        add_grant(ctx, entity, actor)?;
     }
     ctx.tickets_changed.notify_waiters();
     Ok(updated)
 }
 
-/// Stores and puts in force a grant an approval created.
-fn add_grant(ctx: &ProxyContext, grant: policy::Grant, actor: Actor) -> Result<(), String> {
+/// Stores and puts in force a grant an approval created (checked again under the change lock).
+fn add_grant(ctx: &ProxyContext, entity: Entity, actor: Actor) -> Result<(), String> {
     let changing = ctx.policy.begin_change();
     let current = ctx.policy();
-    let entity = policy::check_add(&current, Entity::Grant(grant)).map_err(|e| e.to_string())?;
+    let entity = policy::check_add(&current, entity).map_err(|e| e.to_string())?;
     ctx.store
         .put_entity(&entity, actor)
         .map_err(|e| format!("internal: {e}"))?;
@@ -220,6 +240,35 @@ fn add_grant(ctx: &ProxyContext, grant: policy::Grant, actor: Actor) -> Result<(
     Ok(())
 }
 
+/// Marks ticket `id` expired if it is undecided past its deadline (audited).
+pub fn expire(ctx: &ProxyContext, id: u64, now: u64) -> Result<(), String> {
+    ctx.store
+        .update_ticket(id, Actor::Daemon, |t| {
+            Ok::<_, ()>(t.expire_if_due(now).then(|| AuditKind::RequestExpired {
+                request: t.id,
+                requester: t.requester.clone(),
+            }))
+        })
+        .map(|_| ())
+        .map_err(|e| format!("internal: {e}"))
+}
+
+/// Withdraws ticket `id` if it is still undecided (its session ended): expired now (audited).
+pub fn withdraw(ctx: &ProxyContext, id: u64, now: u64) -> Result<(), String> {
+    ctx.store
+        .update_ticket(id, Actor::Daemon, |t| {
+            if t.state == State::Pending {
+                t.decide_by = t.decide_by.min(now);
+            }
+            Ok::<_, ()>(t.expire_if_due(now).then(|| AuditKind::RequestExpired {
+                request: t.id,
+                requester: t.requester.clone(),
+            }))
+        })
+        .map(|_| ())
+        .map_err(|e| format!("internal: {e}"))
+}
+
 /// Marks undecided tickets past their deadline expired (audited).
 pub fn expire_due(ctx: &ProxyContext, now: u64) -> Result<(), String> {
     let tickets = ctx.store.tickets().map_err(|e| format!("internal: {e}"))?;
@@ -227,14 +276,7 @@ pub fn expire_due(ctx: &ProxyContext, now: u64) -> Result<(), String> {
         .iter()
         .filter(|t| t.state == State::Pending && now >= t.decide_by)
     {
-        ctx.store
-            .update_ticket(t.id, Actor::Daemon, |t| {
-                Ok::<_, ()>(t.expire_if_due(now).then(|| AuditKind::RequestExpired {
-                    request: t.id,
-                    requester: t.requester.clone(),
-                }))
-            })
-            .map_err(|e| format!("internal: {e}"))?;
+        expire(ctx, t.id, now)?;
     }
     Ok(())
 }
@@ -248,13 +290,7 @@ pub fn all(ctx: &ProxyContext, now: u64) -> Result<Vec<Ticket>, String> {
 /// What `user` sees: their own tickets, and the pending ones they may decide.
 pub fn for_user(ctx: &ProxyContext, user: &str, now: u64) -> Result<Vec<Ticket>, String> {
     let policy = ctx.policy();
-    let approves = |t: &Ticket| {
-        t.state == State::Pending
-            && policy
-                .groups
-                .get(&t.approvers)
-                .is_some_and(|g| g.members.iter().any(|m| m == user))
-    };
+    let approves = |t: &Ticket| t.state == State::Pending && policy.is_member(&t.approvers, user);
     Ok(all(ctx, now)?
         .into_iter()
         .filter(|t| t.requester == user || approves(t))
@@ -283,7 +319,7 @@ pub fn news(ctx: &ProxyContext, user: &str, now: u64) -> Vec<String> {
                 grant
                     .as_ref()
                     .and_then(|g| ctx.policy().grants.get(g).and_then(|g| g.not_after))
-                    .map(|end| format!(": access until {} UTC", super::access::utc(end)))
+                    .map(|end| format!(": access until {} UTC", bastion_core::clock::utc_text(end)))
                     .unwrap_or_default()
             ),
             State::Denied { by, reason, .. } => format!(

@@ -20,16 +20,12 @@ impl Arrival {
     /// The login and target for `username`, and the port when the connection fixed it.
     pub fn destination(&self, username: &str) -> Result<(Destination, Option<u16>), BadUsername> {
         let login = |target: String| {
-            let ok = !username.is_empty()
-                && username.len() <= 255
-                && !username
-                    .chars()
-                    .any(|c| c.is_control() || c.is_whitespace() || c == '@');
-            ok.then(|| Destination {
-                login: username.to_owned(),
-                target,
-            })
-            .ok_or_else(|| BadUsername(username.chars().take(128).collect()))
+            valid_login(username)
+                .then(|| Destination {
+                    login: username.to_owned(),
+                    target,
+                })
+                .ok_or_else(|| BadUsername(username.chars().take(128).collect()))
         };
         match self {
             Arrival::Explicit => parse(username).map(|d| (d, None)),
@@ -45,6 +41,16 @@ impl Arrival {
             Arrival::Jump { .. } => "jump",
         }
     }
+}
+
+/// A login name as a target's sshd could take it: 1 to 255 characters, no `@`, space or
+/// control character.
+pub fn valid_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= 255
+        && !login
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '@')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

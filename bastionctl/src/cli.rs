@@ -302,7 +302,8 @@ pub enum Noun<A: Args> {
     List,
     /// Show one.
     Show { name: String },
-    /// Remove one. Live sessions and relay flows that depended on it are warned and ended.
+    /// Remove one. Live sessions and relay flows that depended on it are ended at once, with
+    /// the reason.
     Remove {
         name: String,
         /// (grants) Let sessions and relay flows using it now run on until they end.
@@ -362,7 +363,7 @@ pub struct ApproversArgs {
     /// The longest access one request may ask for (e.g. 4h); the config's maximum otherwise.
     #[arg(long, value_parser = parse_duration)]
     pub max_duration: Option<u64>,
-    /// Nobody approves requests any more (they are refused).
+    /// Remove these approvers (a covering subnet's approvers, if any, then decide).
     #[arg(long, conflicts_with = "approvers")]
     pub no_approvers: bool,
 }
@@ -497,7 +498,7 @@ pub struct GrantAdd {
     #[arg(long = "require-mfa")]
     require_mfa: bool,
     /// Exec commands matching this pattern (`*`, `?`) are refused (repeatable). Rules apply in
-    /// the order deny, terminate, review, alert; exec is checked exactly, PTY input is not filtered.
+    /// the order deny, terminate, review, alert; exec is checked exactly, shell lines best effort at Enter.
     #[arg(long = "deny-command")]
     deny_commands: Vec<String>,
     /// Exec commands matching this pattern end the session (repeatable).

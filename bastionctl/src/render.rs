@@ -718,26 +718,10 @@ pub fn utc_micros(micros: u64) -> String {
     format!("{}.{:06}Z", whole.trim_end_matches('Z'), micros % 1_000_000)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` from Unix microseconds (civil-from-days, no time zone database).
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix microseconds.
 fn utc(micros: u64) -> String {
-    let secs = micros / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, hh, mm, ss) = bastion_core::clock::civil(micros / 1_000_000);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 fn duration(secs: u64) -> String {

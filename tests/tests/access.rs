@@ -20,6 +20,8 @@ use bastion_lab::{
 
 mod common;
 
+use common::said;
+
 /// A lab whose bastiond warns `warning` seconds before a known end, with alice enrolled (root
 /// on web1) and web2 registered.
 fn lab_with(policy: &str) -> (Lab, Bastiond) {
@@ -54,15 +56,6 @@ fn menu(lab: &Lab, key: &Path, user: &str, command: &str) -> Output {
         .arg(command)
         .output()
         .unwrap()
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn audit_kinds(b: &Bastiond) -> Vec<AuditKind> {
@@ -117,6 +110,17 @@ fn a_request_is_approved_by_two_other_people_and_its_access_ends_by_itself_after
         "--approvals",
         "2",
     ])
+    .unwrap();
+    // A standing grant on web2 with a command rule: access on request inherits it.
+    bastion_lab::lab::grant_with(
+        &b,
+        "bob-web2",
+        "bob",
+        "web2",
+        "root",
+        "exec",
+        &["--deny-command", "reboot*"],
+    )
     .unwrap();
     let out = menu(
         &lab,
@@ -176,6 +180,10 @@ fn a_request_is_approved_by_two_other_people_and_its_access_ends_by_itself_after
     assert!(!again.contains("your request #1 was approved"), "{again}");
     let grant = b.ctl_ok(&["grant", "show", "req-1"]).unwrap();
     assert!(grant.contains("user alice"), "{grant}");
+    assert!(
+        grant.contains("deny command `reboot*`"),
+        "inherits the rules on web2: {grant}"
+    );
 
     let mut user = lab.interactive("root@web2", &[]).unwrap();
     user.send(b"echo granted-$((6*7))\n").unwrap();
@@ -213,6 +221,21 @@ fn an_administrator_decides_with_bastionctl_and_undecided_requests_expire() {
         .unwrap();
     b.ctl_ok(&["subnet", "set", "203.0.113.0/24", "--approvers", "leads"])
         .unwrap();
+    // A target with approvers of its own is not reached around them through its subnet.
+    b.ctl_ok(&["target", "set", "web1", "--approvers", "leads"])
+        .unwrap();
+    let around = menu(
+        &lab,
+        &alice,
+        "alice",
+        "request 203.0.113.0/24 --login root --for 1h --reason x",
+    );
+    assert!(
+        said(&around)
+            .contains("web1 (203.0.113.10) is in 203.0.113.0/24 and has approvers of its own"),
+        "{}",
+        said(&around)
+    );
     // web2 falls under the subnet's approvers.
     let ask = |reason: &str| {
         menu(

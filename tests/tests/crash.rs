@@ -77,7 +77,7 @@ fn recorded_lines(b: &Bastiond, id: u64) -> Vec<u64> {
 }
 
 #[test]
-fn twenty_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
+fn repeated_kills_during_fifty_sessions_lose_nothing_that_was_flushed() {
     let (lab, mut b) = Lab::with_alice().unwrap();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

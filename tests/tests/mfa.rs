@@ -18,6 +18,8 @@ use bastion_lab::{Lab, bastiond::SSH_PORT, names::BASTION_ADMIN_ADDR};
 
 mod common;
 
+use common::said;
+
 /// ssh options that let it prompt (the lab's defaults are for scripts: `BatchMode=yes`).
 const PROMPTS: &[&str] = &["-o", "BatchMode=no"];
 
@@ -90,15 +92,6 @@ fn answering(mut cmd: Command, askpass: &(PathBuf, PathBuf), code: &str) -> Outp
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -271,10 +271,7 @@ fn deny(d: Denied) -> Decision {
 pub fn subject_matches(policy: &Policy, subject: &GrantSubject, user: &str) -> bool {
     match subject {
         GrantSubject::User(u) => u == user,
-        GrantSubject::Group(g) => policy
-            .groups
-            .get(g)
-            .is_some_and(|g| g.members.iter().any(|m| m == user)),
+        GrantSubject::Group(g) => policy.is_member(g, user),
     }
 }
 

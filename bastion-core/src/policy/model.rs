@@ -114,6 +114,16 @@ pub enum GrantObject {
     Subnet(Cidr),
 }
 
+/// The target's name, or the subnet.
+impl std::fmt::Display for GrantObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantObject::Target(t) => f.write_str(t),
+            GrantObject::Subnet(c) => write!(f, "{c}"),
+        }
+    }
+}
+
 /// Permission for a subject to reach an object as one of `logins` with `rights`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -177,10 +187,7 @@ pub struct Approvers {
 impl Approvers {
     /// The name it is stored under: the target's name or the subnet.
     pub fn key(&self) -> String {
-        match &self.object {
-            GrantObject::Target(t) => t.clone(),
-            GrantObject::Subnet(c) => c.to_string(),
-        }
+        self.object.to_string()
     }
 }
 
@@ -197,14 +204,17 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether `user` is a member of group `group`.
+    pub fn is_member(&self, group: &str, user: &str) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.members.iter().any(|m| m == user))
+    }
+
     /// Who decides requests for `object`: its own approvers, else those of the narrowest
     /// subnet holding it (a target by its address).
     pub fn approvers_for(&self, object: &GrantObject) -> Option<&Approvers> {
-        let key = match object {
-            GrantObject::Target(t) => t.clone(),
-            GrantObject::Subnet(c) => c.to_string(),
-        };
-        if let Some(a) = self.approvers.get(&key) {
+        if let Some(a) = self.approvers.get(&object.to_string()) {
             return Some(a);
         }
         let within = |a: &Approvers| match (&a.object, object) {

@@ -109,7 +109,7 @@ impl Daemon {
             Request::MfaEnroll { user } => self.mfa_enroll(peer, &user),
             Request::MfaRemove { user } => self.mfa_remove(peer, &user).map(Response::Changed),
             Request::TicketList { all } => {
-                let now = bastion_core::audit::now_micros() / 1_000_000;
+                let now = bastion_core::clock::now_secs();
                 let tickets = bastion_proxy::tickets::all(&self.proxy, now)
                     .map_err(ApiError::Internal)?
                     .into_iter()
@@ -118,7 +118,7 @@ impl Daemon {
                 Ok(Response::Tickets { tickets })
             }
             Request::TicketShow { id } => {
-                let now = bastion_core::audit::now_micros() / 1_000_000;
+                let now = bastion_core::clock::now_secs();
                 bastion_proxy::tickets::all(&self.proxy, now)
                     .map_err(ApiError::Internal)?
                     .into_iter()
@@ -132,7 +132,7 @@ impl Daemon {
                 reason,
             } => {
                 use bastion_proxy::tickets::{self, Decision};
-                let now = bastion_core::audit::now_micros() / 1_000_000;
+                let now = bastion_core::clock::now_secs();
                 let who = format!("uid {}", peer.uid);
                 let decision = if approve {
                     Decision::Approve
@@ -149,7 +149,11 @@ impl Daemon {
                     now,
                 )
                 .map(|t| Response::Tickets { tickets: vec![t] })
-                .map_err(ApiError::Conflict)
+                .map_err(|e| match e {
+                    e if e.starts_with("internal: ") => ApiError::Internal(e),
+                    e if e.starts_with("no request #") => ApiError::NotFound(e),
+                    e => ApiError::Conflict(e),
+                })
             }
             Request::AccountList => self
                 .store

@@ -172,8 +172,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )))
         }),
         policy_changes: bastion_proxy::access::channel(),
-        end_warning: Duration::from_secs(config.policy.end_warning_secs),
-        requests: config.policy.clone(),
+        policy_config: config.policy.clone(),
         tickets_changed: tokio::sync::Notify::new(),
         anchor_now: anchor_now.clone(),
     });

@@ -25,6 +25,7 @@ impl SessionActor {
         let command = String::from_utf8_lossy(command).into_owned();
         match self.file_review(channel, &command, &rule).await {
             Ok(id) => {
+                self.held_tickets.push(id);
                 let (ctx, tx) = (self.ctx.clone(), self.released_tx.clone());
                 tokio::spawn(async move {
                     let outcome = review::decision(ctx, id).await;
@@ -110,19 +111,12 @@ impl SessionActor {
     /// pump gets the decision when it comes.
     pub(super) async fn hold_line(&mut self, hold: shell::Hold) {
         let shell::Hold { hit, decided } = hold;
-        let Phase::Routed { route, .. } = &self.phase else {
+        if !matches!(self.phase, Phase::Routed { .. }) {
             let _ = decided.send(Err("not routed".into()));
             return;
-        };
-        self.audit(AuditKind::CommandRule {
-            session: route.session,
-            channel: hit.channel,
-            command: hit.line.chars().take(1024).collect(),
-            rule: hit.rule.pattern.clone(),
-            action: hit.rule.action.as_str().into(),
-            grant: hit.grant.clone(),
-        })
-        .await;
+        }
+        // Audited like every rule hit (a review rule never ends the session).
+        let _ = self.rule_hit(hit.clone()).await;
         // russh makes channel ids only from the wire: find the open one this number names.
         let Some(channel) = self
             .channels
@@ -135,6 +129,7 @@ impl SessionActor {
         };
         match self.file_review(channel, &hit.line, &hit.rule).await {
             Ok(id) => {
+                self.held_tickets.push(id);
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let _ = decided.send(review::decision(ctx, id).await);

@@ -19,11 +19,11 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::SystemTime,
 };
 
 use bastion_core::{
     audit::{Actor, AuditKind},
+    clock::now_secs,
     policy::{self, ResolvedTarget, Right},
     record::Kind,
     session::SessionMeta,
@@ -147,6 +147,8 @@ pub struct SessionActor {
     /// Exec requests held for review, back once decided.
     released_tx: mpsc::Sender<Released>,
     released_rx: mpsc::Receiver<Released>,
+    /// Tickets this connection's held commands filed (withdrawn when it ends undecided).
+    held_tickets: Vec<u64>,
     /// Keys or certificates refused on this connection so far.
     refused_attempts: u32,
     /// The SSH user name last tried (charged with the source when the connection fails).
@@ -155,13 +157,6 @@ pub struct SessionActor {
     pending: Option<Pending>,
     /// Wrong second-factor codes on this connection.
     wrong_codes: u32,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl SessionActor {
@@ -184,6 +179,7 @@ impl SessionActor {
             holds_rx,
             released_tx,
             released_rx,
+            held_tickets: Vec::new(),
             ctx,
             client,
             arrival,
@@ -217,7 +213,12 @@ impl SessionActor {
                     Some(&mut route.access),
                     None,
                 ),
-                Phase::Menu { menu, .. } => (None, None, None, Some(&mut menu.picks)),
+                Phase::Menu { menu, .. } => (
+                    None,
+                    Some(&mut menu.control_rx),
+                    None,
+                    Some(&mut menu.picks),
+                ),
                 _ => (None, None, None, None),
             };
             let event = tokio::select! {
@@ -738,7 +739,7 @@ impl SessionActor {
             agent_rx,
             agent_allowed: false,
             control_rx: self.ctx.live.register(session),
-            access: access::Watch::new(&self.ctx.policy_changes, self.ctx.end_warning),
+            access: self.ctx.access_watch(),
             needs: vec![SESSION_RIGHTS],
         })
     }
@@ -751,8 +752,20 @@ impl SessionActor {
         request: Request,
         reply: tokio::sync::oneshot::Sender<bool>,
     ) -> ControlFlow<()> {
-        // The menu answers its channel's requests itself: nothing reaches a target.
+        // The menu answers its channel's requests itself: nothing reaches a target. What the
+        // certificate does not permit (a PTY, anything but its forced command) it never gets.
         if let Phase::Menu { .. } = self.phase {
+            if let Err(reason) = self.restrictions().request(&request) {
+                let _ = reply.send(false);
+                if let Some(entry) = self.channels.get_mut(&channel) {
+                    let _ = entry
+                        .stderr
+                        .write_all(format!("bastion: {reason}\r\n").as_bytes())
+                        .await;
+                    let _ = entry.stderr.flush().await;
+                }
+                return ControlFlow::Continue(());
+            }
             match self.channels.get(&channel) {
                 Some(entry) => {
                     let _ = entry
@@ -1012,10 +1025,14 @@ impl SessionActor {
     /// every channel and in the disconnect message, and the record shows it before it closes.
     async fn kill(&mut self, why: &str) {
         let message = format!("bastion: {why}");
-        if let Phase::Routed { route, .. } = &self.phase {
+        let recorder = match &self.phase {
+            Phase::Routed { route, .. } => Some(&route.recorder),
+            Phase::Menu { menu, .. } => Some(&menu.recorder),
+            _ => None,
+        };
+        if let Some(recorder) = recorder {
             // Not recordable when recording is what failed; the client is told all the same.
-            let _ = route
-                .recorder
+            let _ = recorder
                 .record(Kind::Refused, 0, message.clone().into())
                 .await;
         }
@@ -1038,6 +1055,19 @@ impl SessionActor {
             tracing::warn!(client = %self.client.ip(), username = %self.last_username, "too many failed sign-ins: source or user name refused for a while");
         }
         self.channels.clear();
+        // A held command cannot run any more: its request is not left to be approved.
+        let held = std::mem::take(&mut self.held_tickets);
+        if !held.is_empty() {
+            let (ctx, now) = (self.ctx.clone(), now_secs());
+            let _ = tokio::task::spawn_blocking(move || {
+                for id in held {
+                    if let Err(e) = super::tickets::withdraw(&ctx, id, now) {
+                        tracing::warn!(request = id, error = %e, "cannot withdraw a held command's request");
+                    }
+                }
+            })
+            .await;
+        }
         match std::mem::replace(&mut self.phase, Phase::Connecting) {
             Phase::Routed { route, .. } => {
                 self.ctx.live.remove(route.session);
@@ -1046,6 +1076,7 @@ impl SessionActor {
                     .await;
             }
             Phase::Menu { menu, .. } => {
+                self.ctx.live.remove(menu.session);
                 self.close_record(menu.session, menu.recorder, menu.writer)
                     .await
             }
@@ -1104,7 +1135,6 @@ impl SessionActor {
     }
 }
 
-/// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
 /// Resolves with why once the session's recording has failed; never otherwise.
 async fn recording_failed(failure: Option<impl std::future::Future<Output = String>>) -> String {
     match failure {
@@ -1113,6 +1143,7 @@ async fn recording_failed(failure: Option<impl std::future::Future<Output = Stri
     }
 }
 
+/// Receives from `rx` if there is one; never resolves otherwise (a disabled `select!` branch).
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,

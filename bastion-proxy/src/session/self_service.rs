@@ -11,6 +11,8 @@ pub(super) struct MenuRoute {
     pub(super) recorder: Recorder,
     pub(super) writer: tokio::task::JoinHandle<SessionMeta>,
     pub(super) picks: mpsc::Receiver<menu::Pick>,
+    /// Administrator controls (kill), registered live under the menu's session id.
+    pub(super) control_rx: mpsc::Receiver<live::Control>,
 }
 
 /// The target name the menu's own recording carries.
@@ -34,7 +36,7 @@ impl SessionActor {
             return Err(("not signed in".into(), reply));
         };
         if self.ctx.require_mfa && !identity.second_factor {
-            let reason = "the menu needs the second factor (ssh.require_mfa), which this connection did not give".to_owned();
+            let reason = "the menu is not offered while ssh.require_mfa is set (a connection naming no target gives no code); sign in as LOGIN@TARGET".to_owned();
             self.phase = Phase::SignedIn(identity);
             return Err((reason, reply));
         }
@@ -63,6 +65,7 @@ impl SessionActor {
                         recorder,
                         writer,
                         picks,
+                        control_rx: self.ctx.live.register(session),
                     }),
                 };
                 Ok(())
@@ -115,28 +118,26 @@ impl SessionActor {
         else {
             return;
         };
+        self.ctx.live.remove(menu.session);
         self.close_record(menu.session, menu.recorder, menu.writer)
             .await;
         identity.username = pick.destination;
         self.phase = Phase::SignedIn(identity);
         let channel = pick.down.id();
-        let opened = self
+        // The menu already accepted a shell: a session that cannot have one is told why and
+        // closed rather than left open with nothing behind it.
+        let opened = match self
             .open_target(&OpenKind::Session, u32::from(channel))
-            .await;
+            .await
+        {
+            Ok(opened) => self.allowed(&[Right::Shell]).map(|_| opened),
+            Err(reason) => Err(reason),
+        };
         let (up, recorder) = match opened {
             Ok(o) => o,
             Err(reason) => {
-                let _ = pick
-                    .down
-                    .extended_data_bytes(
-                        1,
-                        format!(
-                            "bastion: {reason}
-"
-                        )
-                        .into_bytes(),
-                    )
-                    .await;
+                let text = format!("bastion: {reason}\r\n");
+                let _ = pick.down.extended_data_bytes(1, text.into_bytes()).await;
                 let _ = pick.down.exit_status(1).await;
                 let _ = pick.down.close().await;
                 return;
@@ -163,13 +164,20 @@ impl SessionActor {
     /// Tells the user, on `channel`'s stderr, of decisions on their access requests they have
     /// not heard of yet (once: at the first shell after the decision, or in the menu).
     pub(super) async fn tell_news(&mut self, channel: ChannelId) {
-        let Phase::Routed { identity, .. } = &self.phase else {
+        let Phase::Routed { identity, route } = &self.phase else {
             return;
         };
+        let recorder = route.recorder.clone();
         let (ctx, user, now) = (self.ctx.clone(), identity.user.clone(), now_secs());
         let news = tokio::task::spawn_blocking(move || crate::tickets::news(&ctx, &user, now))
             .await
             .unwrap_or_default();
+        for line in &news {
+            let told = format!("bastion: {line}");
+            let _ = recorder
+                .record(Kind::Notice, u32::from(channel), told.into())
+                .await;
+        }
         if let Some(entry) = self.channels.get_mut(&channel) {
             for line in news {
                 let _ = entry

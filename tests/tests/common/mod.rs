@@ -82,3 +82,13 @@ pub fn search(b: &Bastiond, args: &[&str]) -> Vec<CommandHit> {
         other => panic!("search {args:?} answered {other:?}"),
     }
 }
+
+/// A finished command's status and both outputs, for assertion messages.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
