@@ -143,7 +143,14 @@ impl Menu {
                     .command(menu_cmd::Command::Targets { json: false })
                     .await;
                 text.push_str(&reply.text);
-                text.push_str("Type a number or name to connect; `help` lists the commands.\n");
+                let requests = self
+                    .command(menu_cmd::Command::Requests { json: false })
+                    .await;
+                text.push_str("Your requests, and those you may decide:\n");
+                text.push_str(&requests.text);
+                text.push_str(
+                    "Type a number or name to connect, `request ...` to ask for access; `help` lists the commands.\n",
+                );
                 self.say(&text).await;
                 self.prompt().await
             }

@@ -223,7 +223,7 @@ pub fn targets_text(rows: &[Reachable]) -> String {
 
 fn tickets_text(user: &str, tickets: &[Ticket]) -> String {
     if tickets.is_empty() {
-        return "No requests.\n".into();
+        return "  (none)\n".into();
     }
     let mut out = String::new();
     for t in tickets {

@@ -289,6 +289,7 @@ fn the_menu_lists_targets_and_connects_to_the_one_picked() {
     user.wait_for("bastion> ").unwrap();
     let shown = user.output();
     assert!(shown.contains("1) web1"), "{shown}");
+    assert!(shown.contains("Your requests"), "{shown}");
     user.send(b"help\r").unwrap();
     user.wait_for("request TARGET --login").unwrap();
     user.send(b"1\r").unwrap();
