@@ -83,6 +83,13 @@ impl Menu {
                 msg = self.down.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => self.keys(&data).await,
                     Some(ChannelMsg::Eof | ChannelMsg::Close) | None => Step::Close,
+                    // A picked target gets the terminal's size as it is then.
+                    Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                        if let Some(Request::Pty { cols, rows, .. }) = &mut self.pty {
+                            (*cols, *rows) = (col_width, row_height);
+                        }
+                        Step::Stay
+                    }
                     Some(_) => Step::Stay,
                 },
             };

@@ -1,10 +1,11 @@
 //! Which rights a channel request needs, the first grant that gives them, and the names
 //! requests and channels carry in records and audit events. Pure.
-use bastion_core::policy::{self, AccessRequest, Decision, Policy, ResolvedTarget, Right};
+use bastion_core::policy::{self, Policy, ResolvedTarget, Right};
 
 use super::events::{OpenKind, Request};
 
-/// The first grant allowing any of `rights`, or the closest refusal among them.
+/// The first grant allowing any of `rights`, or the closest refusal among them, as the client
+/// is told it.
 pub fn first_grant(
     policy: &Policy,
     user: &str,
@@ -13,19 +14,7 @@ pub fn first_grant(
     rights: &[Right],
     now: u64,
 ) -> Result<String, String> {
-    for &right in rights {
-        let req = AccessRequest {
-            user,
-            target,
-            login,
-            right,
-            now,
-        };
-        if let Decision::Allow { grant } = policy::evaluate(policy, &req) {
-            return Ok(grant);
-        }
-    }
-    Err(policy::standing::closest_refusal(policy, user, target, login, rights, now).to_string())
+    policy::evaluate_any(policy, user, target, login, rights, now).map_err(|d| d.to_string())
 }
 
 /// Which rights allow a request (any one suffices); `None` for requests policy does not gate.

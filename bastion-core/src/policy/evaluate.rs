@@ -187,6 +187,43 @@ pub fn evaluate(policy: &Policy, req: &AccessRequest<'_>) -> Decision {
     }
 }
 
+/// The first grant allowing any of `rights`, or the closest refusal among them ("grant expired"
+/// beats "shell is not granted").
+pub fn evaluate_any(
+    policy: &Policy,
+    user: &str,
+    target: &ResolvedTarget,
+    login: &str,
+    rights: &[Right],
+    now: u64,
+) -> Result<String, Denied> {
+    let mut closest: Option<Denied> = None;
+    for &right in rights {
+        let req = AccessRequest {
+            user,
+            target,
+            login,
+            right,
+            now,
+        };
+        match evaluate(policy, &req) {
+            Decision::Allow { grant } => return Ok(grant),
+            Decision::Deny(d) => {
+                if closest
+                    .as_ref()
+                    .is_none_or(|c| d.closeness() > c.closeness())
+                {
+                    closest = Some(d);
+                }
+            }
+        }
+    }
+    Err(closest.unwrap_or(Denied::NoGrant {
+        user: user.to_owned(),
+        target: target.to_string(),
+    }))
+}
+
 /// A raw TCP connection the relay received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRequest<'a> {

@@ -20,8 +20,8 @@ pub mod validate;
 pub mod window;
 
 pub use evaluate::{
-    AccessRequest, Decision, Denied, ResolvedTarget, TcpRequest, evaluate, evaluate_tcp,
-    resolve_target,
+    AccessRequest, Decision, Denied, ResolvedTarget, TcpRequest, evaluate, evaluate_any,
+    evaluate_tcp, resolve_target,
 };
 pub use live::Live;
 pub use model::{

@@ -3,8 +3,8 @@
 //! policy change and at every known end (a grant's expiry, its window closing). Pure.
 
 use super::evaluate::{
-    AccessRequest, Decision, Denied, ResolvedTarget, TcpRequest, evaluate, evaluate_tcp,
-    grant_valid_at, object_matches, subject_matches,
+    ResolvedTarget, TcpRequest, evaluate_any, evaluate_tcp, grant_valid_at, object_matches,
+    subject_matches,
 };
 use super::model::{Grant, Policy, Right};
 
@@ -59,7 +59,10 @@ pub fn session_standing(
             .flatten();
         let need = longest(valid, now, &usable).map_err(|unusable| {
             unusable.unwrap_or_else(|| {
-                closest_refusal(policy, user, target, login, rights, now).to_string()
+                match evaluate_any(policy, user, target, login, rights, now) {
+                    Err(d) => d.to_string(),
+                    Ok(g) => format!("grant {g} no longer applies"),
+                }
             })
         })?;
         if i == 0 || ends_before(need.until, holds.until) {
@@ -122,38 +125,6 @@ fn ends_before(a: Option<u64>, b: Option<u64>) -> bool {
         (Some(_), None) => true,
         (None, _) => false,
     }
-}
-
-/// The most specific reason none of `rights` is granted (as a new session would be told).
-pub fn closest_refusal(
-    policy: &Policy,
-    user: &str,
-    target: &ResolvedTarget,
-    login: &str,
-    rights: &[Right],
-    now: u64,
-) -> Denied {
-    let mut closest: Option<Denied> = None;
-    for &right in rights {
-        let req = AccessRequest {
-            user,
-            target,
-            login,
-            right,
-            now,
-        };
-        if let Decision::Deny(d) = evaluate(policy, &req)
-            && closest
-                .as_ref()
-                .is_none_or(|c| d.closeness() > c.closeness())
-        {
-            closest = Some(d);
-        }
-    }
-    closest.unwrap_or(Denied::NoGrant {
-        user: user.to_owned(),
-        target: target.to_string(),
-    })
 }
 
 #[cfg(test)]

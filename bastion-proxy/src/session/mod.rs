@@ -757,13 +757,8 @@ impl SessionActor {
         if let Phase::Menu { .. } = self.phase {
             if let Err(reason) = self.restrictions().request(&request) {
                 let _ = reply.send(false);
-                if let Some(entry) = self.channels.get_mut(&channel) {
-                    let _ = entry
-                        .stderr
-                        .write_all(format!("bastion: {reason}\r\n").as_bytes())
-                        .await;
-                    let _ = entry.stderr.flush().await;
-                }
+                self.tell_channel(channel, &format!("bastion: {reason}"))
+                    .await;
                 return ControlFlow::Continue(());
             }
             match self.channels.get(&channel) {
@@ -807,13 +802,8 @@ impl SessionActor {
             }
         }
         if let Err(reason) = verdict {
-            if let Some(entry) = self.channels.get_mut(&channel) {
-                let _ = entry
-                    .stderr
-                    .write_all(format!("bastion: {reason}\r\n").as_bytes())
-                    .await;
-                let _ = entry.stderr.flush().await;
-            }
+            self.tell_channel(channel, &format!("bastion: {reason}"))
+                .await;
             let _ = reply.send(false);
             self.refuse(u32::from(channel), request_name(&request), reason)
                 .await;
@@ -1007,6 +997,17 @@ impl SessionActor {
                 tracing::info!(client = %self.client, error = %e, "client refused the agent channel");
                 agent.reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
+        }
+    }
+
+    /// Writes `message` as a line to the client's stderr on `channel`.
+    async fn tell_channel(&mut self, channel: ChannelId, message: &str) {
+        if let Some(entry) = self.channels.get_mut(&channel) {
+            let _ = entry
+                .stderr
+                .write_all(format!("{message}\r\n").as_bytes())
+                .await;
+            let _ = entry.stderr.flush().await;
         }
     }
 

@@ -172,20 +172,12 @@ impl SessionActor {
         let news = tokio::task::spawn_blocking(move || crate::tickets::news(&ctx, &user, now))
             .await
             .unwrap_or_default();
-        for line in &news {
+        for line in news {
             let told = format!("bastion: {line}");
             let _ = recorder
-                .record(Kind::Notice, u32::from(channel), told.into())
+                .record(Kind::Notice, u32::from(channel), told.clone().into())
                 .await;
-        }
-        if let Some(entry) = self.channels.get_mut(&channel) {
-            for line in news {
-                let _ = entry
-                    .stderr
-                    .write_all(format!("bastion: {line}\r\n").as_bytes())
-                    .await;
-            }
-            let _ = entry.stderr.flush().await;
+            self.tell_channel(channel, &told).await;
         }
     }
 }
