@@ -41,6 +41,10 @@ pub enum Ctl {
         grant: String,
         rules: Vec<CommandRule>,
     },
+    /// Read nothing more from the client until the next request: an exec held for review.
+    /// (The target opens its window only once the command starts; data sent ahead of it would
+    /// keep the pump from ever carrying the command.)
+    HoldInput,
 }
 
 type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
@@ -199,6 +203,7 @@ async fn client_to_target(
         hits,
     } = shared;
     let mut ctl_open = true;
+    let mut holding = false;
     loop {
         tokio::select! {
             // Requests first: a target opens a session channel's window only once its shell
@@ -206,7 +211,9 @@ async fn client_to_target(
             biased;
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
+                Some(Ctl::HoldInput) => holding = true,
                 Some(Ctl::Request { request, reply }) => {
+                    holding = false;
                     if record_request(&rec, id, &request).await.is_err() {
                         // Not on record, not carried: the session is ending.
                         let _ = reply.send(false);
@@ -229,9 +236,11 @@ async fn client_to_target(
                         }
                     }
                 }
+                // A held command's channel was given up: nothing more is carried.
+                None if holding => break,
                 None => ctl_open = false,
             },
-            msg = down.wait() => {
+            msg = down.wait(), if !holding => {
                 let Some(msg) = msg else { break };
                 // Recorded before forwarded: what cannot be recorded is not carried (the
                 // recorder has told the session, which ends).
@@ -398,6 +407,7 @@ async fn decision_for(
             c = ctl.recv() => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::Request { reply, .. }) => drop(reply.send(false)),
+                Some(Ctl::HoldInput) => {}
                 None => return ending(),
             },
         }

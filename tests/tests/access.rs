@@ -448,17 +448,28 @@ fn a_closing_window_and_removed_grants_end_live_sessions_and_relay_flows() {
     let _ = service.kill();
     let _ = service.wait();
 
-    // The window closes: the session ends with the reason (up to 66 s after it started: one
-    // more bounded wait if the first was not enough).
-    if closing.wait_exit().is_err() {
-        closing.wait_exit().unwrap();
-    }
+    // The window closes (at most 66 s after the test began): the session ends with the reason.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::thread::sleep(std::time::Duration::from_secs(close.saturating_sub(now)));
+    closing.wait_exit().unwrap();
     let text = format!("{}{}", closing.output(), closing.errors());
     let warned = text.find("bastion: access ends at").unwrap();
     let ended = text
         .find("bastion: access ended: grant closing applies only during")
         .unwrap_or_else(|| panic!("{text}"));
     assert!(warned < ended, "{text}");
+}
+
+/// `child`'s output once it exits (bounded: killed after the lab's time limit).
+fn finished(mut child: std::process::Child) -> Output {
+    let exited = eventually("ssh's exit", LIMIT, || child.try_wait().ok().flatten());
+    if exited.is_err() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The pending ticket of a held command, once it is filed.
@@ -494,14 +505,21 @@ fn a_reviewed_command_runs_only_after_approval_and_is_refused_on_timeout() {
         lab.ssh_via_bastion("root@web2", &[])
             .unwrap()
             .arg(command)
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
 
-    // Held, approved by an administrator, then it runs.
-    let held = run("touch /tmp/reviewed-exec && echo ran-$((20+22))");
+    // Held, approved by an administrator, then it runs, with what was piped to it while it
+    // waited (the target takes input only once the command starts).
+    let mut held = run("touch /tmp/reviewed-exec && echo ran-$((20+22)) && cat");
+    {
+        use std::io::Write;
+        let mut stdin = held.stdin.take().unwrap();
+        stdin.write_all(b"piped-while-held\n").unwrap();
+    }
     let id = pending_command(&b);
     assert!(
         !b.ctl_ok(&["request", "show", &id.to_string()])
@@ -510,9 +528,10 @@ fn a_reviewed_command_runs_only_after_approval_and_is_refused_on_timeout() {
         "still pending"
     );
     b.ctl_ok(&["request", "approve", &id.to_string()]).unwrap();
-    let out = held.wait_with_output().unwrap();
+    let out = finished(held);
     assert!(out.status.success(), "{}", said(&out));
     assert!(said(&out).contains("ran-42"), "{}", said(&out));
+    assert!(said(&out).contains("piped-while-held"), "{}", said(&out));
     assert!(
         said(&out).contains("waits for approval by an administrator"),
         "{}",
@@ -521,7 +540,7 @@ fn a_reviewed_command_runs_only_after_approval_and_is_refused_on_timeout() {
 
     // Not approved in time: refused, and it never ran.
     let timed_out = run("touch /tmp/reviewed-late");
-    let out = timed_out.wait_with_output().unwrap();
+    let out = finished(timed_out);
     assert_eq!(out.status.code(), Some(126), "{}", said(&out));
     assert!(
         said(&out).contains("was not approved in time"),

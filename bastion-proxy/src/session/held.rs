@@ -103,6 +103,8 @@ impl SessionActor {
                 self.refuse(u32::from(channel), request_name(&request), why.clone())
                     .await;
                 self.end_exec(channel, &why).await;
+                // Its pump, holding input, stops with its control queue.
+                self.channels.remove(&channel);
             }
         }
     }

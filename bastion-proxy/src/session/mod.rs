@@ -818,6 +818,11 @@ impl SessionActor {
             }
         }
         if let Some(rule) = review {
+            // The pump reads nothing more from the client until the command is decided; told
+            // before the client's next message is read (that waits for this reply).
+            if let Some(entry) = self.channels.get(&channel) {
+                let _ = entry.ctl.send(channel::Ctl::HoldInput).await;
+            }
             // Accepted toward the client, so it reads why it waits; the target sees nothing
             // until the command is approved.
             let _ = reply.send(true);
