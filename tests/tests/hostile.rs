@@ -403,7 +403,15 @@ fn a_huge_terminal_leaves_bastiond_small() {
     shell.send(b"stty size\r").unwrap();
     shell.wait_for("65535 65535").unwrap();
     shell.resize(65_534, 65_535).unwrap();
-    shell.send(b"stty size; echo done-$((6*7))\r").unwrap();
+    // ssh sends the window change from its SIGWINCH handler, which can run after keys typed at
+    // once: ask until the target has it.
+    eventually("the resize at the target", LIMIT, || {
+        shell.send(b"stty size\r").ok()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        shell.output().contains("65534 65535").then_some(())
+    })
+    .unwrap();
+    shell.send(b"echo done-$((6*7))\r").unwrap();
     shell.wait_for("done-42").unwrap();
     let rss_mib = b.status_field("VmRSS:") >> 10;
     let peak_mib = b.status_field("VmHWM:") >> 10;
