@@ -299,9 +299,16 @@ pub fn for_user(ctx: &ProxyContext, user: &str, now: u64) -> Result<Vec<Ticket>,
 
 /// Decisions on `user`'s tickets they have not been told of yet, as lines; told from now on.
 pub fn news(ctx: &ProxyContext, user: &str, now: u64) -> Vec<String> {
-    let Ok(tickets) = all(ctx, now) else {
+    // Called at every shell's start: one read of the tickets, and only this user's overdue
+    // ones are marked expired (not everyone's).
+    let Ok(mut tickets) = ctx.store.tickets() else {
         return Vec::new();
     };
+    for t in tickets.iter_mut().filter(|t| t.requester == user) {
+        if t.state == State::Pending && now >= t.decide_by && expire(ctx, t.id, now).is_ok() {
+            t.expire_if_due(now);
+        }
+    }
     let mut lines = Vec::new();
     for t in tickets
         .iter()
