@@ -253,6 +253,33 @@ pub enum AuditKind {
         count: u64,
         retention_secs: u64,
     },
+    /// Session `session`'s record was written to the archive as object `object` and read back
+    /// whole: `bytes` long with SHA-256 `sha256` (hex), its chain and seal judged `status`.
+    /// From here on retention may delete the local copy; `archive verify` expects the object.
+    SessionArchived {
+        session: u64,
+        object: String,
+        bytes: u64,
+        sha256: String,
+        status: String,
+    },
+    /// The archive has been unreachable (or slower than recording) for long enough that the
+    /// store's free space fell below `archive.alert_free_mb` with records not yet archived:
+    /// retention cannot free their space, and at `store.min_free_mb` new sessions are refused.
+    ArchiveBacklog {
+        pending: u64,
+        pending_bytes: u64,
+        /// When the oldest record waiting was queued (µs since the epoch).
+        oldest_micros: u64,
+        free_mb: u64,
+        alert_mb: u64,
+        last_error: String,
+    },
+    /// The archive accepted the backlog again after an [`AuditKind::ArchiveBacklog`] alert.
+    ArchiveRecovered {
+        pending: u64,
+        free_mb: u64,
+    },
 }
 
 impl AuditKind {

@@ -30,6 +30,15 @@ pub fn utc_text(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for Unix microseconds (RFC 3339, as RFC 5424 wants).
+pub fn rfc3339_micros(micros: u64) -> String {
+    let (y, m, d, hh, mm, ss) = civil(micros / 1_000_000);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z",
+        micros % 1_000_000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

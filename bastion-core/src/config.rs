@@ -31,6 +31,81 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Transparent interception; off when the section is absent.
     pub intercept: Option<InterceptConfig>,
+    /// Archiving to S3-compatible object storage; off when the section is absent.
+    pub archive: Option<ArchiveConfig>,
+    /// The audit stream to a syslog receiver over TCP; off when the section is absent.
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// Where and how sealed records and the audit stream are archived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `s3://BUCKET` or `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// The S3 endpoint (`http://host:port` or `https://...`); absent: AWS's for the region.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// A TOML file with `access_key_id` and `secret_access_key`, mode 0600 (or stricter).
+    pub credentials_file: PathBuf,
+    /// Names this appliance in object keys (many appliances share one bucket). Absent: the
+    /// host name.
+    #[serde(default)]
+    pub appliance_id: Option<String>,
+    /// The upload rate bound, MiB/s (reading back to verify counts too).
+    #[serde(default = "default_archive_rate")]
+    pub max_rate_mb_s: u64,
+    /// Multipart part size in MiB (records larger than one part are uploaded in parts).
+    #[serde(default = "default_part_mb")]
+    pub part_mb: u64,
+    /// The longest wait between retries of one record, seconds (backoff doubles up to it).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+    /// Seconds between archiving the audit stream (up to its last anchor).
+    #[serde(default = "default_audit_every")]
+    pub audit_interval_secs: u64,
+    /// Free space (MiB) on the store's filesystem below which records still waiting for the
+    /// archive raise an audit ALERT. Absent: four times `store.min_free_mb`.
+    #[serde(default)]
+    pub alert_free_mb: Option<u64>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_archive_rate() -> u64 {
+    200
+}
+fn default_part_mb() -> u64 {
+    16
+}
+fn default_retry_max() -> u64 {
+    300
+}
+fn default_audit_every() -> u64 {
+    60
+}
+
+/// The audit stream sent to a syslog receiver (RFC 5424 over TCP, octet counting). Every
+/// event goes out once the receiver has taken the ones before it; after a reconnect bastiond
+/// resends from the first event the receiver's TCP had not acknowledged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `HOST:PORT` of the receiver.
+    pub tcp: String,
+    /// The HOSTNAME field. Absent: the host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The longest wait between reconnection attempts, seconds.
+    #[serde(default = "default_syslog_retry")]
+    pub retry_max_secs: u64,
+}
+
+fn default_syslog_retry() -> u64 {
+    10
 }
 
 /// Transparent mode: TCP to protected prefixes arriving on `interfaces` is steered (nftables
@@ -552,6 +627,59 @@ impl Config {
                     "policy.{key} must be between {} and {}, got {value}",
                     range.start(),
                     range.end()
+                )));
+            }
+        }
+        if let Some(a) = &self.archive {
+            crate::archive::Location::parse(&a.url)
+                .map_err(|e| invalid(format!("archive.url: {e}")))?;
+            if !a.credentials_file.is_absolute() {
+                return Err(invalid(format!(
+                    "archive.credentials_file must be an absolute path, got `{}`",
+                    a.credentials_file.display()
+                )));
+            }
+            if let Some(id) = &a.appliance_id {
+                crate::archive::check_appliance_id(id)
+                    .map_err(|e| invalid(format!("archive.appliance_id: {e}")))?;
+            }
+            if let Some(e) = &a.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(invalid(format!(
+                    "archive.endpoint must start with http:// or https://, got `{e}`"
+                )));
+            }
+            for (key, value, range) in [
+                ("max_rate_mb_s", a.max_rate_mb_s, 1..=100_000),
+                ("part_mb", a.part_mb, 5..=1024),
+                ("retry_max_secs", a.retry_max_secs, 1..=86_400),
+                ("audit_interval_secs", a.audit_interval_secs, 1..=86_400),
+            ] {
+                if !range.contains(&value) {
+                    return Err(invalid(format!(
+                        "archive.{key} must be between {} and {}, got {value}",
+                        range.start(),
+                        range.end()
+                    )));
+                }
+            }
+        }
+        if let Some(s) = &self.syslog {
+            match s.tcp.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "syslog.tcp must be HOST:PORT, got `{}`",
+                        s.tcp
+                    )));
+                }
+            }
+            if !(1..=3600).contains(&s.retry_max_secs) {
+                return Err(invalid(format!(
+                    "syslog.retry_max_secs must be between 1 and 3600, got {}",
+                    s.retry_max_secs
                 )));
             }
         }

@@ -3,6 +3,7 @@
 //! and nothing here can reach back into them.
 //!
 //! Layout (see ARCHITECTURE.md for the bird's-eye view):
+//! - [`archive`]: the archive's key layout and object formats (sessions, audit chunks);
 //! - [`audit`]: the typed audit event stream (product output, not logs);
 //! - [`audit_flood`]: the budget for events unauthenticated sources cause;
 //! - [`config`]: the typed TOML configuration and its one-line, file:line-naming errors;
@@ -15,10 +16,12 @@
 //! - [`protocol`]: the control API's wire types (versioned apart from the stored formats);
 //! - [`record`]: the record formats (frames, zstd blocks, commands, SFTP, text, exports, sealed files);
 //! - [`session`]: session metadata, filters and command types;
+//! - [`syslog`]: audit events as RFC 5424 messages, octet-counted;
 //! - [`ticket`]: access requests and held commands, and the rules for deciding them.
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod audit;
 pub mod audit_flood;
 pub mod cidr;
@@ -32,6 +35,7 @@ pub mod policy;
 pub mod protocol;
 pub mod record;
 pub mod session;
+pub mod syslog;
 pub mod ticket;
 pub mod totp;
 

@@ -138,6 +138,8 @@ pub enum Request {
     MfaRemove {
         user: String,
     },
+    /// The archive's queue and figures (`bastionctl archive status`).
+    ArchiveStatus,
     /// Access requests (pending ones only, unless `all`).
     TicketList {
         all: bool,
@@ -200,6 +202,7 @@ pub enum Response {
     Tickets {
         tickets: Vec<crate::ticket::Ticket>,
     },
+    ArchiveStatus(ArchiveStatus),
     /// Search results, newest first; `searched` commands (or output lines) were looked at in
     /// `micros`; `complete` is false when an output search stopped at its budget.
     Search {
@@ -331,6 +334,31 @@ pub struct Status {
     pub uptime_secs: u64,
     pub store: StoreStatus,
     pub enforcement: EnforceStatus,
+}
+
+/// The archive as bastiond sees it: what waits, what went, what failed last.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArchiveStatus {
+    pub url: String,
+    pub appliance: String,
+    /// Finished sessions not archived yet, and their stored bytes.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// When the oldest of them was queued (µs since the epoch).
+    pub oldest_queued_micros: Option<u64>,
+    /// Of them, those whose last attempt failed (waiting to retry).
+    pub retrying: u64,
+    pub last_error: Option<String>,
+    pub last_error_micros: Option<u64>,
+    pub last_success_micros: Option<u64>,
+    /// Since bastiond started.
+    pub archived_sessions: u64,
+    pub archived_bytes: u64,
+    /// Of the last session archived: bytes per second, upload and read-back together.
+    pub last_rate_bytes_per_sec: u64,
+    /// The audit stream is archived up to this event; the store holds `audit_events`.
+    pub audit_archived_through: u64,
+    pub audit_events: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,10 +7,11 @@
 //! - [`allocator`]: freed memory returned to the kernel every few seconds;
 //! - [`control`]: the Unix-socket control API, bastiond's side;
 //! - [`notify`]: telling systemd bastiond is ready (`Type=notify`);
+//! - [`sockinfo`]: the unacknowledged bytes of a TCP socket (for the syslog forwarder);
 //! - [`daemon`]: `run(config, shutdown)`, which wires the parts together.
 //!
 //! `unsafe` is fenced: only `enforce` (the bpf(2), netlink and ring-buffer calls aya and nftnl
-//! leave to us), `allocator` (`malloc_trim`) and the binary's `setns` use it; the other modules
+//! leave to us), `allocator` (`malloc_trim`), `sockinfo` (one ioctl) and the binary's `setns` use it; the other modules
 //! forbid it.
 
 pub mod allocator;
@@ -19,5 +20,6 @@ pub mod daemon;
 pub mod enforce;
 pub mod limits;
 pub mod notify;
+pub mod sockinfo;
 
 pub use bastion_core::VERSION;

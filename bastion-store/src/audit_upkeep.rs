@@ -77,14 +77,20 @@ impl Store {
         .transpose()
     }
 
-    /// Deletes the audit events older than `cutoff` (µs since the epoch), always keeping the
-    /// newest one; returns (the last deleted sequence number, how many). The chain head after
+    /// Deletes the audit events older than `cutoff` (µs since the epoch) and, when archiving,
+    /// already archived, always keeping the newest one; returns (the last deleted sequence number, how many). The chain head after
     /// the last deleted event becomes the stream's base in the same transaction, so `verify`
     /// walks what remains from there.
     pub fn expire_audit(&self, cutoff: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let audit = self.tree(AUDIT_TREE)?;
         let meta = self.tree(META_TREE)?;
         let newest = audit.last().map_err(|e| self.io(e))?.map(|(k, _)| k);
+        // Archiving: what the archive does not have yet stays.
+        let archived_through = if self.archiving() {
+            self.audit_archived()?.through_seq
+        } else {
+            u64::MAX
+        };
         let mut gone = Vec::new();
         let mut base = None;
         for item in audit.iter() {
@@ -94,7 +100,7 @@ impl Store {
             }
             let event: AuditEvent = serde_json::from_slice(&v)
                 .map_err(|e| self.io(sled::Error::Unsupported(format!("audit: {e}"))))?;
-            if event.time_micros >= cutoff {
+            if event.time_micros >= cutoff || event.seq > archived_through {
                 break;
             }
             base = Some(AuditBase {

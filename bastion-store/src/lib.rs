@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod archive_queue;
 mod audit_upkeep;
 mod commands;
 mod mfa;
@@ -20,6 +21,7 @@ mod tickets;
 mod to_segments;
 
 pub use accounts::StoredAccount;
+pub use archive_queue::{AuditProgress, Done as Archived, Multipart, Pending};
 pub use audit_upkeep::DEFAULT_FLOOD_LIMITS;
 pub use commands::CommandIndex;
 pub use mfa::StoredTotp;
@@ -75,6 +77,9 @@ pub struct Store {
     /// Held while a ticket is read, decided and written back (`tickets.rs`), so two approvers
     /// deciding at once are counted one after the other.
     tickets: std::sync::Mutex<()>,
+    /// Finished sessions wait for the archive, and only archived ones expire
+    /// (`archive_queue.rs`).
+    archiving: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +110,7 @@ impl Store {
                 DEFAULT_FLOOD_LIMITS,
             )),
             tickets: std::sync::Mutex::new(()),
+            archiving: std::sync::atomic::AtomicBool::new(false),
         };
         store.migrate()?;
         store.audit_tail = std::sync::Mutex::new(store.load_audit_tail()?);

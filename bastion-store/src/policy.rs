@@ -29,7 +29,7 @@ pub(super) fn tree_name(kind: EntityKind) -> &'static str {
     }
 }
 
-fn corrupt(tree: &str, e: impl std::fmt::Display) -> sled::Error {
+pub(crate) fn corrupt(tree: &str, e: impl std::fmt::Display) -> sled::Error {
     sled::Error::Unsupported(format!("tree {tree}: undecodable record: {e}"))
 }
 

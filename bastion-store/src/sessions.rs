@@ -43,6 +43,7 @@ impl Store {
         self.tree(SESSIONS_TREE)?
             .insert(meta.id.to_be_bytes(), v)
             .map_err(|e| self.io(e))?;
+        self.queue_if_finished(meta)?;
         self.flush()
     }
 
@@ -254,7 +255,7 @@ impl Store {
                 }
                 SessionState::Interrupted => s.started_micros,
             };
-            if ended >= cutoff {
+            if ended >= cutoff || !self.may_expire(s.id)? {
                 continue;
             }
             sessions
@@ -266,6 +267,7 @@ impl Store {
                         .map_err(|e| self.io(e))?;
                 }
             }
+            self.archive_forget(s.id)?;
             gone.push(s.id);
         }
         if !gone.is_empty() {

@@ -105,6 +105,12 @@ pub enum Command {
         #[arg(long, requires = "after", conflicts_with = "output")]
         syslog: Option<String>,
     },
+    /// The archive: `status` from bastiond; the rest straight from the bucket, on any machine
+    /// with read credentials and the appliance's audit key (no bastiond needed).
+    Archive {
+        #[command(subcommand)]
+        cmd: ArchiveCmd,
+    },
     /// The store: sizes, compression, oldest and newest records.
     Store {
         #[command(subcommand)]
@@ -243,6 +249,81 @@ pub enum SessionCmd {
         /// it): what came before is drawn at once, then playback is timed.
         #[arg(long, value_parser = parse_offset, default_value = "0")]
         from: f64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ArchiveCmd {
+    /// What waits for the archive, what went, the last error, the throughput (from bastiond).
+    Status,
+    /// The appliances in the bucket, or one appliance's objects.
+    List {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(long)]
+        appliance: Option<String>,
+    },
+    /// Check an appliance's archive: every session object (chain, seal, the size and hash the
+    /// audit stream recorded), the archived audit stream (gaps, chain, anchors), and the
+    /// sessions the stream says were archived or ended. Exits 1 on any finding.
+    Verify {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(long)]
+        appliance: String,
+        /// The appliance's audit public key (`bastionctl ca show --audit-key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Only sessions started at or after: Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ (UTC).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Only sessions started before (same formats).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
+    },
+    /// Download a session's object as archived (check it with `verify --file F --key K`).
+    Fetch {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(long)]
+        appliance: String,
+        id: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Replay an archived session's terminal output with its original timing.
+    Play {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(long)]
+        appliance: String,
+        id: u64,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Export an archived session: asciicast v2 or JSON with every frame.
+    Export {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(long)]
+        appliance: String,
+        id: u64,
+        #[arg(long, value_enum, default_value_t = Format::Asciicast)]
+        format: Format,
+    },
+    /// Find commands in archived sessions of one or more appliances (default: all).
+    Search {
+        #[command(flatten)]
+        at: crate::archive::Bucket,
+        #[arg(default_value = "")]
+        text: String,
+        #[arg(long)]
+        appliance: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 
@@ -727,6 +808,14 @@ impl Command {
     }
 
     /// The session `session watch` follows.
+    /// An archive command that reads the bucket itself (all but `status`), taken out.
+    pub fn archive_offline(self) -> Result<ArchiveCmd, Box<Command>> {
+        match self {
+            Command::Archive { cmd } if !matches!(cmd, ArchiveCmd::Status) => Ok(cmd),
+            other => Err(Box::new(other)),
+        }
+    }
+
     pub fn watched(&self) -> Option<u64> {
         match self {
             Command::Session {
@@ -921,6 +1010,7 @@ impl Command {
             Command::Subnet {
                 cmd: SubnetCmd::Set { cidr, approvers },
             } => approvers_request(GrantObject::Subnet(cidr), approvers),
+            Command::Archive { .. } => Ok(Request::ArchiveStatus),
             Command::Request { cmd } => Ok(match cmd {
                 RequestCmd::List { all } => Request::TicketList { all },
                 RequestCmd::Show { id } => Request::TicketShow { id },

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bastion_core::{
-    audit::{AuditEvent, AuditKind},
+    audit::AuditEvent,
     protocol::{Request, Response},
 };
 
@@ -126,61 +126,4 @@ fn open_syslog(target: &str) -> Result<Sink, String> {
     ))
 }
 
-/// One event as an RFC 5424 message: facility authpriv, severity warning for refusals and
-/// breaches, notice otherwise; MSGID the event kind; the event as JSON in MSG.
-pub fn rfc5424(ev: &AuditEvent, host: &str) -> String {
-    let warning = matches!(
-        &ev.kind,
-        AuditKind::SessionRefused { .. }
-            | AuditKind::RequestRefused { .. }
-            | AuditKind::SignInThrottled { .. }
-            | AuditKind::SessionKilled { .. }
-            | AuditKind::AccessEnded { .. }
-            | AuditKind::StoreFloorReached { .. }
-            | AuditKind::FlowsUncounted { .. }
-            | AuditKind::SessionsInterrupted { .. }
-    ) || matches!(&ev.kind, AuditKind::Flow(f) if !f.allowed)
-        || matches!(
-            &ev.kind,
-            AuditKind::Login {
-                accepted: false,
-                ..
-            }
-        );
-    let pri = 10 * 8 + if warning { 4 } else { 5 };
-    let json = serde_json::to_value(ev).unwrap_or_default();
-    let msgid = json["event"].as_str().unwrap_or("-").to_owned();
-    format!(
-        "<{pri}>1 {} {host} bastiond - {msgid} [bastion@32473 seq=\"{}\"] {json}",
-        crate::render::utc_micros(ev.time_micros),
-        ev.seq
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bastion_core::audit::Actor;
-
-    #[test]
-    fn syslog_lines_follow_rfc5424() {
-        let ev = AuditEvent {
-            seq: 42,
-            time_micros: 1_795_737_600_000_123,
-            actor: Actor::Daemon,
-            kind: AuditKind::SessionKilled {
-                session: 7,
-                reason: "x".into(),
-            },
-            chain: None,
-        };
-        let line = rfc5424(&ev, "bastion");
-        assert!(
-            line.starts_with(
-                "<84>1 2026-11-27T00:00:00.000123Z bastion bastiond - session_killed [bastion@32473 seq=\"42\"] {"
-            ),
-            "{line}"
-        );
-        assert!(line.ends_with('}'));
-    }
-}
+pub use bastion_core::syslog::rfc5424;

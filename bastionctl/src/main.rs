@@ -2,11 +2,13 @@
 //!
 //! - `cli`: the command line, turned into one control-API request;
 //! - `render`: the human-readable tables;
-//! - `play`: terminal replay of a recorded session.
+//! - `play`: terminal replay of a recorded session;
+//! - `archive`: the archive read straight from the bucket (no bastiond).
 
 #![forbid(unsafe_code)]
 
 mod anchors;
+mod archive;
 mod cli;
 mod client;
 mod export;
@@ -73,10 +75,27 @@ fn verify_file(file: &std::path::Path, key: Option<&std::path::Path>) -> ExitCod
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let result = read(file).and_then(|text| {
-        let key = read(key)?;
-        bastion_core::record::sealed::check(&text, &key)
+    // An archived object (`archive fetch`) or a sealed file (`session export --format sealed`).
+    let archived = std::fs::File::open(file).ok().and_then(|mut f| {
+        use std::io::Read;
+        let mut magic = [0u8; 8];
+        f.read_exact(&mut magic).ok()?;
+        (&magic == bastion_core::archive::object::MAGIC).then_some(())
     });
+    let result = match archived {
+        Some(()) => read(key).and_then(|key| {
+            let public = ssh_key::PublicKey::from_openssh(key.trim())
+                .map_err(|e| format!("audit key: {e}"))?;
+            let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+            let c = bastion_core::archive::object::check(std::io::BufReader::new(f), &public)
+                .map_err(|e| e.to_string())?;
+            Ok((c.integrity, key.trim().to_owned()))
+        }),
+        None => read(file).and_then(|text| {
+            let key = read(key)?;
+            bastion_core::record::sealed::check(&text, &key)
+        }),
+    };
     match result {
         Ok((verdict, key_line)) => {
             let fingerprint = bastion_core::keys::fingerprint(&key_line);
@@ -131,7 +150,7 @@ fn watch(socket: &std::path::Path, id: u64) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let mut cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         // Usage errors on one line, like every other bastionctl error; help and version as clap prints them.
         Err(e) if e.use_stderr() => {
@@ -144,6 +163,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),
+    };
+    cli.command = match cli.command.archive_offline() {
+        Ok(cmd) => return archive::run(cmd, cli.json),
+        Err(other) => *other,
     };
     if let Some((file, key)) = cli.command.offline_verify() {
         return verify_file(&file, key.as_deref());

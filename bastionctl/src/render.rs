@@ -10,6 +10,7 @@ use bastion_core::{
 pub fn response(r: &Response) {
     match r {
         Response::Status(s) => status(s),
+        Response::ArchiveStatus(a) => archive_status(a),
         Response::Probe(p) => probe(p),
         Response::Changed(e) => println!("{}", event_line(e)),
         Response::MfaEnrolled { uri, event } => mfa_enrolled(uri, event),
@@ -631,6 +632,29 @@ pub fn event_line(e: &AuditEvent) -> String {
             "sessions deleted after {} of retention: {sessions:?}",
             duration(*retention_secs)
         ),
+        AuditKind::SessionArchived {
+            session,
+            object,
+            bytes,
+            sha256,
+            status,
+        } => format!(
+            "session {session} archived as {object} ({bytes} bytes, sha256 {sha256}, read back {status})"
+        ),
+        AuditKind::ArchiveBacklog {
+            pending,
+            pending_bytes,
+            oldest_micros,
+            free_mb,
+            alert_mb,
+            last_error,
+        } => format!(
+            "ALERT archive backlog: {pending} records ({pending_bytes} bytes) not archived, oldest queued {}, {free_mb} MiB free (alert at {alert_mb} MiB); last error: {last_error}",
+            utc_micros(*oldest_micros)
+        ),
+        AuditKind::ArchiveRecovered { pending, free_mb } => {
+            format!("archive reachable again: {pending} records waiting, {free_mb} MiB free")
+        }
         AuditKind::StoreFloorReached { free_mb, floor_mb } => format!(
             "ALERT audit store at its floor ({free_mb} MiB free, floor {floor_mb} MiB): new sessions refused"
         ),
@@ -712,10 +736,36 @@ pub fn event_line(e: &AuditEvent) -> String {
     format!("#{:<6} {} {who}: {what}", e.seq, utc(e.time_micros))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339 with microseconds, as RFC 5424 wants).
+fn archive_status(a: &bastion_core::protocol::ArchiveStatus) {
+    let when = |t: Option<u64>| t.map_or_else(|| "-".into(), utc);
+    println!("archive      {} (appliance {})", a.url, a.appliance);
+    println!(
+        "pending      {} sessions, {} ({} retrying), oldest queued {}",
+        a.pending,
+        bytes(a.pending_bytes),
+        a.retrying,
+        when(a.oldest_queued_micros)
+    );
+    println!(
+        "archived     {} sessions, {} since start; last at {}, {}/s",
+        a.archived_sessions,
+        bytes(a.archived_bytes),
+        when(a.last_success_micros),
+        bytes(a.last_rate_bytes_per_sec)
+    );
+    println!(
+        "audit        archived through #{} of {} events",
+        a.audit_archived_through, a.audit_events
+    );
+    match (&a.last_error, a.last_error_micros) {
+        (Some(e), t) => println!("last error   {} {e}", when(t)),
+        (None, _) => println!("last error   -"),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn utc_micros(micros: u64) -> String {
-    let whole = utc(micros);
-    format!("{}.{:06}Z", whole.trim_end_matches('Z'), micros % 1_000_000)
+    bastion_core::clock::rfc3339_micros(micros)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from Unix microseconds.

@@ -32,7 +32,12 @@ pub struct BastiondPaths {
 
 impl BastiondPaths {
     pub fn for_lab(name: &LabName) -> BastiondPaths {
-        let dir = name.run_dir().join("bastiond");
+        Self::in_dir(name, "bastiond")
+    }
+
+    /// Paths of another bastiond of the lab (a second appliance), under `dir` of its run dir.
+    pub fn in_dir(name: &LabName, dir: &str) -> BastiondPaths {
+        let dir = name.run_dir().join(dir);
         BastiondPaths {
             config: dir.join("bastiond.toml"),
             keys_dir: dir.join("keys"),

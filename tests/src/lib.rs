@@ -9,6 +9,7 @@
 //! - [`cleanup`]: teardown by name, the registry used on Ctrl-C, and the sweep of stale runs;
 //! - [`lab`]: [`Lab`], which ties them together and tears everything down on drop;
 //! - [`interactive`]: [`interactive::Interactive`], an `ssh -tt` session a test types at;
+//! - [`services`]: beside the appliance: a Garage cluster (the archive), rsyslog, an auditor;
 //! - [`tools`]: ssh-audit, as setup installs it;
 //! - [`wait`]: bounded waits for what a test cannot be told about directly.
 //!
@@ -21,6 +22,7 @@ pub mod cleanup;
 pub mod interactive;
 pub mod lab;
 pub mod names;
+pub mod services;
 pub mod sshd;
 pub mod sys;
 pub mod tools;

@@ -20,6 +20,17 @@ pub const BASTION_ADMIN_ADDR: &str = "198.51.100.1";
 pub const BASTION_PROTECTED_ADDR: &str = "203.0.113.1";
 pub const PROTECTED_SUBNET: &str = "203.0.113.0/24";
 pub const ADMIN_SUBNET: &str = "198.51.100.0/24";
+/// The services beside the appliance (`services.rs`): (role, address).
+pub const SERVICES: [(&str, &str); 5] = [
+    ("s3a", "198.51.100.50"),
+    ("s3b", "198.51.100.51"),
+    ("s3c", "198.51.100.52"),
+    ("syslog", "198.51.100.55"),
+    ("auditor", "198.51.100.60"),
+];
+pub const SERVICES_BRIDGE: &str = "svc0";
+pub const SERVICES_ROUTER_ADDR: &str = "198.51.100.2";
+pub const SERVICES_ROUTE: &str = "198.51.100.48/28";
 /// Interface names inside the bastion namespace.
 pub const BASTION_ADMIN_IF: &str = "adm0";
 pub const BASTION_PROTECTED_IF: &str = "prot0";
@@ -56,10 +67,18 @@ impl LabName {
         format!("{}-{role}", self.0)
     }
 
-    /// Every namespace role of a lab.
+    /// The namespace roles every lab has.
     pub fn roles() -> Vec<&'static str> {
         let mut roles = vec!["admin", "bastion"];
         roles.extend(HOSTS.iter().map(|(h, _)| *h));
+        roles
+    }
+
+    /// Every namespace role a lab may have: [`LabName::roles`] and the services made on
+    /// demand (`services.rs`). Teardown removes whichever exist.
+    pub fn all_roles() -> Vec<&'static str> {
+        let mut roles = Self::roles();
+        roles.extend(SERVICES.iter().map(|(s, _)| *s));
         roles
     }
 

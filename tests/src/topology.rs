@@ -119,7 +119,7 @@ pub fn create(name: &LabName) -> anyhow::Result<()> {
 /// Deletes every namespace of `name` that exists; missing ones are fine.
 pub fn destroy(name: &LabName) -> anyhow::Result<()> {
     let existing = list_netns()?;
-    for role in LabName::roles() {
+    for role in LabName::all_roles() {
         let ns = name.netns(role);
         if existing.contains(&ns) {
             run("ip", &["netns", "del", &ns])?;

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     // the lab's TOTP codes independently of bastiond.
     "python3-venv",
     "oathtool",
+    // The lab's syslog receiver for the audit stream (RFC 5424 over TCP).
+    "rsyslog",
 ];
 /// The lab's Python tools, pinned, in a virtual environment of their own: ssh-audit (the
 /// scanner run against bastiond's listeners) and paramiko (a client that sends what OpenSSH never
@@ -43,6 +45,11 @@ const APT_PACKAGES: &[&str] = &[
 const LAB_VENV: &str = "/opt/bastion-lab/venv";
 const LAB_PYTHON_PACKAGES: &[(&str, &str)] = &[("ssh-audit", "3.9.0"), ("paramiko", "3.5.1")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Garage, the lab's S3-compatible object store for the archive tests: a test server built from
+/// crates.io into a tools folder of its own (AGPL-3.0; never linked into bastion). The lab library
+/// names the same path (`bastion_lab::services::GARAGE`).
+const GARAGE_ROOT: &str = "/opt/bastion-lab/garage";
+const GARAGE_VERSION: &str = "2.5.0";
 
 pub fn run() -> anyhow::Result<()> {
     eprintln!("==> setup");
@@ -52,6 +59,7 @@ pub fn run() -> anyhow::Result<()> {
     default_components()?;
     bpf_linker(llvm)?;
     lab_python()?;
+    garage()?;
     eprintln!("    setup: done");
     Ok(())
 }
@@ -282,6 +290,36 @@ fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
         Some(have) => bail!("bpf-linker was rebuilt but reports LLVM {have}, not {llvm}"),
         None => bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH"),
     }
+}
+
+/// Garage at [`GARAGE_VERSION`] in [`GARAGE_ROOT`], built once (about ten minutes on two cores).
+fn garage() -> anyhow::Result<()> {
+    let bin = Path::new(GARAGE_ROOT).join("bin/garage");
+    let have = toolchain::stdout_of(Command::new(&bin).arg("--version"));
+    if have.as_deref().is_some_and(|v| v.contains(GARAGE_VERSION)) {
+        eprintln!("    garage: present ({})", bin.display());
+        return Ok(());
+    }
+    eprintln!("    garage: building {GARAGE_VERSION} into {GARAGE_ROOT} (about ten minutes, once)");
+    let status = crate::util::cargo()
+        .args([
+            "install",
+            "garage",
+            "--locked",
+            "--force",
+            "--version",
+            GARAGE_VERSION,
+        ])
+        .args(["--root", GARAGE_ROOT])
+        // Its own target directory: the workspace's build stays as it is.
+        .env("CARGO_TARGET_DIR", "/var/tmp/bastion-garage-build")
+        .status()
+        .context("running cargo install garage")?;
+    if !status.success() {
+        bail!("building garage {GARAGE_VERSION} failed (crates.io must be reachable)");
+    }
+    let _ = std::fs::remove_dir_all("/var/tmp/bastion-garage-build");
+    Ok(())
 }
 
 /// The lab's Python packages from PyPI, pinned, in a virtual environment of Debian's own Python

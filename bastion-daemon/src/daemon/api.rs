@@ -37,6 +37,15 @@ impl Handler for Daemon {
                 .await
                 .map(Response::Probe),
             Request::FetchHostKey { addr } => self.fetch_host_key(addr).await,
+            Request::ArchiveStatus => match &self.archive {
+                Some(a) => super::archive::status(&self.store, &a.stats, &a.remote, &a.appliance)
+                    .await
+                    .map(Response::ArchiveStatus)
+                    .map_err(ApiError::internal),
+                None => Err(ApiError::Invalid(
+                    "archiving is off: bastiond's config has no [archive] section".into(),
+                )),
+            },
             request => self.blocking(peer, request).await,
         };
         result.unwrap_or_else(|error| Response::Error { error })
@@ -248,9 +257,9 @@ impl Daemon {
                 .audit_events(limit.min(MAX_AUDIT_LIST))
                 .map(|events| Response::Audit { events })
                 .map_err(ApiError::internal),
-            Request::Probe { .. } | Request::FetchHostKey { .. } => Err(ApiError::Internal(
-                "a network request reached the blocking pool".into(),
-            )),
+            Request::Probe { .. } | Request::FetchHostKey { .. } | Request::ArchiveStatus => Err(
+                ApiError::Internal("a network request reached the blocking pool".into()),
+            ),
         }
     }
 }

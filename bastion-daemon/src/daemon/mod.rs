@@ -31,11 +31,13 @@ use crate::{
 
 mod anchor;
 mod api;
+mod archive;
 mod cgroup_watch;
 mod flow_audit;
 mod intercept;
 mod links;
 mod search;
+mod syslog;
 
 use intercept::{intercept, relay_ports};
 
@@ -57,6 +59,10 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Keys(#[from] bastion_proxy::keys::KeyError),
+    #[error(transparent)]
+    Archive(#[from] bastion_archive::RemoteError),
+    #[error("{0}")]
+    Config(String),
     #[error("SSH listener {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -77,6 +83,14 @@ struct Daemon {
     workers: Arc<tokio::sync::Semaphore>,
     /// Flow events the kernel lost to a full ring buffer, in all (from the pinned counter).
     flows_lost: Arc<std::sync::atomic::AtomicU64>,
+    /// The archive, when `[archive]` is configured (for `archive status`).
+    archive: Option<ArchiveHandle>,
+}
+
+struct ArchiveHandle {
+    remote: bastion_archive::Remote,
+    appliance: String,
+    stats: Arc<Mutex<archive::Stats>>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -86,6 +100,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let config_subnets = config.enforce.protected_subnets.clone();
     let mut enforcer = Enforcer::start(&config.enforce, &config_subnets)?;
     let store = Arc::new(Store::open(&config.store.path)?);
+    // Archiving, if configured, is checked (url, credentials, appliance id) before anything is
+    // recorded, and on before the first session can end: every finished session is queued.
+    let archive = match &config.archive {
+        Some(a) => {
+            let remote =
+                bastion_archive::Remote::connect(&bastion_archive::Settings::from_config(a))?;
+            let appliance = archive::appliance_id(a).map_err(DaemonError::Config)?;
+            store.set_archiving(true);
+            Some(ArchiveHandle {
+                remote,
+                appliance,
+                stats: Default::default(),
+            })
+        }
+        None => None,
+    };
     let interrupted = store.mark_interrupted()?;
     if !interrupted.is_empty() {
         tracing::warn!(sessions = ?interrupted, "sessions interrupted by the previous bastiond's stop");
@@ -185,6 +215,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         enforcer: Mutex::new(enforcer),
         workers: Arc::new(tokio::sync::Semaphore::new(api::CONTROL_WORKERS)),
         flows_lost: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        archive,
     });
     // One shutdown signal, observed by both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -221,11 +252,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         anchor_now,
         stopped(&stop_rx),
     )));
+    let retention_now = Arc::new(tokio::sync::Notify::new());
+    if let (Some(a), Some(cfg)) = (&daemon.archive, &config.archive) {
+        let archiver = archive::Archiver {
+            store: daemon.store.clone(),
+            remote: a.remote.clone(),
+            appliance: a.appliance.clone(),
+            audit_key: keys.audit_key.clone(),
+            config: cfg.clone(),
+            floor: config.store.min_free_mb.saturating_mul(1 << 20),
+            stats: a.stats.clone(),
+            retention_now: retention_now.clone(),
+        };
+        tracing::info!(url = %a.remote.location, appliance = %a.appliance, "archiving");
+        background.push(tokio::spawn(archiver.run(stopped(&stop_rx))));
+    }
+    if let Some(s) = &config.syslog {
+        background.push(tokio::spawn(syslog::run(
+            daemon.store.clone(),
+            s.clone(),
+            stopped(&stop_rx),
+        )));
+    }
     if config.store.retention_days.is_some() || config.store.audit_retention_days.is_some() {
         background.push(tokio::spawn(retention(
             daemon.store.clone(),
             config.store.retention_days,
             config.store.audit_retention_days,
+            retention_now,
             stopped(&stop_rx),
         )));
     }
@@ -298,17 +352,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Enforces `store.retention_days` and `store.audit_retention_days`: at start, then hourly,
-/// finished sessions and audit events older than their retention are deleted, and each
-/// deletion is an audit event.
+/// Enforces `store.retention_days` and `store.audit_retention_days`: at start, then hourly (or
+/// at a quarter of a shorter retention) and whenever the archiver has archived a session (`archived`), finished sessions and audit
+/// events older than their retention are deleted, and each deletion is an audit event. When
+/// archiving, only what the archive has verified is deleted (the store's rule).
 async fn retention(
     store: Arc<Store>,
     session_days: Option<f64>,
     audit_days: Option<f64>,
+    archived: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) {
-    const EVERY: Duration = Duration::from_secs(3600);
     let keep = |days: f64| Duration::from_secs_f64(days * 86_400.0).as_micros() as u64;
+    // Hourly, or a quarter of the shortest retention when that is shorter (a second at least).
+    let shortest = [session_days, audit_days]
+        .into_iter()
+        .flatten()
+        .fold(f64::INFINITY, f64::min);
+    let every = Duration::from_secs_f64((shortest * 86_400.0 / 4.0).clamp(1.0, 3600.0));
     tokio::pin!(shutdown);
     loop {
         let now = bastion_core::audit::now_micros();
@@ -354,7 +415,8 @@ async fn retention(
         }
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = archived.notified() => {}
         }
     }
 }

@@ -9,6 +9,9 @@
 //!   `{"mb_s": .., "stored_bytes": ..}`.
 //! - `lab-load populate STORE N`: adds N shell commands (1000 per session) to the store at
 //!   STORE, as the recorder writes them; prints `{"commands": N, "secs": ..}`.
+//! - `lab-load s3-put CREDENTIALS ENDPOINT URL KEY FILE` and `s3-delete ... KEY`: what someone
+//!   with write access to the archive's bucket could do to it (the archive tests' tampering),
+//!   through the same client bastiond uses. URL is `s3://BUCKET[/PREFIX]`, KEY the whole key.
 
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Instant};
 
@@ -37,8 +40,15 @@ fn main() -> ExitCode {
         ["idle", n, addr, user, key] => runtime.block_on(idle(n, addr, user, Path::new(key))),
         ["ingest", store, mib] => runtime.block_on(ingest(Path::new(store), mib)),
         ["populate", store, n] => populate(Path::new(store), n),
+        ["s3-put", creds, endpoint, url, key, file] => runtime.block_on(async {
+            let data = std::fs::read(file).map_err(err)?;
+            s3(creds, endpoint, url)?.put(key, data.into()).await.map_err(err)
+        }),
+        ["s3-delete", creds, endpoint, url, key] => runtime.block_on(async {
+            s3(creds, endpoint, url)?.delete(key).await.map_err(err)
+        }),
         _ => {
-            Err("usage: lab-load idle N ADDR USER KEY | ingest STORE MIB | populate STORE N".into())
+            Err("usage: lab-load idle N ADDR USER KEY | ingest STORE MIB | populate STORE N | s3-put CREDS ENDPOINT URL KEY FILE | s3-delete CREDS ENDPOINT URL KEY".into())
         }
     };
     match result {
@@ -48,6 +58,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn s3(creds: &str, endpoint: &str, url: &str) -> Result<bastion_archive::Remote, String> {
+    bastion_archive::Remote::connect(&bastion_archive::Settings {
+        url: url.into(),
+        endpoint: Some(endpoint.into()),
+        region: "garage".into(),
+        credentials_file: creds.into(),
+    })
+    .map_err(err)
 }
 
 fn err(e: impl std::fmt::Display) -> String {
