@@ -149,7 +149,8 @@ impl Garage {
             std::fs::write(
                 &config,
                 format!(
-                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\n\
+                     compression_level = \"none\"\nblock_size = 8388608\n\
                      replication_factor = 3\nrpc_bind_addr = \"{a}:3901\"\nrpc_public_addr = \"{a}:3901\"\n\
                      rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"{a}:3900\"\n\
                      root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"{a}:3903\"\n",

@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Only bastiond's memory against the volume recorded (`bench_volume.rs`).
     #[arg(long)]
     volume_only: bool,
+    /// Only the archive's figures (`bench_archive.rs`).
+    #[arg(long)]
+    archive_only: bool,
     /// The volume figure's marks in MiB recorded (default 1024,10240; --quick 256,1024).
     #[arg(long, value_delimiter = ',')]
     volume_marks: Vec<u64>,
@@ -129,6 +132,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let v = crate::bench_volume::volume(&lab, &b, volume_marks)?;
         crate::bench_volume::print(&v);
         let out = workspace().join("target/bench/volume.json");
+        std::fs::create_dir_all(out.parent().context("path")?)?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&v)?)?;
+        println!("results: {}", out.display());
+        return Ok(());
+    }
+    if args.archive_only {
+        let v = crate::bench_archive::archive(args.quick)?;
+        let out = workspace().join("target/bench/archive.json");
         std::fs::create_dir_all(out.parent().context("path")?)?;
         std::fs::write(&out, serde_json::to_vec_pretty(&v)?)?;
         println!("results: {}", out.display());
@@ -286,7 +297,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let store =
         crate::bench_scale::store(&lab, &mut b, if args.quick { 64 } else { 512 }, commands)?;
     print_store(&store, if args.quick { 64 } else { 512 });
+    let archive = crate::bench_archive::archive(args.quick)?;
     let summary = json!({
+        "archive": archive,
         "bulk_hangs": hangs,
         "volume": volume,
         "idle_sessions": idle_figures,

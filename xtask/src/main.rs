@@ -9,6 +9,7 @@
 //! - `lab up|down|status`: the network-namespace lab by hand.
 
 mod bench;
+mod bench_archive;
 mod bench_scale;
 mod bench_volume;
 mod demo;

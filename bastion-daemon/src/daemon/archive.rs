@@ -230,7 +230,7 @@ impl Archiver {
         let handle = tokio::runtime::Handle::current();
         let public = self.audit_key.public_key().clone();
         let check = tokio::task::spawn_blocking(move || {
-            object::check(StreamReader::new(handle, stream), &public)
+            object::check_with(StreamReader::new(handle, stream), &public, false)
         })
         .await
         .map_err(|e| ArchiveError::Internal(e.to_string()))?
