@@ -175,8 +175,10 @@ pub async fn verify(
         }
     }
     for (id, seq) in &walk.ended {
+        // Deleted by retention before archiving was on: gone on purpose, and audited so.
         if !sessions.contains_key(id)
             && !walk.archived.contains_key(id)
+            && !walk.expired.contains(id)
             && range == Range::default()
         {
             findings.push(ArchiveFinding::SessionNotArchived {

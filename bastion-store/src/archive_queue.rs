@@ -188,7 +188,7 @@ impl Store {
     }
 
     /// Forgets session `id`'s archive entries (it was deleted).
-    pub(crate) fn archive_forget(&self, id: u64) -> Result<(), StoreError> {
+    pub fn archive_forget(&self, id: u64) -> Result<(), StoreError> {
         let tree = self.archive_tree()?;
         for tag in [b'p', b'd'] {
             tree.remove(key(tag, id)).map_err(|e| self.io(e))?;

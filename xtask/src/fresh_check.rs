@@ -285,7 +285,7 @@ exit $rc
 
 /// Mounts in this namespace at or below `dir`: there must be none (each command's mounts live
 /// and die in its own namespace).
-fn mounts_under(dir: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn mounts_under(dir: &Path) -> anyhow::Result<Vec<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dir = dir.to_string_lossy();
     Ok(info

@@ -115,6 +115,12 @@ impl ImageArgs {
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// [`run`], with the root tree already being built in the background (`cargo xtask test`
+/// starts it beside the tests: mostly downloads and unpacking, it takes little CPU from them).
+pub fn run_with(args: ImageArgs, prepared: Option<PreparedRoot>) -> anyhow::Result<()> {
     let broken = args.r#break.as_deref().map(Broken::parse).transpose()?;
     require_root("cargo xtask image")?;
     crate::setup::run()?;
@@ -129,7 +135,19 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     )?;
     let bins = workspace().join("target/release");
     let rootfs = out.join("rootfs");
-    rootfs_tree(&src, &rootfs, &bins, broken)?;
+    match prepared {
+        Some(p) if broken.is_none() => p.finish(&rootfs)?,
+        _ => {
+            if rootfs.exists() {
+                std::fs::remove_dir_all(&rootfs).context("removing the previous root tree")?;
+            }
+            step(
+                "root tree (mmdebstrap bookworm + overlay)",
+                &mut rootfs_tree(&src, &rootfs, broken)?,
+            )?;
+        }
+    }
+    install_bins(&rootfs, &bins)?;
     let manifest = manifest(&rootfs, &bins)?;
     let manifest_path = out.join("manifest.txt");
     // Same inputs, same package set and binaries: say whether this build kept them.
@@ -323,15 +341,95 @@ pub fn mirrors() -> (String, String) {
     (main.to_string(), security.to_string())
 }
 
-fn rootfs_tree(
-    src: &Path,
-    rootfs: &Path,
-    bins: &Path,
-    broken: Option<Broken>,
-) -> anyhow::Result<()> {
-    if rootfs.exists() {
-        std::fs::remove_dir_all(rootfs).context("removing the previous root tree")?;
+/// The root tree's build, started in the background; [`PreparedRoot::finish`] waits for it.
+pub struct PreparedRoot {
+    child: std::process::Child,
+    dir: PathBuf,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl PreparedRoot {
+    /// Starts mmdebstrap for the image as defined (no `--break`) into a directory of its own.
+    pub fn start() -> anyhow::Result<PreparedRoot> {
+        tools()?;
+        let out = workspace().join("target/image");
+        std::fs::create_dir_all(&out)?;
+        let dir = out.join("rootfs.next");
+        if dir.exists() {
+            // Never remove a tree with something mounted in it (a bind-mounted /dev).
+            let mounted = crate::fresh_check::mounts_under(&dir)?;
+            if !mounted.is_empty() {
+                bail!("{} has mounts in it: {}", dir.display(), mounted.join(" "));
+            }
+            std::fs::remove_dir_all(&dir).context("removing an unfinished root tree")?;
+        }
+        let log = out.join("rootfs.log");
+        let mut cmd = rootfs_tree(&workspace().join("appliance-image"), &dir, None)?;
+        let file = std::fs::File::create(&log)?;
+        eprintln!(
+            "==> image root tree, in the background (log: {})",
+            log.display()
+        );
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting mmdebstrap")?;
+        Ok(PreparedRoot {
+            child,
+            dir,
+            log,
+            started: Instant::now(),
+        })
     }
+
+    /// Waits for the tree and moves it to `rootfs`.
+    fn finish(mut self, rootfs: &Path) -> anyhow::Result<()> {
+        eprintln!("==> root tree (mmdebstrap bookworm + overlay, started in the background)");
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!(
+                "mmdebstrap failed ({status}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        if rootfs.exists() {
+            std::fs::remove_dir_all(rootfs).context("removing the previous root tree")?;
+        }
+        std::fs::rename(&self.dir, rootfs)?;
+        eprintln!(
+            "    root tree: ok, {:.1}s after it started",
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PreparedRoot {
+    /// Not used (the tests failed): still waited for, never killed, so that mmdebstrap
+    /// unmounts what it mounted in the tree.
+    fn drop(&mut self) {
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies bastiond and bastionctl into the root tree.
+fn install_bins(rootfs: &Path, bins: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (bin, dir) in [("bastiond", "usr/sbin"), ("bastionctl", "usr/bin")] {
+        let to = rootfs.join(dir).join(bin);
+        std::fs::copy(bins.join(bin), &to)
+            .with_context(|| format!("copying {bin} into the root tree"))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// mmdebstrap building the root tree at `rootfs` (packages, overlay, units, initramfs), every
+/// part but bastion's binaries.
+fn rootfs_tree(src: &Path, rootfs: &Path, broken: Option<Broken>) -> anyhow::Result<Command> {
     let packages: Vec<String> = std::fs::read_to_string(src.join("packages"))?
         .lines()
         .map(str::trim)
@@ -343,8 +441,6 @@ fn rootfs_tree(
     let q = |p: &Path| format!("'{}'", p.display());
     let mut hooks = vec![
         format!("sync-in {} /", q(&overlay)),
-        format!("copy-in {} /usr/sbin", q(&bins.join("bastiond"))),
-        format!("copy-in {} /usr/bin", q(&bins.join("bastionctl"))),
         format!("mkdir -p \"$1/usr/share/doc/bastion\" \"$1/var/lib/bastion\""),
         format!("copy-in {} /usr/share/doc/bastion", q(&src.join("SECURITY.md"))),
         "chroot \"$1\" systemctl enable nftables.service bastiond.service bastion-console.service bastion-selfcheck.service".into(),
@@ -381,7 +477,7 @@ fn rootfs_tree(
     .arg(format!("deb {security} bookworm-security main"))
     .arg(format!("deb {main} bookworm-backports main"))
     .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH);
-    step("root tree (mmdebstrap bookworm + overlay)", &mut cmd)
+    Ok(cmd)
 }
 
 /// Every installed package with its version, and the hashes of the binaries bastion ships.

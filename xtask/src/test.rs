@@ -13,6 +13,9 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     crate::setup::run()?;
     step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    // Started first: at the lowest priority it takes only what clippy, the build and the
+    // tests leave idle (serial tails, links, the tests' waits).
+    let release = image.then(ReleaseBuild::start).transpose()?;
     // --workspace on every cargo call keeps one feature set for the userspace crates.
     step(
         "clippy (userspace and eBPF crates, -D warnings)",
@@ -27,7 +30,7 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
         ]),
     )?;
     build_bins()?;
-    let release = image.then(ReleaseBuild::start).transpose()?;
+    let root = image.then(crate::image::PreparedRoot::start).transpose()?;
     step(
         "unit and end-to-end tests",
         cargo()
@@ -37,7 +40,7 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     if let Some(release) = release {
         release.wait();
         // The appliance image is part of the product: built and boot-tested like the rest.
-        crate::image::run(crate::image::ImageArgs::boot_test())?;
+        crate::image::run_with(crate::image::ImageArgs::boot_test(), root)?;
     }
     println!(
         "==> all checks passed in {:.0}s",
@@ -46,7 +49,7 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The image's release build, started at the lowest CPU priority while the tests run. The
+/// The image's release build, started at the lowest CPU priority before clippy. The
 /// end-to-end tests spend much of their time waiting on the lab's network and processes, and
 /// the release build, CI's longest single step, takes up that idle CPU without slowing them.
 /// The image step then runs the same build in the foreground: a no-op when this one finished,

@@ -153,19 +153,12 @@ impl Archiver {
         s.last_error = Some((now_micros(), e.to_string()));
     }
 
-    /// At start: every finished session not archived is queued, and multipart uploads left
-    /// by a stop or crash are aborted (their records are sent again whole).
+    /// At start: every finished session not archived is queued (uploads a stop or crash cut
+    /// short are aborted when their record is tried again, see [`Archiver::session`]).
     async fn restart(&self) -> Result<(), ArchiveError> {
         let queued = self.blocking(|s| s.queue_unarchived()).await?;
         if queued > 0 {
             tracing::info!(queued, "finished sessions queued for the archive");
-        }
-        for (id, mut p) in self.blocking(|s| s.archive_pending()).await? {
-            if let Some(m) = p.multipart.take() {
-                self.remote.abort(&m.object, &m.upload_id).await?;
-                self.blocking(move |s| s.archive_update(id, &p)).await?;
-                tracing::info!(session = id, object = %m.object, "interrupted upload aborted");
-            }
         }
         Ok(())
     }
@@ -176,9 +169,15 @@ impl Archiver {
             Ok(p) => p,
             Err(e) => return self.failed(None, &e),
         };
+        // Failures in a row: past a few the archive is down for everyone, and the round ends
+        // (each record keeps its own backoff) rather than wait out every record's timeout.
+        let mut failing = 0;
         for (id, mut p) in pending {
             if p.next_try_micros > now_micros() {
                 continue;
+            }
+            if failing >= 3 {
+                break;
             }
             let started = Instant::now();
             match self.session(id, &mut p, throttle).await {
@@ -190,10 +189,12 @@ impl Archiver {
                     let secs = started.elapsed().as_secs_f64().max(1e-6);
                     s.last_rate = (done.bytes as f64 / secs) as u64;
                     drop(s);
+                    failing = 0;
                     self.retention_now.notify_one();
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    failing += 1;
                     self.failed(Some(id), &e);
                     p.attempts = p.attempts.saturating_add(1);
                     let wait = Duration::from_secs(1u64 << p.attempts.min(20))
@@ -217,15 +218,28 @@ impl Archiver {
         throttle: &mut Throttle,
     ) -> Result<Option<Archived>, ArchiveError> {
         let Some(meta) = self.blocking(move |s| s.session(id)).await? else {
-            self.blocking(move |s| s.archive_done(id, &gone(id)))
-                .await?;
+            tracing::warn!(session = id, "queued for the archive but no longer stored");
+            self.blocking(move |s| s.archive_forget(id)).await?;
             return Ok(None);
         };
+        // An upload begun earlier and cut short (a stop, a crash, a failed part): aborted
+        // before the record is sent again whole, so the bucket keeps no orphan parts.
+        if let Some(m) = p.multipart.take() {
+            self.remote
+                .abort(&m.object, &m.upload_id)
+                .await
+                .inspect_err(|_| {
+                    p.multipart = Some(m.clone());
+                })?;
+            let saved = p.clone();
+            self.blocking(move |s| s.archive_update(id, &saved)).await?;
+            tracing::info!(session = id, object = %m.object, "interrupted upload aborted");
+        }
         let object = self
             .remote
             .location
             .session_key(&self.appliance, id, meta.started_micros);
-        let (sent, sha256) = self.upload(meta, &object, p, throttle).await?;
+        let (sent, sha256) = self.upload(id, meta, &object, p, throttle).await?;
         let stream = self.remote.open(&object).await?;
         let handle = tokio::runtime::Handle::current();
         let public = self.audit_key.public_key().clone();
@@ -277,6 +291,7 @@ impl Archiver {
     /// whose id is stored first. Returns its size and SHA-256.
     async fn upload(
         &self,
+        id: u64,
         meta: bastion_core::session::SessionMeta,
         object: &str,
         p: &mut Pending,
@@ -306,22 +321,27 @@ impl Archiver {
                     .await
                     .map_err(ArchiveError::from)
             }
-            (Some(a), Some(b)) => self.multipart(object, p, [a, b], &mut rx, throttle).await,
+            (Some(a), Some(b)) => {
+                self.multipart(id, object, p, [a, b], &mut rx, throttle)
+                    .await
+            }
             (None, _) => Err(ArchiveError::Internal(
                 "the record produced no bytes".into(),
             )),
         };
-        // The producer ends once the channel is dropped, whatever happened here.
+        // The producer ends once the channel is dropped, whatever happened here; a failed
+        // upload is the error to report (the producer's is only that it was cut off).
         drop(rx);
         let produced = producer
             .await
-            .map_err(|e| ArchiveError::Internal(e.to_string()))??;
+            .map_err(|e| ArchiveError::Internal(e.to_string()))?;
         result?;
-        Ok(produced)
+        produced
     }
 
     async fn multipart(
         &self,
+        id: u64,
         object: &str,
         p: &mut Pending,
         first: [Bytes; 2],
@@ -333,16 +353,18 @@ impl Archiver {
             object: object.to_owned(),
             upload_id: upload.clone(),
         });
-        let (id, saved) = (self.session_of(object), p.clone());
+        let saved = p.clone();
         self.blocking(move |s| s.archive_update(id, &saved)).await?;
         let mut parts = Vec::new();
-        let mut next = first.into_iter().map(Some).collect::<Vec<_>>().into_iter();
+        let mut first = first.into_iter();
         loop {
-            let chunk = match next.next() {
+            let chunk = match first.next() {
                 Some(c) => c,
-                None => rx.recv().await,
+                None => match rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                },
             };
-            let Some(chunk) = chunk else { break };
             throttle.take(chunk.len()).await;
             parts.push(
                 self.remote
@@ -353,13 +375,6 @@ impl Archiver {
         self.remote.complete(object, &upload, parts).await?;
         p.multipart = None;
         Ok(())
-    }
-
-    fn session_of(&self, object: &str) -> u64 {
-        match self.remote.location.parse_key(object) {
-            Some((_, bastion_core::archive::ArchivedKey::Session { id, .. })) => id,
-            _ => 0,
-        }
     }
 
     /// Archives the audit stream after what the archive has, up to its last anchor (or a full
@@ -406,8 +421,9 @@ impl Archiver {
         Ok(full)
     }
 
-    /// Raises the backlog ALERT once when free space runs short with records waiting, and
-    /// says when it is over. Returns whether the alert stands.
+    /// Raises the backlog ALERT once when free space runs short while records wait on a
+    /// failing archive (a backlog that is merely being uploaded is no alarm), and says when it
+    /// is over. Returns whether the alert stands.
     async fn backlog(&self, alerted: bool) -> bool {
         let alert_at = self
             .config
@@ -423,7 +439,10 @@ impl Archiver {
                 return alerted;
             }
         };
-        let short = status.pending > 0 && free < alert_at;
+        // Over once nothing waits or a tenth more than the alert level is free: a store
+        // hovering at the level does not raise and clear the alert on every tick.
+        let short = status.retrying > 0 && free < alert_at;
+        let clear = status.pending == 0 || free >= alert_at + alert_at / 10;
         let kind = match (alerted, short) {
             (false, true) => AuditKind::ArchiveBacklog {
                 pending: status.pending,
@@ -433,7 +452,7 @@ impl Archiver {
                 alert_mb: alert_at >> 20,
                 last_error: status.last_error.unwrap_or_default(),
             },
-            (true, false) => AuditKind::ArchiveRecovered {
+            (true, _) if clear => AuditKind::ArchiveRecovered {
                 pending: status.pending,
                 free_mb: free >> 20,
             },
@@ -447,7 +466,7 @@ impl Archiver {
             self.failed(None, &e);
             return alerted;
         }
-        short
+        !alerted
     }
 
     /// The queue and the figures, for `archive status`.
@@ -491,16 +510,6 @@ pub async fn status(
         audit_archived_through: audit_through,
         audit_events: audit_last,
     })
-}
-
-fn gone(id: u64) -> Archived {
-    Archived {
-        v: 1,
-        object: format!("(session {id} deleted before it was archived)"),
-        bytes: 0,
-        sha256: String::new(),
-        at_micros: now_micros(),
-    }
 }
 
 /// Writes the object's bytes for `header`'s session to `tx` in chunks of about `part` bytes,
