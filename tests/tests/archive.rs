@@ -113,6 +113,23 @@ fn auditor(lab: &Lab, garage: &Garage, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `archive verify --appliance APPLIANCE --key KEY [extra...]` on the auditor's machine.
+fn verify(
+    lab: &Lab,
+    garage: &Garage,
+    appliance: &str,
+    key: &Path,
+    extra: &[&str],
+) -> (bool, String) {
+    let key = key.to_str().unwrap();
+    let args = [
+        &["verify", "--appliance", appliance, "--key", key][..],
+        extra,
+    ]
+    .concat();
+    auditor(lab, garage, &args)
+}
+
 fn audit_key(b: &Bastiond, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.pub"));
     std::fs::write(&path, b.ctl_ok(&["ca", "show", "--audit-key"]).unwrap()).unwrap();
@@ -243,34 +260,12 @@ fn sessions_are_archived_verified_and_kept_through_node_loss_outage_and_crash() 
     );
 
     // The auditor: every object verifies against the appliance's key.
-    let (ok, out) = auditor(
-        &lab,
-        &garage,
-        &[
-            "verify",
-            "--appliance",
-            "edge-a",
-            "--key",
-            key_a.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&lab, &garage, "edge-a", &key_a, &[]);
     assert!(ok, "{out}");
     assert_eq!(out.matches(" SEALED ").count(), 27, "{out}");
     assert!(out.contains("0 findings"), "{out}");
     // A time range holds only the sessions that started in it.
-    let (ok, out) = auditor(
-        &lab,
-        &garage,
-        &[
-            "verify",
-            "--appliance",
-            "edge-a",
-            "--key",
-            key_a.to_str().unwrap(),
-            "--since",
-            "2099-01-01",
-        ],
-    );
+    let (ok, out) = verify(&lab, &garage, "edge-a", &key_a, &["--since", "2099-01-01"]);
     assert!(
         ok && out.contains("0 sessions checked, 0 findings"),
         "{out}"
@@ -287,29 +282,9 @@ fn sessions_are_archived_verified_and_kept_through_node_loss_outage_and_crash() 
     drained(&b2, 1, LIMIT);
     let (ok, out) = auditor(&lab, &garage, &["list"]);
     assert!(ok && out.contains("edge-a\nedge-b"), "{out}");
-    let (ok, out) = auditor(
-        &lab,
-        &garage,
-        &[
-            "verify",
-            "--appliance",
-            "edge-b",
-            "--key",
-            key_b.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&lab, &garage, "edge-b", &key_b, &[]);
     assert!(ok && out.matches(" SEALED ").count() == 1, "{out}");
-    let (ok, out) = auditor(
-        &lab,
-        &garage,
-        &[
-            "verify",
-            "--appliance",
-            "edge-a",
-            "--key",
-            key_b.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&lab, &garage, "edge-a", &key_b, &[]);
     assert!(
         !ok && out.matches(" TAMPERED ").count() == 27,
         "another appliance's key: {out}"
@@ -389,17 +364,7 @@ fn sessions_are_archived_verified_and_kept_through_node_loss_outage_and_crash() 
         &["s3-put", tampered_key, edited.to_str().unwrap()],
     );
     s3(&lab, &garage, &["s3-delete", deleted_key]);
-    let (ok, out) = auditor(
-        &lab,
-        &garage,
-        &[
-            "verify",
-            "--appliance",
-            "edge-a",
-            "--key",
-            key_a.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = verify(&lab, &garage, "edge-a", &key_a, &[]);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&format!(

@@ -13,9 +13,6 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     crate::setup::run()?;
     step("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
-    // Started first: at the lowest priority it takes only what clippy, the build and the
-    // tests leave idle (serial tails, links, the tests' waits).
-    let release = image.then(ReleaseBuild::start).transpose()?;
     // --workspace on every cargo call keeps one feature set for the userspace crates.
     step(
         "clippy (userspace and eBPF crates, -D warnings)",
@@ -30,6 +27,10 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
         ]),
     )?;
     build_bins()?;
+    // Both beside the tests: the release build at the lowest priority takes the CPU the
+    // tests leave idle (started before clippy, it only slowed clippy and the build: measured),
+    // and the root tree is mostly downloads and unpacking.
+    let release = image.then(ReleaseBuild::start).transpose()?;
     let root = image.then(crate::image::PreparedRoot::start).transpose()?;
     step(
         "unit and end-to-end tests",
@@ -49,7 +50,7 @@ pub fn run(extra: &[String], image: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The image's release build, started at the lowest CPU priority before clippy. The
+/// The image's release build, started at the lowest CPU priority while the tests run. The
 /// end-to-end tests spend much of their time waiting on the lab's network and processes, and
 /// the release build, CI's longest single step, takes up that idle CPU without slowing them.
 /// The image step then runs the same build in the foreground: a no-op when this one finished,
