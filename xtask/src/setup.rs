@@ -38,6 +38,10 @@ const APT_PACKAGES: &[&str] = &[
     "oathtool",
     // The lab's syslog receiver for the audit stream (RFC 5424 over TCP).
     "rsyslog",
+    // Building Garage: its bundled libsodium runs autotools' configure (which calls `file`)
+    // and make.
+    "file",
+    "make",
 ];
 /// The lab's Python tools, pinned, in a virtual environment of their own: ssh-audit (the
 /// scanner run against bastiond's listeners) and paramiko (a client that sends what OpenSSH never
