@@ -234,6 +234,13 @@ pub struct RecordConfig {
     /// Recorded events are durable in the store at most this long after they happen.
     #[serde(default = "default_flush_ms")]
     pub flush_interval_ms: u64,
+    /// Capture the contents of files moved over SFTP and scp in every session, not only under
+    /// grants with `capture_files`.
+    #[serde(default)]
+    pub capture_files: bool,
+    /// Largest file whose content is captured (MiB); larger ones keep hash and size only.
+    #[serde(default = "default_max_file_capture_mb")]
+    pub max_file_capture_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +347,9 @@ fn default_failure_penalty() -> u64 {
 fn default_flush_ms() -> u64 {
     200
 }
+fn default_max_file_capture_mb() -> u64 {
+    64
+}
 
 impl Default for SshConfig {
     fn default() -> Self {
@@ -367,6 +377,8 @@ impl Default for RecordConfig {
     fn default() -> Self {
         Self {
             flush_interval_ms: default_flush_ms(),
+            capture_files: false,
+            max_file_capture_mb: default_max_file_capture_mb(),
         }
     }
 }

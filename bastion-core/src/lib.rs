@@ -15,6 +15,7 @@
 //! - [`policy`]: the access model and its evaluation;
 //! - [`protocol`]: the control API's wire types (versioned apart from the stored formats);
 //! - [`record`]: the record formats (frames, zstd blocks, commands, SFTP, text, exports, sealed files);
+//! - [`report`]: the compliance report's numbers, from sessions, events, commands, files;
 //! - [`session`]: session metadata, filters and command types;
 //! - [`syslog`]: audit events as RFC 5424 messages, octet-counted;
 //! - [`ticket`]: access requests and held commands, and the rules for deciding them.
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod policy;
 pub mod protocol;
 pub mod record;
+pub mod report;
 pub mod session;
 pub mod syslog;
 pub mod ticket;

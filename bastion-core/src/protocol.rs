@@ -116,6 +116,18 @@ pub enum Request {
         id: u64,
         format: ExportFormat,
     },
+    /// The files that crossed a session's channels (SFTP, scp), captured or not.
+    SessionFiles {
+        id: u64,
+    },
+    /// Captured content of file `index` of a session, read from block `from` on (a few blocks
+    /// per answer: continue at `next` until `done`).
+    SessionFileData {
+        id: u64,
+        index: u32,
+        #[serde(default)]
+        from: u32,
+    },
     /// The appliance's user-CA public key (for targets' TrustedUserCAKeys).
     CaShow,
     /// Stores a private key for `login` on `target`, sealed (fallback when the target does not
@@ -194,6 +206,15 @@ pub enum Response {
         live: bool,
     },
     StoreStats(StoreStats),
+    Files {
+        files: Vec<crate::record::files::CapturedFile>,
+    },
+    /// Part of a captured file's content, base64.
+    FileData {
+        data_base64: String,
+        next: u32,
+        done: bool,
+    },
     /// A new TOTP enrolment: the otpauth URI for the user's authenticator (and its event).
     MfaEnrolled {
         uri: String,

@@ -122,6 +122,9 @@ pub enum CommandSource {
     Refused = 2,
     /// A line of terminal output (output searches only; never stored in the index).
     Output = 3,
+    /// A file that crossed a channel (SFTP or scp): `SHA256 direction size path`, so searches by
+    /// hash (`search --file-hash`) or by path find the sessions that moved it.
+    File = 4,
 }
 
 impl CommandSource {
@@ -129,6 +132,7 @@ impl CommandSource {
         match b {
             1 => CommandSource::Exec,
             2 => CommandSource::Refused,
+            4 => CommandSource::File,
             _ => CommandSource::Shell,
         }
     }
@@ -145,9 +149,15 @@ pub struct NewCommand {
 }
 
 impl NewCommand {
-    /// The command a recorded frame carries: an exec request, or a shell line.
+    /// The command a recorded frame carries: an exec request, a shell line, or a file that
+    /// crossed a channel.
     pub fn from_frame(f: &Frame) -> Option<NewCommand> {
         let (source, doubts, line) = match f.kind {
+            Kind::File => (
+                CommandSource::File,
+                Vec::new(),
+                crate::record::files::parse_file(f)?.index_line(),
+            ),
             Kind::Exec => (
                 CommandSource::Exec,
                 Vec::new(),

@@ -242,6 +242,8 @@ impl Ticket {
             tcp_ports: vec![],
             sources: vec![],
             capture: false,
+            // What the same target's grants capture, an approved request captures too.
+            capture_files: alike.iter().any(|g| g.capture_files),
             command_rules,
             require_mfa: alike.iter().any(|g| g.require_mfa),
         })

@@ -16,7 +16,9 @@ use bastion_core::{
     record::{
         Kind,
         commands::CommandLine,
+        files::{self, Protocol},
         frame::size_payload,
+        scp::ScpTracker,
         sftp::{SftpEvent, SftpTracker},
     },
 };
@@ -26,6 +28,7 @@ use russh::{Channel, ChannelMsg, client, server};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
+    capture::{self, Capture},
     events::Request,
     shell::{Hold, Keys, Shell, ToActor},
 };
@@ -41,6 +44,8 @@ pub enum Ctl {
         grant: String,
         rules: Vec<CommandRule>,
     },
+    /// Capture the files the next request moves (SFTP, or an exec of the legacy scp).
+    CaptureFiles(CaptureFiles),
     /// Read nothing more from the client until the next request: an exec held for review.
     /// (The target opens its window only once the command starts; data sent ahead of it would
     /// keep the pump from ever carrying the command.)
@@ -57,7 +62,7 @@ type BytesIn = Arc<std::sync::atomic::AtomicU64>;
 struct Shared {
     id: u32,
     pending: Pending,
-    sftp: Sftp,
+    transfers: Transfers,
     bytes_in: BytesIn,
     rec: Recorder,
     shell: Shell,
@@ -65,21 +70,64 @@ struct Shared {
     hits: ToActor,
 }
 
-/// SFTP operations of the channel, once it runs the `sftp` subsystem. The flag keeps other
-/// channels' hot path free of the lock.
+/// What the channel's bytes say about files: SFTP operations once it runs the `sftp`
+/// subsystem, and with capture on, the files moved by SFTP or the legacy scp protocol. The
+/// flag keeps other channels' hot path free of the lock.
 #[derive(Clone, Default)]
-struct Sftp {
+struct Transfers {
     active: Arc<std::sync::atomic::AtomicBool>,
-    tracker: Arc<Mutex<SftpTracker>>,
+    state: Arc<Mutex<TransferState>>,
 }
 
-impl Sftp {
-    fn start(&self) {
+#[derive(Default)]
+struct TransferState {
+    sftp: Option<SftpTracker>,
+    scp: Option<ScpTracker>,
+    /// Set by the actor before the request that starts the transfer.
+    settings: Option<CaptureFiles>,
+    capture: Option<Capture>,
+}
+
+/// What a file-moving request needs to capture files.
+#[derive(Clone)]
+pub struct CaptureFiles {
+    pub settings: Arc<capture::Settings>,
+    pub session: Arc<capture::SessionFiles>,
+}
+
+impl Transfers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TransferState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request was carried: follow what it starts.
+    fn request(&self, request: &Request) {
+        let mut st = self.lock();
+        let protocol = match request {
+            Request::Subsystem { name } if name == "sftp" => {
+                st.sftp = Some(match st.settings {
+                    Some(_) => SftpTracker::capturing(),
+                    None => SftpTracker::default(),
+                });
+                Protocol::Sftp
+            }
+            Request::Exec { command } if st.settings.is_some() => {
+                match ScpTracker::for_command(&String::from_utf8_lossy(command)) {
+                    Some(t) => st.scp = Some(t),
+                    None => return,
+                }
+                Protocol::Scp
+            }
+            _ => return,
+        };
+        if let Some(c) = st.settings.clone() {
+            st.capture = Some(Capture::new(c.settings, c.session, protocol));
+        }
         self.active
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Feeds one direction's bytes and records the operations they complete.
+    /// Feeds one direction's bytes and records the operations and files they complete.
     async fn feed(
         &self,
         rec: &Recorder,
@@ -90,25 +138,88 @@ impl Sftp {
         if !self.active.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let events = match self.tracker.lock() {
-            Ok(mut t) if from_client => t.client(data),
-            Ok(mut t) => t.server(data),
-            Err(_) => return Ok(()),
+        let (ops, files) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let (ops, events) = match (&mut st.sftp, &mut st.scp) {
+                (Some(t), _) => {
+                    let ops = if from_client { t.client(data) } else { t.server(data) };
+                    (ops, t.take_files())
+                }
+                (None, Some(t)) if from_client => (Vec::new(), t.client(data)),
+                (None, Some(t)) => (Vec::new(), t.server(data)),
+                (None, None) => return Ok(()),
+            };
+            let files = st.capture.as_mut().map(|c| c.take(events)).unwrap_or_default();
+            (ops, files)
         };
-        record_sftp(rec, id, events).await
+        record_sftp(rec, id, ops).await?;
+        record_files(rec, id, files).await
     }
 
     async fn finish(&self, rec: &Recorder, id: u32) -> Result<(), RecordingFailed> {
         if !self.active.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let events = self
-            .tracker
-            .lock()
-            .map(|mut t| t.finish())
-            .unwrap_or_default();
-        record_sftp(rec, id, events).await
+        let (ops, files) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let mut events = Vec::new();
+            let ops = match &mut st.sftp {
+                Some(t) => {
+                    let ops = t.finish();
+                    events = t.take_files();
+                    ops
+                }
+                None => Vec::new(),
+            };
+            if let Some(t) = &mut st.scp {
+                events.extend(t.finish());
+            }
+            let files = match &mut st.capture {
+                Some(c) => {
+                    let mut files = c.take(events);
+                    files.extend(c.finish());
+                    files
+                }
+                None => Vec::new(),
+            };
+            (ops, files)
+        };
+        record_sftp(rec, id, ops).await?;
+        record_files(rec, id, files).await
     }
+}
+
+/// Records each finished file: its staged content (when the session does not hold it yet) as
+/// `FileData` frames, then its `File` frame.
+async fn record_files(
+    rec: &Recorder,
+    id: u32,
+    files: Vec<capture::Finished>,
+) -> Result<(), RecordingFailed> {
+    let mut buf = Vec::new();
+    for mut f in files {
+        loop {
+            match f.next_piece(&mut buf) {
+                Ok(Some(n)) => {
+                    let data = files::data_payload(f.file.index, &buf[..n]);
+                    rec.record(Kind::FileData, id, data).await?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // What was recorded of it stays; the listing says it is incomplete.
+                    f.file.captured = false;
+                    f.file.note = Some(format!("could not read the staged file: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Ok(json) = serde_json::to_vec(&f.file) {
+            rec.record(Kind::File, id, json.into()).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn record_lines(
@@ -169,7 +280,7 @@ pub fn start(
     let shared = Shared {
         id,
         pending: Pending::default(),
-        sftp: Sftp::default(),
+        transfers: Transfers::default(),
         bytes_in: BytesIn::default(),
         rec: recorder,
         shell: Shell::default(),
@@ -196,7 +307,7 @@ async fn client_to_target(
     let Shared {
         id,
         pending,
-        sftp,
+        transfers,
         bytes_in,
         rec,
         shell,
@@ -212,6 +323,7 @@ async fn client_to_target(
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::HoldInput) => holding = true,
+                Some(Ctl::CaptureFiles(c)) => transfers.lock().settings = Some(c),
                 Some(Ctl::Request { request, reply }) => {
                     holding = false;
                     if record_request(&rec, id, &request).await.is_err() {
@@ -219,8 +331,8 @@ async fn client_to_target(
                         let _ = reply.send(false);
                         break;
                     }
+                    transfers.request(&request);
                     match &request {
-                        Request::Subsystem { name } if name == "sftp" => sftp.start(),
                         Request::Pty { cols, rows, .. } => shell.pty(*cols, *rows),
                         Request::Shell => shell.start(),
                         _ => {}
@@ -248,7 +360,7 @@ async fn client_to_target(
                     ChannelMsg::Data { data } => {
                         bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         if rec.record(Kind::Input, id, data.clone()).await.is_err()
-                            || sftp.feed(&rec, id, &data, true).await.is_err()
+                            || transfers.feed(&rec, id, &data, true).await.is_err()
                         {
                             break;
                         }
@@ -407,7 +519,7 @@ async fn decision_for(
             c = ctl.recv() => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::Request { reply, .. }) => drop(reply.send(false)),
-                Some(Ctl::HoldInput) => {}
+                Some(Ctl::HoldInput | Ctl::CaptureFiles(_)) => {}
                 None => return ending(),
             },
         }
@@ -422,7 +534,7 @@ async fn target_to_client(
     let Shared {
         id,
         pending,
-        sftp,
+        transfers,
         bytes_in,
         rec,
         shell,
@@ -435,7 +547,7 @@ async fn target_to_client(
             ChannelMsg::Data { data } => {
                 bytes_out += data.len() as u64;
                 if rec.record(Kind::Output, id, data.clone()).await.is_err()
-                    || sftp.feed(&rec, id, &data, false).await.is_err()
+                    || transfers.feed(&rec, id, &data, false).await.is_err()
                     || record_lines(&rec, id, shell.output(&data)).await.is_err()
                 {
                     break;
@@ -485,7 +597,7 @@ async fn target_to_client(
     }
     // What the channel leaves on record as it closes; after a recording failure there is no
     // record to add to (the session is ending), so failures here change nothing.
-    let _ = sftp.finish(&rec, id).await;
+    let _ = transfers.finish(&rec, id).await;
     let _ = record_lines(&rec, id, shell.finish()).await;
     // The channel's totals, so a forward's open and close frames bracket its traffic.
     let totals = format!(

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod algorithms;
+pub mod capture;
 pub mod channel;
 pub mod env;
 pub mod events;
@@ -97,6 +98,10 @@ pub struct ProxyContext {
     /// Asks for an audit anchor now (the daemon's anchor task signs the chain head): notified
     /// once a session's end is on the stream, so the anchor covers it.
     pub anchor_now: Arc<tokio::sync::Notify>,
+    /// Every session captures moved files (`record.capture_files`); otherwise grants say.
+    pub capture_files: bool,
+    /// Where captured files are staged, and the largest captured.
+    pub capture: Arc<capture::Settings>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -77,7 +77,7 @@ impl Menu {
             let next = tokio::select! {
                 c = ctl.recv() => match c {
                     Some(Ctl::Request { request, reply }) => self.request(request, reply).await,
-                    Some(Ctl::CommandRules { .. } | Ctl::HoldInput) => Step::Stay,
+                    Some(Ctl::CommandRules { .. } | Ctl::HoldInput | Ctl::CaptureFiles(_)) => Step::Stay,
                     None => Step::Close,
                 },
                 msg = self.down.wait() => match msg {

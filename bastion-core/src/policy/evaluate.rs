@@ -367,6 +367,7 @@ mod tests {
             tcp_ports: vec![],
             sources: vec![],
             capture: false,
+            capture_files: false,
             command_rules: vec![],
             require_mfa: false,
         };

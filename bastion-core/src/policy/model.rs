@@ -150,6 +150,10 @@ pub struct Grant {
     /// Record relayed payload (zstd, like sessions), not only the flow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub capture: bool,
+    /// Capture the contents of files moved over SFTP and scp in sessions under this grant
+    /// (up to `record.max_file_capture_mb` each; larger ones: hash and size).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_files: bool,
     /// Rules for exec requests under this grant; the first that matches decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command_rules: Vec<super::commands::CommandRule>,

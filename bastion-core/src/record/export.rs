@@ -151,12 +151,28 @@ pub fn activity(frames: &[Frame]) -> Vec<Activity> {
                     ),
                     Err(_) => "close".into(),
                 },
+                Kind::File => match super::files::parse_file(f) {
+                    Some(c) => format!(
+                        "file {} {} ({} bytes, sha256 {}, {})",
+                        c.direction.as_str(),
+                        c.path,
+                        c.size,
+                        c.sha256.as_deref().unwrap_or("unknown"),
+                        match (c.captured, c.truncated) {
+                            (true, _) => "captured",
+                            (false, true) => "too large to capture",
+                            (false, false) => "not captured",
+                        }
+                    ),
+                    None => "file ?".into(),
+                },
                 Kind::Input
                 | Kind::Output
                 | Kind::Stderr
                 | Kind::WindowChange
                 | Kind::InputEof
-                | Kind::OutputEof => {
+                | Kind::OutputEof
+                | Kind::FileData => {
                     return None;
                 }
             };
@@ -217,7 +233,7 @@ pub fn json(meta: &SessionMeta, frames: &[Frame]) -> serde_json::Value {
             });
             // Frames whose payload is text (or, for SFTP, JSON) are also shown as such.
             match f.kind {
-                Kind::SftpOp | Kind::Close | Kind::Command | Kind::Env => {
+                Kind::SftpOp | Kind::Close | Kind::Command | Kind::Env | Kind::File => {
                     v["json"] = serde_json::from_slice(&f.data).unwrap_or_default()
                 }
                 Kind::Exec

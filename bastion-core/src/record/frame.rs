@@ -56,6 +56,12 @@ pub enum Kind {
     /// What bastion told the user on every channel of a live session (text), e.g. that its
     /// access ends soon.
     Notice = 19,
+    /// A file that crossed the channel (SFTP or scp), at its end: JSON
+    /// [`super::files::CapturedFile`] (path, direction, size, SHA-256, captured or not).
+    File = 20,
+    /// Captured content of a file, in order: its index (u32 LE) then the bytes. All of a
+    /// file's pieces come before its `File` frame.
+    FileData = 21,
 }
 
 impl Kind {
@@ -81,6 +87,8 @@ impl Kind {
             Command,
             Env,
             Notice,
+            File,
+            FileData,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

@@ -5,6 +5,8 @@
 //! - [`block`]: batches of frames, compressed;
 //! - [`commands`]: command lines of interactive shells, read off a terminal emulator;
 //! - [`sftp`]: SFTP operations (files read and written, with sizes) followed in a channel's bytes;
+//! - [`scp`]: files moved by the legacy scp protocol, followed in an exec channel's bytes;
+//! - [`files`]: files that crossed a channel and their captured contents (`File`, `FileData`);
 //! - [`text`]: output as plain text lines, for search;
 //! - [`export`]: asciicast v2 and JSON renderings of a recorded session;
 //! - [`sealed`]: the self-contained sealed file of one session (`bastionctl session export --sealed`);
@@ -12,7 +14,9 @@
 pub mod block;
 pub mod commands;
 pub mod export;
+pub mod files;
 pub mod frame;
+pub mod scp;
 pub mod sealed;
 pub mod sftp;
 pub mod text;

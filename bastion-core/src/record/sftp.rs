@@ -2,10 +2,16 @@
 //! read or written (path and byte count, reported when the file is closed), removed, renamed,
 //! created. Pure: fed the two byte streams, returns events. Bounded: oversized packets or too
 //! many open handles stop the tracking (reported once) rather than grow memory.
+//!
+//! When capturing ([`SftpTracker::capturing`]), it also hands over every file's content as
+//! [`FileEvent`]s: the data of writes, and of reads as their answers arrive, with offsets.
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::Serialize;
+
+use super::files::{Direction, FileEvent};
 
 /// Largest SFTP packet tracked (OpenSSH's own limit is 256 KiB).
 const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -58,6 +64,7 @@ pub enum SftpEvent {
 
 #[derive(Debug)]
 struct Open {
+    key: u64,
     path: String,
     read: u64,
     written: u64,
@@ -67,7 +74,7 @@ struct Open {
 #[derive(Debug)]
 enum Pending {
     Open { path: String, dir: bool },
-    Read { handle: Vec<u8> },
+    Read { handle: Vec<u8>, offset: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +84,9 @@ pub struct SftpTracker {
     pending: HashMap<u32, Pending>,
     handles: HashMap<Vec<u8>, Open>,
     stopped: bool,
+    capture: bool,
+    next_key: u64,
+    files: Vec<FileEvent>,
 }
 
 /// A reader over one packet's payload.
@@ -105,7 +115,32 @@ impl<'a> Cursor<'a> {
     }
 }
 
+impl Open {
+    fn piece(&self, direction: Direction, offset: u64, data: &[u8]) -> FileEvent {
+        FileEvent::Data {
+            key: self.key,
+            path: self.path.clone(),
+            direction,
+            offset,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+}
+
 impl SftpTracker {
+    /// A tracker that also hands over files' contents ([`SftpTracker::take_files`]).
+    pub fn capturing() -> SftpTracker {
+        SftpTracker {
+            capture: true,
+            ..SftpTracker::default()
+        }
+    }
+
+    /// File contents seen since the last call (always empty unless capturing).
+    pub fn take_files(&mut self) -> Vec<FileEvent> {
+        std::mem::take(&mut self.files)
+    }
+
     /// Bytes the client sent on the channel.
     pub fn client(&mut self, data: &[u8]) -> Vec<SftpEvent> {
         let mut buf = std::mem::take(&mut self.to_server);
@@ -124,9 +159,11 @@ impl SftpTracker {
 
     /// Files still open when the channel ends.
     pub fn finish(&mut self) -> Vec<SftpEvent> {
+        let files = &mut self.files;
         self.handles
             .drain()
             .filter(|(_, o)| !o.dir)
+            .inspect(|(_, o)| files.push(FileEvent::End { key: o.key }))
             .map(|(_, o)| SftpEvent::File {
                 path: o.path,
                 read: o.read,
@@ -209,15 +246,20 @@ impl SftpTracker {
             }
             FXP_READ => {
                 let handle = c.bytes()?.to_vec();
-                self.pending.insert(id, Pending::Read { handle });
+                let offset = c.u64()?;
+                self.pending.insert(id, Pending::Read { handle, offset });
                 None
             }
             FXP_WRITE => {
                 let handle = c.bytes()?;
-                let _offset = c.u64()?;
+                let offset = c.u64()?;
                 let data = c.bytes()?;
                 if let Some(o) = self.handles.get_mut(handle) {
                     o.written += data.len() as u64;
+                    if self.capture {
+                        self.files
+                            .push(o.piece(Direction::Upload, offset, data));
+                    }
                 }
                 None
             }
@@ -225,11 +267,16 @@ impl SftpTracker {
                 let handle = c.bytes()?;
                 match self.handles.remove(handle) {
                     Some(o) if o.dir => Some(SftpEvent::Listed { path: o.path }),
-                    Some(o) => Some(SftpEvent::File {
-                        path: o.path,
-                        read: o.read,
-                        written: o.written,
-                    }),
+                    Some(o) => {
+                        if self.capture {
+                            self.files.push(FileEvent::End { key: o.key });
+                        }
+                        Some(SftpEvent::File {
+                            path: o.path,
+                            read: o.read,
+                            written: o.written,
+                        })
+                    }
                     None => None,
                 }
             }
@@ -254,9 +301,11 @@ impl SftpTracker {
         match (kind, self.pending.remove(&id)) {
             (FXP_HANDLE, Some(Pending::Open { path, dir })) => {
                 let handle = c.bytes()?.to_vec();
+                self.next_key += 1;
                 self.handles.insert(
                     handle,
                     Open {
+                        key: self.next_key,
                         path,
                         read: 0,
                         written: 0,
@@ -264,10 +313,14 @@ impl SftpTracker {
                     },
                 );
             }
-            (FXP_DATA, Some(Pending::Read { handle })) => {
+            (FXP_DATA, Some(Pending::Read { handle, offset })) => {
                 let data = c.bytes()?;
                 if let Some(o) = self.handles.get_mut(&handle) {
                     o.read += data.len() as u64;
+                    if self.capture {
+                        self.files
+                            .push(o.piece(Direction::Download, offset, data));
+                    }
                 }
             }
             (FXP_STATUS, _) | (_, _) => {}

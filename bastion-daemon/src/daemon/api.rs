@@ -105,6 +105,10 @@ impl Daemon {
                 search::search(&self.store, query, output).map_err(ApiError::internal)
             }
             Request::SessionExport { id, format } => self.export(id, format),
+            Request::SessionFiles { id } => super::files::list(&self.store, id),
+            Request::SessionFileData { id, index, from } => {
+                super::files::data(&self.store, id, index, from)
+            }
             Request::AccountAdd {
                 target,
                 login,

@@ -33,6 +33,7 @@ mod anchor;
 mod api;
 mod archive;
 mod cgroup_watch;
+mod files;
 mod flow_audit;
 mod intercept;
 mod links;
@@ -205,6 +206,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policy_config: config.policy.clone(),
         tickets_changed: tokio::sync::Notify::new(),
         anchor_now: anchor_now.clone(),
+        capture_files: config.record.capture_files,
+        capture: Arc::new(bastion_proxy::capture::Settings {
+            dir: store.path().to_path_buf(),
+            max_bytes: config.record.max_file_capture_mb.saturating_mul(1 << 20),
+        }),
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),

@@ -81,6 +81,8 @@ struct Route {
     access: access::Watch,
     /// The rights its channels use (each entry: any one of them suffices).
     needs: Vec<&'static [Right]>,
+    /// Files its channels captured (numbering and contents by hash).
+    files: Arc<crate::capture::SessionFiles>,
 }
 
 /// What a routed session needs before any channel asks for more: something a session channel
@@ -741,6 +743,7 @@ impl SessionActor {
             control_rx: self.ctx.live.register(session),
             access: self.ctx.access_watch(),
             needs: vec![SESSION_RIGHTS],
+            files: Arc::default(),
         })
     }
 
@@ -848,6 +851,9 @@ impl SessionActor {
                         })
                         .await;
                 }
+                if let Some(capture) = self.capture_for(&request, &verdict) {
+                    let _ = entry.ctl.send(channel::Ctl::CaptureFiles(capture)).await;
+                }
                 let shell = matches!(request, Request::Shell);
                 if entry
                     .ctl
@@ -869,6 +875,32 @@ impl SessionActor {
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// File capture for a request that may move files (an exec, which may be scp; the sftp
+    /// subsystem), when the config or the request's grant asks for it.
+    fn capture_for(
+        &self,
+        request: &Request,
+        verdict: &Result<Option<String>, String>,
+    ) -> Option<channel::CaptureFiles> {
+        let (Phase::Routed { route, .. }, Ok(Some(grant))) = (&self.phase, verdict) else {
+            return None;
+        };
+        if !matches!(request, Request::Exec { .. } | Request::Subsystem { .. }) {
+            return None;
+        }
+        let wanted = self.ctx.capture_files
+            || self
+                .ctx
+                .policy()
+                .grants
+                .get(grant)
+                .is_some_and(|g| g.capture_files);
+        wanted.then(|| channel::CaptureFiles {
+            settings: self.ctx.capture.clone(),
+            session: route.files.clone(),
+        })
     }
 
     /// Applies `grant`'s command rules to an exec request (exactly as the client sent it):
