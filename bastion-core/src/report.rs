@@ -180,8 +180,18 @@ fn usage(r: &mut Report, sessions: &[&SessionMeta], i: &Inputs) {
         let bytes = s.bytes_in + s.bytes_out;
         let day = crate::clock::rfc3339_micros(s.started_micros)[..10].to_owned();
         add(days.entry(day.clone()).or_default(), &day, secs, bytes);
-        add(users.entry(s.user.clone()).or_default(), &s.user, secs, bytes);
-        add(targets.entry(s.target.clone()).or_default(), &s.target, secs, bytes);
+        add(
+            users.entry(s.user.clone()).or_default(),
+            &s.user,
+            secs,
+            bytes,
+        );
+        add(
+            targets.entry(s.target.clone()).or_default(),
+            &s.target,
+            secs,
+            bytes,
+        );
         add(&mut r.totals, "all", secs, bytes);
         let start = s.started_micros / 1_000_000;
         if !i.work_hours.contains(start) {
@@ -236,15 +246,14 @@ fn event(r: &mut Report, e: &AuditEvent, i: &Inputs, ids: &std::collections::Has
     // Refusals before a session exists have no target to filter by; a target filter keeps
     // only what happened in its sessions.
     let unscoped_ok = i.target.is_none();
-    let refusal = |r: &mut Report, reason: String| {
-        match r.refusals.iter_mut().find(|c| c.name == reason) {
+    let refusal =
+        |r: &mut Report, reason: String| match r.refusals.iter_mut().find(|c| c.name == reason) {
             Some(c) => c.count += 1,
             None => r.refusals.push(Count {
                 name: reason,
                 count: 1,
             }),
-        }
-    };
+        };
     match &e.kind {
         AuditKind::Login {
             user,
@@ -279,9 +288,7 @@ fn event(r: &mut Report, e: &AuditEvent, i: &Inputs, ids: &std::collections::Has
             }
             _ => {}
         },
-        AuditKind::SessionRefused { user, reason, .. }
-            if unscoped_ok && user_ok(Some(user)) =>
-        {
+        AuditKind::SessionRefused { user, reason, .. } if unscoped_ok && user_ok(Some(user)) => {
             refusal(r, format!("session: {reason}"))
         }
         AuditKind::RequestRefused {
@@ -318,17 +325,15 @@ fn event(r: &mut Report, e: &AuditEvent, i: &Inputs, ids: &std::collections::Has
                 }),
             }
         }
-        AuditKind::RequestApproved { grant: Some(_), requester, .. }
-            if unscoped_ok && user_ok(Some(requester)) =>
-        {
-            r.requests_approved += 1
-        }
+        AuditKind::RequestApproved {
+            grant: Some(_),
+            requester,
+            ..
+        } if unscoped_ok && user_ok(Some(requester)) => r.requests_approved += 1,
         AuditKind::RequestDenied { requester, .. } if unscoped_ok && user_ok(Some(requester)) => {
             r.requests_denied += 1
         }
-        AuditKind::RequestExpired { requester, .. }
-            if unscoped_ok && user_ok(Some(requester)) =>
-        {
+        AuditKind::RequestExpired { requester, .. } if unscoped_ok && user_ok(Some(requester)) => {
             r.requests_expired += 1
         }
         _ => {}
@@ -419,8 +424,11 @@ mod tests {
             target: None,
             work_hours: hours,
             work_hours_text: "mon-fri 08:00-18:00".into(),
-            grant_windows: [("g-bob".to_owned(), "mon-fri 09:00-10:00".parse().expect("w"))]
-                .into(),
+            grant_windows: [(
+                "g-bob".to_owned(),
+                "mon-fri 09:00-10:00".parse().expect("w"),
+            )]
+            .into(),
             sessions: vec![
                 session(1, "alice", "web", MONDAY + 9 * HOUR, 60),
                 session(2, "alice", "db", MONDAY + 22 * HOUR, 30),
@@ -484,23 +492,58 @@ mod tests {
             ],
         };
         let r = build(&inputs);
-        assert_eq!((r.totals.sessions, r.totals.duration_secs, r.totals.bytes), (3, 3690, 300));
+        assert_eq!(
+            (r.totals.sessions, r.totals.duration_secs, r.totals.bytes),
+            (3, 3690, 300)
+        );
         assert_eq!(r.per_day.len(), 2);
-        assert_eq!((r.per_day[0].name.as_str(), r.per_day[0].sessions), ("2026-11-30", 2));
+        assert_eq!(
+            (r.per_day[0].name.as_str(), r.per_day[0].sessions),
+            ("2026-11-30", 2)
+        );
         assert_eq!(r.per_user[0].name, "alice");
-        assert_eq!(r.per_target[0], Usage { name: "web".into(), sessions: 2, duration_secs: 3660, bytes: 200 });
-        assert_eq!(r.after_hours.iter().map(|f| f.session).collect::<Vec<_>>(), [2]);
-        assert_eq!(r.outside_grant_window.iter().map(|f| f.session).collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            r.per_target[0],
+            Usage {
+                name: "web".into(),
+                sessions: 2,
+                duration_secs: 3660,
+                bytes: 200
+            }
+        );
+        assert_eq!(
+            r.after_hours.iter().map(|f| f.session).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(
+            r.outside_grant_window
+                .iter()
+                .map(|f| f.session)
+                .collect::<Vec<_>>(),
+            [3]
+        );
         assert_eq!((r.sign_ins_accepted, r.sign_ins_refused), (0, 1));
         assert_eq!(r.refusals.len(), 2);
-        assert_eq!(r.top_commands[0], Count { name: "uptime".into(), count: 2 });
+        assert_eq!(
+            r.top_commands[0],
+            Count {
+                name: "uptime".into(),
+                count: 2
+            }
+        );
         assert_eq!(r.top_commands.len(), 2);
-        assert_eq!((r.uploads.count, r.uploads.bytes, r.downloads.bytes), (1, 7, 5));
+        assert_eq!(
+            (r.uploads.count, r.uploads.bytes, r.downloads.bytes),
+            (1, 7, 5)
+        );
         assert_eq!(r.files[0].path, "/tmp/a b");
         assert_eq!(r.integrity.get("sealed"), Some(&1));
         assert_eq!(r.integrity.get("tampered"), Some(&1));
         // A user filter narrows sessions, and the events that name a user.
-        let r = build(&Inputs { user: Some("bob"), ..inputs });
+        let r = build(&Inputs {
+            user: Some("bob"),
+            ..inputs
+        });
         assert_eq!(r.totals.sessions, 1);
         assert_eq!((r.sign_ins_refused, r.refusals.len()), (0, 1));
     }

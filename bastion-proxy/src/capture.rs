@@ -290,7 +290,10 @@ mod tests {
         assert_eq!(done.len(), 3);
         assert_eq!(done[0].file.sha256.as_deref(), Some(sha(b"abcde").as_str()));
         assert_eq!(content(&mut done[0]), b"abcde");
-        assert_eq!(done[1].file.sha256.as_deref(), Some(sha(b"abcdef").as_str()));
+        assert_eq!(
+            done[1].file.sha256.as_deref(),
+            Some(sha(b"abcdef").as_str())
+        );
         assert_eq!(content(&mut done[1]), b"abcdef");
         let big = &done[2].file;
         assert_eq!((big.size, big.truncated, big.captured), (10, true, false));

@@ -143,14 +143,22 @@ impl Transfers {
             let st = &mut *st;
             let (ops, events) = match (&mut st.sftp, &mut st.scp) {
                 (Some(t), _) => {
-                    let ops = if from_client { t.client(data) } else { t.server(data) };
+                    let ops = if from_client {
+                        t.client(data)
+                    } else {
+                        t.server(data)
+                    };
                     (ops, t.take_files())
                 }
                 (None, Some(t)) if from_client => (Vec::new(), t.client(data)),
                 (None, Some(t)) => (Vec::new(), t.server(data)),
                 (None, None) => return Ok(()),
             };
-            let files = st.capture.as_mut().map(|c| c.take(events)).unwrap_or_default();
+            let files = st
+                .capture
+                .as_mut()
+                .map(|c| c.take(events))
+                .unwrap_or_default();
             (ops, files)
         };
         record_sftp(rec, id, ops).await?;

@@ -103,7 +103,9 @@ impl BlockWriter {
         match frame.kind {
             Kind::Input => self.bytes_in += frame.data.len() as u64,
             Kind::Output | Kind::Stderr => self.bytes_out += frame.data.len() as u64,
-            Kind::Exec | Kind::Command | Kind::File => self.loose.extend(NewCommand::from_frame(frame)),
+            Kind::Exec | Kind::Command | Kind::File => {
+                self.loose.extend(NewCommand::from_frame(frame))
+            }
             _ => {}
         }
         frame.encode(&mut self.buf);

@@ -31,6 +31,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Commands bastionctl composes from several requests.
+pub enum Composite {
+    Report(crate::report::Args),
+    /// `session files ID --extract DIR`.
+    Extract {
+        id: u64,
+        dir: PathBuf,
+    },
+    /// `session export ID --format html`.
+    Html {
+        id: u64,
+    },
+}
+
 // Parsed once per process: the size of the largest variant (grant add) costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -163,8 +177,36 @@ pub enum Command {
         /// Search what the sessions printed instead of the commands.
         #[arg(long)]
         output: bool,
+        /// Sessions that moved a file with this SHA-256 (hex, or its first 8+ digits).
+        #[arg(long, value_parser = parse_hash, conflicts_with = "output")]
+        file_hash: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// The compliance report: sessions per day, user and target; sign-ins and refusals;
+    /// after-hours access and access outside grants' windows; denied flows; command rule hits
+    /// and top commands; files moved; MFA and approvals; integrity. A progress line goes to
+    /// stderr.
+    Report {
+        /// From (sessions started, events at): Unix seconds, YYYY-MM-DD or
+        /// YYYY-MM-DDTHH:MM:SSZ (UTC). Default: 30 days before --until.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Before (same formats). Default: now.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Working hours (UTC); sessions started outside them are after-hours.
+        #[arg(long, default_value = "mon-fri 08:00-18:00")]
+        work_hours: Window,
+        #[arg(long, value_enum, default_value_t = crate::report::Format::Html)]
+        format: crate::report::Format,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
     /// upstream connections, newest last, with the count of events the kernel lost.
@@ -235,6 +277,15 @@ pub enum SessionCmd {
         id: u64,
         #[arg(long, value_enum, default_value_t = Format::Asciicast)]
         format: Format,
+    },
+    /// The files the session moved over SFTP and scp: path, direction, size, SHA-256, and
+    /// whether the content was captured.
+    Files {
+        id: u64,
+        /// Write the captured files into this directory (`INDEX-NAME`), each checked against
+        /// its SHA-256.
+        #[arg(long)]
+        extract: Option<PathBuf>,
     },
     /// Replay a session's terminal output with its original timing.
     Play {
@@ -331,6 +382,8 @@ pub enum ArchiveCmd {
 pub enum Format {
     Asciicast,
     Json,
+    /// One self-contained page that plays the session in a browser, with its commands and seal.
+    Html,
     /// The sealed record, self-contained, for `verify --file`.
     Sealed,
 }
@@ -575,6 +628,10 @@ pub struct GrantAdd {
     /// With the tcp right: record the relayed payload too.
     #[arg(long)]
     capture: bool,
+    /// Capture the contents of files moved over SFTP and scp (up to
+    /// `record.max_file_capture_mb` each; larger files: hash and size only).
+    #[arg(long = "capture-files")]
+    capture_files: bool,
     /// Sessions under this grant need the second factor (TOTP) at sign-in.
     #[arg(long = "require-mfa")]
     require_mfa: bool,
@@ -619,6 +676,18 @@ pub fn parse_offset(s: &str) -> Result<f64, String> {
         return Err(bad());
     }
     Ok(parts.iter().fold(0.0, |acc, p| acc * 60.0 + p))
+}
+
+/// A file hash as `search --file-hash` takes it: hex, at least 8 digits, lowercased.
+fn parse_hash(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.len() >= 8 && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(format!(
+            "`{s}` is not a SHA-256 in hex (8 to 64 hex digits)"
+        ))
+    }
 }
 
 fn parse_time(s: &str) -> Result<u64, String> {
@@ -816,6 +885,52 @@ impl Command {
         }
     }
 
+    /// `search --file-hash H`: only the files whose hash starts with H are shown.
+    pub fn file_hash(&self) -> Option<String> {
+        match self {
+            Command::Search { file_hash, .. } => file_hash.clone(),
+            _ => None,
+        }
+    }
+
+    /// A command bastionctl composes from several requests, taken out.
+    pub fn composite(self) -> Result<Composite, Box<Command>> {
+        match self {
+            Command::Report {
+                since,
+                until,
+                user,
+                target,
+                work_hours,
+                format,
+                output,
+            } => Ok(Composite::Report(crate::report::Args {
+                since,
+                until,
+                user,
+                target,
+                work_hours,
+                format,
+                output,
+            })),
+            Command::Session {
+                cmd:
+                    SessionCmd::Files {
+                        id,
+                        extract: Some(dir),
+                    },
+            } => Ok(Composite::Extract { id, dir }),
+            Command::Session {
+                cmd:
+                    SessionCmd::Export {
+                        id,
+                        format: Format::Html,
+                    },
+            } => Ok(Composite::Html { id }),
+            other => Err(Box::new(other)),
+        }
+    }
+
     pub fn watched(&self) -> Option<u64> {
         match self {
             Command::Session {
@@ -865,10 +980,11 @@ impl Command {
                 since,
                 until,
                 output,
+                file_hash,
                 limit,
             } => Ok(Request::Search {
                 query: bastion_core::session::CommandQuery {
-                    text: Some(text),
+                    text: Some(file_hash.unwrap_or(text)),
                     session,
                     filter: SessionFilter {
                         user,
@@ -953,8 +1069,11 @@ impl Command {
                         Format::Asciicast => ExportFormat::Asciicast,
                         Format::Json => ExportFormat::Json,
                         Format::Sealed => ExportFormat::Sealed,
+                        // Composed by bastionctl (`replay.rs`) from the asciicast.
+                        Format::Html => ExportFormat::Asciicast,
                     },
                 },
+                SessionCmd::Files { id, .. } => Request::SessionFiles { id },
                 SessionCmd::Play { id, .. } => Request::SessionExport {
                     id,
                     format: ExportFormat::Asciicast,
@@ -1011,6 +1130,7 @@ impl Command {
                 cmd: SubnetCmd::Set { cidr, approvers },
             } => approvers_request(GrantObject::Subnet(cidr), approvers),
             Command::Archive { .. } => Ok(Request::ArchiveStatus),
+            Command::Report { .. } => Err("report is composed by bastionctl".into()),
             Command::Request { cmd } => Ok(match cmd {
                 RequestCmd::List { all } => Request::TicketList { all },
                 RequestCmd::Show { id } => Request::TicketShow { id },
@@ -1064,6 +1184,7 @@ impl Command {
                     tcp_ports: a.tcp_ports,
                     sources: a.sources,
                     capture: a.capture,
+                    capture_files: a.capture_files,
                     require_mfa: a.require_mfa,
                     command_rules: [
                         (a.deny_commands, RuleAction::Deny),

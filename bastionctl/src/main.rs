@@ -3,7 +3,10 @@
 //! - `cli`: the command line, turned into one control-API request;
 //! - `render`: the human-readable tables;
 //! - `play`: terminal replay of a recorded session;
-//! - `archive`: the archive read straight from the bucket (no bastiond).
+//! - `archive`: the archive read straight from the bucket (no bastiond);
+//! - `report`, `report_html`: the compliance report (JSON, CSV, HTML with SVG charts);
+//! - `replay`: a session as one self-contained HTML page with the vendored asciinema player;
+//! - `files`: captured files written out and checked against their SHA-256.
 
 #![forbid(unsafe_code)]
 
@@ -12,8 +15,12 @@ mod archive;
 mod cli;
 mod client;
 mod export;
+mod files;
 mod play;
 mod render;
+mod replay;
+mod report;
+mod report_html;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -149,6 +156,57 @@ fn watch(socket: &std::path::Path, id: u64) -> ExitCode {
     }
 }
 
+/// Runs a command composed of several requests.
+fn composite(socket: &std::path::Path, c: cli::Composite) -> ExitCode {
+    let result = match c {
+        cli::Composite::Report(args) => {
+            report::run(socket, TIMEOUT, args).map_err(|e| format!("report: {e}"))
+        }
+        cli::Composite::Extract { id, dir } => files::extract(socket, TIMEOUT, id, &dir)
+            .map(|n| eprintln!("{n} files written to {}", dir.display()))
+            .map_err(|e| format!("session files {id}: {e}")),
+        cli::Composite::Html { id } => replay_page(socket, id)
+            .map(|page| print!("{page}"))
+            .map_err(|e| format!("session export {id}: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bastionctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The replay page of a session: its asciicast, what happened in it, its seal.
+fn replay_page(socket: &std::path::Path, id: u64) -> Result<String, String> {
+    let call = |r: Request| match client::call(socket, &r, TIMEOUT) {
+        Ok(Response::Error { error }) => Err(error.to_string()),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    };
+    let unexpected = |what: &str| format!("bastiond sent an unexpected answer to {what}");
+    let Response::Session { session, activity } = call(Request::SessionShow { id })? else {
+        return Err(unexpected("session show"));
+    };
+    let Response::Export { content, .. } = call(Request::SessionExport {
+        id,
+        format: bastion_core::protocol::ExportFormat::Asciicast,
+    })?
+    else {
+        return Err(unexpected("session export"));
+    };
+    let Response::Verify { sessions, .. } = call(Request::Verify { session: Some(id) })? else {
+        return Err(unexpected("verify"));
+    };
+    Ok(replay::page(
+        &session,
+        &content,
+        &activity,
+        sessions.first(),
+    ))
+}
+
 fn main() -> ExitCode {
     let mut cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -185,6 +243,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    cli.command = match cli.command.composite() {
+        Ok(c) => return composite(&cli.socket, c),
+        Err(other) => *other,
+    };
+    let file_hash = cli.command.file_hash();
     if let Some(id) = cli.command.watched() {
         return watch(&cli.socket, id);
     }
@@ -209,6 +272,12 @@ fn main() -> ExitCode {
     };
     match client::call(&cli.socket, &request, TIMEOUT) {
         Ok(mut response) => {
+            if let (Some(h), Response::Search { hits, .. }) = (&file_hash, &mut response) {
+                hits.retain(|hit| {
+                    hit.source == bastion_core::session::CommandSource::File
+                        && hit.line.starts_with(h.as_str())
+                });
+            }
             if let (Some((file, key)), bastion_core::protocol::Response::Verify { findings, .. }) =
                 (&anchors, &mut response)
             {

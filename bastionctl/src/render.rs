@@ -25,6 +25,9 @@ pub fn response(r: &Response) {
             let _ = out.write_all(output);
             let _ = out.flush();
         }
+        Response::Files { files } if files.is_empty() => println!("(no files)"),
+        Response::Files { files } => files.iter().for_each(file),
+        Response::FileData { .. } => println!("(file data)"),
         Response::StoreStats(s) => {
             println!(
                 "store          {} ({:.1} MiB on disk)",
@@ -814,6 +817,7 @@ fn search(hits: &[bastion_core::session::CommandHit], searched: u64, complete: b
             CommandSource::Exec => "exec",
             CommandSource::Refused => "refused $",
             CommandSource::Output => "out",
+            CommandSource::File => "file",
         };
         let mut line = h.line.replace('\n', "\\n ");
         if !h.doubts.is_empty() {
@@ -860,4 +864,26 @@ mod tests {
         );
         assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
     }
+}
+
+/// One line per file: index, direction, size, SHA-256, captured or not, path.
+fn file(f: &bastion_core::record::files::CapturedFile) {
+    let state = match (f.captured, f.same_as, f.truncated) {
+        (true, Some(first), _) => format!("captured (as file {first})"),
+        (true, None, _) => "captured".to_owned(),
+        (false, _, true) => "too large: hash and size only".to_owned(),
+        (false, _, false) => "not captured".to_owned(),
+    };
+    println!(
+        "{:<4} {:<8} {:>12} {} {state}  {}{}",
+        f.index,
+        f.direction.as_str(),
+        f.size,
+        f.sha256.as_deref().unwrap_or("(hash unknown)"),
+        f.path,
+        f.note
+            .as_deref()
+            .map(|n| format!("  [{n}]"))
+            .unwrap_or_default()
+    );
 }

@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "oathtool",
     // The lab's syslog receiver for the audit stream (RFC 5424 over TCP).
     "rsyslog",
+    // Headless browser the tests open the HTML report and replay pages in.
+    "chromium",
     // Building Garage: its bundled libsodium runs autotools' configure (which calls `file`)
     // and make.
     "file",

@@ -141,7 +141,10 @@ mod tests {
         let d = frame(Kind::FileData, data_payload(7, b"abc"));
         assert_eq!(parse_data(&d), Some((7, &b"abc"[..])));
         assert_eq!(parse_data(&frame(Kind::Output, Bytes::new())), None);
-        assert_eq!(parse_data(&frame(Kind::FileData, Bytes::from_static(b"ab"))), None);
+        assert_eq!(
+            parse_data(&frame(Kind::FileData, Bytes::from_static(b"ab"))),
+            None
+        );
         let file = CapturedFile {
             index: 7,
             path: "/tmp/x".into(),

@@ -28,7 +28,9 @@ enum State {
     /// Reading a control line.
     Line(Vec<u8>),
     /// Inside a file's content: bytes left.
-    Content { left: u64 },
+    Content {
+        left: u64,
+    },
     /// After a file's content: its closing \0.
     Trailer,
     Stopped,
@@ -39,6 +41,8 @@ pub struct ScpTracker {
     direction: Direction,
     /// The command's operand: the destination (`-t`) or the source (`-f`).
     operand: String,
+    /// `-d` or `-r`: the destination is a directory.
+    into_dir: bool,
     /// Directories entered (`D` lines).
     dirs: Vec<String>,
     state: State,
@@ -57,10 +61,12 @@ impl ScpTracker {
         }
         let mut direction = None;
         let mut operand = None;
+        let mut into_dir = false;
         for w in words {
             match w {
                 "--" => {}
                 w if w.starts_with('-') => {
+                    into_dir |= w.contains('d') || w.contains('r');
                     if w.contains('t') {
                         direction = Some(Direction::Upload);
                     } else if w.contains('f') {
@@ -73,6 +79,7 @@ impl ScpTracker {
         Some(ScpTracker {
             direction: direction?,
             operand: operand.unwrap_or_else(|| ".".into()),
+            into_dir,
             dirs: Vec::new(),
             state: State::Line(Vec::new()),
             key: 0,
@@ -188,8 +195,9 @@ impl ScpTracker {
 
     /// Where the file is on the target, as well as the command line tells. A source's own
     /// name comes first in its stream, so a download is under the source's parent. An upload
-    /// goes into the destination (a directory), or is the destination itself when a lone
-    /// file's name agrees with it.
+    /// goes into the destination when that is a directory (`-d`, `-r`, a trailing `/`, or a
+    /// last component without a dot unlike the file's), else it is the destination itself
+    /// (renamed on the way). Only the target knows for sure; this is the best guess.
     fn path_of(&self, name: &str) -> String {
         let operand = self.operand.as_str();
         let mut path = match self.direction {
@@ -198,8 +206,12 @@ impl ScpTracker {
                 None => ".".to_owned(),
             },
             Direction::Upload => {
-                let lone = self.dirs.is_empty() && !operand.ends_with('/');
-                if lone && operand.rsplit('/').next() == Some(name) {
+                let last = operand.rsplit('/').next().unwrap_or_default();
+                let dir = self.into_dir
+                    || !self.dirs.is_empty()
+                    || matches!(last, "" | "." | ".." | "~")
+                    || (last != name && !last.contains('.') && name.contains('.'));
+                if !dir {
                     return operand.to_owned();
                 }
                 operand.trim_end_matches('/').to_owned()
@@ -247,7 +259,10 @@ mod tests {
         assert!(ScpTracker::for_command("ls -t /tmp").is_none());
         assert!(ScpTracker::for_command("scp /tmp/x").is_none());
         let t = ScpTracker::for_command("scp -v -t -- /tmp/").expect("sink");
-        assert_eq!((t.direction, t.operand.as_str()), (Direction::Upload, "/tmp/"));
+        assert_eq!(
+            (t.direction, t.operand.as_str()),
+            (Direction::Upload, "/tmp/")
+        );
         let t = ScpTracker::for_command("/usr/bin/scp -pf /etc/hosts").expect("source");
         assert_eq!(t.direction, Direction::Download);
     }
@@ -268,7 +283,10 @@ mod tests {
                 .iter()
                 .filter(|e| matches!(e, FileEvent::End { .. }))
                 .collect();
-            assert_eq!(ends, [&FileEvent::End { key: 1 }, &FileEvent::End { key: 2 }]);
+            assert_eq!(
+                ends,
+                [&FileEvent::End { key: 1 }, &FileEvent::End { key: 2 }]
+            );
         }
     }
 
@@ -277,13 +295,28 @@ mod tests {
         let mut t = ScpTracker::for_command("scp -r -t /srv").expect("sink");
         let e = t.client(b"D0755 0 site\nC0644 1 i.html\nx\0E\n");
         assert_eq!(content(&e)[0].1, "/srv/site/i.html");
-        let mut t = ScpTracker::for_command("scp -t /tmp/renamed.txt").expect("sink");
-        assert_eq!(content(&t.client(b"C0644 1 renamed.txt\nx\0"))[0].1, "/tmp/renamed.txt");
+        for (command, name, path) in [
+            ("scp -t /tmp/renamed.txt", "first.txt", "/tmp/renamed.txt"),
+            ("scp -t /tmp/same.txt", "same.txt", "/tmp/same.txt"),
+            ("scp -t /tmp", "a.txt", "/tmp/a.txt"),
+            ("scp -t /tmp/", "Makefile", "/tmp/Makefile"),
+            ("scp -d -t /srv/x.d", "a.txt", "/srv/x.d/a.txt"),
+        ] {
+            let mut t = ScpTracker::for_command(command).expect("sink");
+            let line = format!("C0644 1 {name}\nx\0");
+            assert_eq!(content(&t.client(line.as_bytes()))[0].1, path, "{command}");
+        }
         let mut t = ScpTracker::for_command("scp -f /etc/hosts").expect("source");
         assert!(t.client(b"\0").is_empty());
-        assert_eq!(content(&t.server(b"C0644 2 hosts\nab\0"))[0].1, "/etc/hosts");
+        assert_eq!(
+            content(&t.server(b"C0644 2 hosts\nab\0"))[0].1,
+            "/etc/hosts"
+        );
         let mut t = ScpTracker::for_command("scp -f notes.txt").expect("source");
-        assert_eq!(content(&t.server(b"C0644 2 notes.txt\nab\0"))[0].1, "./notes.txt");
+        assert_eq!(
+            content(&t.server(b"C0644 2 notes.txt\nab\0"))[0].1,
+            "./notes.txt"
+        );
     }
 
     #[test]
@@ -291,7 +324,10 @@ mod tests {
         let mut t = ScpTracker::for_command("scp -t /tmp").expect("sink");
         assert!(t.client(&vec![b'C'; MAX_LINE + 10]).is_empty());
         assert!(matches!(t.state, State::Stopped));
-        assert!(t.client(b"C0644 1 x\nx\0").is_empty(), "stopped stays stopped");
+        assert!(
+            t.client(b"C0644 1 x\nx\0").is_empty(),
+            "stopped stays stopped"
+        );
         let mut t = ScpTracker::for_command("scp -t /tmp").expect("sink");
         assert!(t.client(b"C0644 1 ../../etc/passwd\nx\0").is_empty());
         let mut t = ScpTracker::for_command("scp -t /tmp").expect("sink");

@@ -257,8 +257,7 @@ impl SftpTracker {
                 if let Some(o) = self.handles.get_mut(handle) {
                     o.written += data.len() as u64;
                     if self.capture {
-                        self.files
-                            .push(o.piece(Direction::Upload, offset, data));
+                        self.files.push(o.piece(Direction::Upload, offset, data));
                     }
                 }
                 None
@@ -318,8 +317,7 @@ impl SftpTracker {
                 if let Some(o) = self.handles.get_mut(&handle) {
                     o.read += data.len() as u64;
                     if self.capture {
-                        self.files
-                            .push(o.piece(Direction::Download, offset, data));
+                        self.files.push(o.piece(Direction::Download, offset, data));
                     }
                 }
             }
