@@ -853,19 +853,6 @@ fn search(hits: &[bastion_core::session::CommandHit], searched: u64, complete: b
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            super::utc(1_795_737_600_000_000 + 3_723_000_000),
-            "2026-11-27T01:02:03Z"
-        );
-        assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
-    }
-}
-
 /// One line per file: index, direction, size, SHA-256, captured or not, path.
 fn file(f: &bastion_core::record::files::CapturedFile) {
     let state = match (f.captured, f.same_as, f.truncated) {
@@ -886,4 +873,17 @@ fn file(f: &bastion_core::record::files::CapturedFile) {
             .map(|n| format!("  [{n}]"))
             .unwrap_or_default()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::utc(1_795_737_600_000_000 + 3_723_000_000),
+            "2026-11-27T01:02:03Z"
+        );
+        assert_eq!(super::utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
+    }
 }

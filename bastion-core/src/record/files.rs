@@ -161,7 +161,7 @@ mod tests {
             Kind::File,
             serde_json::to_vec(&file).expect("serializes").into(),
         );
-        assert_eq!(listed(&[d, f]), [file.clone()]);
+        assert_eq!(listed(&[d, f]), std::slice::from_ref(&file));
         assert_eq!(file.index_line(), "ab upload 3 /tmp/x");
     }
 }
