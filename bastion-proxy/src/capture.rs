@@ -3,7 +3,9 @@
 //! an unnamed temporary file beside the store (`O_TMPFILE`: nothing is left behind by a crash),
 //! so memory stays flat whatever the file's size; at the file's end its SHA-256 is known, and
 //! the content is recorded once per session and hash ([`bastion_core::record::files`]).
-//! Files larger than `record.max_file_capture_mb` keep their hash and size only.
+//! Files larger than `record.max_file_capture_mb` keep their hash and size only, and what one
+//! session stages at once is bounded too ([`STAGED_FILES`] files' worth), so a hostile client
+//! cannot fill the store's disk through staging.
 
 use std::{
     collections::HashMap,
@@ -13,15 +15,16 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
 };
 
-use bastion_core::record::files::{CapturedFile, Direction, FileEvent, Protocol};
-use ring::digest::{Context, SHA256};
+use bastion_core::record::files::{CapturedFile, ContentHash, Direction, FileEvent, Protocol};
 
 /// Files staged at once per channel; more are hashed but not captured.
 const MAX_OPEN: usize = 64;
+/// A session stages at most this many largest files' worth of bytes at once.
+pub const STAGED_FILES: u64 = 4;
 /// Bytes per `FileData` frame.
 pub const PIECE: usize = 64 * 1024;
 
@@ -39,6 +42,8 @@ pub struct Settings {
 pub struct SessionFiles {
     next: AtomicU32,
     seen: Mutex<HashMap<String, u32>>,
+    /// Bytes staged now, over all the session's channels.
+    staged: AtomicU64,
 }
 
 /// A file at its end: what the `File` frame says, and the staged content still to record
@@ -61,11 +66,14 @@ impl Finished {
 }
 
 struct Staged {
+    session: Arc<SessionFiles>,
+    /// Bytes this file holds in staging (counted in the session's `staged`).
+    staged: u64,
     index: u32,
     path: String,
     direction: Direction,
     file: Option<File>,
-    hasher: Context,
+    hasher: ContentHash,
     /// Bytes hashed, from 0: pieces are hashed as they arrive while they arrive in order.
     hashed: u64,
     in_order: bool,
@@ -109,7 +117,7 @@ impl Capture {
                         self.open.insert(key, staged);
                     }
                     if let Some(s) = self.open.get_mut(&key) {
-                        s.piece(offset, &data, self.settings.max_bytes);
+                        s.piece(offset, &data, &self.settings);
                     }
                 }
                 FileEvent::End { key } => {
@@ -139,11 +147,13 @@ impl Capture {
             }
         };
         Staged {
+            session: self.session.clone(),
+            staged: 0,
             index: self.session.next.fetch_add(1, Ordering::Relaxed),
             path,
             direction,
             file,
-            hasher: Context::new(&SHA256),
+            hasher: ContentHash::default(),
             hashed: 0,
             in_order: true,
             size: 0,
@@ -154,14 +164,14 @@ impl Capture {
 
     fn finish_one(&self, mut s: Staged) -> Finished {
         let sha256 = if s.in_order && s.hashed == s.size {
-            Some(hex(s.hasher.finish().as_ref()))
+            Some(std::mem::take(&mut s.hasher).finish())
         } else {
             // Pieces came out of order: the staged copy is whole (unless truncated).
             s.file.as_mut().and_then(|f| hash_file(f).ok())
         };
         let mut file = CapturedFile {
             index: s.index,
-            path: s.path,
+            path: std::mem::take(&mut s.path),
             direction: s.direction,
             protocol: self.protocol,
             size: s.size,
@@ -169,7 +179,7 @@ impl Capture {
             captured: false,
             truncated: s.truncated,
             same_as: None,
-            note: s.note,
+            note: s.note.take(),
         };
         let mut content = None;
         if let (Some(mut staged), Some(sha)) = (s.file.take(), file.sha256.clone()) {
@@ -194,7 +204,8 @@ impl Capture {
 }
 
 impl Staged {
-    fn piece(&mut self, offset: u64, data: &[u8], max: u64) {
+    fn piece(&mut self, offset: u64, data: &[u8], settings: &Settings) {
+        let max = settings.max_bytes;
         let end = offset.saturating_add(data.len() as u64);
         self.size = self.size.max(end);
         if offset == self.hashed {
@@ -208,23 +219,53 @@ impl Staged {
             self.truncated = true;
             // Hash and size only: the staged copy goes (and with it the way to hash pieces
             // that came out of order).
-            self.file = None;
+            self.unstage();
             if !self.in_order {
                 self.note = Some("pieces out of order past the capture limit".into());
             }
-        } else if let Some(f) = &self.file
+            return;
+        }
+        if self.file.is_some() && end > self.staged {
+            let more = end - self.staged;
+            let budget = max.saturating_mul(STAGED_FILES);
+            let before = self.session.staged.fetch_add(more, Ordering::Relaxed);
+            self.staged = end;
+            if before.saturating_add(more) > budget {
+                self.unstage();
+                self.note = Some(format!(
+                    "not captured: the session was staging {} MiB of files at once already",
+                    before >> 20
+                ));
+                return;
+            }
+        }
+        if let Some(f) = &self.file
             && let Err(e) = f.write_all_at(data, offset)
         {
             self.note = Some(format!("could not stage the file: {e}"));
-            self.file = None;
+            self.unstage();
         }
+    }
+
+    /// Gives the staged copy up (its space back to the session's budget).
+    fn unstage(&mut self) {
+        self.file = None;
+        self.session
+            .staged
+            .fetch_sub(std::mem::take(&mut self.staged), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.unstage();
     }
 }
 
 fn hash_file(f: &mut File) -> std::io::Result<String> {
     use std::io::Seek;
     f.rewind()?;
-    let mut ctx = Context::new(&SHA256);
+    let mut ctx = ContentHash::default();
     let mut buf = vec![0u8; PIECE];
     loop {
         let n = f.read(&mut buf)?;
@@ -233,11 +274,7 @@ fn hash_file(f: &mut File) -> std::io::Result<String> {
         }
         ctx.update(&buf[..n]);
     }
-    Ok(hex(ctx.finish().as_ref()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    Ok(ctx.finish())
 }
 
 #[cfg(test)]
@@ -264,7 +301,9 @@ mod tests {
     }
 
     fn sha(b: &[u8]) -> String {
-        hex(ring::digest::digest(&SHA256, b).as_ref())
+        let mut h = ContentHash::default();
+        h.update(b);
+        h.finish()
     }
 
     #[test]
@@ -305,5 +344,27 @@ mod tests {
         assert_eq!(again[0].file.same_as, Some(done[0].file.index));
         assert!(again[0].file.captured && again[0].content.is_none());
         assert_eq!(again[0].file.index, 3);
+    }
+
+    #[test]
+    fn a_session_stages_a_bounded_amount_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Arc::new(Settings {
+            dir: dir.path().into(),
+            max_bytes: 8,
+        });
+        let session = Arc::new(SessionFiles::default());
+        let mut c = Capture::new(settings, session.clone(), Protocol::Sftp);
+        // Five files of 8 bytes open at once: four fit the budget (4 x 8), the fifth does not.
+        let pieces = (1..=5).map(|k| piece(k, 0, &[k as u8; 8])).collect();
+        assert!(c.take(pieces).is_empty());
+        assert_eq!(session.staged.load(Ordering::Relaxed), 32);
+        let done = c.finish();
+        assert_eq!(done.iter().filter(|f| f.file.captured).count(), 4);
+        let fifth = &done[4].file;
+        assert!(!fifth.captured && fifth.sha256.is_some(), "{fifth:?}");
+        assert!(fifth.note.as_deref().unwrap_or("").contains("staging"));
+        drop(done);
+        assert_eq!(session.staged.load(Ordering::Relaxed), 0, "all given back");
     }
 }

@@ -11,9 +11,8 @@ use std::{
 use base64ct::{Base64, Encoding};
 use bastion_core::{
     protocol::{Request, Response},
-    record::files::CapturedFile,
+    record::files::{CapturedFile, ContentHash},
 };
-use ring::digest::{Context, SHA256};
 
 use crate::client;
 
@@ -105,7 +104,7 @@ fn write_one(
         source,
     };
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    let mut ctx = Context::new(&SHA256);
+    let mut ctx = ContentHash::default();
     let index = f.content_index();
     let mut from = 0;
     loop {
@@ -130,10 +129,5 @@ fn write_one(
         from = next;
     }
     out.flush().map_err(io)?;
-    Ok(ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(ctx.finish())
 }

@@ -5,10 +5,7 @@
 // In test helpers a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Output,
-};
+use std::{path::Path, process::Output};
 
 use bastion_core::audit::AuditKind;
 use bastion_lab::{
@@ -35,20 +32,6 @@ fn lab_with(policy: &str) -> (Lab, Bastiond) {
     (lab, b)
 }
 
-/// A new bastion user `name` with a key of their own; returns the private key's path.
-fn add_user(lab: &Lab, b: &Bastiond, name: &str) -> PathBuf {
-    let key = lab.info().run_dir.join(format!("{name}_ed25519"));
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = format!("{}.pub", key.display());
-    b.ctl_ok(&["user", "add", name, "--key", &public]).unwrap();
-    key
-}
-
 /// `ssh -p 2222 USER@bastion COMMAND` with `key`: the menu's command form.
 fn menu(lab: &Lab, key: &Path, user: &str, command: &str) -> Output {
     lab.ssh_via_bastion_as(key, user, &[])
@@ -71,8 +54,8 @@ fn audit_kinds(b: &Bastiond) -> Vec<AuditKind> {
 fn a_request_is_approved_by_two_other_people_and_its_access_ends_by_itself_after_a_warning() {
     let (lab, b) = lab_with("end_warning_secs = 10");
     let alice = lab.info().admin_key.clone();
-    let bob = add_user(&lab, &b, "bob");
-    let carol = add_user(&lab, &b, "carol");
+    let bob = common::add_user(&lab, &b, "bob");
+    let carol = common::add_user(&lab, &b, "carol");
     b.ctl_ok(&[
         "group",
         "add",
@@ -216,7 +199,7 @@ fn a_request_is_approved_by_two_other_people_and_its_access_ends_by_itself_after
 fn an_administrator_decides_with_bastionctl_and_undecided_requests_expire() {
     let (lab, b) = lab_with("request_ttl_secs = 3");
     let alice = lab.info().admin_key.clone();
-    let _bob = add_user(&lab, &b, "bob");
+    let _bob = common::add_user(&lab, &b, "bob");
     b.ctl_ok(&["group", "add", "leads", "--member", "bob"])
         .unwrap();
     b.ctl_ok(&["subnet", "set", "203.0.113.0/24", "--approvers", "leads"])

@@ -8,7 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use bastion_core::session::SessionState;
@@ -23,16 +23,6 @@ mod common;
 
 fn ok(b: &Bastiond, args: &[&str]) -> String {
     b.ctl_ok(args).expect("bastionctl succeeds")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn sha256(path: &Path) -> String {
@@ -51,25 +41,6 @@ fn random_file(path: &Path, len: usize) -> String {
         .unwrap();
     std::fs::write(path, &data).unwrap();
     sha256(path)
-}
-
-fn add_user(lab: &Lab, b: &Bastiond, name: &str) -> PathBuf {
-    let key = lab.info().run_dir.join(format!("{name}_ed25519"));
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    b.ctl_ok(&[
-        "user",
-        "add",
-        name,
-        "--key",
-        &format!("{}.pub", key.display()),
-    ])
-    .unwrap();
-    key
 }
 
 /// Waits (bounded) until `n` sessions exist, all closed.
@@ -106,7 +77,7 @@ fn chromium(page: &Path, fragment: &str, shot: &Path, profile: &Path) -> (String
         .arg(&url)
         .output()
         .expect("chromium runs (installed by cargo xtask setup)");
-    assert_ok(&out, "chromium --dump-dom");
+    common::assert_ok(&out, "chromium --dump-dom");
     let mut cmd = Command::new("timeout");
     cmd.args(["120", "chromium"]);
     base(&mut cmd);
@@ -116,7 +87,7 @@ fn chromium(page: &Path, fragment: &str, shot: &Path, profile: &Path) -> (String
         .arg(&url)
         .output()
         .unwrap();
-    assert_ok(&shot_out, "chromium --screenshot");
+    common::assert_ok(&shot_out, "chromium --screenshot");
     assert!(
         std::fs::metadata(shot)
             .map(|m| m.len() > 10_000)
@@ -148,8 +119,8 @@ fn assert_no_page_errors(dom: &str, stderr: &str, what: &str) {
 fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium() {
     let (lab, b) = Lab::with_alice().unwrap();
     let web1 = lab.info().hosts[0].addr.clone();
-    // alice's grant captures files; bob may only run commands. 8 sessions in all: alice's
-    // 3 commands and 3 transfers, bob's command and his refused sftp (the session starts, the
+    // alice's grant captures files; bob may only run commands. 9 sessions in all: alice's
+    // 4 commands and 3 transfers, bob's command and his refused sftp (the session starts, the
     // subsystem is refused); bob as a login he has no grant for is refused before a session.
     ok(&b, &["grant", "remove", "alice-web1"]);
     grant_with(
@@ -162,10 +133,19 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         &["--capture-files"],
     )
     .unwrap();
-    let bob = add_user(&lab, &b, "bob");
+    let bob = common::add_user(&lab, &b, "bob");
     grant_with(&b, "bob-web1", "bob", "web1", "root", "exec", &[]).unwrap();
 
-    // Commands: alice runs uptime twice and id; bob runs uptime once.
+    // Commands: alice runs uptime twice and id on web1, hostname on web2; bob runs uptime.
+    lab.register_host(&b, 1).unwrap();
+    grant_with(&b, "alice-web2", "alice", "web2", "root", "exec", &[]).unwrap();
+    let out = lab
+        .ssh_via_bastion("root@web2", &[])
+        .unwrap()
+        .arg("hostname")
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "hostname on web2");
     for c in ["uptime", "uptime", "id"] {
         let out = lab
             .ssh_via_bastion("root@web1", &[])
@@ -173,7 +153,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
             .arg(c)
             .output()
             .unwrap();
-        assert_ok(&out, c);
+        common::assert_ok(&out, c);
     }
     let out = lab
         .ssh_via_bastion_as(&bob, "root@web1", &[])
@@ -181,7 +161,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         .arg("uptime")
         .output()
         .unwrap();
-    assert_ok(&out, "bob uptime");
+    common::assert_ok(&out, "bob uptime");
     // Refused: bob as a login his grant does not name; bob asking for sftp.
     let out = lab
         .ssh_via_bastion_as(&bob, "admin@web1", &[])
@@ -229,7 +209,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         .arg("-b")
         .arg(&batch)
         .arg("root@web1@198.51.100.1");
-    assert_ok(&cmd.output().unwrap(), "sftp");
+    common::assert_ok(&cmd.output().unwrap(), "sftp");
     let remote = |p: &Path| format!("root@web1@198.51.100.1:{}", p.display());
     let mut cmd = lab.command("admin", "scp").unwrap();
     cmd.arg("-O")
@@ -237,16 +217,16 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         .args(lab.ssh_options())
         .arg(&c)
         .arg(remote(&dir.join("remote-c.txt")));
-    assert_ok(&cmd.output().unwrap(), "scp -O up");
+    common::assert_ok(&cmd.output().unwrap(), "scp -O up");
     let mut cmd = lab.command("admin", "scp").unwrap();
     cmd.arg("-O")
         .args(&port)
         .args(lab.ssh_options())
         .arg(remote(&remote_a))
         .arg(dir.join("scp-a.bin"));
-    assert_ok(&cmd.output().unwrap(), "scp -O down");
+    common::assert_ok(&cmd.output().unwrap(), "scp -O down");
     assert_eq!(sha256(&dir.join("scp-a.bin")), a_sum);
-    wait_closed(&b, 8);
+    wait_closed(&b, 9);
 
     // Listed with hashes, extracted byte for byte.
     let sessions = common::sessions(&b);
@@ -327,7 +307,14 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
     ))
     .unwrap();
     eprintln!("{report:#}");
-    assert_eq!(report["totals"]["sessions"], 8);
+    assert_eq!(report["totals"]["sessions"], 9);
+    let targets: Vec<(&str, u64)> = report["per_target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["sessions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(targets, [("web1", 8), ("web2", 1)]);
     let users: Vec<(String, u64)> = report["per_user"]
         .as_array()
         .unwrap()
@@ -339,8 +326,8 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
             )
         })
         .collect();
-    assert_eq!(users, [("alice".to_owned(), 6), ("bob".to_owned(), 2)]);
-    assert_eq!(report["after_hours"].as_array().unwrap().len(), 8);
+    assert_eq!(users, [("alice".to_owned(), 7), ("bob".to_owned(), 2)]);
+    assert_eq!(report["after_hours"].as_array().unwrap().len(), 9);
     assert_eq!(report["top_commands"][0]["name"], "uptime");
     assert_eq!(report["top_commands"][0]["count"], 3);
     assert_eq!(report["uploads"]["count"], 2);
@@ -349,7 +336,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         report["uploads"]["bytes"].as_u64().unwrap(),
         std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&c).unwrap().len()
     );
-    assert_eq!(report["integrity"]["sealed"], 8);
+    assert_eq!(report["integrity"]["sealed"], 9);
     assert_eq!(report["sign_ins_refused"], 0);
     let refusals = report["refusals"].to_string();
     assert!(
@@ -386,15 +373,12 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
             "csv",
         ],
     );
-    assert!(csv.lines().any(|l| l.starts_with("user,alice,6,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("user,alice,7,")), "{csv}");
 
     // The HTML report and a replay page, in Chromium.
-    let artifacts = lab
-        .info()
-        .run_dir
-        .parent()
-        .unwrap()
-        .join(format!("{}-pages", lab.name()));
+    // Kept after the test (the lab's run directory is not), under cargo's target directory.
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
     let html = artifacts.join("report.html");
     ok(

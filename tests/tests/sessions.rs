@@ -257,16 +257,6 @@ fn sha256_file(path: &std::path::Path) -> String {
     sha256(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn scp_sftp_and_rsync_transfer_files_intact() {
     let (lab, b) = Lab::with_alice().unwrap();
@@ -288,7 +278,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
             .args(lab.ssh_options())
             .arg(&src)
             .arg(remote(&up));
-        assert_ok(&cmd.output().unwrap(), &format!("scp {mode} up"));
+        common::assert_ok(&cmd.output().unwrap(), &format!("scp {mode} up"));
         assert_eq!(sha256_file(&dir.join(&up)), sum, "scp {mode} up");
         let mut cmd = lab.command("admin", "scp").unwrap();
         cmd.args(flag)
@@ -296,7 +286,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
             .args(lab.ssh_options())
             .arg(remote(&up))
             .arg(&down);
-        assert_ok(&cmd.output().unwrap(), &format!("scp {mode} down"));
+        common::assert_ok(&cmd.output().unwrap(), &format!("scp {mode} down"));
         assert_eq!(sha256_file(&down), sum, "scp {mode} down");
     }
 
@@ -319,7 +309,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
         .arg("-b")
         .arg(&batch)
         .arg("root@web1@198.51.100.1");
-    assert_ok(&cmd.output().unwrap(), "sftp");
+    common::assert_ok(&cmd.output().unwrap(), "sftp");
     assert_eq!(sha256_file(&dir.join("down-b.bin")), sum);
 
     // The sftp session recorded which files moved, and how many bytes.
@@ -355,7 +345,7 @@ fn scp_sftp_and_rsync_transfer_files_intact() {
     cmd.args(["-a", "-e", &e])
         .arg(&src)
         .arg(remote("up-rsync.bin"));
-    assert_ok(&cmd.output().unwrap(), "rsync");
+    common::assert_ok(&cmd.output().unwrap(), "rsync");
     assert_eq!(sha256_file(&dir.join("up-rsync.bin")), sum);
 
     // Every transfer was a recorded session; the SFTP ones show the subsystem.

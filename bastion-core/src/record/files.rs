@@ -98,6 +98,25 @@ impl CapturedFile {
     }
 }
 
+/// SHA-256 of a file's content, fed as it arrives; finished as listed (lower-case hex).
+pub struct ContentHash(ring::digest::Context);
+
+impl Default for ContentHash {
+    fn default() -> Self {
+        ContentHash(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl ContentHash {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> String {
+        base16ct::lower::encode_string(self.0.finish().as_ref())
+    }
+}
+
 /// A `FileData` frame's payload.
 pub fn data_payload(index: u32, data: &[u8]) -> Bytes {
     let mut v = Vec::with_capacity(4 + data.len());

@@ -11,6 +11,10 @@ use bastion_store::Store;
 
 use super::WATCH_BLOCKS;
 
+/// Blocks read per answer of `data` (each up to 256 KiB of frames, half of them often the
+/// transfer's own packets): a few MiB per answer, whatever the file's size.
+const DATA_BLOCKS: u32 = 16;
+
 pub fn list(store: &Store, id: u64) -> Result<Response, ApiError> {
     let meta = store
         .session(id)
@@ -37,7 +41,7 @@ pub fn data(store: &Store, id: u64, index: u32, from: u32) -> Result<Response, A
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound(format!("session {id} does not exist")))?;
     let (frames, next) = store
-        .session_frames_from(id, from, WATCH_BLOCKS)
+        .session_frames_from(id, from, DATA_BLOCKS)
         .map_err(ApiError::internal)?;
     let data: Vec<u8> = frames
         .iter()

@@ -12,7 +12,9 @@ use bastion_core::{
     protocol::Response,
     session::{CommandHit, SessionMeta},
 };
-use bastion_lab::bastiond::Bastiond;
+use std::{path::PathBuf, process::Output};
+
+use bastion_lab::{Lab, bastiond::Bastiond};
 
 /// `bastionctl --json args...`, read as the typed response; `Err` when bastionctl fails or
 /// prints something else (for polls, where a failed look is only a look that saw nothing).
@@ -91,4 +93,30 @@ pub fn said(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A new bastion user `name` with a key of their own; returns the private key's path.
+pub fn add_user(lab: &Lab, b: &Bastiond, name: &str) -> PathBuf {
+    let key = lab.info().run_dir.join(format!("{name}_ed25519"));
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success());
+    let public = format!("{}.pub", key.display());
+    b.ctl_ok(&["user", "add", name, "--key", &public])
+        .expect("user add");
+    key
+}
+
+/// Fails with the command's output when it did not succeed.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
