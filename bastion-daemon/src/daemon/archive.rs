@@ -27,6 +27,9 @@ use bastion_store::{Archived, Multipart, Pending, Store, StoreError};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
+/// Parts of one multipart upload sent at once.
+const PARTS_IN_FLIGHT: usize = 2;
+
 /// Audit events in one chunk at most.
 const CHUNK_EVENTS: usize = 10_000;
 const TICK: Duration = Duration::from_secs(1);
@@ -355,22 +358,31 @@ impl Archiver {
         });
         let saved = p.clone();
         self.blocking(move |s| s.archive_update(id, &saved)).await?;
+        // Parts go up PARTS_IN_FLIGHT at a time: one part's round trip (the store writing and
+        // replicating it) no longer leaves the link idle. Completed in order, as numbered.
         let mut parts = Vec::new();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
         let mut first = first.into_iter();
+        let mut produced = 0;
+        let mut more = true;
         loop {
-            let chunk = match first.next() {
-                Some(c) => c,
-                None => match rx.recv().await {
-                    Some(c) => c,
-                    None => break,
-                },
-            };
-            throttle.take(chunk.len()).await;
-            parts.push(
-                self.remote
-                    .put_part(object, &upload, parts.len(), chunk)
-                    .await?,
-            );
+            while more && in_flight.len() < PARTS_IN_FLIGHT {
+                let chunk = match first.next() {
+                    Some(c) => Some(c),
+                    None => rx.recv().await,
+                };
+                let Some(chunk) = chunk else {
+                    more = false;
+                    break;
+                };
+                throttle.take(chunk.len()).await;
+                in_flight.push_back(self.remote.put_part(object, &upload, produced, chunk));
+                produced += 1;
+            }
+            match futures::StreamExt::next(&mut in_flight).await {
+                Some(part) => parts.push(part?),
+                None => break,
+            }
         }
         self.remote.complete(object, &upload, parts).await?;
         p.multipart = None;
