@@ -12,7 +12,7 @@ use crate::{
     audit::{AuditEvent, AuditKind},
     integrity::{SessionIntegrity, Status},
     policy::window::Window,
-    session::{CommandHit, CommandSource, SessionMeta},
+    session::{CommandHit, CommandSource, SessionFilter, SessionMeta},
 };
 
 /// Rows kept in the "top" lists.
@@ -117,14 +117,24 @@ pub struct Report {
 
 pub fn build(i: &Inputs) -> Report {
     let in_range = |t: u64| t >= i.since_micros && t < i.until_micros;
-    let sessions: Vec<&SessionMeta> = i
-        .sessions
-        .iter()
-        .filter(|s| in_range(s.started_micros))
-        .filter(|s| i.user.is_none_or(|u| u == s.user))
-        .filter(|s| i.target.is_none_or(|t| t == s.target))
-        .collect();
+    // The same filter `session list` applies (a target by name or address).
+    let filter = SessionFilter {
+        user: i.user.map(str::to_owned),
+        target: i.target.map(str::to_owned),
+        since_micros: Some(i.since_micros),
+        until_micros: Some(i.until_micros),
+        ..SessionFilter::default()
+    };
+    let sessions: Vec<&SessionMeta> = i.sessions.iter().filter(|s| filter.matches(s)).collect();
     let ids: std::collections::HashSet<u64> = sessions.iter().map(|s| s.id).collect();
+    // Flows name addresses: with a target filter, those of its sessions (or the one given).
+    let target_ips: Option<std::collections::HashSet<std::net::IpAddr>> = i.target.map(|t| {
+        sessions
+            .iter()
+            .map(|s| s.target_addr.ip())
+            .chain(t.parse().ok())
+            .collect()
+    });
     let mut r = Report {
         since_micros: i.since_micros,
         until_micros: i.until_micros,
@@ -135,7 +145,7 @@ pub fn build(i: &Inputs) -> Report {
     };
     usage(&mut r, &sessions, i);
     for e in i.events.iter().filter(|e| in_range(e.time_micros)) {
-        event(&mut r, e, i, &ids);
+        event(&mut r, e, i, &ids, target_ips.as_ref());
     }
     let mut top: HashMap<&str, u64> = HashMap::new();
     for c in i.commands.iter().filter(|c| ids.contains(&c.session)) {
@@ -199,7 +209,10 @@ fn usage(r: &mut Report, sessions: &[&SessionMeta], i: &Inputs) {
         }
         if let Some(w) = i.grant_windows.get(&s.grant) {
             let end = s.ended_micros.map_or(start, |e| (e / 1_000_000).max(start));
-            if !w.contains(start) || !w.contains(end.saturating_sub(1).max(start)) {
+            // Outside at its start, or still on when that occurrence of the window closed.
+            if w.closes_after(start)
+                .is_some_and(|closes| end > closes || closes == start)
+            {
                 r.outside_grant_window.push(flagged(s));
             }
         }
@@ -241,7 +254,13 @@ fn ranked(m: HashMap<String, u64>) -> Vec<Count> {
     v
 }
 
-fn event(r: &mut Report, e: &AuditEvent, i: &Inputs, ids: &std::collections::HashSet<u64>) {
+fn event(
+    r: &mut Report,
+    e: &AuditEvent,
+    i: &Inputs,
+    ids: &std::collections::HashSet<u64>,
+    target_ips: Option<&std::collections::HashSet<std::net::IpAddr>>,
+) {
     let user_ok = |u: Option<&str>| i.user.is_none_or(|want| u == Some(want));
     // Refusals before a session exists have no target to filter by; a target filter keeps
     // only what happened in its sessions.
@@ -309,7 +328,11 @@ fn event(r: &mut Report, e: &AuditEvent, i: &Inputs, ids: &std::collections::Has
                 None => r.command_rule_hits.push(Count { name, count: 1 }),
             }
         }
-        AuditKind::Flow(f) if !f.allowed && i.user.is_none() => {
+        AuditKind::Flow(f)
+            if !f.allowed
+                && i.user.is_none()
+                && target_ips.is_none_or(|t| f.dst.is_some_and(|d| t.contains(&d))) =>
+        {
             let ip = |a: Option<std::net::IpAddr>| a.map_or("-".into(), |a| a.to_string());
             let (src, dst) = (ip(f.src), format!("{}:{}", ip(f.dst), f.dport));
             match r

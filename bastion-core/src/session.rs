@@ -192,6 +192,9 @@ pub struct CommandQuery {
     /// User, target, login, and the time range (of the command itself).
     pub filter: SessionFilter,
     pub limit: usize,
+    /// Only entries of this source (e.g. `file`, for `search --file-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CommandSource>,
 }
 
 /// A command found, newest first.

@@ -44,7 +44,7 @@ pub enum Ctl {
         grant: String,
         rules: Vec<CommandRule>,
     },
-    /// Capture the files the next request moves (SFTP, or an exec of the legacy scp).
+    /// Follow the files the next request moves (SFTP, or an exec of the legacy scp).
     CaptureFiles(CaptureFiles),
     /// Read nothing more from the client until the next request: an exec held for review.
     /// (The target opens its window only once the command starts; data sent ahead of it would
@@ -71,8 +71,9 @@ struct Shared {
 }
 
 /// What the channel's bytes say about files: SFTP operations once it runs the `sftp`
-/// subsystem, and with capture on, the files moved by SFTP or the legacy scp protocol. The
-/// flag keeps other channels' hot path free of the lock.
+/// subsystem, and the files moved by SFTP or the legacy scp protocol, each listed with its
+/// hash (and its content, with capture on). The flag keeps other channels' hot path free of
+/// the lock.
 #[derive(Clone, Default)]
 struct Transfers {
     active: Arc<std::sync::atomic::AtomicBool>,
@@ -83,15 +84,16 @@ struct Transfers {
 struct TransferState {
     sftp: Option<SftpTracker>,
     scp: Option<ScpTracker>,
-    /// Set by the actor before the request that starts the transfer.
-    settings: Option<CaptureFiles>,
+    /// Set by the actor before the request that may move files.
+    files: Option<CaptureFiles>,
     capture: Option<Capture>,
 }
 
-/// What a file-moving request needs to capture files.
+/// What a request that may move files needs to follow them.
 #[derive(Clone)]
 pub struct CaptureFiles {
-    pub settings: Arc<capture::Settings>,
+    /// Where contents are staged; `None`: listed and hashed only.
+    pub settings: Option<Arc<capture::Settings>>,
     pub session: Arc<capture::SessionFiles>,
 }
 
@@ -105,13 +107,13 @@ impl Transfers {
         let mut st = self.lock();
         let protocol = match request {
             Request::Subsystem { name } if name == "sftp" => {
-                st.sftp = Some(match st.settings {
+                st.sftp = Some(match st.files {
                     Some(_) => SftpTracker::capturing(),
                     None => SftpTracker::default(),
                 });
                 Protocol::Sftp
             }
-            Request::Exec { command } if st.settings.is_some() => {
+            Request::Exec { command } if st.files.is_some() => {
                 match ScpTracker::for_command(&String::from_utf8_lossy(command)) {
                     Some(t) => st.scp = Some(t),
                     None => return,
@@ -120,7 +122,7 @@ impl Transfers {
             }
             _ => return,
         };
-        if let Some(c) = st.settings.clone() {
+        if let Some(c) = st.files.clone() {
             st.capture = Some(Capture::new(c.settings, c.session, protocol));
         }
         self.active
@@ -331,7 +333,7 @@ async fn client_to_target(
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::CommandRules { grant, rules }) => shell.rules(grant, rules),
                 Some(Ctl::HoldInput) => holding = true,
-                Some(Ctl::CaptureFiles(c)) => transfers.lock().settings = Some(c),
+                Some(Ctl::CaptureFiles(c)) => transfers.lock().files = Some(c),
                 Some(Ctl::Request { request, reply }) => {
                     holding = false;
                     if record_request(&rec, id, &request).await.is_err() {

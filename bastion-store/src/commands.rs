@@ -134,6 +134,7 @@ impl CommandIndex {
             }
             if q.filter.until_micros.is_some_and(|t| e.at_micros >= t)
                 || q.session.is_some_and(|s| s != e.session)
+                || q.source.is_some_and(|s| s != e.source)
             {
                 continue;
             }

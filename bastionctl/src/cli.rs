@@ -984,6 +984,9 @@ impl Command {
                 limit,
             } => Ok(Request::Search {
                 query: bastion_core::session::CommandQuery {
+                    source: file_hash
+                        .is_some()
+                        .then_some(bastion_core::session::CommandSource::File),
                     text: Some(file_hash.unwrap_or(text)),
                     session,
                     filter: SessionFilter {

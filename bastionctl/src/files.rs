@@ -29,13 +29,8 @@ pub enum ExtractError {
     },
     #[error("bastiond sent file data that is not base64")]
     Encoding,
-    #[error("file {index} ({path}): extracted SHA-256 {got} differs from the recorded {want}")]
-    Mismatch {
-        index: u32,
-        path: String,
-        got: String,
-        want: String,
-    },
+    #[error("{0} of the files did not match their recorded SHA-256 (not written; named above)")]
+    Mismatch(usize),
 }
 
 /// Extracts every captured file; returns how many were written.
@@ -53,18 +48,20 @@ pub fn extract(
         path: dir.into(),
         source,
     })?;
-    let mut written = 0;
+    let (mut written, mut mismatched) = (0, 0);
     for f in files.iter().filter(|f| f.captured) {
         let path = dir.join(file_name(f));
         let sha = write_one(socket, timeout, id, f, &path)?;
         let want = f.sha256.clone().unwrap_or_default();
         if sha != want {
-            return Err(ExtractError::Mismatch {
-                index: f.index,
-                path: f.path.clone(),
-                got: sha,
-                want,
-            });
+            // What cannot be vouched for is not left behind as if it could.
+            let _ = std::fs::remove_file(&path);
+            eprintln!(
+                "bastionctl: file {} ({}): extracted SHA-256 {sha} differs from the recorded {want}",
+                f.index, f.path
+            );
+            mismatched += 1;
+            continue;
         }
         println!(
             "{}  {}  ({} bytes, sha256 {sha})",
@@ -74,7 +71,10 @@ pub fn extract(
         );
         written += 1;
     }
-    Ok(written)
+    match mismatched {
+        0 => Ok(written),
+        n => Err(ExtractError::Mismatch(n)),
+    }
 }
 
 /// `INDEX-NAME`: the file's last path component, made safe (never a path of its own).

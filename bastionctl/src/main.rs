@@ -180,11 +180,7 @@ fn composite(socket: &std::path::Path, c: cli::Composite) -> ExitCode {
 
 /// The replay page of a session: its asciicast, what happened in it, its seal.
 fn replay_page(socket: &std::path::Path, id: u64) -> Result<String, String> {
-    let call = |r: Request| match client::call(socket, &r, TIMEOUT) {
-        Ok(Response::Error { error }) => Err(error.to_string()),
-        Ok(r) => Ok(r),
-        Err(e) => Err(e.to_string()),
-    };
+    let call = |r: Request| client::call(socket, &r, TIMEOUT).map_err(|e| e.to_string());
     let unexpected = |what: &str| format!("bastiond sent an unexpected answer to {what}");
     let Response::Session { session, activity } = call(Request::SessionShow { id })? else {
         return Err(unexpected("session show"));

@@ -37,8 +37,6 @@ pub enum ReportError {
     Api(#[from] client::ClientError),
     #[error("bastiond sent an unexpected answer to {0}")]
     Unexpected(&'static str),
-    #[error("bastiond refused {what}: {error}")]
-    Refused { what: &'static str, error: String },
     #[error("--since must be before --until")]
     Range,
     #[error("drawing a chart: {0}")]
@@ -63,15 +61,8 @@ pub fn run(socket: &std::path::Path, timeout: Duration, args: Args) -> Result<()
         return Err(ReportError::Range);
     }
     let (since_micros, until_micros) = (since * 1_000_000, until * 1_000_000);
-    let call = |what: &'static str, r: Request| -> Result<Response, ReportError> {
-        match client::call(socket, &r, timeout)? {
-            Response::Error { error } => Err(ReportError::Refused {
-                what,
-                error: error.to_string(),
-            }),
-            other => Ok(other),
-        }
-    };
+    let call =
+        |r: Request| -> Result<Response, ReportError> { Ok(client::call(socket, &r, timeout)?) };
     let filter = SessionFilter {
         user: args.user.clone(),
         target: args.target.clone(),
@@ -80,31 +71,40 @@ pub fn run(socket: &std::path::Path, timeout: Duration, args: Args) -> Result<()
         ..SessionFilter::default()
     };
     progress("sessions");
-    let Response::Sessions { sessions } = call(
-        "the session list",
-        Request::SessionList {
-            filter: filter.clone(),
-        },
-    )?
+    let Response::Sessions { sessions } = call(Request::SessionList {
+        filter: filter.clone(),
+    })?
     else {
         return Err(ReportError::Unexpected("the session list"));
     };
     let events = audit_events(&call, since_micros, until_micros)?;
-    let commands = commands(&call, &filter)?;
-    progress("integrity");
-    let Response::Verify {
-        sessions: integrity,
-        ..
-    } = call("verify", Request::Verify { session: None })?
-    else {
-        return Err(ReportError::Unexpected("verify"));
-    };
-    let Response::Entities { entities } = call(
-        "the grant list",
-        Request::PolicyList {
-            kind: EntityKind::Grant,
+    // Commands by their own time: a session started in the range counts with everything it
+    // did, after the range's end too (the report keeps only its sessions' commands).
+    let commands = commands(
+        &call,
+        &SessionFilter {
+            until_micros: None,
+            ..filter.clone()
         },
-    )?
+    )?;
+    // Each session of the range judged on its own (the whole store could take longer than
+    // one answer may).
+    let mut integrity = Vec::with_capacity(sessions.len());
+    for (n, s) in sessions.iter().enumerate() {
+        if n % 50 == 0 {
+            progress(&format!("integrity ({n} of {})", sessions.len()));
+        }
+        let Response::Verify { sessions: v, .. } = call(Request::Verify {
+            session: Some(s.id),
+        })?
+        else {
+            return Err(ReportError::Unexpected("verify"));
+        };
+        integrity.extend(v);
+    }
+    let Response::Entities { entities } = call(Request::PolicyList {
+        kind: EntityKind::Grant,
+    })?
     else {
         return Err(ReportError::Unexpected("the grant list"));
     };
@@ -159,20 +159,17 @@ fn progress(what: &str) {
 
 /// The audit stream from its start, page by page, keeping the events in range.
 fn audit_events(
-    call: &dyn Fn(&'static str, Request) -> Result<Response, ReportError>,
+    call: &dyn Fn(Request) -> Result<Response, ReportError>,
     since: u64,
     until: u64,
 ) -> Result<Vec<bastion_core::audit::AuditEvent>, ReportError> {
     let mut kept = Vec::new();
     let mut after = 0;
     loop {
-        let Response::Audit { events } = call(
-            "the audit stream",
-            Request::AuditSince {
-                after,
-                limit: AUDIT_PAGE,
-            },
-        )?
+        let Response::Audit { events } = call(Request::AuditSince {
+            after,
+            limit: AUDIT_PAGE,
+        })?
         else {
             return Err(ReportError::Unexpected("the audit stream"));
         };
@@ -196,7 +193,7 @@ fn audit_events(
 /// Every indexed command and file of the range: searched newest first, a page at a time,
 /// each page ending where the last one's oldest hit was (hits at that instant seen once).
 fn commands(
-    call: &dyn Fn(&'static str, Request) -> Result<Response, ReportError>,
+    call: &dyn Fn(Request) -> Result<Response, ReportError>,
     filter: &SessionFilter,
 ) -> Result<Vec<CommandHit>, ReportError> {
     let mut all = Vec::new();
@@ -205,21 +202,17 @@ fn commands(
     loop {
         progress(&format!("commands ({})", all.len()));
         let query = CommandQuery {
-            text: None,
-            session: None,
             filter: SessionFilter {
                 until_micros: until,
                 ..filter.clone()
             },
             limit: SEARCH_PAGE,
+            ..CommandQuery::default()
         };
-        let Response::Search { hits, .. } = call(
-            "the command search",
-            Request::Search {
-                query,
-                output: false,
-            },
-        )?
+        let Response::Search { hits, .. } = call(Request::Search {
+            query,
+            output: false,
+        })?
         else {
             return Err(ReportError::Unexpected("the command search"));
         };
@@ -339,11 +332,16 @@ fn csv(r: &Report) -> String {
     out
 }
 
-/// A CSV field, quoted when it needs to be.
+/// A CSV field, quoted when it needs to be; text a spreadsheet would run as a formula (a
+/// recorded command or path starting with `=`, `+`, `-`, `@`) is kept text with a `'`.
 fn field(s: &str) -> String {
+    let s = match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }

@@ -119,9 +119,10 @@ fn assert_no_page_errors(dom: &str, stderr: &str, what: &str) {
 fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium() {
     let (lab, b) = Lab::with_alice().unwrap();
     let web1 = lab.info().hosts[0].addr.clone();
-    // alice's grant captures files; bob may only run commands. 9 sessions in all: alice's
-    // 4 commands and 3 transfers, bob's command and his refused sftp (the session starts, the
-    // subsystem is refused); bob as a login he has no grant for is refused before a session.
+    // alice's grant captures files; bob may only run commands (a legacy scp is one). 10
+    // sessions in all: alice's 4 commands and 3 transfers, bob's command, his scp and his
+    // refused sftp (the session starts, the subsystem is refused); bob as a login he has no
+    // grant for is refused before a session.
     ok(&b, &["grant", "remove", "alice-web1"]);
     grant_with(
         &b,
@@ -226,7 +227,27 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         .arg(dir.join("scp-a.bin"));
     common::assert_ok(&cmd.output().unwrap(), "scp -O down");
     assert_eq!(sha256(&dir.join("scp-a.bin")), a_sum);
-    wait_closed(&b, 9);
+    // bob's grant does not capture: his upload is listed with its hash, its content not kept.
+    let mut cmd = lab.command("admin", "scp").unwrap();
+    cmd.arg("-O")
+        .args(&port)
+        .args(lab.ssh_options_for(&bob))
+        .arg(&c)
+        .arg(remote(&dir.join("bob-c.txt")));
+    common::assert_ok(&cmd.output().unwrap(), "bob's scp -O up");
+    wait_closed(&b, 10);
+    let bobs = common::sessions(&b);
+    let bob_scp = bobs
+        .iter()
+        .find(|s| s.user == "bob" && s.bytes_in > 50_000)
+        .expect("bob's scp session");
+    let listing = ok(&b, &["session", "files", &bob_scp.id.to_string()]);
+    assert!(
+        listing.contains(&c_sum)
+            && listing.contains("not captured")
+            && listing.contains("bob-c.txt"),
+        "{listing}"
+    );
 
     // Listed with hashes, extracted byte for byte.
     let sessions = common::sessions(&b);
@@ -279,7 +300,11 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         3,
         "upload and download over sftp, download over scp: {found}"
     );
-    assert!(ok(&b, &["search", "--file-hash", &c_sum]).contains("remote-c.txt"));
+    let found = ok(&b, &["search", "--file-hash", &c_sum]);
+    assert!(
+        found.contains("remote-c.txt") && found.contains("bob-c.txt"),
+        "{found}"
+    );
 
     // The report's numbers.
     let now = bastion_core::audit::now_micros() / 1_000_000;
@@ -307,14 +332,14 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
     ))
     .unwrap();
     eprintln!("{report:#}");
-    assert_eq!(report["totals"]["sessions"], 9);
+    assert_eq!(report["totals"]["sessions"], 10);
     let targets: Vec<(&str, u64)> = report["per_target"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| (t["name"].as_str().unwrap(), t["sessions"].as_u64().unwrap()))
         .collect();
-    assert_eq!(targets, [("web1", 8), ("web2", 1)]);
+    assert_eq!(targets, [("web1", 9), ("web2", 1)]);
     let users: Vec<(String, u64)> = report["per_user"]
         .as_array()
         .unwrap()
@@ -326,17 +351,17 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
             )
         })
         .collect();
-    assert_eq!(users, [("alice".to_owned(), 7), ("bob".to_owned(), 2)]);
-    assert_eq!(report["after_hours"].as_array().unwrap().len(), 9);
+    assert_eq!(users, [("alice".to_owned(), 7), ("bob".to_owned(), 3)]);
+    assert_eq!(report["after_hours"].as_array().unwrap().len(), 10);
     assert_eq!(report["top_commands"][0]["name"], "uptime");
     assert_eq!(report["top_commands"][0]["count"], 3);
-    assert_eq!(report["uploads"]["count"], 2);
+    assert_eq!(report["uploads"]["count"], 3);
     assert_eq!(report["downloads"]["count"], 2);
     assert_eq!(
         report["uploads"]["bytes"].as_u64().unwrap(),
-        std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&c).unwrap().len()
+        std::fs::metadata(&a).unwrap().len() + 2 * std::fs::metadata(&c).unwrap().len()
     );
-    assert_eq!(report["integrity"]["sealed"], 9);
+    assert_eq!(report["integrity"]["sealed"], 10);
     assert_eq!(report["sign_ins_refused"], 0);
     let refusals = report["refusals"].to_string();
     assert!(
@@ -361,7 +386,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
         ],
     ))
     .unwrap();
-    assert_eq!(bob_report["totals"]["sessions"], 2);
+    assert_eq!(bob_report["totals"]["sessions"], 3);
     assert_eq!(bob_report["after_hours"].as_array().unwrap().len(), 0);
     let csv = ok(
         &b,
@@ -405,7 +430,7 @@ fn files_are_captured_reports_count_what_happened_and_pages_render_in_chromium()
     assert!(dom.contains("Sessions per day") && dom.contains("uptime") && dom.contains(&a_sum));
     let id = sessions
         .iter()
-        .find(|s| s.user == "bob" && s.bytes_out > 0)
+        .find(|s| s.user == "bob" && s.bytes_in == 0 && s.bytes_out > 0)
         .unwrap()
         .id
         .to_string();

@@ -48,9 +48,8 @@ pub enum FileEvent {
         offset: u64,
         data: Bytes,
     },
-    End {
-        key: u64,
-    },
+    /// The file ended: closed, or `cut` short (why) when it could not be followed to its end.
+    End { key: u64, cut: Option<String> },
 }
 
 /// The `File` frame: one file that crossed the channel.

@@ -107,7 +107,10 @@ impl ScpTracker {
     /// A file cut short when the channel ends.
     pub fn finish(&mut self) -> Vec<FileEvent> {
         match std::mem::replace(&mut self.state, State::Stopped) {
-            State::Content { .. } | State::Trailer => vec![FileEvent::End { key: self.key }],
+            State::Content { .. } | State::Trailer => vec![FileEvent::End {
+                key: self.key,
+                cut: Some("the channel ended in the middle of the file".into()),
+            }],
             _ => Vec::new(),
         }
     }
@@ -126,7 +129,7 @@ impl ScpTracker {
                         self.state = State::Stopped;
                     } else if end.is_some() {
                         let line = std::mem::take(line);
-                        self.control(&line);
+                        events.extend(self.control(&line));
                     }
                 }
                 State::Content { left } => {
@@ -146,7 +149,10 @@ impl ScpTracker {
                     }
                 }
                 State::Trailer => {
-                    events.push(FileEvent::End { key: self.key });
+                    events.push(FileEvent::End {
+                        key: self.key,
+                        cut: None,
+                    });
                     data = &data[1..];
                     self.state = State::Line(Vec::new());
                 }
@@ -155,11 +161,21 @@ impl ScpTracker {
         events
     }
 
-    /// One control line (with its `\n`).
-    fn control(&mut self, line: &[u8]) {
+    /// One control line (with its `\n`); a file's beginning is an (empty) first piece, so an
+    /// empty file is listed too.
+    fn control(&mut self, line: &[u8]) -> Option<FileEvent> {
         let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+        let mut begun = None;
         let next = match text.as_bytes().first() {
-            Some(b'C') => self.file(&text[1..]),
+            Some(b'C') => self.file(&text[1..]).inspect(|_| {
+                begun = Some(FileEvent::Data {
+                    key: self.key,
+                    path: self.path.clone(),
+                    direction: self.direction,
+                    offset: 0,
+                    data: Bytes::new(),
+                })
+            }),
             Some(b'D') if self.dirs.len() < MAX_DEPTH => {
                 let name = text.splitn(3, ' ').nth(2).map(str::to_owned);
                 name.filter(|n| valid_name(n)).map(|n| {
@@ -175,6 +191,7 @@ impl ScpTracker {
             _ => None,
         };
         self.state = next.unwrap_or(State::Stopped);
+        begun
     }
 
     /// `<mode> <size> <name>`: a file begins.
@@ -201,7 +218,7 @@ impl ScpTracker {
     fn path_of(&self, name: &str) -> String {
         let operand = self.operand.as_str();
         let mut path = match self.direction {
-            Direction::Download => match operand.rsplit_once('/') {
+            Direction::Download => match operand.trim_end_matches('/').rsplit_once('/') {
                 Some((parent, _)) => parent.to_owned(),
                 None => ".".to_owned(),
             },
@@ -248,7 +265,8 @@ mod tests {
                     offset,
                     data,
                     ..
-                } => Some((*key, path.clone(), *offset, data.to_vec())),
+                } if !data.is_empty() => Some((*key, path.clone(), *offset, data.to_vec())),
+                FileEvent::Data { .. } => None,
                 FileEvent::End { .. } => None,
             })
             .collect()
@@ -285,7 +303,10 @@ mod tests {
                 .collect();
             assert_eq!(
                 ends,
-                [&FileEvent::End { key: 1 }, &FileEvent::End { key: 2 }]
+                [
+                    &FileEvent::End { key: 1, cut: None },
+                    &FileEvent::End { key: 2, cut: None }
+                ]
             );
         }
     }
@@ -335,6 +356,12 @@ mod tests {
         let mut t = ScpTracker::for_command("scp -t /tmp").expect("sink");
         let e = t.client(b"C0644 10 cut\nabc");
         assert_eq!(content(&e).len(), 1);
-        assert_eq!(t.finish(), [FileEvent::End { key: 1 }]);
+        assert!(matches!(
+            t.finish().as_slice(),
+            [FileEvent::End {
+                key: 1,
+                cut: Some(_)
+            }]
+        ));
     }
 }

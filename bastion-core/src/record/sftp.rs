@@ -30,6 +30,7 @@ const FXP_RENAME: u8 = 18;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
 const FXP_DATA: u8 = 103;
+const FXF_WRITE: u32 = 0x2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -65,6 +66,10 @@ pub enum SftpEvent {
 #[derive(Debug)]
 struct Open {
     key: u64,
+    /// Opened for writing (an upload when nothing is read from it).
+    write: bool,
+    /// Some of its content was handed over.
+    pieces: bool,
     path: String,
     read: u64,
     written: u64,
@@ -73,8 +78,15 @@ struct Open {
 
 #[derive(Debug)]
 enum Pending {
-    Open { path: String, dir: bool },
-    Read { handle: Vec<u8>, offset: u64 },
+    Open {
+        path: String,
+        dir: bool,
+        write: bool,
+    },
+    Read {
+        handle: Vec<u8>,
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +128,8 @@ impl<'a> Cursor<'a> {
 }
 
 impl Open {
-    fn piece(&self, direction: Direction, offset: u64, data: &[u8]) -> FileEvent {
+    fn piece(&mut self, direction: Direction, offset: u64, data: &[u8]) -> FileEvent {
+        self.pieces = true;
         FileEvent::Data {
             key: self.key,
             path: self.path.clone(),
@@ -124,6 +137,30 @@ impl Open {
             offset,
             data: Bytes::copy_from_slice(data),
         }
+    }
+}
+
+impl Open {
+    /// The file's end; one that never moved a byte is listed too (as written, when opened for
+    /// writing: an empty file created).
+    fn end(&self, files: &mut Vec<FileEvent>, cut: Option<&str>) {
+        if !self.pieces {
+            let direction = match self.write {
+                true => Direction::Upload,
+                false => Direction::Download,
+            };
+            files.push(FileEvent::Data {
+                key: self.key,
+                path: self.path.clone(),
+                direction,
+                offset: 0,
+                data: Bytes::new(),
+            });
+        }
+        files.push(FileEvent::End {
+            key: self.key,
+            cut: cut.map(str::to_owned),
+        });
     }
 }
 
@@ -159,11 +196,16 @@ impl SftpTracker {
 
     /// Files still open when the channel ends.
     pub fn finish(&mut self) -> Vec<SftpEvent> {
+        let capture = self.capture;
         let files = &mut self.files;
         self.handles
             .drain()
             .filter(|(_, o)| !o.dir)
-            .inspect(|(_, o)| files.push(FileEvent::End { key: o.key }))
+            .inspect(|(_, o)| {
+                if capture {
+                    o.end(files, Some("the channel ended before the file was closed"));
+                }
+            })
             .map(|(_, o)| SftpEvent::File {
                 path: o.path,
                 read: o.read,
@@ -174,6 +216,13 @@ impl SftpTracker {
 
     fn stop(&mut self, reason: String) -> Vec<SftpEvent> {
         self.stopped = true;
+        if self.capture {
+            // Open files cannot be followed further: they end here, cut, and say why.
+            let cut = format!("SFTP tracking stopped ({reason}): the file could not be followed");
+            for o in self.handles.values().filter(|o| !o.dir) {
+                o.end(&mut self.files, Some(&cut));
+            }
+        }
         self.to_server = Vec::new();
         self.to_client = Vec::new();
         self.pending.clear();
@@ -235,11 +284,13 @@ impl SftpTracker {
         Some(match kind {
             FXP_OPEN | FXP_OPENDIR => {
                 let path = c.string()?;
+                let write = kind == FXP_OPEN && c.u32()? & FXF_WRITE != 0;
                 self.pending.insert(
                     id,
                     Pending::Open {
                         path,
                         dir: kind == FXP_OPENDIR,
+                        write,
                     },
                 );
                 None
@@ -268,7 +319,7 @@ impl SftpTracker {
                     Some(o) if o.dir => Some(SftpEvent::Listed { path: o.path }),
                     Some(o) => {
                         if self.capture {
-                            self.files.push(FileEvent::End { key: o.key });
+                            o.end(&mut self.files, None);
                         }
                         Some(SftpEvent::File {
                             path: o.path,
@@ -298,13 +349,15 @@ impl SftpTracker {
         }
         let id = c.u32()?;
         match (kind, self.pending.remove(&id)) {
-            (FXP_HANDLE, Some(Pending::Open { path, dir })) => {
+            (FXP_HANDLE, Some(Pending::Open { path, dir, write })) => {
                 let handle = c.bytes()?.to_vec();
                 self.next_key += 1;
                 self.handles.insert(
                     handle,
                     Open {
                         key: self.next_key,
+                        write,
+                        pieces: false,
                         path,
                         read: 0,
                         written: 0,
@@ -422,6 +475,72 @@ mod tests {
             [SftpEvent::Remove {
                 path: "/tmp/b".into()
             }]
+        );
+    }
+
+    #[test]
+    fn capturing_hands_over_pieces_and_ends_including_empty_and_cut_files() {
+        let mut t = SftpTracker::capturing();
+        let open = |id: u32, path: &[u8], flags: u32| {
+            packet(
+                FXP_OPEN,
+                Some(id),
+                &[&s(path), &flags.to_be_bytes(), &0u32.to_be_bytes()],
+            )
+        };
+        t.client(&open(1, b"/up", 0x1a));
+        t.server(&packet(FXP_HANDLE, Some(1), &[&s(b"h1")]));
+        t.client(&packet(
+            FXP_WRITE,
+            Some(2),
+            &[&s(b"h1"), &4u64.to_be_bytes(), &s(b"tail")],
+        ));
+        t.client(&packet(
+            FXP_WRITE,
+            Some(3),
+            &[&s(b"h1"), &0u64.to_be_bytes(), &s(b"head")],
+        ));
+        t.client(&packet(FXP_CLOSE, Some(4), &[&s(b"h1")]));
+        // An empty file created, and one read from, still open when tracking stops.
+        t.client(&open(5, b"/empty", 0x1a));
+        t.server(&packet(FXP_HANDLE, Some(5), &[&s(b"h2")]));
+        t.client(&packet(FXP_CLOSE, Some(6), &[&s(b"h2")]));
+        t.client(&open(7, b"/down", 0x1));
+        t.server(&packet(FXP_HANDLE, Some(7), &[&s(b"h3")]));
+        t.client(&packet(
+            FXP_READ,
+            Some(8),
+            &[&s(b"h3"), &0u64.to_be_bytes(), &9u32.to_be_bytes()],
+        ));
+        t.server(&packet(FXP_DATA, Some(8), &[&s(b"abc")]));
+        t.client(&u32::MAX.to_be_bytes());
+        let files = t.take_files();
+        let summary: Vec<String> = files
+            .iter()
+            .map(|e| match e {
+                FileEvent::Data {
+                    key,
+                    path,
+                    direction,
+                    offset,
+                    data,
+                } => {
+                    format!("{key} {path} {direction:?} {offset} {}", data.len())
+                }
+                FileEvent::End { key, cut } => format!("{key} end {}", cut.is_some()),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "1 /up Upload 4 4",
+                "1 /up Upload 0 4",
+                "1 end false",
+                "2 /empty Upload 0 0",
+                "2 end false",
+                "3 /down Download 0 3",
+                "3 end true",
+            ]
         );
     }
 

@@ -358,14 +358,14 @@ impl Archiver {
         });
         let saved = p.clone();
         self.blocking(move |s| s.archive_update(id, &saved)).await?;
-        // Parts go up PARTS_IN_FLIGHT at a time: one part's round trip (the store writing and
-        // replicating it) no longer leaves the link idle. Completed in order, as numbered.
+        // Parts go up PARTS_IN_FLIGHT at a time, each on a task of its own so it goes on
+        // while the next is produced and throttled: one part's round trip (the store writing
+        // and replicating it) no longer leaves the link idle. Completed in order, as numbered.
         let mut parts = Vec::new();
-        let mut in_flight = futures::stream::FuturesOrdered::new();
+        let mut in_flight = std::collections::VecDeque::new();
         let mut first = first.into_iter();
-        let mut produced = 0;
         let mut more = true;
-        loop {
+        let result = loop {
             while more && in_flight.len() < PARTS_IN_FLIGHT {
                 let chunk = match first.next() {
                     Some(c) => Some(c),
@@ -376,14 +376,26 @@ impl Archiver {
                     break;
                 };
                 throttle.take(chunk.len()).await;
-                in_flight.push_back(self.remote.put_part(object, &upload, produced, chunk));
-                produced += 1;
+                let (remote, key, id) = (self.remote.clone(), object.to_owned(), upload.clone());
+                let index = parts.len() + in_flight.len();
+                in_flight.push_back(tokio::spawn(async move {
+                    remote.put_part(&key, &id, index, chunk).await
+                }));
             }
-            match futures::StreamExt::next(&mut in_flight).await {
-                Some(part) => parts.push(part?),
-                None => break,
+            let Some(next) = in_flight.pop_front() else {
+                break Ok(());
+            };
+            match next.await {
+                Ok(Ok(part)) => parts.push(part),
+                Ok(Err(e)) => break Err(ArchiveError::from(e)),
+                Err(e) => break Err(ArchiveError::Internal(format!("part upload: {e}"))),
             }
+        };
+        // A failure leaves no part going on behind it (the upload is aborted before a resend).
+        for task in in_flight {
+            task.abort();
         }
+        result?;
         self.remote.complete(object, &upload, parts).await?;
         p.multipart = None;
         Ok(())

@@ -207,10 +207,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tickets_changed: tokio::sync::Notify::new(),
         anchor_now: anchor_now.clone(),
         capture_files: config.record.capture_files,
-        capture: Arc::new(bastion_proxy::capture::Settings {
-            dir: store.path().to_path_buf(),
-            max_bytes: config.record.max_file_capture_mb.saturating_mul(1 << 20),
-        }),
+        capture: Arc::new(bastion_proxy::capture::Settings::new(
+            store.path().to_path_buf(),
+            config.record.max_file_capture_mb.saturating_mul(1 << 20),
+        )),
     });
     let daemon = Arc::new(Daemon {
         started: Instant::now(),

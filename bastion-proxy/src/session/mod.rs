@@ -822,8 +822,12 @@ impl SessionActor {
         }
         if let Some(rule) = review {
             // The pump reads nothing more from the client until the command is decided; told
-            // before the client's next message is read (that waits for this reply).
+            // before the client's next message is read (that waits for this reply). A held
+            // scp, once approved, has its files followed like any other.
             if let Some(entry) = self.channels.get(&channel) {
+                if let Some(files) = self.files_for(&request, &verdict) {
+                    let _ = entry.ctl.send(channel::Ctl::CaptureFiles(files)).await;
+                }
                 let _ = entry.ctl.send(channel::Ctl::HoldInput).await;
             }
             // Accepted toward the client, so it reads why it waits; the target sees nothing
@@ -851,7 +855,7 @@ impl SessionActor {
                         })
                         .await;
                 }
-                if let Some(capture) = self.capture_for(&request, &verdict) {
+                if let Some(capture) = self.files_for(&request, &verdict) {
                     let _ = entry.ctl.send(channel::Ctl::CaptureFiles(capture)).await;
                 }
                 let shell = matches!(request, Request::Shell);
@@ -877,9 +881,10 @@ impl SessionActor {
         ControlFlow::Continue(())
     }
 
-    /// File capture for a request that may move files (an exec, which may be scp; the sftp
-    /// subsystem), when the config or the request's grant asks for it.
-    fn capture_for(
+    /// Following the files of a request that may move some (an exec, which may be scp; the
+    /// sftp subsystem): always listed and hashed, their contents staged when the config or the
+    /// request's grant captures files.
+    fn files_for(
         &self,
         request: &Request,
         verdict: &Result<Option<String>, String>,
@@ -890,15 +895,15 @@ impl SessionActor {
         if !matches!(request, Request::Exec { .. } | Request::Subsystem { .. }) {
             return None;
         }
-        let wanted = self.ctx.capture_files
+        let capture = self.ctx.capture_files
             || self
                 .ctx
                 .policy()
                 .grants
                 .get(grant)
                 .is_some_and(|g| g.capture_files);
-        wanted.then(|| channel::CaptureFiles {
-            settings: self.ctx.capture.clone(),
+        Some(channel::CaptureFiles {
+            settings: capture.then(|| self.ctx.capture.clone()),
             session: route.files.clone(),
         })
     }
