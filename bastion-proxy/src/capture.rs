@@ -183,17 +183,15 @@ impl Capture {
         let mut done = Vec::new();
         for e in events {
             match e {
-                FileEvent::Data {
+                FileEvent::Begin {
                     key,
                     path,
                     direction,
-                    offset,
-                    data,
                 } => {
-                    if !self.open.contains_key(&key) {
-                        let staged = self.stage(path, direction);
-                        self.open.insert(key, staged);
-                    }
+                    let staged = self.stage(path, direction);
+                    self.open.insert(key, staged);
+                }
+                FileEvent::Data { key, offset, data } => {
                     let max = self.settings.as_ref().map(|s| s.max_bytes);
                     if let Some(s) = self.open.get_mut(&key) {
                         s.piece(offset, &data, max);
@@ -396,11 +394,17 @@ fn hash_file(f: &mut File) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
-    fn piece(key: u64, offset: u64, data: &[u8]) -> FileEvent {
-        FileEvent::Data {
+    fn begin(key: u64) -> FileEvent {
+        FileEvent::Begin {
             key,
             path: format!("/f{key}"),
             direction: Direction::Upload,
+        }
+    }
+
+    fn piece(key: u64, offset: u64, data: &[u8]) -> FileEvent {
+        FileEvent::Data {
+            key,
             offset,
             data: bytes::Bytes::copy_from_slice(data),
         }
@@ -437,6 +441,10 @@ mod tests {
         let mut c = Capture::new(Some(settings.clone()), session.clone(), Protocol::Sftp);
         // In order; out of order; too large; written twice at one offset.
         let mut done = c.take(vec![
+            begin(1),
+            begin(2),
+            begin(3),
+            begin(4),
             piece(1, 0, b"abc"),
             piece(2, 3, b"def"),
             piece(1, 3, b"de"),
@@ -467,7 +475,7 @@ mod tests {
         assert!(!done[3].has_content());
         // Another channel of the same session moves the same content: not stored again.
         let mut c2 = Capture::new(Some(settings), session, Protocol::Scp);
-        let again = c2.take(vec![piece(9, 0, b"abcde"), end(9)]);
+        let again = c2.take(vec![begin(9), piece(9, 0, b"abcde"), end(9)]);
         assert_eq!(again[0].file.same_as, Some(done[0].file.index));
         assert!(again[0].file.captured && !again[0].has_content());
     }
@@ -477,9 +485,11 @@ mod tests {
         let (_dir, settings, session) = setup(64);
         let mut c = Capture::new(Some(settings), session, Protocol::Sftp);
         let done = c.take(vec![
+            begin(1),
             piece(1, 0, b"ab"),
             piece(1, 6, b"gh"),
             end(1),
+            begin(2),
             piece(2, 0, b"ab"),
             FileEvent::End {
                 key: 2,
@@ -489,7 +499,7 @@ mod tests {
         let note = done[0].file.note.as_deref().unwrap_or_default();
         assert!(note.contains("4 of its 8 bytes never crossed"), "{note}");
         assert_eq!(done[1].file.note.as_deref(), Some("SFTP tracking stopped"));
-        let open = c.take(vec![piece(3, 0, b"x")]);
+        let open = c.take(vec![begin(3), piece(3, 0, b"x")]);
         assert!(open.is_empty());
         let last = c.finish();
         assert!(
@@ -506,7 +516,7 @@ mod tests {
     fn without_capture_files_are_hashed_and_listed_only() {
         let session = Arc::default();
         let mut c = Capture::new(None, session, Protocol::Scp);
-        let done = c.take(vec![piece(1, 0, b"abc"), end(1)]);
+        let done = c.take(vec![begin(1), piece(1, 0, b"abc"), end(1)]);
         let f = &done[0].file;
         assert_eq!((f.size, f.captured, f.note.as_deref()), (3, false, None));
         assert_eq!(f.sha256.as_deref(), Some(sha(b"abc").as_str()));
@@ -517,7 +527,9 @@ mod tests {
         let (_dir, settings, session) = setup(8);
         let mut c = Capture::new(Some(settings.clone()), session.clone(), Protocol::Sftp);
         // Five files of 8 bytes open at once: four fit the session's budget (4 x 8).
-        let pieces = (1..=5).map(|k| piece(k, 0, &[k as u8; 8])).collect();
+        let pieces = (1..=5)
+            .flat_map(|k| [begin(k), piece(k, 0, &[k as u8; 8])])
+            .collect();
         assert!(c.take(pieces).is_empty());
         assert_eq!(session.staged.load(Ordering::Relaxed), 32);
         assert_eq!(settings.staged.load(Ordering::Relaxed), 32);

@@ -187,27 +187,7 @@ pub enum Command {
     /// after-hours access and access outside grants' windows; denied flows; command rule hits
     /// and top commands; files moved; MFA and approvals; integrity. A progress line goes to
     /// stderr.
-    Report {
-        /// From (sessions started, events at): Unix seconds, YYYY-MM-DD or
-        /// YYYY-MM-DDTHH:MM:SSZ (UTC). Default: 30 days before --until.
-        #[arg(long, value_parser = parse_time)]
-        since: Option<u64>,
-        /// Before (same formats). Default: now.
-        #[arg(long, value_parser = parse_time)]
-        until: Option<u64>,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        /// Working hours (UTC); sessions started outside them are after-hours.
-        #[arg(long, default_value = "mon-fri 08:00-18:00")]
-        work_hours: Window,
-        #[arg(long, value_enum, default_value_t = crate::report::Format::Html)]
-        format: crate::report::Format,
-        /// Write here instead of stdout.
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
+    Report(crate::report::Args),
     /// Flows to protected prefixes the enforcement hooks saw: denied attempts and allowed
     /// upstream connections, newest last, with the count of events the kernel lost.
     Flows {
@@ -690,7 +670,7 @@ fn parse_hash(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_time(s: &str) -> Result<u64, String> {
+pub fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(secs);
     }
@@ -896,23 +876,7 @@ impl Command {
     /// A command bastionctl composes from several requests, taken out.
     pub fn composite(self) -> Result<Composite, Box<Command>> {
         match self {
-            Command::Report {
-                since,
-                until,
-                user,
-                target,
-                work_hours,
-                format,
-                output,
-            } => Ok(Composite::Report(crate::report::Args {
-                since,
-                until,
-                user,
-                target,
-                work_hours,
-                format,
-                output,
-            })),
+            Command::Report(args) => Ok(Composite::Report(args)),
             Command::Session {
                 cmd:
                     SessionCmd::Files {
@@ -1133,7 +1097,7 @@ impl Command {
                 cmd: SubnetCmd::Set { cidr, approvers },
             } => approvers_request(GrantObject::Subnet(cidr), approvers),
             Command::Archive { .. } => Ok(Request::ArchiveStatus),
-            Command::Report { .. } => Err("report is composed by bastionctl".into()),
+            Command::Report(_) => Err("report is composed by bastionctl".into()),
             Command::Request { cmd } => Ok(match cmd {
                 RequestCmd::List { all } => Request::TicketList { all },
                 RequestCmd::Show { id } => Request::TicketShow { id },

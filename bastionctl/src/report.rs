@@ -21,13 +21,26 @@ pub enum Format {
     Csv,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// From (sessions started, events at): Unix seconds, YYYY-MM-DD or
+    /// YYYY-MM-DDTHH:MM:SSZ (UTC). Default: 30 days before --until.
+    #[arg(long, value_parser = crate::cli::parse_time)]
     pub since: Option<u64>,
+    /// Before (same formats). Default: now.
+    #[arg(long, value_parser = crate::cli::parse_time)]
     pub until: Option<u64>,
+    #[arg(long)]
     pub user: Option<String>,
+    #[arg(long)]
     pub target: Option<String>,
+    /// Working hours (UTC); sessions started outside them are after-hours.
+    #[arg(long, default_value = "mon-fri 08:00-18:00")]
     pub work_hours: Window,
+    #[arg(long, value_enum, default_value_t = Format::Html)]
     pub format: Format,
+    /// Write here instead of stdout.
+    #[arg(long)]
     pub output: Option<PathBuf>,
 }
 

@@ -41,15 +41,23 @@ pub enum Protocol {
 /// apart while they are open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileEvent {
-    Data {
+    /// A file begins: before its first piece, or before its end when no byte crossed (an
+    /// empty file is listed too).
+    Begin {
         key: u64,
         path: String,
         direction: Direction,
+    },
+    Data {
+        key: u64,
         offset: u64,
         data: Bytes,
     },
     /// The file ended: closed, or `cut` short (why) when it could not be followed to its end.
-    End { key: u64, cut: Option<String> },
+    End {
+        key: u64,
+        cut: Option<String>,
+    },
 }
 
 /// The `File` frame: one file that crossed the channel.

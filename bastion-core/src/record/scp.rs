@@ -47,7 +47,6 @@ pub struct ScpTracker {
     dirs: Vec<String>,
     state: State,
     key: u64,
-    path: String,
     offset: u64,
 }
 
@@ -83,7 +82,6 @@ impl ScpTracker {
             dirs: Vec::new(),
             state: State::Line(Vec::new()),
             key: 0,
-            path: String::new(),
             offset: 0,
         })
     }
@@ -136,8 +134,6 @@ impl ScpTracker {
                     let n = (*left).min(data.len() as u64) as usize;
                     events.push(FileEvent::Data {
                         key: self.key,
-                        path: self.path.clone(),
-                        direction: self.direction,
                         offset: self.offset,
                         data: Bytes::copy_from_slice(&data[..n]),
                     });
@@ -161,20 +157,18 @@ impl ScpTracker {
         events
     }
 
-    /// One control line (with its `\n`); a file's beginning is an (empty) first piece, so an
-    /// empty file is listed too.
+    /// One control line (with its `\n`); a `C` line begins a file.
     fn control(&mut self, line: &[u8]) -> Option<FileEvent> {
         let text = String::from_utf8_lossy(&line[..line.len() - 1]);
         let mut begun = None;
         let next = match text.as_bytes().first() {
-            Some(b'C') => self.file(&text[1..]).inspect(|_| {
-                begun = Some(FileEvent::Data {
+            Some(b'C') => self.file(&text[1..]).map(|(state, path)| {
+                begun = Some(FileEvent::Begin {
                     key: self.key,
-                    path: self.path.clone(),
+                    path,
                     direction: self.direction,
-                    offset: 0,
-                    data: Bytes::new(),
-                })
+                });
+                state
             }),
             Some(b'D') if self.dirs.len() < MAX_DEPTH => {
                 let name = text.splitn(3, ' ').nth(2).map(str::to_owned);
@@ -194,20 +188,19 @@ impl ScpTracker {
         begun
     }
 
-    /// `<mode> <size> <name>`: a file begins.
-    fn file(&mut self, rest: &str) -> Option<State> {
+    /// `<mode> <size> <name>`: a file begins; the state to read it in, and its path.
+    fn file(&mut self, rest: &str) -> Option<(State, String)> {
         let mut parts = rest.splitn(3, ' ');
         let _mode = parts.next()?;
         let size: u64 = parts.next()?.parse().ok()?;
         let name = parts.next().filter(|n| valid_name(n))?;
         self.key += 1;
-        self.path = self.path_of(name);
         self.offset = 0;
-        Some(if size == 0 {
-            State::Trailer
-        } else {
-            State::Content { left: size }
-        })
+        let state = match size {
+            0 => State::Trailer,
+            left => State::Content { left },
+        };
+        Some((state, self.path_of(name)))
     }
 
     /// Where the file is on the target, as well as the command line tells. A source's own
@@ -255,18 +248,20 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Each piece with its file's key and path (from the file's `Begin`).
     fn content(events: &[FileEvent]) -> Vec<(u64, String, u64, Vec<u8>)> {
+        let mut paths = std::collections::HashMap::new();
         events
             .iter()
             .filter_map(|e| match e {
-                FileEvent::Data {
-                    key,
-                    path,
-                    offset,
-                    data,
-                    ..
-                } if !data.is_empty() => Some((*key, path.clone(), *offset, data.to_vec())),
-                FileEvent::Data { .. } => None,
+                FileEvent::Begin { key, path, .. } => {
+                    paths.insert(*key, path.clone());
+                    None
+                }
+                FileEvent::Data { key, offset, data } => {
+                    let path = paths.get(key).cloned().unwrap_or_default();
+                    Some((*key, path, *offset, data.to_vec()))
+                }
                 FileEvent::End { .. } => None,
             })
             .collect()

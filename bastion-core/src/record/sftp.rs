@@ -68,8 +68,8 @@ struct Open {
     key: u64,
     /// Opened for writing (an upload when nothing is read from it).
     write: bool,
-    /// Some of its content was handed over.
-    pieces: bool,
+    /// Its `Begin` was handed over.
+    begun: bool,
     path: String,
     read: u64,
     written: u64,
@@ -128,35 +128,41 @@ impl<'a> Cursor<'a> {
 }
 
 impl Open {
-    fn piece(&mut self, direction: Direction, offset: u64, data: &[u8]) -> FileEvent {
-        self.pieces = true;
-        FileEvent::Data {
+    /// A piece of the file's content, after its `Begin` (the first piece's direction).
+    fn piece(
+        &mut self,
+        files: &mut Vec<FileEvent>,
+        direction: Direction,
+        offset: u64,
+        data: &[u8],
+    ) {
+        self.begin(files, direction);
+        files.push(FileEvent::Data {
             key: self.key,
-            path: self.path.clone(),
-            direction,
             offset,
             data: Bytes::copy_from_slice(data),
-        }
+        });
     }
-}
 
-impl Open {
-    /// The file's end; one that never moved a byte is listed too (as written, when opened for
-    /// writing: an empty file created).
-    fn end(&self, files: &mut Vec<FileEvent>, cut: Option<&str>) {
-        if !self.pieces {
-            let direction = match self.write {
-                true => Direction::Upload,
-                false => Direction::Download,
-            };
-            files.push(FileEvent::Data {
+    fn begin(&mut self, files: &mut Vec<FileEvent>, direction: Direction) {
+        if !self.begun {
+            self.begun = true;
+            files.push(FileEvent::Begin {
                 key: self.key,
                 path: self.path.clone(),
                 direction,
-                offset: 0,
-                data: Bytes::new(),
             });
         }
+    }
+
+    /// The file's end; one that never moved a byte is listed too (as written, when opened for
+    /// writing: an empty file created).
+    fn end(&mut self, files: &mut Vec<FileEvent>, cut: Option<&str>) {
+        let direction = match self.write {
+            true => Direction::Upload,
+            false => Direction::Download,
+        };
+        self.begin(files, direction);
         files.push(FileEvent::End {
             key: self.key,
             cut: cut.map(str::to_owned),
@@ -201,12 +207,13 @@ impl SftpTracker {
         self.handles
             .drain()
             .filter(|(_, o)| !o.dir)
-            .inspect(|(_, o)| {
+            .map(|(_, mut o)| {
                 if capture {
                     o.end(files, Some("the channel ended before the file was closed"));
                 }
+                o
             })
-            .map(|(_, o)| SftpEvent::File {
+            .map(|o| SftpEvent::File {
                 path: o.path,
                 read: o.read,
                 written: o.written,
@@ -219,7 +226,7 @@ impl SftpTracker {
         if self.capture {
             // Open files cannot be followed further: they end here, cut, and say why.
             let cut = format!("SFTP tracking stopped ({reason}): the file could not be followed");
-            for o in self.handles.values().filter(|o| !o.dir) {
+            for o in self.handles.values_mut().filter(|o| !o.dir) {
                 o.end(&mut self.files, Some(&cut));
             }
         }
@@ -308,7 +315,7 @@ impl SftpTracker {
                 if let Some(o) = self.handles.get_mut(handle) {
                     o.written += data.len() as u64;
                     if self.capture {
-                        self.files.push(o.piece(Direction::Upload, offset, data));
+                        o.piece(&mut self.files, Direction::Upload, offset, data);
                     }
                 }
                 None
@@ -317,7 +324,7 @@ impl SftpTracker {
                 let handle = c.bytes()?;
                 match self.handles.remove(handle) {
                     Some(o) if o.dir => Some(SftpEvent::Listed { path: o.path }),
-                    Some(o) => {
+                    Some(mut o) => {
                         if self.capture {
                             o.end(&mut self.files, None);
                         }
@@ -357,7 +364,7 @@ impl SftpTracker {
                     Open {
                         key: self.next_key,
                         write,
-                        pieces: false,
+                        begun: false,
                         path,
                         read: 0,
                         written: 0,
@@ -370,7 +377,7 @@ impl SftpTracker {
                 if let Some(o) = self.handles.get_mut(&handle) {
                     o.read += data.len() as u64;
                     if self.capture {
-                        self.files.push(o.piece(Direction::Download, offset, data));
+                        o.piece(&mut self.files, Direction::Download, offset, data);
                     }
                 }
             }
@@ -518,27 +525,26 @@ mod tests {
         let summary: Vec<String> = files
             .iter()
             .map(|e| match e {
-                FileEvent::Data {
+                FileEvent::Begin {
                     key,
                     path,
                     direction,
-                    offset,
-                    data,
-                } => {
-                    format!("{key} {path} {direction:?} {offset} {}", data.len())
-                }
+                } => format!("{key} {path} {direction:?}"),
+                FileEvent::Data { key, offset, data } => format!("{key} {offset} {}", data.len()),
                 FileEvent::End { key, cut } => format!("{key} end {}", cut.is_some()),
             })
             .collect();
         assert_eq!(
             summary,
             [
-                "1 /up Upload 4 4",
-                "1 /up Upload 0 4",
+                "1 /up Upload",
+                "1 4 4",
+                "1 0 4",
                 "1 end false",
-                "2 /empty Upload 0 0",
+                "2 /empty Upload",
                 "2 end false",
-                "3 /down Download 0 3",
+                "3 /down Download",
+                "3 0 3",
                 "3 end true",
             ]
         );
