@@ -165,6 +165,28 @@ impl Bastiond {
             .unwrap_or(0)
     }
 
+    /// bastiond's threads as (name, nice value), from `/proc/PID/task/*/stat`; empty when
+    /// bastiond is not running.
+    pub fn threads(&self) -> Vec<(String, i32)> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .filter_map(|stat| {
+                // `TID (NAME) STATE ...`: the name may hold spaces and parentheses, and the
+                // nice value is the 19th field, the 17th after the name.
+                let (head, rest) = stat.rsplit_once(')')?;
+                let name = head.split_once('(')?.1.to_owned();
+                let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+                Some((name, nice))
+            })
+            .collect()
+    }
+
     /// Runs `bastionctl --socket <lab socket> args...`.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         ctl(&self.paths, args)

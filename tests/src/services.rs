@@ -259,6 +259,22 @@ impl Garage {
         Ok(())
     }
 
+    /// Puts every thread of every node in the idle scheduling class (`SCHED_IDLE`: it runs only
+    /// on a core nothing else wants). In the lab the store shares this machine's cores with the
+    /// appliance; a real one runs on machines of its own, and the bench uses this to keep the
+    /// store's work from being counted as the appliance's.
+    pub fn idle_priority(&self) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            if let Some(child) = &n.child {
+                let mut cmd = Command::new("chrt");
+                cmd.args(["--all-tasks", "--idle", "--pid", "0"])
+                    .arg(child.id().to_string());
+                output(cmd)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Kills node `i` (SIGKILL, as a crash or a pulled plug would).
     pub fn kill_node(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut c) = self.nodes[i].child.take() {

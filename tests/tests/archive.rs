@@ -174,6 +174,17 @@ fn sessions_are_archived_verified_and_kept_through_node_loss_outage_and_crash() 
     session(&lab, "head -c 12000000 /dev/urandom | base64");
     let s = drained(&b, 4, LIMIT);
     assert!(s.last_rate_bytes_per_sec > 0, "{s:?}");
+    // The archiver's threads yield to live sessions (and only they: the rest keep their
+    // priority).
+    let threads = b.threads();
+    let archiver: Vec<_> = threads.iter().filter(|(n, _)| n == "archiver").collect();
+    assert!(!archiver.is_empty(), "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .all(|(n, nice)| (n == "archiver") == (*nice == 19)),
+        "{threads:?}"
+    );
 
     // One node down: replication keeps serving.
     garage.kill_node(2).unwrap();

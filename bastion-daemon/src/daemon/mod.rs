@@ -32,6 +32,7 @@ use crate::{
 mod anchor;
 mod api;
 mod archive;
+mod background;
 mod cgroup_watch;
 mod files;
 mod flow_audit;
@@ -271,7 +272,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             retention_now: retention_now.clone(),
         };
         tracing::info!(url = %a.remote.location, appliance = %a.appliance, "archiving");
-        background.push(tokio::spawn(archiver.run(stopped(&stop_rx))));
+        // Off the session runtime, at the lowest priority: live sessions go first.
+        background.push(background::spawn(
+            "archiver",
+            archiver.run(stopped(&stop_rx)),
+        ));
     }
     if let Some(s) = &config.syslog {
         background.push(tokio::spawn(syslog::run(
