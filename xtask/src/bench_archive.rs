@@ -195,7 +195,7 @@ impl Loaded {
             if self.overlapped {
                 ""
             } else {
-                ", the backlog finished before the transfer did"
+                ", the backlog finished before the transfers did"
             },
             self.backlog_mb_s,
         );

@@ -2,11 +2,13 @@
 //! threads (its blocking pool's too) run at the lowest CPU priority, nice 19.
 //!
 //! The archiver reads whole recordings back from the store, hashes them, sends every byte and
-//! reads every byte back again; on the main runtime that work took its share of the cores from
-//! the sessions being relayed and recorded (`cargo xtask bench --archive-only`). Niced threads
-//! still use every core nobody else wants, so an idle appliance archives at full speed, and a
-//! nice value (unlike `SCHED_IDLE`) is never starved outright, so a busy one archives too,
-//! later.
+//! reads every byte back again. On the session runtime that work would queue beside the
+//! sessions' own tasks and take an equal share of the cores when they are all busy; niced, it
+//! takes what the sessions leave. Niced threads still use every core nobody else wants, so an
+//! idle appliance archives at full speed, and a nice value (unlike `SCHED_IDLE`) is never
+//! starved outright, so a busy one archives too, later. (`cargo xtask bench --archive-only`
+//! measures live throughput while archiving; with one session on two cores, most of the
+//! slowdown left is the lab's store sharing the machine, not the archiver.)
 
 use std::{future::Future, time::Duration};
 
