@@ -89,6 +89,10 @@ struct Route {
 /// can use (as routing checked).
 const SESSION_RIGHTS: &[Right] = &[Right::Shell, Right::Exec, Right::Sftp];
 
+/// How long a client whose session bastion ended has to leave by itself (its channels closed,
+/// so an OpenSSH client does at once) before it is disconnected.
+const DISCONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Route {
     /// Notes that a channel of the session uses one of `rights`.
     fn uses(&mut self, rights: &'static [Right]) {
@@ -1065,7 +1069,8 @@ impl SessionActor {
     }
 
     /// Ends the session (an administrator's kill, a terminate rule): the client is told `why` on
-    /// every channel and in the disconnect message, and the record shows it before it closes.
+    /// every channel, whose close follows, and in the disconnect message if it has not left by
+    /// then; the record shows it before it closes.
     async fn kill(&mut self, why: &str) {
         let message = format!("bastion: {why}");
         let recorder = match &self.phase {
@@ -1080,10 +1085,22 @@ impl SessionActor {
                 .await;
         }
         self.tell_every_channel(&message).await;
-        if let Some(h) = &self.client_handle {
-            let _ = h
-                .disconnect(russh::Disconnect::ByApplication, message, String::new())
-                .await;
+        if let Some(h) = self.client_handle.clone() {
+            // The channels close now and the connection a moment later. OpenSSH's client exits
+            // on a disconnect without writing what it has read but not yet shown, and a
+            // disconnect that arrived with the reason just told lost the reason (seen under
+            // load). With its channels closed the client shows everything and leaves by itself;
+            // the disconnect is for one that does not. The target side ends with this session.
+            for id in self.channels.keys() {
+                let _ = h.eof(*id).await;
+                let _ = h.close(*id).await;
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(DISCONNECT_GRACE).await;
+                let _ = h
+                    .disconnect(russh::Disconnect::ByApplication, message, String::new())
+                    .await;
+            });
         }
         tracing::info!(client = %self.client, %why, "session ended by bastion");
     }
