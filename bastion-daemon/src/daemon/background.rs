@@ -34,8 +34,9 @@ pub fn spawn(
             match runtime {
                 Ok(runtime) => {
                     runtime.block_on(work);
-                    // A blocking task still reading the store is cut off by the stop, not
-                    // waited for: it holds nothing that is not on disk already.
+                    // A blocking task still reading the store gets five seconds, then is left
+                    // behind: it holds nothing that is not on disk already, and the store is
+                    // flushed after this handle ends.
                     runtime.shutdown_timeout(Duration::from_secs(5));
                 }
                 Err(e) => tracing::error!(error = %e, task = name, "cannot start its runtime"),
